@@ -1,0 +1,486 @@
+"""Benchmark: which HTTP client should the delivery worker use?
+
+Starts a tiny uvicorn target server (raw ASGI app, h11, asyncio loop) in a child process on
+127.0.0.1, then POSTs a ~200-byte JSON body to it with several client set-ups:
+
+* httpx.Client, one keep-alive client, sequential;
+* aiohttp.ClientSession driven from sync code through one persistent event loop
+  (``loop.run_until_complete(...)`` per request) -- how a sync RQ job would call it;
+* aiohttp and httpx.AsyncClient with N concurrent requests (asyncio.gather + semaphore);
+* a fresh client per request (httpx.Client, aiohttp session + ``asyncio.run``), which is what a
+  fork-per-job RQ worker pays, with N/10 requests.
+
+Every response body is read fully and checked. Only 127.0.0.1 is contacted; every loop is bounded.
+
+Run: ``.venv/bin/python bench/http_clients.py [--requests 2000] [--json results.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+
+HOST = "127.0.0.1"
+RESPONSE_BODY = b"ok"
+SERVER_START_TIMEOUT_S = 15.0
+SERVER_STOP_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 10.0
+JSON_HEADERS = {"content-type": "application/json"}
+
+# ---------------------------------------------------------------------------------------------
+# Target server (runs in the child process started by TargetServer).
+# ---------------------------------------------------------------------------------------------
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+async def target_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Minimal raw ASGI app: drain the request body, answer 200 "ok"."""
+    if scope["type"] != "http":  # lifespan is disabled on the command line; ignore anything else
+        return
+    more_body = True
+    while more_body:  # bounded by the request's own body
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        more_body = bool(message.get("more_body", False))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"content-length", str(len(RESPONSE_BODY)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": RESPONSE_BODY})
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class TargetServer:
+    """uvicorn in a child process; stopped by PID (SIGTERM, then SIGKILL after a timeout)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/callback"
+
+    def start(self, attempts: int = 3) -> None:
+        for _ in range(attempts):  # a free port can be taken between probe and bind: retry, bounded
+            self.port = _free_port()
+            cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(Path(__file__).resolve().parent),
+                "http_clients:target_app",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--loop",
+                "asyncio",
+                "--http",
+                "h11",
+                "--lifespan",
+                "off",
+            ]
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+            if self._wait_ready():
+                return
+            self.stop()
+        raise RuntimeError("target server did not start")
+
+    def _wait_ready(self) -> bool:
+        assert self.proc is not None
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), timeout=0.5):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def cpu_seconds(self) -> float | None:
+        """User+system CPU time of the server process so far (Linux /proc), else None."""
+        if self.proc is None:
+            return None
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        # fields[0] is field 3 (state); utime/stime are fields 14/15.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=SERVER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=SERVER_STOP_TIMEOUT_S)
+
+
+# ---------------------------------------------------------------------------------------------
+# Client scenarios.
+# ---------------------------------------------------------------------------------------------
+
+
+def make_payload(size: int = 200) -> bytes:
+    """A JSON body shaped like an invitation callback, padded to exactly ``size`` bytes."""
+    doc: dict[str, str] = {
+        "event": "invitation",
+        "id": "01JD5X7Q3G8W2N4R6T8V0Y2A4C",
+        "inviter": "alice@example.com",
+        "invitee": "bob@example.com",
+        "cloud_id": "demo-cloud",
+        "pad": "",
+    }
+    base = len(json.dumps(doc, separators=(",", ":")).encode())
+    doc["pad"] = "x" * max(0, size - base)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _check(status: int, body: bytes) -> None:
+    if status != 200 or body != RESPONSE_BODY:
+        raise RuntimeError(f"unexpected response: {status} {body[:80]!r}")
+
+
+@dataclass
+class Result:
+    name: str
+    kind: str  # "sequential" or "concurrent"
+    requests: int
+    concurrency: int
+    seconds: float
+    rps: float
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+    client_cpu_us_per_req: float
+    server_cpu_us_per_req: float | None
+    ratio_vs_best_sequential: float = 0.0
+
+
+class Timer:
+    """Collects per-request latencies plus wall/CPU time of the client and the server."""
+
+    def __init__(self, server: TargetServer) -> None:
+        self.server = server
+        self.latencies: list[float] = []
+        self.wall = 0.0
+        self.cpu = 0.0
+        self.srv: float | None = None
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.latencies.append(time.perf_counter() - t0)
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[None]:
+        self.latencies.clear()
+        srv0 = self.server.cpu_seconds()
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        yield
+        self.wall = time.perf_counter() - t0
+        self.cpu = time.process_time() - cpu0
+        srv1 = self.server.cpu_seconds()
+        self.srv = None if srv0 is None or srv1 is None else srv1 - srv0
+
+    def result(self, name: str, kind: str, concurrency: int) -> Result:
+        n = len(self.latencies)
+        ordered = sorted(self.latencies)
+        return Result(
+            name=name,
+            kind=kind,
+            requests=n,
+            concurrency=concurrency,
+            seconds=self.wall,
+            rps=n / self.wall,
+            mean_ms=statistics.fmean(ordered) * 1e3,
+            p50_ms=ordered[n // 2] * 1e3,
+            p99_ms=ordered[min(n - 1, int(n * 0.99))] * 1e3,
+            client_cpu_us_per_req=self.cpu / n * 1e6,
+            server_cpu_us_per_req=None if self.srv is None else self.srv / n * 1e6,
+        )
+
+
+def bench_httpx_sync(url: str, body: bytes, n: int, warmup: int, timer: Timer) -> Result:
+    with httpx.Client(timeout=REQUEST_TIMEOUT_S, trust_env=False) as client:
+
+        def once() -> None:
+            resp = client.post(url, content=body, headers=JSON_HEADERS)
+            _check(resp.status_code, resp.read())
+
+        for _ in range(warmup):
+            once()
+        with timer.run():
+            for _ in range(n):
+                with timer.one():
+                    once()
+    return timer.result("httpx.Client, reused", "sequential", 1)
+
+
+async def _aiohttp_post(session: aiohttp.ClientSession, url: str, body: bytes) -> None:
+    async with session.post(url, data=body, headers=JSON_HEADERS) as resp:
+        _check(resp.status, await resp.read())
+
+
+def _aiohttp_session(pool_size: int = 100) -> aiohttp.ClientSession:
+    """Pool of ``pool_size`` connections (aiohttp keeps every idle one), bounded timeout."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=pool_size),
+        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+        trust_env=False,
+    )
+
+
+def bench_aiohttp_sync_loop(url: str, body: bytes, n: int, warmup: int, timer: Timer) -> Result:
+    """One session on one persistent loop, one run_until_complete per request (sync RQ job)."""
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def open_session() -> aiohttp.ClientSession:
+            return _aiohttp_session()
+
+        session = loop.run_until_complete(open_session())
+        try:
+            for _ in range(warmup):
+                loop.run_until_complete(_aiohttp_post(session, url, body))
+            with timer.run():
+                for _ in range(n):
+                    with timer.one():
+                        loop.run_until_complete(_aiohttp_post(session, url, body))
+        finally:
+            loop.run_until_complete(session.close())
+    finally:
+        loop.close()
+    return timer.result("aiohttp, reused, persistent loop", "sequential", 1)
+
+
+async def _gather_bounded(
+    post: Callable[[], Awaitable[None]], n: int, concurrency: int, timer: Timer | None
+) -> None:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with sem:
+            if timer is None:
+                await post()
+            else:
+                with timer.one():
+                    await post()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
+def bench_aiohttp_concurrent(
+    url: str, body: bytes, n: int, warmup: int, concurrency: int, timer: Timer
+) -> Result:
+    async def main() -> None:
+        async with _aiohttp_session(pool_size=concurrency) as session:
+
+            async def post() -> None:
+                await _aiohttp_post(session, url, body)
+
+            await _gather_bounded(post, warmup, concurrency, None)
+            with timer.run():
+                await _gather_bounded(post, n, concurrency, timer)
+
+    asyncio.run(main())
+    return timer.result(f"aiohttp, {concurrency} concurrent", "concurrent", concurrency)
+
+
+def bench_httpx_async_concurrent(
+    url: str, body: bytes, n: int, warmup: int, concurrency: int, timer: Timer
+) -> Result:
+    # Pool sized to the concurrency: httpx's default keeps only 20 idle connections, so with 32 in
+    # flight it would close and reopen connections all the time.
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, trust_env=False, limits=limits) as client:
+
+            async def post() -> None:
+                resp = await client.post(url, content=body, headers=JSON_HEADERS)
+                _check(resp.status_code, await resp.aread())
+
+            await _gather_bounded(post, warmup, concurrency, None)
+            with timer.run():
+                await _gather_bounded(post, n, concurrency, timer)
+
+    asyncio.run(main())
+    return timer.result(f"httpx.AsyncClient, {concurrency} concurrent", "concurrent", concurrency)
+
+
+def bench_httpx_fresh(
+    url: str, body: bytes, n: int, warmup: int, timer: Timer, ssl_context: ssl.SSLContext | None = None
+) -> Result:
+    """New httpx.Client per request. By default each one builds its own SSLContext (loads the CA
+    bundle), even for http:// URLs; passing a pre-built context (``verify=ctx``) skips that."""
+    verify: ssl.SSLContext | bool = True if ssl_context is None else ssl_context
+
+    def once() -> None:
+        with httpx.Client(timeout=REQUEST_TIMEOUT_S, trust_env=False, verify=verify) as client:
+            resp = client.post(url, content=body, headers=JSON_HEADERS)
+            _check(resp.status_code, resp.read())
+
+    for _ in range(warmup):
+        once()
+    with timer.run():
+        for _ in range(n):
+            with timer.one():
+                once()
+    suffix = ", shared SSLContext" if ssl_context is not None else ""
+    return timer.result(f"httpx.Client, fresh per request{suffix}", "sequential", 1)
+
+
+def bench_aiohttp_fresh(url: str, body: bytes, n: int, warmup: int, timer: Timer) -> Result:
+    """New event loop (asyncio.run) + new session per request, as a job in a forked child would do."""
+
+    async def once() -> None:
+        async with _aiohttp_session() as session:
+            await _aiohttp_post(session, url, body)
+
+    for _ in range(warmup):
+        asyncio.run(once())
+    with timer.run():
+        for _ in range(n):
+            with timer.one():
+                asyncio.run(once())
+    return timer.result("aiohttp, fresh session+loop per request", "sequential", 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver and output.
+# ---------------------------------------------------------------------------------------------
+
+
+def run_all(n: int, concurrency: int, warmup: int) -> list[Result]:
+    body = make_payload()
+    n_fresh = max(1, n // 10)
+    warm_fresh = max(1, warmup // 10)
+    server = TargetServer()
+    try:
+        server.start()
+        url = server.url
+        timer = Timer(server)
+        results = [
+            bench_httpx_sync(url, body, n, warmup, timer),
+            bench_aiohttp_sync_loop(url, body, n, warmup, timer),
+            bench_aiohttp_concurrent(url, body, n, warmup, concurrency, timer),
+            bench_httpx_async_concurrent(url, body, n, warmup, concurrency, timer),
+            bench_httpx_fresh(url, body, n_fresh, warm_fresh, timer),
+            bench_httpx_fresh(url, body, n_fresh, warm_fresh, timer, ssl.create_default_context()),
+            bench_aiohttp_fresh(url, body, n_fresh, warm_fresh, timer),
+        ]
+    finally:
+        server.stop()
+    best_seq = max(r.rps for r in results if r.kind == "sequential")
+    for r in results:
+        r.ratio_vs_best_sequential = r.rps / best_seq
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    header = (
+        f"{'scenario':<52} {'reqs':>5} {'req/s':>8} {'mean ms':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'cli us/req':>10} {'srv us/req':>10} {'x best seq':>10}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        srv = "n/a" if r.server_cpu_us_per_req is None else f"{r.server_cpu_us_per_req:.0f}"
+        lines.append(
+            f"{r.name:<52} {r.requests:>5} {r.rps:>8.0f} {r.mean_ms:>8.3f} {r.p50_ms:>7.3f} "
+            f"{r.p99_ms:>7.3f} {r.client_cpu_us_per_req:>10.0f} {srv:>10} {r.ratio_vs_best_sequential:>10.2f}"
+        )
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "httpx": httpx.__version__,
+        "aiohttp": aiohttp.__version__,
+        "server": "uvicorn, raw ASGI app, --http h11 --loop asyncio, 1 process",
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per scenario (default 2000)")
+    parser.add_argument("--concurrency", type=int, default=32, help="in-flight requests (default 32)")
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up requests per scenario")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON here")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.concurrency < 1 or args.warmup < 0:
+        parser.error("--requests and --concurrency must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env = environment()
+    results = run_all(args.requests, args.concurrency, args.warmup)
+    print(
+        f"{env['date']}  python {env['python']}  httpx {env['httpx']}  aiohttp {env['aiohttp']}  "
+        f"cpus {env['cpu_count']}  server: {env['server']}"
+    )
+    print(format_table(results))
+    print("cli/srv us/req = client / target-server CPU time per request; x best seq = req/s ratio.")
+    if args.json is not None:
+        doc = {"environment": env, "results": [asdict(r) for r in results]}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

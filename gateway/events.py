@@ -1,0 +1,178 @@
+"""The invitation event and the rules that turn decoded callback fields into one (pure)."""
+
+from __future__ import annotations
+
+import re
+import time
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ulid import ULID
+
+from gateway.exceptions import InvalidCallback
+
+INVITATION_CREATED = "invitation_created"
+INVITATION_ACCEPTED = "invitation_accepted"
+EVENT_TYPES = (INVITATION_CREATED, INVITATION_ACCEPTED)
+
+FIELDS = ("invitee", "invitor", "network_id")
+MAX_FIELD_LENGTH = 128
+
+# What a decoder puts in place of a nested JSON value or XML element (never valid text).
+NOT_TEXT = "\x00nested"
+
+# The names on the wire are the provider's choice (they come from its templates in the Acrobits
+# portal). The seed itself uses `net` (URL example), `network` (JSON template) and `network_id`.
+DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {
+    "invitee": ("invitee",),
+    "invitor": ("invitor", "inviter"),
+    "network_id": ("network_id", "net", "network"),
+}
+
+_PHONE_SEPARATORS = re.compile(r"[\s.\-()]")
+_PHONE = re.compile(r"\+?[0-9]{3,20}")
+
+
+@dataclass(frozen=True, slots=True)
+class InvitationEvent:
+    """One accepted callback. `invitee` is normalized; `invitee_raw` is what was sent."""
+
+    id: str
+    type: str
+    invitee: str
+    invitee_raw: str
+    invitor: str
+    network_id: str
+    received_at: str
+    received_at_ms: int
+    source_format: str
+    client: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InvitationEvent:
+        fields: dict[str, Any] = {name: data.get(name) for name in cls.__dataclass_fields__}
+        return cls(**fields)
+
+    def placeholders(self) -> dict[str, str]:
+        """The values a target template can use, by placeholder name."""
+        return {
+            "invitee": self.invitee,
+            "invitee_raw": self.invitee_raw,
+            "invitor": self.invitor,
+            "network_id": self.network_id,
+            "event": self.type,
+            "event_id": self.id,
+            "received_at": self.received_at,
+        }
+
+
+def build_aliases(extra: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
+    """Map every accepted wire name (lower case) to its field; `extra` adds to the defaults."""
+    table: dict[str, str] = {}
+    merged = {field: list(names) for field, names in DEFAULT_ALIASES.items()}
+    for field, names in (extra or {}).items():
+        merged[field].extend(names)
+    for field, names in merged.items():
+        for name in names:
+            table[name.lower()] = field
+    return table
+
+
+DEFAULT_ALIAS_TABLE = build_aliases()
+
+
+def pick_fields(raw: Sequence[tuple[str, str]], aliases: Mapping[str, str]) -> dict[str, str]:
+    """Collect the three fields from decoded (name, value) pairs, by alias, case-insensitively.
+
+    Two different values for one field (say `net=a&network_id=b`) are refused rather than
+    guessed at; the same value sent twice is fine.
+    """
+    found: dict[str, tuple[str, str]] = {}
+    for name, value in raw:
+        field = aliases.get(name.lower())
+        if field is None:
+            continue
+        if value == NOT_TEXT:
+            raise InvalidCallback(f"{field} ({name!r}) must be a string or a number", field=field)
+        if field in found and found[field][1].strip() != value.strip():
+            other = found[field][0]
+            raise InvalidCallback(f"conflicting values for {field} in {other!r} and {name!r}", field=field)
+        found[field] = (name, value)
+    return {field: value for field, (_, value) in found.items()}
+
+
+def merge_fields(
+    query: Sequence[tuple[str, str]], body: Sequence[tuple[str, str]], aliases: Mapping[str, str]
+) -> dict[str, str]:
+    """Query parameters on a POST are merged with the body's fields, the body winning."""
+    return {**pick_fields(query, aliases), **pick_fields(body, aliases)}
+
+
+def _check_text(field: str, value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidCallback(f"{field} is empty", field=field)
+    if len(value) > MAX_FIELD_LENGTH:
+        raise InvalidCallback(f"{field} is longer than {MAX_FIELD_LENGTH} characters", field=field)
+    for ch in value:
+        if unicodedata.category(ch) == "Cc":
+            raise InvalidCallback(f"{field} contains a control character ({ord(ch):#04x})", field=field)
+    return value
+
+
+def normalize_invitee(value: str) -> tuple[str, str]:
+    """Return (normalized, raw) for a phone number.
+
+    A leading space before the digits is an unencoded `+` that some decoder on the way turned
+    into a space (`invitee=+15551231234` read as `" 15551231234"`): restore it.
+    """
+    restored = value
+    if value[:1] == " " and value.lstrip()[:1].isdigit():
+        restored = "+" + value.lstrip()
+    raw = _check_text("invitee", restored)
+    digits = _PHONE_SEPARATORS.sub("", raw)
+    if not _PHONE.fullmatch(digits):
+        raise InvalidCallback(
+            "invitee must be a phone number: 3 to 20 digits with an optional leading +; "
+            "spaces, dots, dashes and parentheses are allowed",
+            field="invitee",
+        )
+    return digits, raw
+
+
+def make_event(
+    fields: Mapping[str, str],
+    event_type: str,
+    source_format: str,
+    client: str | None = None,
+    now: float | None = None,
+) -> InvitationEvent:
+    """Validate the picked fields and build the event with a new sortable id (ULID)."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"event_type must be one of {EVENT_TYPES}, got {event_type!r}")
+    for field in FIELDS:
+        if field not in fields:
+            raise InvalidCallback(f"{field} is missing", field=field)
+    invitee, invitee_raw = normalize_invitee(fields["invitee"])
+    invitor = _check_text("invitor", fields["invitor"])
+    network_id = _check_text("network_id", fields["network_id"])
+    ts = time.time() if now is None else now
+    received = datetime.fromtimestamp(ts, tz=UTC)
+    return InvitationEvent(
+        id=str(ULID.from_timestamp(ts)),
+        type=event_type,
+        invitee=invitee,
+        invitee_raw=invitee_raw,
+        invitor=invitor,
+        network_id=network_id,
+        received_at=received.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        received_at_ms=int(ts * 1000),
+        source_format=source_format,
+        client=client,
+    )

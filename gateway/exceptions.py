@@ -1,0 +1,82 @@
+"""Every error the gateway raises on purpose.
+
+GatewayError
+├── CallbackError             an inbound callback we refuse (turned into problem+json)
+│   ├── InvalidCallback       400: a field is missing or malformed
+│   ├── UnsupportedBody       415: the body is in no shape we recognise
+│   ├── PayloadTooLarge       413: the body is over the configured cap
+│   └── StoreUnavailable      503: Redis could not take the invitation
+├── ConfigError               a broken target or setting, found at load time
+└── DeliveryError             one delivery attempt did not succeed
+    ├── RetryableDelivery     try again later (connection error, timeout, 408, 429, 5xx)
+    └── PermanentDelivery     do not try again (other 4xx, a template that cannot render)
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class for the gateway's own errors."""
+
+
+class CallbackError(GatewayError):
+    status_code = 400
+    title = "Invalid callback"
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class InvalidCallback(CallbackError):
+    status_code = 400
+    title = "Invalid invitation callback"
+
+
+class UnsupportedBody(CallbackError):
+    status_code = 415
+    title = "Unsupported request body"
+
+
+class PayloadTooLarge(CallbackError):
+    status_code = 413
+    title = "Request body too large"
+
+
+class StoreUnavailable(CallbackError):
+    status_code = 503
+    title = "Invitation store unavailable"
+
+
+class ConfigError(GatewayError):
+    """A configuration problem, named by target and key so the operator can find it."""
+
+    def __init__(self, reason: str, target: str | None = None, key: str | None = None) -> None:
+        where = ""
+        if target is not None:
+            where = f"target {target!r}"
+            if key is not None:
+                where += f", key {key!r}"
+        elif key is not None:
+            where = f"key {key!r}"
+        super().__init__(f"{where}: {reason}" if where else reason)
+        self.reason = reason
+        self.target = target
+        self.key = key
+
+
+class DeliveryError(GatewayError):
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class RetryableDelivery(DeliveryError):
+    pass
+
+
+class PermanentDelivery(DeliveryError):
+    pass

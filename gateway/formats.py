@@ -1,0 +1,247 @@
+"""Decoders for every body shape the Acrobits Contacts server can send (pure functions).
+
+Each decoder turns bytes into (name, value) pairs; picking the three fields out of them is
+`gateway.events`' job. The Content-Type header is a hint, not a fact: Acrobits labels a body
+`application/x-www-form-urlencoded` whenever the provider left the content type empty, even if
+the post-data template is JSON or XML, so a body that does not match its label is recognised
+from its first non-blank byte.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from lxml import etree
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from gateway.events import NOT_TEXT
+from gateway.exceptions import InvalidCallback, UnsupportedBody
+
+Pairs = list[tuple[str, str]]
+
+FORM = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data"
+JSON_TYPES = frozenset({"application/json", "text/json"})
+XML_TYPES = frozenset({"application/xml", "text/xml"})
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBody:
+    pairs: Pairs
+    source_format: str
+
+
+def parse_content_type(header: str | None) -> tuple[str, dict[str, str]]:
+    """Split a Content-Type header into a lower-case media type and its parameters."""
+    if not header:
+        return "", {}
+    media, options = parse_options_header(header)
+    params = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in options.items()}
+    return media.decode("latin-1").strip().lower(), params
+
+
+def _codec(charset: str | None) -> str:
+    name = (charset or "utf-8").strip().strip('"') or "utf-8"
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        raise UnsupportedBody(f"unknown charset {name!r}", field="Content-Type") from None
+
+
+def _text(data: bytes, charset: str | None, what: str) -> str:
+    codec = _codec(charset)
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        raise InvalidCallback(f"{what} is not valid {codec}", field=what) from None
+
+
+def decode_urlencoded(data: bytes, charset: str | None = None, what: str = "body") -> Pairs:
+    """Decode `a=1&b=2` keeping a literal `+` as `+`.
+
+    Acrobits does not document how it escapes substituted values, and in practice it sends them
+    raw, so `invitee=+15551231234` must stay `+15551231234` (a standard decoder turns it into a
+    space). No invitation field legitimately holds a space, and `%20` still decodes to one.
+    """
+    pairs: Pairs = []
+    for chunk in data.split(b"&"):
+        if not chunk.strip():
+            continue
+        name, _, value = chunk.partition(b"=")
+        pairs.append(
+            (
+                _text(unquote_to_bytes(name.strip()), charset, what),
+                _text(unquote_to_bytes(value), charset, what),
+            )
+        )
+    return pairs
+
+
+def decode_json(data: bytes, charset: str | None = None) -> Pairs:
+    """A flat JSON object; numbers keep their decimal text (15551231234 stays "15551231234")."""
+    text = _text(data, charset or "utf-8-sig", "body")
+    try:
+        obj = json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
+    except json.JSONDecodeError as exc:
+        raise InvalidCallback(
+            f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise InvalidCallback(f"JSON body must be an object, got {type(obj).__name__}")
+    pairs: Pairs = []
+    for name, value in obj.items():
+        # parse_int/parse_float made every number a str already; anything else is kept as a
+        # marker so that a known field holding it gets a precise error from pick_fields.
+        pairs.append((name, value if isinstance(value, str) else NOT_TEXT))
+    return pairs
+
+
+def _xml_parser() -> etree.XMLParser:
+    # A parser per call: lxml parsers are not thread-safe, and ingest runs in a thread pool.
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        attribute_defaults=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
+
+
+def decode_xml(data: bytes, charset: str | None = None) -> Pairs:
+    """Any root element; the fields are its child elements, by local name (namespaces ignored)."""
+    body = data.lstrip()
+    if body.startswith(codecs.BOM_UTF8):
+        body = body[len(codecs.BOM_UTF8) :].lstrip()
+    if b"<!DOCTYPE" in body.upper()[:4096] or b"<!ENTITY" in body.upper():
+        raise InvalidCallback("XML body must not contain a DOCTYPE or entity declarations")
+    if charset and not body.startswith(b"<?xml"):
+        # No declaration: the charset parameter is the only word on the encoding.
+        body = _text(body, charset, "body").encode("utf-8")
+    try:
+        root = etree.fromstring(body, parser=_xml_parser())
+    except etree.XMLSyntaxError as exc:
+        raise InvalidCallback(f"body is not well-formed XML: {exc}") from None
+    if root.getroottree().docinfo.doctype:  # type: ignore[union-attr]
+        raise InvalidCallback("XML body must not contain a DOCTYPE or entity declarations")
+    pairs: Pairs = []
+    for child in root:
+        if not isinstance(child.tag, str):
+            continue  # comments, processing instructions, entity references
+        name = etree.QName(child).localname
+        if len(child):
+            pairs.append((name, NOT_TEXT))
+        else:
+            pairs.append((name, child.text or ""))
+    return pairs
+
+
+def decode_multipart(data: bytes, params: dict[str, str]) -> Pairs:
+    boundary = params.get("boundary")
+    if not boundary:
+        raise InvalidCallback("multipart/form-data body has no boundary parameter", field="Content-Type")
+    pairs: Pairs = []
+    state: dict[str, object] = {}
+    header_field = bytearray()
+    header_value = bytearray()
+
+    def on_part_begin() -> None:
+        state.clear()
+        state["data"] = bytearray()
+        state["headers"] = {}
+
+    def on_header_field(buf: bytes, start: int, end: int) -> None:
+        header_field.extend(buf[start:end])
+
+    def on_header_value(buf: bytes, start: int, end: int) -> None:
+        header_value.extend(buf[start:end])
+
+    def on_header_end() -> None:
+        headers = state["headers"]
+        assert isinstance(headers, dict)
+        headers[bytes(header_field).decode("latin-1").lower()] = bytes(header_value).decode("latin-1")
+        header_field.clear()
+        header_value.clear()
+
+    def on_part_data(buf: bytes, start: int, end: int) -> None:
+        chunk = state["data"]
+        assert isinstance(chunk, bytearray)
+        chunk.extend(buf[start:end])
+
+    def on_part_end() -> None:
+        headers = state["headers"]
+        assert isinstance(headers, dict)
+        _, disposition = parse_options_header(headers.get("content-disposition", ""))
+        name = disposition.get(b"name")
+        if name is None:
+            return
+        _, part_params = parse_content_type(headers.get("content-type"))
+        value = bytes(state["data"])  # type: ignore[call-overload]
+        pairs.append((name.decode("utf-8", "replace"), _text(value, part_params.get("charset"), "body")))
+
+    callbacks: dict[str, Callable[..., None]] = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(data)
+        parser.finalize()
+    except FormParserError as exc:
+        raise InvalidCallback(f"body is not valid multipart/form-data: {exc}") from None
+    return pairs
+
+
+def sniff(data: bytes) -> str | None:
+    """Recognise a body by its first non-blank byte: `{` JSON, `<` XML, else None."""
+    head = data[:4096].lstrip()
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8) :].lstrip()
+    if head.startswith(b"{"):
+        return "json"
+    if head.startswith(b"<"):
+        return "xml"
+    return None
+
+
+def _looks_like_form(data: bytes) -> bool:
+    return b"=" in data and all(32 <= b < 127 or b in (9, 10, 13) for b in data[:4096])
+
+
+def decode_body(content_type: str | None, data: bytes) -> DecodedBody:
+    """Decode a POST body whatever its label says; an empty body yields no pairs."""
+    if not data.strip():
+        return DecodedBody([], "query")
+    media, params = parse_content_type(content_type)
+    charset = params.get("charset")
+    sniffed = sniff(data)
+    if media == MULTIPART and sniffed is None:
+        return DecodedBody(decode_multipart(data, params), "multipart")
+    if sniffed == "json":
+        return DecodedBody(decode_json(data, charset), "json")
+    if sniffed == "xml":
+        return DecodedBody(decode_xml(data, charset), "xml")
+    known = media in JSON_TYPES or media in XML_TYPES or media in (FORM, MULTIPART, "")
+    if known or media.endswith(("+json", "+xml")) or _looks_like_form(data):
+        return DecodedBody(decode_urlencoded(data, charset), "form")
+    raise UnsupportedBody(
+        f"cannot read a {media or 'body'} body: send application/x-www-form-urlencoded, "
+        "multipart/form-data, application/json or application/xml",
+        field="Content-Type",
+    )
+
+
+def decode_query(query: bytes) -> Pairs:
+    """The query string, decoded like a form body (a literal `+` stays `+`)."""
+    return decode_urlencoded(query, "utf-8", what="query string") if query else []

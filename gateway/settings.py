@@ -1,0 +1,107 @@
+"""Process settings from the environment, and the live configuration shared through Redis."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.exceptions import ConfigError
+from gateway.store import Store
+from gateway.targets import Config, config_from_dict
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"must be a whole number, got {raw!r}", None, name) from None
+    if value < minimum:
+        raise ConfigError(f"must be at least {minimum}, got {value}", None, name)
+    return value
+
+
+def _bool(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"must be true or false, got {raw!r}", None, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything an operator sets through environment variables (see the README)."""
+
+    redis_url: str | None = None
+    config_path: str | None = None
+    prefix: str = "gw"
+    queue_name: str = "gateway-deliveries"
+    max_body: int = 64 * 1024
+    retention_days: int = 30
+    allow_private_targets: bool = False
+    data_dir: str = ".gateway-data"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            redis_url=env.get("REDIS_URL") or None,
+            config_path=env.get("GATEWAY_CONFIG") or None,
+            prefix=env.get("GATEWAY_PREFIX") or "gw",
+            queue_name=env.get("GATEWAY_QUEUE") or "gateway-deliveries",
+            max_body=_int(env, "GATEWAY_MAX_BODY", 64 * 1024),
+            retention_days=_int(env, "GATEWAY_RETENTION_DAYS", 30),
+            allow_private_targets=_bool(env, "GATEWAY_ALLOW_PRIVATE_TARGETS"),
+            data_dir=env.get("GATEWAY_DATA_DIR") or ".gateway-data",
+        )
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigError(
+                "is not set: point it at Redis (redis://host:6379/0), or use `gateway standalone`, "
+                "which starts an embedded Redis",
+                None,
+                "REDIS_URL",
+            )
+        return self.redis_url
+
+
+class LiveConfig:
+    """The configuration every process shares, cached per process and reloaded by version.
+
+    Processes keep the compiled Config in memory and compare versions: the ingest path reads the
+    version inside its accept pipeline (no extra round trip), a worker once per job.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._version = -1
+        self._config = Config()
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def get(self) -> Config:
+        if self._version < 0:
+            self.refresh()
+        return self._config
+
+    def refresh(self, seen_version: int | None = None) -> Config:
+        """Reload from Redis if `seen_version` (or Redis' current one) differs from ours."""
+        if seen_version is not None and seen_version == self._version:
+            return self._config
+        with self._lock:
+            version, data = self._store.load_config()
+            if version != self._version:
+                # Validated when it was applied; environment variables are the worker's to check.
+                self._config = config_from_dict(data) if data else Config()
+                self._version = version
+            return self._config

@@ -1,0 +1,477 @@
+"""Targets: where invitations go, declared in the Acrobits vocabulary (pure).
+
+A target is the triple a provider already fills in the Acrobits portal (URL template, post-data
+template, content type), plus method, headers, auth, signing secret, success codes, timeout,
+retry schedule and variables. Everything is validated here, once, at load time: a template
+that cannot render is an error naming the target and the key, never a 3 a.m. surprise.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.events import DEFAULT_ALIASES, EVENT_TYPES, FIELDS, build_aliases
+from gateway.exceptions import ConfigError
+from gateway.templating import (
+    FORM_KIND,
+    HOSTILE,
+    BodyKind,
+    Template,
+    body_kind,
+    escape_header,
+    escape_url,
+    parse_body,
+    url_strings,
+)
+
+DEFAULT_CONTENT_TYPE = "application/x-www-form-urlencoded"  # the Acrobits default
+# Standard Webhooks' schedule after the first, immediate attempt: 5 s, 5 min, 30 min, 2 h, 5 h,
+# 10 h, 14 h, 20 h, 24 h (jitter is added when a retry is scheduled).
+DEFAULT_RETRY = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+DEFAULT_TIMEOUT = 10.0
+MAX_TIMEOUT = 60.0
+
+# Values a template can use besides the target's own `vars`.
+EVENT_PLACEHOLDERS = frozenset(
+    {"invitee", "invitee_raw", "invitor", "network_id", "event", "event_id", "received_at", "delivery_id"}
+)
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+# Headers the gateway owns: a target may not set them (Host and Content-Length would break the
+# request, the webhook-* ones are the signature's).
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+_TARGET_KEYS = frozenset(
+    {
+        "name",
+        "networks",
+        "events",
+        "url",
+        "post_data",
+        "content_type",
+        "method",
+        "headers",
+        "auth",
+        "signing_secret",
+        "success_codes",
+        "timeout",
+        "retry",
+        "vars",
+    }
+)
+_SETTINGS_KEYS = frozenset({"allow_private_targets"})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    networks: tuple[str, ...]
+    url: str
+    events: tuple[str, ...] = EVENT_TYPES
+    post_data: str | None = None
+    content_type: str = DEFAULT_CONTENT_TYPE
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    auth: tuple[str, str] | None = None  # HTTP Basic (username, password); may use ${ENV}
+    signing_secret: str | None = None  # Standard Webhooks `whsec_...`, usually "${ENV}"
+    success_codes: tuple[int, ...] | None = None  # None: any 2xx
+    timeout: float = DEFAULT_TIMEOUT
+    retry: tuple[int, ...] = DEFAULT_RETRY
+    vars: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, event_type: str, network_id: str) -> bool:
+        return event_type in self.events and ("*" in self.networks or network_id in self.networks)
+
+    def is_success(self, status: int) -> bool:
+        if self.success_codes is not None:
+            return status in self.success_codes
+        return 200 <= status < 300
+
+    @property
+    def body_kind(self) -> BodyKind:
+        kind = body_kind(self.content_type)
+        assert kind is not None  # checked in target_from_dict
+        return kind
+
+    def env_names(self) -> set[str]:
+        names: set[str] = set()
+        for text in self._templates():
+            names |= Template.parse(text).env_names()
+        return names
+
+    def _templates(self) -> Iterable[str]:
+        yield self.url
+        if self.post_data is not None:
+            yield self.post_data
+        for _, value in self.headers:
+            yield value
+        if self.auth is not None:
+            yield from self.auth
+        if self.signing_secret is not None:
+            yield self.signing_secret
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "networks": list(self.networks),
+            "events": list(self.events),
+            "url": self.url,
+            "content_type": self.content_type,
+            "method": self.method,
+            "headers": dict(self.headers),
+            "timeout": self.timeout,
+            "retry": list(self.retry),
+            "vars": dict(self.vars),
+        }
+        if self.post_data is not None:
+            data["post_data"] = self.post_data
+        if self.auth is not None:
+            data["auth"] = {"username": self.auth[0], "password": self.auth[1]}
+        if self.signing_secret is not None:
+            data["signing_secret"] = self.signing_secret
+        if self.success_codes is not None:
+            data["success_codes"] = list(self.success_codes)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a provider declares: targets, field aliases and a few settings."""
+
+    targets: tuple[Target, ...] = ()
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    allow_private_targets: bool = False
+
+    def alias_table(self) -> dict[str, str]:
+        return build_aliases(self.aliases)
+
+    def routes(self, event_type: str, network_id: str) -> list[Target]:
+        return [t for t in self.targets if t.matches(event_type, network_id)]
+
+    def target(self, name: str) -> Target | None:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": {"allow_private_targets": self.allow_private_targets},
+            "aliases": {k: list(v) for k, v in self.aliases.items()},
+            "targets": [t.to_dict() for t in self.targets],
+        }
+
+
+def _str_list(value: object, target: str, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError("must be a non-empty list of non-empty strings", target, key)
+    return tuple(value)
+
+
+def _string(value: object, target: str, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"must be a non-empty string, got {value!r}", target, key)
+    return value
+
+
+def _check_placeholders(template: Template, allowed: set[str], target: str, key: str) -> None:
+    unknown = sorted(template.placeholders() - allowed)
+    if unknown:
+        names = ", ".join(f"%{n}%" for n in unknown)
+        known = ", ".join(f"%{n}%" for n in sorted(allowed))
+        raise ConfigError(f"unknown placeholder {names} (known: {known})", target, key)
+
+
+def _check_secret(secret: str, target: str) -> None:
+    if "${" in secret:
+        return  # checked when the worker expands it
+    if not secret.startswith("whsec_"):
+        raise ConfigError(
+            "must be whsec_ followed by base64 (or ${ENV_VAR} holding one)", target, "signing_secret"
+        )
+    try:
+        key = base64.b64decode(secret[len("whsec_") :], validate=True)
+    except binascii.Error:
+        raise ConfigError("is not valid base64 after whsec_", target, "signing_secret") from None
+    if not 24 <= len(key) <= 64:
+        raise ConfigError("must decode to 24 to 64 bytes", target, "signing_secret")
+
+
+def target_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Target:
+    """Validate one target declaration. With `environ`, `${VAR}` references must be set in it."""
+    raw_name = data.get("name")
+    if not isinstance(raw_name, str) or not _NAME.fullmatch(raw_name):
+        raise ConfigError(f"name must be 1-64 letters, digits, '_' or '-', got {raw_name!r}", None, "name")
+    name = raw_name
+    unknown = sorted(set(data) - _TARGET_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key (known: {', '.join(sorted(_TARGET_KEYS))})", name, unknown[0])
+    if "networks" not in data:
+        raise ConfigError(
+            'is required: the network ids this target serves, or ["*"] for all', name, "networks"
+        )
+    networks = _str_list(data["networks"], name, "networks")
+    events = _str_list(data.get("events", list(EVENT_TYPES)), name, "events")
+    for ev in events:
+        if ev not in EVENT_TYPES:
+            raise ConfigError(f"unknown event {ev!r} (known: {', '.join(EVENT_TYPES)})", name, "events")
+
+    variables = data.get("vars", {})
+    if not isinstance(variables, dict) or not all(
+        isinstance(k, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) and isinstance(v, str)
+        for k, v in variables.items()
+    ):
+        raise ConfigError('must be a table of name = "text"', name, "vars")
+    clash = sorted(set(variables) & EVENT_PLACEHOLDERS)
+    if clash:
+        raise ConfigError(f"{clash[0]!r} is an event value and cannot be redefined", name, "vars")
+    allowed = set(EVENT_PLACEHOLDERS) | set(variables)
+
+    url = _string(data.get("url"), name, "url")
+    post_data = data.get("post_data")
+    if post_data is not None and not isinstance(post_data, str):
+        raise ConfigError("must be a string", name, "post_data")
+    if post_data == "":
+        post_data = None  # as in Acrobits: empty post data means GET
+    content_type = _string(data.get("content_type", DEFAULT_CONTENT_TYPE), name, "content_type")
+    if body_kind(content_type) is None:
+        raise ConfigError(
+            "must be application/x-www-form-urlencoded, application/json (or +json), "
+            f"application/xml, text/xml (or +xml) or text/plain, got {content_type!r}",
+            name,
+            "content_type",
+        )
+    method = _string(data.get("method", "POST" if post_data is not None else "GET"), name, "method").upper()
+    if method not in _METHODS:
+        raise ConfigError(f"must be one of {', '.join(sorted(_METHODS))}, got {method!r}", name, "method")
+    if post_data is not None and method == "GET":
+        raise ConfigError("a GET request cannot carry post_data: remove one of them", name, "method")
+
+    headers_raw = data.get("headers", {})
+    if not isinstance(headers_raw, dict):
+        raise ConfigError('must be a table of Header-Name = "value"', name, "headers")
+    headers: list[tuple[str, str]] = []
+    for hname, hvalue in headers_raw.items():
+        if not _HEADER_NAME.fullmatch(hname) or not isinstance(hvalue, str):
+            raise ConfigError(f"header {hname!r} must be a valid name with a string value", name, "headers")
+        if hname.lower() in _RESERVED_HEADERS:
+            raise ConfigError(f"header {hname!r} is set by the gateway", name, "headers")
+        if any(c in hvalue for c in "\r\n\0"):
+            raise ConfigError(f"header {hname!r} contains a line break", name, "headers")
+        headers.append((hname, hvalue))
+
+    auth: tuple[str, str] | None = None
+    if "auth" in data:
+        a = data["auth"]
+        if not isinstance(a, dict) or set(a) != {"username", "password"}:
+            raise ConfigError('must be { username = "...", password = "..." } (HTTP Basic)', name, "auth")
+        auth = (_string(a["username"], name, "auth"), _string(a["password"], name, "auth"))
+
+    secret = data.get("signing_secret")
+    if secret is not None:
+        _check_secret(_string(secret, name, "signing_secret"), name)
+
+    success_codes: tuple[int, ...] | None = None
+    if "success_codes" in data:
+        codes = data["success_codes"]
+        if (
+            not isinstance(codes, list)
+            or not codes
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in codes)
+        ):
+            raise ConfigError("must be a non-empty list of HTTP status codes", name, "success_codes")
+        success_codes = tuple(codes)
+
+    timeout = data.get("timeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT:
+        raise ConfigError(f"must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}", name, "timeout")
+
+    retry = data.get("retry", list(DEFAULT_RETRY))
+    if not isinstance(retry, list) or not all(
+        isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 7 * 86400 for r in retry
+    ):
+        raise ConfigError(
+            "must be a list of whole seconds between retries, e.g. [5, 300, 1800]", name, "retry"
+        )
+    if len(retry) > 25:
+        raise ConfigError("allows at most 25 retries", name, "retry")
+
+    target = Target(
+        name=name,
+        networks=networks,
+        events=events,
+        url=url,
+        post_data=post_data,
+        content_type=content_type,
+        method=method,
+        headers=tuple(headers),
+        auth=auth,
+        signing_secret=secret,
+        success_codes=success_codes,
+        timeout=float(timeout),
+        retry=tuple(retry),
+        vars=tuple(variables.items()),
+    )
+    _validate_templates(target, allowed, environ)
+    return target
+
+
+def _validate_templates(target: Target, allowed: set[str], environ: Mapping[str, str] | None) -> None:
+    """Render every template with hostile values; each must parse and keep every value intact."""
+    name = target.name
+    if environ is not None:
+        missing = sorted(n for n in target.env_names() if n not in environ)
+        if missing:
+            raise ConfigError(
+                f"environment variable {missing[0]} is not set", name, _env_key(target, missing[0])
+            )
+    # Real secrets are not needed to check the shape: a plain token stands in for each.
+    fake_env = {n: "envvalue" for n in target.env_names()}
+    # A distinct hostile value per placeholder, so each one is checked on its own.
+    values = {n: f"{HOSTILE} {n}" for n in EVENT_PLACEHOLDERS}
+    values.update((k, v if v else "") for k, v in target.vars)
+
+    url_t = Template.parse(target.url)
+    _check_placeholders(url_t, allowed, name, "url")
+    benign = {**values, **{n: "x" for n in EVENT_PLACEHOLDERS}}
+    plain_url = url_t.render(benign, escape_url, fake_env)
+    parts = urlsplit(plain_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"must be an http:// or https:// URL, got {target.url!r}", name, "url")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("must not carry user:password@; use the auth key", name, "url")
+    hostile_url = url_t.render(values, escape_url, fake_env)
+    hostile_parts = urlsplit(hostile_url)
+    if (hostile_parts.scheme, hostile_parts.netloc) != (parts.scheme, parts.netloc):
+        raise ConfigError("a placeholder in the host part lets an invitation choose the server", name, "url")
+    pieces = url_strings(hostile_url)
+    for ph in url_t.placeholders() & EVENT_PLACEHOLDERS:
+        if not any(values[ph] in p for p in pieces):
+            raise ConfigError(f"%{ph}% does not survive URL encoding where it stands", name, "url")
+
+    if target.post_data is not None:
+        body_t = Template.parse(target.post_data)
+        _check_placeholders(body_t, allowed, name, "post_data")
+        kind = target.body_kind
+        rendered = body_t.render(values, kind.escape, fake_env)
+        try:
+            strings = parse_body(kind, rendered)
+        except ValueError as exc:
+            hint = " (put each placeholder inside a JSON string)" if kind.name == "json" else ""
+            raise ConfigError(
+                f"does not render as {target.content_type} with hostile values: {exc}{hint}",
+                name,
+                "post_data",
+            ) from None
+        for ph in body_t.placeholders() & EVENT_PLACEHOLDERS:
+            if not any(values[ph] in s for s in strings):
+                raise ConfigError(
+                    f"%{ph}% does not come back intact when the {kind.name} body is parsed", name, "post_data"
+                )
+        if kind is FORM_KIND and "=" not in rendered:
+            raise ConfigError("a form body must be name=value pairs joined by &", name, "post_data")
+
+    for hname, hvalue in target.headers:
+        _check_placeholders(Template.parse(hvalue), allowed, name, f"headers.{hname}")
+        Template.parse(hvalue).render(values, escape_header, fake_env)
+
+
+def _env_key(target: Target, var: str) -> str:
+    ref = "${" + var + "}"
+    if ref in target.url:
+        return "url"
+    if target.post_data and ref in target.post_data:
+        return "post_data"
+    for hname, hvalue in target.headers:
+        if ref in hvalue:
+            return f"headers.{hname}"
+    if target.auth and any(ref in part for part in target.auth):
+        return "auth"
+    return "signing_secret"
+
+
+def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    unknown = sorted(set(data) - {"settings", "aliases", "targets"})
+    if unknown:
+        raise ConfigError("unknown top-level key (known: settings, aliases, targets)", None, unknown[0])
+    settings = data.get("settings", {})
+    if not isinstance(settings, dict):
+        raise ConfigError("must be a table", None, "settings")
+    bad = sorted(set(settings) - _SETTINGS_KEYS)
+    if bad:
+        raise ConfigError(
+            f"unknown setting (known: {', '.join(sorted(_SETTINGS_KEYS))})", None, f"settings.{bad[0]}"
+        )
+    allow_private = settings.get("allow_private_targets", False)
+    if not isinstance(allow_private, bool):
+        raise ConfigError("must be true or false", None, "settings.allow_private_targets")
+
+    aliases_raw = data.get("aliases", {})
+    aliases: dict[str, tuple[str, ...]] = {}
+    if not isinstance(aliases_raw, dict):
+        raise ConfigError('must be a table of field = ["name", ...]', None, "aliases")
+    for fname, names in aliases_raw.items():
+        if fname not in FIELDS:
+            raise ConfigError(f"unknown field (known: {', '.join(FIELDS)})", None, f"aliases.{fname}")
+        aliases[fname] = _str_list(names, "", f"aliases.{fname}") if names else ()
+    _check_alias_clash(aliases)
+
+    raw_targets = data.get("targets", [])
+    if not isinstance(raw_targets, list):
+        raise ConfigError("must be an array of tables ([[targets]])", None, "targets")
+    targets: list[Target] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_targets):
+        if not isinstance(raw, dict):
+            raise ConfigError("must be a table", None, f"targets[{i}]")
+        t = target_from_dict(raw, environ)
+        if t.name in seen:
+            raise ConfigError("is declared twice", t.name, "name")
+        seen.add(t.name)
+        targets.append(t)
+    return Config(targets=tuple(targets), aliases=aliases, allow_private_targets=allow_private)
+
+
+def _check_alias_clash(aliases: Mapping[str, Sequence[str]]) -> None:
+    owner = {name.lower(): f for f, names in DEFAULT_ALIASES.items() for name in names}
+    for fname, names in aliases.items():
+        for n in names:
+            other = owner.setdefault(n.lower(), fname)
+            if other != fname:
+                raise ConfigError(f"{n!r} already names {other}", None, f"aliases.{fname}")
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML configuration file; every error names the file."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+    try:
+        return config_from_dict(data, environ)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
