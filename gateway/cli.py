@@ -59,7 +59,12 @@ def web(host: str, port: int, workers: int) -> None:
     """Serve the callback endpoints (uvicorn). Needs REDIS_URL."""
     import uvicorn
 
-    _settings().require_redis_url()
+    settings = _settings()
+    try:
+        settings.require_redis_url()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    _check_config_file(settings)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
@@ -91,7 +96,10 @@ def worker(burst: bool, max_jobs: int | None, name: str | None, maintenance_inte
     from gateway.worker import run_worker
 
     settings = _settings()
-    settings.require_redis_url()
+    try:
+        settings.require_redis_url()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     run_worker(settings, burst=burst, max_jobs=max_jobs, maintenance_interval=maintenance_interval, name=name)
 
 
@@ -112,6 +120,7 @@ def standalone(host: str, port: int, n_workers: int) -> None:
     from gateway.embedded import EmbeddedRedis
 
     settings = _settings()
+    _check_config_file(settings)  # fail here, with the reason, rather than in every child
     log = logging.getLogger("gateway.standalone")
     env = dict(os.environ)
     server: EmbeddedRedis | None = None
@@ -119,14 +128,6 @@ def standalone(host: str, port: int, n_workers: int) -> None:
         server = EmbeddedRedis(data_dir=settings.data_dir).start()
         env["REDIS_URL"] = server.url
         log.info("embedded Redis on %s, data in %s", server.url, os.path.abspath(settings.data_dir))
-    if settings.config_path:
-        # Fail here, with the reason, rather than in every child.
-        try:
-            load_config(settings.config_path, os.environ)
-        except ConfigError as exc:
-            if server is not None:
-                server.stop()
-            raise click.ClickException(str(exc)) from None
     exe = [sys.executable, "-m", "gateway"]
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
@@ -151,6 +152,14 @@ def standalone(host: str, port: int, n_workers: int) -> None:
         _stop_all(children)
         if server is not None:
             server.stop()
+
+
+def _check_config_file(settings: Settings) -> None:
+    if settings.config_path:
+        try:
+            load_config(settings.config_path, os.environ)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 def _stop_all(children: list[subprocess.Popen[bytes]], timeout: float = 25.0) -> None:

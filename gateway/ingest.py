@@ -37,7 +37,7 @@ class Ingest:
     async def __call__(self, request: Request, event_type: str) -> Response:
         body = await read_capped(request, self.max_body)
         try:
-            event = await run_in_threadpool(self.process, request, event_type, body)
+            event, targets = await run_in_threadpool(self.process, request, event_type, body)
         except CallbackError as exc:
             if not isinstance(exc, StoreUnavailable):
                 log.warning(
@@ -49,12 +49,20 @@ class Ingest:
                     body[:LOGGED_BODY],
                 )
             raise
-        log.info(
-            "accepted %s %s (network %s, %s)", event.type, event.id, event.network_id, event.source_format
-        )
+        if targets:
+            log.info(
+                "accepted %s %s (network %s, %s) for %s",
+                event.type,
+                event.id,
+                event.network_id,
+                event.source_format,
+                ", ".join(targets),
+            )
+        else:
+            log.warning("accepted %s %s: no target serves network %r", event.type, event.id, event.network_id)
         return Response(status_code=204)
 
-    def process(self, request: Request, event_type: str, body: bytes) -> InvitationEvent:
+    def process(self, request: Request, event_type: str, body: bytes) -> tuple[InvitationEvent, list[str]]:
         """Decode, normalize and accept; runs in the thread pool (Redis and RQ are sync)."""
         try:
             aliases = self.live.get().alias_table()
@@ -69,11 +77,11 @@ class Ingest:
         fields = merge_fields(query, pairs, aliases)
         event = make_event(fields, event_type, source, client=request.client.host if request.client else None)
         try:
-            accept(self.store, self.queue, self.live, event)
+            targets = accept(self.store, self.queue, self.live, event)
         except RedisError as exc:
             log.error("could not store %s %s: %s", event.type, event.id, exc)
             raise StoreUnavailable(f"cannot store the invitation: {type(exc).__name__}") from exc
-        return event
+        return event, targets
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
