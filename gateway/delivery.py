@@ -103,11 +103,12 @@ def classify(target: Target, response: Response, now: float) -> None:
     if target.is_success(status):
         return
     reason = f"HTTP {status}"
+    headers = {name.lower(): value for name, value in response.headers.items()}
     if status in RETRYABLE_STATUSES or status >= 500:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
+        retry_after = parse_retry_after(headers.get("retry-after"), now)
         raise RetryableDelivery(reason, status=status, retry_after=retry_after)
     if 300 <= status < 400:
-        where = response.headers.get("Location", "")
+        where = headers.get("location", "")
         raise PermanentDelivery(
             f"{reason}: redirect to {where!r} not followed; fix the target URL", status=status
         )

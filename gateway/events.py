@@ -121,9 +121,19 @@ def _check_text(field: str, value: str) -> str:
     if len(value) > MAX_FIELD_LENGTH:
         raise InvalidCallback(f"{field} is longer than {MAX_FIELD_LENGTH} characters", field=field)
     for ch in value:
-        if unicodedata.category(ch) == "Cc":
+        category = unicodedata.category(ch)
+        if category == "Cc":
             raise InvalidCallback(f"{field} contains a control character ({ord(ch):#04x})", field=field)
+        # A lone surrogate (JSON "\ud800") or a noncharacter is not text: no target body
+        # (UTF-8, XML) could carry it.
+        if category == "Cs" or _is_noncharacter(ch):
+            raise InvalidCallback(f"{field} contains an invalid character (U+{ord(ch):04X})", field=field)
     return value
+
+
+def _is_noncharacter(ch: str) -> bool:
+    code = ord(ch)
+    return 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
 
 
 def normalize_invitee(value: str) -> tuple[str, str]:

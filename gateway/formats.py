@@ -82,23 +82,33 @@ def decode_urlencoded(data: bytes, charset: str | None = None, what: str = "body
     return pairs
 
 
+class _JSONObject(list[tuple[str, object]]):
+    """A JSON object kept as its (name, value) pairs, duplicates included."""
+
+
 def decode_json(data: bytes, charset: str | None = None) -> Pairs:
-    """A flat JSON object; numbers keep their decimal text (15551231234 stays "15551231234")."""
-    text = _text(data, charset or "utf-8-sig", "body")
+    """A flat JSON object; numbers keep their decimal text (15551231234 stays "15551231234").
+
+    The object is read as pairs, so a name given twice with two values is refused by
+    pick_fields instead of the last one silently winning.
+    """
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    text = _text(data, charset, "body")
     try:
-        obj = json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
+        obj = json.loads(
+            text, parse_int=str, parse_float=str, parse_constant=str, object_pairs_hook=_JSONObject
+        )
     except json.JSONDecodeError as exc:
         raise InvalidCallback(
             f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
-    if not isinstance(obj, dict):
-        raise InvalidCallback(f"JSON body must be an object, got {type(obj).__name__}")
-    pairs: Pairs = []
-    for name, value in obj.items():
-        # parse_int/parse_float made every number a str already; anything else is kept as a
-        # marker so that a known field holding it gets a precise error from pick_fields.
-        pairs.append((name, value if isinstance(value, str) else NOT_TEXT))
-    return pairs
+    if not isinstance(obj, _JSONObject):
+        kind = "array" if isinstance(obj, list) else type(obj).__name__
+        raise InvalidCallback(f"JSON body must be an object, got {kind}")
+    # parse_int/parse_float made every number a str already; anything else is kept as a
+    # marker so that a known field holding it gets a precise error from pick_fields.
+    return [(name, value if isinstance(value, str) else NOT_TEXT) for name, value in obj]
 
 
 def _xml_parser() -> etree.XMLParser:

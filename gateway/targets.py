@@ -242,6 +242,11 @@ def target_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
         for k, v in variables.items()
     ):
         raise ConfigError('must be a table of name = "text"', name, "vars")
+    hexlike = sorted(k for k in variables if re.fullmatch(r"[0-9A-Fa-f]{2}", k))
+    if hexlike:
+        raise ConfigError(
+            f"{hexlike[0]!r} reads as percent-encoding (%{hexlike[0]}%); rename it", name, "vars"
+        )
     clash = sorted(set(variables) & EVENT_PLACEHOLDERS)
     if clash:
         raise ConfigError(f"{clash[0]!r} is an event value and cannot be redefined", name, "vars")
