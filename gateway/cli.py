@@ -145,13 +145,15 @@ def standalone(host: str, port: int, n_workers: int) -> None:
         log.info("serving on http://%s:%d (pid %d, %d workers)", host, port, children[0].pid, n_workers)
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
-        for c in children:
-            if c.poll() is not None and not stopping:
-                log.error("process %d exited with %s; stopping everything", c.pid, c.returncode)
+        failed = [c for c in children if c.poll() is not None] if not stopping else []
+        for c in failed:
+            log.error("process %d exited with %s; stopping everything", c.pid, c.returncode)
     finally:
         _stop_all(children)
         if server is not None:
             server.stop()
+    if failed:
+        sys.exit(1)  # so that a process manager restarting on failure brings it back
 
 
 def _check_config_file(settings: Settings) -> None:

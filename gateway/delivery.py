@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import os
 import random
 import time
@@ -124,10 +125,11 @@ def retry_delay(target: Target, attempt: int, retry_after: float | None, rng: ra
     if attempt > len(target.retry):
         return None
     base = target.retry[attempt - 1]
-    delay = base * rng.uniform(0.9, 1.1) if base else 0.0
+    delay = round(base * rng.uniform(0.9, 1.1)) if base else 0
     if retry_after is not None:
-        delay = max(delay, retry_after)
-    return round(delay)
+        # RQ schedules in whole seconds, rounding down: one second more keeps it a floor.
+        delay = max(delay, math.ceil(retry_after) + 1)
+    return delay
 
 
 @dataclass(frozen=True, slots=True)

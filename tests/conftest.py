@@ -261,6 +261,12 @@ class Gateway:
         self.processes.append(proc)
         return proc
 
+    def start_process(self, args: list[str], name: str, env: dict[str, str] | None = None) -> Process:
+        """Start any command (stopped at teardown like the others); `env` defaults to `environ()`."""
+        proc = Process(args, self.environ() if env is None else env, self.tmp_path / f"{name}.log")
+        self.processes.append(proc)
+        return proc
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.log_path.name}\n{p.output()}" for p in self.processes)
 

@@ -1,0 +1,226 @@
+"""Retries through RQ's scheduler: a real worker against targets that answer from a script."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from e2e_support import (
+    FINAL_STATES,
+    QUEUE_NAME,
+    SETTINGS,
+    attempts_of,
+    failed_job_ids,
+    http_call,
+    queued_job_count,
+    store_for,
+    the_event_id,
+    wait_final,
+    wait_until,
+)
+from rq.registry import ScheduledJobRegistry
+from rq.serializers import JSONSerializer
+
+if TYPE_CHECKING:
+    from conftest import Gateway, TargetServer
+    from redis import Redis
+
+    from gateway.store import Store
+
+CALLBACK = "/invitation_created/?invitee=15551231234&invitor=johnsnow&network_id=mynetwork"
+# Long enough for a wrongly scheduled retry (the shortest schedule here is 1 s) to show up.
+QUIET_PERIOD = 3.0
+
+
+def run_one(
+    gateway: Gateway, target_server: TargetServer, redis: Redis, target_toml: str
+) -> tuple[Store, str]:
+    """Start web + worker with one target named `t` on path /t, send one callback."""
+    gateway.write_config(
+        SETTINGS
+        + f"""
+[[targets]]
+name = "t"
+networks = ["mynetwork"]
+url = "{target_server.url}/t"
+{target_toml}
+"""
+    )
+    base = gateway.start_web()
+    gateway.start_worker()
+    resp = http_call(base, "GET", CALLBACK)
+    assert resp.status == 204, (resp.body, gateway.logs())
+    store = store_for(redis)
+    return store, the_event_id(store)
+
+
+def final(store: Store, event_id: str, gateway: Gateway, timeout: float = 30.0) -> dict[str, Any]:
+    try:
+        return wait_final(store, event_id, ["t"], timeout)["t"]
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{store.get_deliveries(event_id)}\n{gateway.logs()}") from None
+
+
+def test_503_503_200_is_delivered_on_the_third_attempt(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    target_server.script("/t", [503, 503, 200])
+    store, event_id = run_one(gateway, target_server, redis, "retry = [1, 1]")
+
+    state = final(store, event_id, gateway)
+    assert state["status"] == "delivered"
+    assert state["attempts"] == 3
+    attempts = attempts_of(store, event_id, "t")
+    assert [a["status_code"] for a in attempts] == [503, 503, 200]
+    assert [a["outcome"] for a in attempts] == ["retrying", "retrying", "delivered"]
+    requests = target_server.requests_to("/t")
+    assert len(requests) == 3
+    # The same delivery id on every retry, so the target can deduplicate.
+    assert {r.headers["idempotency-key"] for r in requests} == {f"{event_id}-t"}
+    assert failed_job_ids(redis) == []
+
+
+def test_400_is_failed_after_one_attempt_and_lands_in_rq_failed_registry(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    target_server.script("/t", [400])
+    store, event_id = run_one(gateway, target_server, redis, "retry = [1, 1]")
+
+    state = final(store, event_id, gateway)
+    assert state["status"] == "failed"
+    assert state["last_status_code"] == 400
+    time.sleep(QUIET_PERIOD)  # a retry, if one were scheduled, would come within this
+    assert len(target_server.requests_to("/t")) == 1
+    assert store.get_delivery(event_id, "t") == state
+    assert [a["status_code"] for a in attempts_of(store, event_id, "t")] == [400]
+    assert failed_job_ids(redis) == [f"{event_id}-t"]
+    assert queued_job_count(redis) == 0
+
+
+def test_429_with_retry_after_is_retried(gateway: Gateway, target_server: TargetServer, redis: Redis) -> None:
+    target_server.script("/t", [(429, {"Retry-After": "1"}, b"slow down"), 200])
+    store, event_id = run_one(gateway, target_server, redis, "retry = [1, 1]")
+
+    state = final(store, event_id, gateway)
+    assert state["status"] == "delivered"
+    assert state["attempts"] == 2
+    attempts = attempts_of(store, event_id, "t")
+    assert [a["status_code"] for a in attempts] == [429, 200]
+    assert [a["outcome"] for a in attempts] == ["retrying", "delivered"]
+    assert attempts[0]["response"] == "slow down"
+    assert len(target_server.requests_to("/t")) == 2
+
+
+def test_retry_after_is_a_floor_for_the_retry(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    """`retry = [0]` says "at once", the target says "not before 1 s": the target wins.
+
+    This is an ordering fact, not a speed requirement: the second attempt may come as late as
+    it likes, but not before the Retry-After has passed since the 429 arrived.
+    """
+    target_server.script("/t", [(429, {"Retry-After": "1"}, b"slow down"), 200])
+    gateway.write_config(
+        SETTINGS
+        + f"""
+[[targets]]
+name = "t"
+networks = ["mynetwork"]
+url = "{target_server.url}/t"
+retry = [0]
+
+[[targets]]
+name = "warm"
+networks = ["warmup"]
+url = "{target_server.url}/warm"
+"""
+    )
+    base = gateway.start_web()
+    gateway.start_worker()
+    store = store_for(redis)
+    # Warm the worker up (imports, HTTP pool) so that the 429 below is answered without delay.
+    assert http_call(base, "GET", CALLBACK.replace("mynetwork", "warmup")).status == 204
+    target_server.wait_for("/warm", 1)
+    # Send when a wall-clock second is about to end: a whole-second scheduler rounds a retry
+    # due at 12.95 + 1 s down to 13 s, so a retry that does not honour the floor shows up.
+    wait_until(lambda: time.time() % 1 < 0.8, "a second to start")
+    wait_until(lambda: time.time() % 1 >= 0.85, "the end of a second", interval=0.002)
+    assert http_call(base, "GET", CALLBACK).status == 204
+    event_id = wait_until(
+        lambda: next((e for e in store.recent_events(10) if store.get_delivery(e, "t")), None), "the event"
+    )
+    # While the retry waits in RQ's scheduled registry, note when it is due.
+    job_id = f"{event_id}-t"
+    scheduled_key = ScheduledJobRegistry(QUEUE_NAME, connection=redis, serializer=JSONSerializer).key
+    due: list[float] = []
+
+    def finished() -> bool:
+        score = redis.zscore(scheduled_key, job_id)
+        if score is not None:
+            due.append(score)
+        return (store.get_delivery(event_id, "t") or {}).get("status") in FINAL_STATES
+
+    wait_until(finished, "the delivery to finish", timeout=30, interval=0.01)
+
+    state = final(store, event_id, gateway)
+    assert state["status"] == "delivered"
+    first, second = attempts_of(store, event_id, "t")
+    assert (first["status_code"], second["status_code"]) == (429, 200)
+    answered_at = (first["at_ms"] + first["latency_ms"]) / 1000
+    if due:  # the retry was seen in RQ's schedule: it must not be due before the floor
+        assert min(due) >= answered_at + 1, (
+            f"retry scheduled {min(due) - answered_at:.3f} s after a 429 with Retry-After: 1"
+        )
+    assert second["at_ms"] / 1000 - answered_at >= 1, (
+        f"retried {second['at_ms'] / 1000 - answered_at:.3f} s after a 429 with Retry-After: 1"
+    )
+
+
+def test_used_up_schedule_is_failed_after_two_attempts(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    target_server.script("/t", [500])
+    store, event_id = run_one(gateway, target_server, redis, "retry = [1]")
+
+    state = final(store, event_id, gateway)
+    assert state["status"] == "failed"
+    assert state["attempts"] == 2
+    assert "no retries left" in state["last_error"]
+    time.sleep(QUIET_PERIOD)
+    assert len(target_server.requests_to("/t")) == 2
+    assert [a["status_code"] for a in attempts_of(store, event_id, "t")] == [500, 500]
+    assert failed_job_ids(redis) == [f"{event_id}-t"]
+
+
+def test_ramen_duplicate_404_counts_as_delivered(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    duplicate = b'{"error":{"message":"recipient_email already invited","param":"recipient_email"}}'
+    target_server.script("/t", [(404, {"Content-Type": "application/json"}, duplicate)])
+    store, event_id = run_one(
+        gateway,
+        target_server,
+        redis,
+        """
+method = "POST"
+content_type = "application/json"
+post_data = '{"recipient_email": "invite-%invitee%@example.com", "invitation_type": "org_customer"}'
+headers = { RAMEN_API_KEY = "key" }
+success_codes = [200, 404]
+retry = [1, 1]
+""",
+    )
+
+    state = final(store, event_id, gateway)
+    assert state["status"] == "delivered"
+    assert state["attempts"] == 1
+    [attempt] = attempts_of(store, event_id, "t")
+    assert attempt["status_code"] == 404
+    assert "already invited" in attempt["response"]
+    [r] = target_server.requests_to("/t")
+    assert r.headers["ramen_api_key"] == "key"
+    assert r.json() == {
+        "recipient_email": "invite-15551231234@example.com",
+        "invitation_type": "org_customer",
+    }
+    assert failed_job_ids(redis) == []
