@@ -333,7 +333,8 @@ def test_retry_delay_default_schedule() -> None:
 
 @pytest.mark.parametrize(
     # RQ schedules in whole seconds, rounding down, so a floor needs ceil(Retry-After) + 1.
-    ("retry_after", "low", "high"), [(5000.0, 5001, 5001), (10.0, 900, 1100), (0.0, 900, 1100)]
+    ("retry_after", "low", "high"),
+    [(5000.0, 5001, 5001), (10.0, 900, 1100), (0.0, 900, 1100)],
 )
 def test_retry_delay_retry_after_is_a_floor(retry_after: float, low: int, high: int) -> None:
     target = _target(retry=[1000])
