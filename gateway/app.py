@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED
-from gateway.exceptions import CallbackError
+from gateway.exceptions import CallbackError, ConfigError
 from gateway.ingest import Ingest
 from gateway.queue import make_queue
 from gateway.settings import LiveConfig, Settings
@@ -59,6 +59,16 @@ async def http_error(request: Request, exc: Exception) -> Response:
 def apply_config_file(store: Store, path: str) -> tuple[int, bool, int]:
     """Validate the TOML file (environment variables included) and store it for every process."""
     config = load_config(path, os.environ)
+    for target in config.targets:
+        # An event must outlive its last retry, or that retry finds nothing to send.
+        span = sum(target.retry) + target.timeout * (len(target.retry) + 1)
+        if span * 1.1 >= store.retention:
+            raise ConfigError(
+                f"the retry schedule spans {span / 86400:.1f} days with jitter, past the "
+                f"{store.retention / 86400:g}-day retention (GATEWAY_RETENTION_DAYS)",
+                target.name,
+                "retry",
+            )
     version, changed = store.save_config(config.to_dict())
     return version, changed, len(config.targets)
 

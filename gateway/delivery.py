@@ -36,7 +36,6 @@ log = logging.getLogger("gateway.delivery")
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 MAX_RETRY_AFTER = 86400
-RECORDED_BODY = 512  # bytes of a response kept in the attempt record
 
 
 @lru_cache(maxsize=1024)
@@ -162,11 +161,24 @@ def attempt_delivery(
     }
     retry_after: float | None = None
     try:
-        request = build_request(target, event, environ, now=started)
+        try:
+            request = build_request(target, event, environ, now=started)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            # A ${VAR} whose value cannot be used (a signing secret that is not base64, a line
+            # break in a header): the operator can fix it, so keep trying. The type only: the
+            # message could quote the secret.
+            log.error(
+                "delivery %s: cannot build the request", delivery_id(event.id, target.name), exc_info=False
+            )
+            raise ConfigError(
+                f"cannot build the request ({type(exc).__name__}); check the ${{VARS}}"
+            ) from None
         response = sender.send(request)
         record["status_code"] = response.status
         record["latency_ms"] = response.latency_ms
-        record["response"] = response.body[:RECORDED_BODY].decode("utf-8", "replace")
+        record["response"] = response.body.decode("utf-8", "replace")
         classify(target, response, time.time())
         return Outcome(DELIVERED, record)
     except ConfigError as exc:

@@ -103,6 +103,8 @@ def decode_json(data: bytes, charset: str | None = None) -> Pairs:
         raise InvalidCallback(
             f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise InvalidCallback("JSON body is nested too deeply") from None
     if not isinstance(obj, _JSONObject):
         kind = "array" if isinstance(obj, list) else type(obj).__name__
         raise InvalidCallback(f"JSON body must be an object, got {kind}")

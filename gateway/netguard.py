@@ -18,6 +18,9 @@ _EXTRA_BLOCKED = (
     ipaddress.ip_network("64:ff9b:1::/48"),
     ipaddress.ip_network("169.254.0.0/16"),
     ipaddress.ip_network("fc00::/7"),
+    ipaddress.ip_network("::/96"),  # IPv4-compatible (deprecated): ::127.0.0.1
+    ipaddress.ip_network("2002::/16"),  # 6to4 wraps any IPv4 address, private ones included
+    ipaddress.ip_network("2001::/32"),  # Teredo, likewise
 )
 
 
@@ -27,6 +30,11 @@ class AddressNotAllowed(OSError):
 
 def check_address(address: str, allow_private: bool) -> None:
     """Raise AddressNotAllowed unless `address` (an IP literal) may be connected to."""
+    if "%" in address and not allow_private:
+        # A zone id (fe80::1%eth0) names a local interface: never a target on the Internet.
+        raise AddressNotAllowed(
+            f"target address {address!r} has a zone id; set allow_private_targets to allow it"
+        )
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:

@@ -20,14 +20,15 @@ from rq.serializers import JSONSerializer
 from gateway.events import InvitationEvent
 from gateway.settings import LiveConfig
 from gateway.store import Store
-from gateway.targets import Target
+from gateway.targets import MAX_TIMEOUT, Target
 
 log = logging.getLogger("gateway.queue")
 
 DELIVER = "gateway.delivery.deliver"
 ALLOWED_FUNCTIONS = frozenset({DELIVER})
-# Extra seconds a job may run beyond the target's HTTP timeout (rendering, recording).
-JOB_TIMEOUT_MARGIN = 30
+# A job may run for the longest HTTP timeout a target can have, plus time to render and record:
+# fixed, so a reload that raises a target's timeout cannot make RQ kill an attempt mid-send.
+JOB_TIMEOUT = int(MAX_TIMEOUT) + 30
 # RQ's own retries cover what the delivery function cannot: a worker killed mid-job (RQ's
 # abandoned-job cleanup retries it) or an unexpected exception. Delivery outcomes (HTTP errors)
 # are retried by the function returning a Retry, on the target's own schedule.
@@ -61,7 +62,7 @@ def _job_data(event: InvitationEvent, target: Target, retention: int) -> Any:
         DELIVER,
         args=(event.id, target.name),
         job_id=delivery_id(event.id, target.name),
-        timeout=int(target.timeout) + JOB_TIMEOUT_MARGIN,
+        timeout=JOB_TIMEOUT,
         result_ttl=0,  # our own delivery record is the result
         failure_ttl=retention,
         retry=CRASH_RETRY,
@@ -77,7 +78,7 @@ def accept(store: Store, queue: Queue, live: LiveConfig, event: InvitationEvent)
     for targets that now match as well are enqueued in a second round trip before returning, so
     a reload is never missed. (A target removed meanwhile is recorded as skipped by the worker.)
     """
-    config = live.get()
+    version, config = live.snapshot()
     targets = config.routes(event.type, event.network_id)
     with store.redis.pipeline(transaction=True) as pipe:
         store.write_event(pipe, event, [t.name for t in targets])
@@ -86,13 +87,18 @@ def accept(store: Store, queue: Queue, live: LiveConfig, event: InvitationEvent)
         store.queue_config_version(pipe)
         results = pipe.execute()
     seen = int(results[-1] or 0)
-    if seen != live.version:
-        newer = live.refresh(seen)
-        known = {t.name for t in targets}
-        extra = [t for t in newer.routes(event.type, event.network_id) if t.name not in known]
-        if extra:
-            _enqueue_more(store, queue, event, extra)
-            targets = [*targets, *extra]
+    if seen != version:
+        # The event is stored: whatever happens now, the answer is 204. A failure here leaves
+        # the newest targets without this one event, and says so in the log.
+        try:
+            newer = live.refresh(seen)
+            known = {t.name for t in targets}
+            extra = [t for t in newer.routes(event.type, event.network_id) if t.name not in known]
+            if extra:
+                _enqueue_more(store, queue, event, extra)
+                targets = [*targets, *extra]
+        except Exception:
+            log.error("event %s stored, but not enqueued for targets added since", event.id, exc_info=True)
     return [t.name for t in targets]
 
 

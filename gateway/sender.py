@@ -12,6 +12,8 @@ by `gateway.netguard` inside the resolver.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import os
 import socket
 import time
@@ -25,8 +27,10 @@ from yarl import URL
 from gateway import __version__
 from gateway.netguard import AddressNotAllowed, check_address
 
+log = logging.getLogger("gateway.sender")
+
 USER_AGENT = f"invitation-gateway/{__version__}"
-RESPONSE_CAP = 4096  # bytes of a response body that are read and kept
+RESPONSE_CAP = 512  # bytes of a response body that are read and kept in the attempt record
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +108,11 @@ class Sender:
         connector = aiohttp.TCPConnector(resolver=_VettingResolver(self), limit=100, ttl_dns_cache=10)
         return aiohttp.ClientSession(
             connector=connector,
-            trust_env=False,
+            trust_env=False,  # no proxies or netrc from the environment
+            cookie_jar=aiohttp.DummyCookieJar(),  # targets never share cookies
             auto_decompress=False,  # we keep raw first bytes; no decompression bombs
-            headers={"User-Agent": USER_AGENT},
+            # identity: the recorded first bytes of a response are readable text
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         )
 
     def send(self, request: OutboundRequest) -> Response:
@@ -118,8 +124,7 @@ class Sender:
         except BaseException:
             # Interrupted mid-request (RQ's job timeout fires as an exception inside the loop):
             # the loop's state is unknown, so the next send starts with a fresh loop and pool.
-            self._loop = None
-            self._session = None
+            self.close()
             raise
 
     async def _send(self, session: aiohttp.ClientSession, request: OutboundRequest) -> Response:
@@ -129,7 +134,7 @@ class Sender:
             return round((time.perf_counter() - started) * 1000, 2)
 
         url = URL(request.url, encoded=True)
-        if url.host is not None and _is_ip(url.host):
+        if url.host is not None and _is_ip_literal(url.host):
             try:
                 check_address(url.host, self.allow_private)
             except AddressNotAllowed as exc:
@@ -152,21 +157,34 @@ class Sender:
             raise SendError(f"cannot connect: {exc.os_error.strerror or exc.os_error}", elapsed()) from None
         except TimeoutError:
             raise SendError(f"timed out after {request.timeout:g} s", elapsed()) from None
+        except aiohttp.ClientResponseError as exc:
+            # Not str(exc): it quotes the URL, which can hold a secret or an invitee's number.
+            raise SendError(f"{type(exc).__name__}: {exc.status} {exc.message}", elapsed()) from None
         except aiohttp.ClientError as exc:
-            raise SendError(f"{type(exc).__name__}: {exc}", elapsed()) from None
+            raise SendError(type(exc).__name__, elapsed()) from None
 
     def close(self) -> None:
-        if self._loop is not None and self._session is not None and self._pid == os.getpid():
-            self._loop.run_until_complete(self._session.close())
-            self._loop.close()
-        self._loop = None
-        self._session = None
+        """Close the pool and the loop (best effort: after an interruption they may be broken)."""
+        loop, session, self._loop, self._session = self._loop, self._session, None, None
+        if loop is None or self._pid != os.getpid() or loop.is_closed():
+            return
+        try:
+            if session is not None and not loop.is_running():
+                loop.run_until_complete(session.close())
+        except Exception:
+            log.debug("closing the HTTP session failed", exc_info=True)
+        finally:
+            if not loop.is_running():
+                loop.close()
 
 
-def _is_ip(host: str) -> bool:
+def _is_ip_literal(host: str) -> bool:
+    """As aiohttp decides (any `:` means IPv6, zone ids included): such hosts skip the resolver."""
+    if ":" in host:
+        return True
     try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except OSError:
+        ipaddress.ip_address(host)
+    except ValueError:
         return False
     return True
 

@@ -119,9 +119,9 @@ class Store:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(ek + ":attempts", _dumps({"target": target, **attempt}))
             pipe.hset(ek + ":deliveries", target, _dumps(state))
-            # The event may have been received long ago: keep these from outliving it.
-            pipe.expire(ek + ":attempts", self.retention, nx=True)
-            pipe.expire(ek + ":deliveries", self.retention, nx=True)
+            # Created here if the event's keys expired meanwhile: never keep them forever.
+            pipe.expire(ek + ":attempts", self.retention)
+            pipe.expire(ek + ":deliveries", self.retention)
             pipe.execute()
 
     def recent_events(self, limit: int = 20, network: str | None = None) -> list[str]:

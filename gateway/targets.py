@@ -202,9 +202,9 @@ def _check_placeholders(template: Template, allowed: set[str], target: str, key:
         raise ConfigError(f"unknown placeholder {names} (known: {known})", target, key)
 
 
-def _check_secret(secret: str, target: str) -> None:
-    if "${" in secret:
-        return  # checked when the worker expands it
+def _check_secret(secret: str, target: str, expanded: bool = False) -> None:
+    if "${" in secret and not expanded:
+        return  # checked with the environment, in _validate_templates
     if not secret.startswith("whsec_"):
         raise ConfigError(
             "must be whsec_ followed by base64 (or ${ENV_VAR} holding one)", target, "signing_secret"
@@ -398,7 +398,13 @@ def _validate_templates(target: Target, allowed: set[str], environ: Mapping[str,
 
     for hname, hvalue in target.headers:
         _check_placeholders(Template.parse(hvalue), allowed, name, f"headers.{hname}")
-        Template.parse(hvalue).render(values, escape_header, fake_env)
+    for part in target.auth or ():
+        _check_placeholders(Template.parse(part), allowed, name, "auth")
+    if target.signing_secret is not None:
+        secret_t = Template.parse(target.signing_secret)
+        _check_placeholders(secret_t, set(), name, "signing_secret")
+        if environ is not None and secret_t.env_names():
+            _check_secret(secret_t.render({}, escape_header, environ), name, expanded=True)
 
 
 def _env_key(target: Target, var: str) -> str:

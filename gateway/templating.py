@@ -29,11 +29,16 @@ Escape = Callable[[str], str]
 _TOKEN = re.compile(r"%(?![0-9A-Fa-f]{2}%)([A-Za-z_][A-Za-z0-9_]*)%|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Rendered into every template at load time: if a template survives these, it survives a phone.
-HOSTILE = '"quo\'te" & <b>x</b> +1 555/12?a=1&b=2#h;%41 \\ ]]> ü€😀'
+HOSTILE = '"quo\'te" & <b>x</b> +1 555/../12?a=1&b=2#h;%41 \\ ]]> ü€😀'
+
+
+def escape_form(value: str) -> str:
+    return quote(value, safe="")
 
 
 def escape_url(value: str) -> str:
-    return quote(value, safe="")
+    """Percent-encoding, dots included: a value of `..` must not climb the target's path."""
+    return quote(value, safe="").replace(".", "%2E")
 
 
 def escape_json(value: str) -> str:
@@ -72,7 +77,7 @@ class BodyKind:
     escape: Escape
 
 
-FORM_KIND = BodyKind("form", escape_url)
+FORM_KIND = BodyKind("form", escape_form)
 JSON_KIND = BodyKind("json", escape_json)
 XML_KIND = BodyKind("xml", escape_xml)
 TEXT_KIND = BodyKind("text", escape_none)

@@ -21,10 +21,6 @@ from gateway.settings import Settings
 log = logging.getLogger("gateway.worker")
 
 
-class GatewayWorker(SimpleWorker):
-    pass
-
-
 def run_worker(
     settings: Settings,
     burst: bool = False,
@@ -35,7 +31,7 @@ def run_worker(
     """Work the queue until stopped (SIGTERM finishes the current job first)."""
     redis = Redis.from_url(settings.require_redis_url())
     queue = make_queue(redis, settings.queue_name)
-    worker = GatewayWorker(
+    worker = SimpleWorker(
         [queue],
         connection=redis,
         serializer=JSONSerializer,

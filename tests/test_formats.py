@@ -479,3 +479,15 @@ def test_decode_body_broken_json_is_invalid(raw: bytes, content_type: str | None
 )
 def test_parse_content_type(header: str | None, expected: tuple[str, dict[str, str]]) -> None:
     assert parse_content_type(header) == expected
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
+    body = b'{"a":' + b"[" * 30000 + b"]" * 30000 + b"}"
+    with pytest.raises(InvalidCallback, match="nested too deeply"):
+        decode_json(body)
+
+
+def test_duplicate_json_field_with_two_values_is_refused() -> None:
+    pairs = decode_json(b'{"invitee": "1555", "invitee": "1666", "invitor": "j", "network_id": "n"}')
+    with pytest.raises(InvalidCallback, match="conflicting values for invitee"):
+        pick_fields(pairs, DEFAULT_ALIAS_TABLE)

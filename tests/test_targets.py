@@ -665,3 +665,28 @@ def test_seed_doselect_url_keeps_trailing_slash_and_query(seed_config: Config) -
 
 def test_seed_config_round_trip(seed_config: Config) -> None:
     assert config_from_dict(seed_config.to_dict(), SEED_ENV) == seed_config
+
+
+def _base(**extra: Any) -> dict[str, Any]:
+    return {"name": "t", "networks": ["*"], "url": "https://api.example.com/hook", **extra}
+
+
+def test_unknown_placeholder_in_auth_fails_at_load() -> None:
+    with pytest.raises(ConfigError) as info:
+        target_from_dict(_base(auth={"username": "%typo%", "password": "x"}))
+    assert (info.value.target, info.value.key) == ("t", "auth")
+
+
+def test_signing_secret_from_env_is_checked_at_load_without_quoting_it() -> None:
+    env = {"S": "whsec_not-base64!"}
+    with pytest.raises(ConfigError) as info:
+        target_from_dict(_base(signing_secret="${S}"), env)
+    assert info.value.key == "signing_secret"
+    assert "not-base64" not in str(info.value)
+    good = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    assert target_from_dict(_base(signing_secret="${S}"), {"S": good}).signing_secret == "${S}"
+
+
+def test_percent_encoded_literal_text_survives_rendering() -> None:
+    target = target_from_dict(_base(url="https://api.example.com/hook?n=Jos%C3%A9&i=%invitee%"))
+    assert Template.parse(target.url).placeholders() == {"invitee"}

@@ -108,10 +108,12 @@ def test_render_without_tokens_is_identity() -> None:
         ("+15551231234", "%2B15551231234"),
         ("a b", "a%20b"),
         ("a/b?c=d&e#f", "a%2Fb%3Fc%3Dd%26e%23f"),
-        ("john@example.com", "john%40example.com"),
+        ("john@example.com", "john%40example%2Ecom"),
         ("100%", "100%25"),
         ("é€", "%C3%A9%E2%82%AC"),
-        ("az-_.~09", "az-_.~09"),
+        ("az-_.~09", "az-_%2E~09"),
+        # A dot segment must not reach the target's path as one.
+        ("..", "%2E%2E"),
     ],
 )
 def test_escape_url(value: str, expected: str) -> None:

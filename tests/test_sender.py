@@ -1,0 +1,134 @@
+"""The aiohttp sender against real servers on loopback: what it sends, what it refuses, what it
+records."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.netguard import AddressNotAllowed, check_address
+from gateway.sender import OutboundRequest, Sender, SendError
+from tests.conftest import TargetServer
+
+
+def _get(url: str, timeout: float = 5.0) -> OutboundRequest:
+    return OutboundRequest("GET", url, (), None, timeout)
+
+
+@pytest.fixture
+def sender() -> Iterator[Sender]:
+    s = Sender(allow_private=True)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_targets_share_no_cookies(sender: Sender, target_server: TargetServer) -> None:
+    target_server.script("/a", [(200, {"Set-Cookie": "sid=provider-a; Path=/"}, b"ok")])
+    sender.send(_get(f"{target_server.url}/a"))
+    sender.send(_get(f"{target_server.url}/b"))
+    second = target_server.requests_to("/b")[0]
+    assert "cookie" not in second.headers
+    assert second.headers["accept-encoding"] == "identity"
+    assert second.headers["user-agent"].startswith("invitation-gateway/")
+
+
+def test_response_is_read_up_to_the_cap(target_server: TargetServer) -> None:
+    target_server.script("/big", [(200, {}, b"x" * 5000)])
+    s = Sender(allow_private=True, response_cap=100)
+    try:
+        response = s.send(_get(f"{target_server.url}/big"))
+    finally:
+        s.close()
+    assert response.status == 200
+    assert response.body == b"x" * 100
+
+
+def test_redirects_are_not_followed(sender: Sender, target_server: TargetServer) -> None:
+    target_server.script("/moved", [(302, {"Location": f"{target_server.url}/elsewhere"}, b"")])
+    response = sender.send(_get(f"{target_server.url}/moved"))
+    assert response.status == 302
+    assert target_server.requests_to("/elsewhere") == []
+
+
+@pytest.fixture
+def broken_server() -> Iterator[int]:
+    """Answers every connection with an unparsable response, then closes it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nok")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_errors_never_quote_the_url(sender: Sender, broken_server: int) -> None:
+    url = f"http://127.0.0.1:{broken_server}/services/T000/SuperSecretToken?to=%2B15551231234"
+    with pytest.raises(SendError) as info:
+        sender.send(_get(url))
+    assert "SuperSecretToken" not in info.value.reason
+    assert "15551231234" not in info.value.reason
+    assert info.value.reason  # still says what went wrong
+
+
+def test_connection_refused_is_a_send_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    s = Sender(allow_private=True)
+    try:
+        with pytest.raises(SendError) as info:
+            s.send(_get(f"http://127.0.0.1:{port}/"))
+    finally:
+        s.close()
+    assert info.value.reason.startswith("cannot connect")
+    assert not info.value.blocked
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/",
+        "http://localhost:9/",  # a name: refused inside the resolver, at connect time
+        "http://[::1]:9/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://[fe80::a9fe:a9fe%25lo]/",
+        "http://[::127.0.0.1]/",
+    ],
+)
+def test_private_targets_are_refused_before_connecting(url: str) -> None:
+    s = Sender(allow_private=False)
+    try:
+        with pytest.raises(SendError) as info:
+            s.send(_get(url))
+    finally:
+        s.close()
+    assert info.value.blocked, info.value.reason
+
+
+@pytest.mark.parametrize("address", ["2002:a9fe:a9fe::1", "2001:0:4136:e378::1", "::127.0.0.1", "fe80::1%lo"])
+def test_tunnelled_and_scoped_ipv6_refused(address: str) -> None:
+    with pytest.raises(AddressNotAllowed):
+        check_address(address, allow_private=False)
