@@ -690,3 +690,30 @@ def test_signing_secret_from_env_is_checked_at_load_without_quoting_it() -> None
 def test_percent_encoded_literal_text_survives_rendering() -> None:
     target = target_from_dict(_base(url="https://api.example.com/hook?n=Jos%C3%A9&i=%invitee%"))
     assert Template.parse(target.url).placeholders() == {"invitee"}
+
+
+def test_the_example_targets_file_loads_and_renders() -> None:
+    from gateway.delivery import build_request
+    from gateway.targets import load_config
+
+    path = Path(__file__).resolve().parent.parent / "templates" / "targets.example.toml"
+    secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
+    names = {n for t in load_config(path).targets for n in t.env_names()}
+    env = {n: "value" for n in names} | {"CRM_WEBHOOK_SECRET": secret}
+    config = load_config(path, env)
+    assert [t.name for t in config.targets] == ["crm", "twilio-sms", "slack", "ramen", "brillium"]
+    event = make_event(
+        {"invitee": "+1 555 123 1234", "invitor": 'o\'brien "x" <a&b>', "network_id": "mynetwork"},
+        INVITATION_CREATED,
+        "json",
+    )
+    for target in config.targets:
+        request = build_request(target, event, env)
+        assert request.body is not None
+        if target.content_type == "application/json":
+            strings = json.dumps(json.loads(request.body))
+            assert "+15551231234" in strings and "o'brien" in strings
+        else:
+            form = dict(parse_qsl(request.body.decode()))
+            assert form["To"] == "+15551231234"
+            assert form["Body"] == 'o\'brien "x" <a&b> invited you to our softphone'
