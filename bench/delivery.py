@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from jobs import NOOP
@@ -50,10 +49,12 @@ from support import (
     host_cpu,
     host_delta,
     latency,
-    load_warning,
+    load_warnings,
     per_op_us,
     redis_commands,
-    start_http_server,
+    report,
+    start_target_server,
+    table,
     write_targets_config,
 )
 
@@ -171,33 +172,7 @@ class Bench:
     def start(self) -> None:
         self.redis.start()
         # The target of bench/http_clients.py, started with the same uvicorn arguments.
-        self.target, port = start_http_server(
-            "target",
-            lambda port: [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--app-dir",
-                str(BENCH_DIR),
-                "http_clients:target_app",
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-                "--loop",
-                "asyncio",
-                "--http",
-                "h11",
-                "--lifespan",
-                "off",
-            ],
-            clean_env({}),
-            self.logs,
-            "/",
-        )
+        self.target, port = start_target_server(self.logs)
         self.target_url = f"http://{HOST}:{port}/hook"
 
     def stop(self) -> None:
@@ -470,17 +445,16 @@ def format_table(results: list[Result]) -> str:
         f"{'jobs/s':>7} {'ms/job':>6} {'send ms':>7} {'snd p99':>7} {'wrk us':>6} {'rds us':>6} "
         f"{'tgt us':>6} {'cmds':>5} {'cores':>5} {'host':>5} {'x noop':>6}"
     )
-    lines = [header, "-" * len(header)]
-    for r in results:
-        lines.append(
-            f"{r.name:<38} {r.kind:<10} {r.jobs:>5} {fmt(r.startup_s, '.2f'):>7} {r.seconds:>7.2f} "
-            f"{fmt(r.total_s, '.2f'):>7} {r.rate:>7.0f} {r.ms_per_job:>6.2f} {fmt(r.send_ms, '.2f'):>7} "
-            f"{fmt(r.send_p99_ms, '.2f'):>7} "
-            f"{fmt(r.worker_cpu_us):>6} {fmt(r.redis_cpu_us):>6} {fmt(r.target_cpu_us):>6} "
-            f"{fmt(r.redis_commands, '.1f'):>5} {fmt(r.cores_busy, '.2f'):>5} {fmt(r.host_cores, '.2f'):>5} "
-            f"{r.x_noop:>6.3f}"
-        )
-    return "\n".join(lines)
+    rows = (
+        f"{r.name:<38} {r.kind:<10} {r.jobs:>5} {fmt(r.startup_s, '.2f'):>7} {r.seconds:>7.2f} "
+        f"{fmt(r.total_s, '.2f'):>7} {r.rate:>7.0f} {r.ms_per_job:>6.2f} {fmt(r.send_ms, '.2f'):>7} "
+        f"{fmt(r.send_p99_ms, '.2f'):>7} "
+        f"{fmt(r.worker_cpu_us):>6} {fmt(r.redis_cpu_us):>6} {fmt(r.target_cpu_us):>6} "
+        f"{fmt(r.redis_commands, '.1f'):>5} {fmt(r.cores_busy, '.2f'):>5} {fmt(r.host_cores, '.2f'):>5} "
+        f"{r.x_noop:>6.3f}"
+        for r in results
+    )
+    return table(header, rows)
 
 
 LEGEND = (
@@ -522,10 +496,7 @@ def format_ratios(results: list[Result], rat: dict[str, float]) -> str:
         f"{rat['rq_over_http_send_alone']:.1f} (sent alone)",
         "checks: " + "; ".join(f"{r.name}: {r.check}" for r in results),
     ]
-    for r in results:
-        warning = load_warning(r.name, r.cores_busy, r.host_cores, r.steal_cores)
-        if warning:
-            lines.append(warning)
+    lines += load_warnings(results)
     return "\n".join(lines)
 
 
@@ -550,23 +521,12 @@ def main(argv: list[str] | None = None) -> int:
     env = environment({"target": "uvicorn, http_clients:target_app, asyncio loop, h11, 1 process"})
     results = run_all(args)
     rat = ratios(results)
-    print(
+    header = (
         f"{env['date']}  python {env['python']}  rq {env.get('rq')}  redis-py {env.get('redis')}  "
         f"aiohttp {env.get('aiohttp')}  cpus {env['cpu_count']}  jobs {args.jobs}  "
         f"worker log level {args.log_level}  gateway {env['gateway_commit']}"
     )
-    print(format_table(results))
-    print(LEGEND)
-    print()
-    print(format_ratios(results, rat))
-    if args.json is not None:
-        doc = {
-            "environment": env,
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "results": [asdict(r) for r in results],
-            "ratios": rat,
-        }
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    report(args, env, [header], results, format_table(results), LEGEND, rat, format_ratios(results, rat))
     return 0
 
 

@@ -24,12 +24,9 @@ import datetime as dt
 import json
 import os
 import platform
-import signal
-import socket
 import ssl
-import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -38,16 +35,14 @@ from typing import Any
 
 import aiohttp
 import httpx
+from support import HOST, Child, cpu_delta, fmt, latency, per_op_us, start_target_server, table
 
-HOST = "127.0.0.1"
 RESPONSE_BODY = b"ok"
-SERVER_START_TIMEOUT_S = 15.0
-SERVER_STOP_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 10.0
 JSON_HEADERS = {"content-type": "application/json"}
 
 # ---------------------------------------------------------------------------------------------
-# Target server (runs in the child process started by TargetServer).
+# Target server (support.TARGET_APP: runs in the child process of support.start_target_server).
 # ---------------------------------------------------------------------------------------------
 
 Scope = dict[str, Any]
@@ -77,90 +72,6 @@ async def target_app(scope: Scope, receive: Receive, send: Send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": RESPONSE_BODY})
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-class TargetServer:
-    """uvicorn in a child process; stopped by PID (SIGTERM, then SIGKILL after a timeout)."""
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}/callback"
-
-    def start(self, attempts: int = 3) -> None:
-        for _ in range(attempts):  # a free port can be taken between probe and bind: retry, bounded
-            self.port = _free_port()
-            cmd = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--app-dir",
-                str(Path(__file__).resolve().parent),
-                "http_clients:target_app",
-                "--host",
-                HOST,
-                "--port",
-                str(self.port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-                "--loop",
-                "asyncio",
-                "--http",
-                "h11",
-                "--lifespan",
-                "off",
-            ]
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-            if self._wait_ready():
-                return
-            self.stop()
-        raise RuntimeError("target server did not start")
-
-    def _wait_ready(self) -> bool:
-        assert self.proc is not None
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), timeout=0.5):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def cpu_seconds(self) -> float | None:
-        """User+system CPU time of the server process so far (Linux /proc), else None."""
-        if self.proc is None:
-            return None
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        # fields[0] is field 3 (state); utime/stime are fields 14/15.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=SERVER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=SERVER_STOP_TIMEOUT_S)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +118,7 @@ class Result:
 class Timer:
     """Collects per-request latencies plus wall/CPU time of the client and the server."""
 
-    def __init__(self, server: TargetServer) -> None:
+    def __init__(self, server: Child) -> None:
         self.server = server
         self.latencies: list[float] = []
         self.wall = 0.0
@@ -229,12 +140,11 @@ class Timer:
         yield
         self.wall = time.perf_counter() - t0
         self.cpu = time.process_time() - cpu0
-        srv1 = self.server.cpu_seconds()
-        self.srv = None if srv0 is None or srv1 is None else srv1 - srv0
+        self.srv = cpu_delta(srv0, self.server.cpu_seconds())
 
     def result(self, name: str, kind: str, concurrency: int) -> Result:
         n = len(self.latencies)
-        ordered = sorted(self.latencies)
+        lat = latency(self.latencies)
         return Result(
             name=name,
             kind=kind,
@@ -242,11 +152,11 @@ class Timer:
             concurrency=concurrency,
             seconds=self.wall,
             rps=n / self.wall,
-            mean_ms=statistics.fmean(ordered) * 1e3,
-            p50_ms=ordered[n // 2] * 1e3,
-            p99_ms=ordered[min(n - 1, int(n * 0.99))] * 1e3,
+            mean_ms=lat.mean_ms,
+            p50_ms=lat.p50_ms,
+            p99_ms=lat.p99_ms,
             client_cpu_us_per_req=self.cpu / n * 1e6,
-            server_cpu_us_per_req=None if self.srv is None else self.srv / n * 1e6,
+            server_cpu_us_per_req=per_op_us(self.srv, n),
         )
 
 
@@ -405,22 +315,22 @@ def run_all(n: int, concurrency: int, warmup: int) -> list[Result]:
     body = make_payload()
     n_fresh = max(1, n // 10)
     warm_fresh = max(1, warmup // 10)
-    server = TargetServer()
-    try:
-        server.start()
-        url = server.url
-        timer = Timer(server)
-        results = [
-            bench_httpx_sync(url, body, n, warmup, timer),
-            bench_aiohttp_sync_loop(url, body, n, warmup, timer),
-            bench_aiohttp_concurrent(url, body, n, warmup, concurrency, timer),
-            bench_httpx_async_concurrent(url, body, n, warmup, concurrency, timer),
-            bench_httpx_fresh(url, body, n_fresh, warm_fresh, timer),
-            bench_httpx_fresh(url, body, n_fresh, warm_fresh, timer, ssl.create_default_context()),
-            bench_aiohttp_fresh(url, body, n_fresh, warm_fresh, timer),
-        ]
-    finally:
-        server.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-http-clients-") as tmp:
+        server, port = start_target_server(Path(tmp))
+        try:
+            url = f"http://{HOST}:{port}/callback"
+            timer = Timer(server)
+            results = [
+                bench_httpx_sync(url, body, n, warmup, timer),
+                bench_aiohttp_sync_loop(url, body, n, warmup, timer),
+                bench_aiohttp_concurrent(url, body, n, warmup, concurrency, timer),
+                bench_httpx_async_concurrent(url, body, n, warmup, concurrency, timer),
+                bench_httpx_fresh(url, body, n_fresh, warm_fresh, timer),
+                bench_httpx_fresh(url, body, n_fresh, warm_fresh, timer, ssl.create_default_context()),
+                bench_aiohttp_fresh(url, body, n_fresh, warm_fresh, timer),
+            ]
+        finally:
+            server.stop()
     best_seq = max(r.rps for r in results if r.kind == "sequential")
     for r in results:
         r.ratio_vs_best_sequential = r.rps / best_seq
@@ -432,14 +342,13 @@ def format_table(results: list[Result]) -> str:
         f"{'scenario':<52} {'reqs':>5} {'req/s':>8} {'mean ms':>8} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'cli us/req':>10} {'srv us/req':>10} {'x best seq':>10}"
     )
-    lines = [header, "-" * len(header)]
-    for r in results:
-        srv = "n/a" if r.server_cpu_us_per_req is None else f"{r.server_cpu_us_per_req:.0f}"
-        lines.append(
-            f"{r.name:<52} {r.requests:>5} {r.rps:>8.0f} {r.mean_ms:>8.3f} {r.p50_ms:>7.3f} "
-            f"{r.p99_ms:>7.3f} {r.client_cpu_us_per_req:>10.0f} {srv:>10} {r.ratio_vs_best_sequential:>10.2f}"
-        )
-    return "\n".join(lines)
+    rows = (
+        f"{r.name:<52} {r.requests:>5} {r.rps:>8.0f} {r.mean_ms:>8.3f} {r.p50_ms:>7.3f} {r.p99_ms:>7.3f} "
+        f"{r.client_cpu_us_per_req:>10.0f} {fmt(r.server_cpu_us_per_req):>10} "
+        f"{r.ratio_vs_best_sequential:>10.2f}"
+        for r in results
+    )
+    return table(header, rows)
 
 
 def environment() -> dict[str, Any]:

@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -56,10 +55,12 @@ from support import (
     host_cpu,
     host_delta,
     latency,
-    load_warning,
+    load_warnings,
     per_op_us,
     redis_commands,
+    report,
     start_http_server,
+    table,
     write_targets_config,
 )
 
@@ -413,15 +414,14 @@ def format_table(results: list[Result]) -> str:
         f"{'p99 ms':>7} {'!204':>5} {'cli us':>7} {'srv us':>7} {'rds us':>7} {'cmds':>5} "
         f"{'cores':>5} {'host':>5} {'x bare':>6}"
     )
-    lines = [header, "-" * len(header)]
-    for r in results:
-        lines.append(
-            f"{r.name:<40} {r.kind:<10} {r.ops:>5} {r.concurrency:>3} {r.rate:>7.0f} {r.mean_ms:>8.2f} "
-            f"{r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {r.not_204:>5} {r.client_cpu_us:>7.0f} "
-            f"{fmt(r.server_cpu_us):>7} {fmt(r.redis_cpu_us):>7} {fmt(r.redis_commands, '.1f'):>5} "
-            f"{fmt(r.cores_busy, '.2f'):>5} {fmt(r.host_cores, '.2f'):>5} {r.x_bare:>6.3f}"
-        )
-    return "\n".join(lines)
+    rows = (
+        f"{r.name:<40} {r.kind:<10} {r.ops:>5} {r.concurrency:>3} {r.rate:>7.0f} {r.mean_ms:>8.2f} "
+        f"{r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {r.not_204:>5} {r.client_cpu_us:>7.0f} "
+        f"{fmt(r.server_cpu_us):>7} {fmt(r.redis_cpu_us):>7} {fmt(r.redis_commands, '.1f'):>5} "
+        f"{fmt(r.cores_busy, '.2f'):>5} {fmt(r.host_cores, '.2f'):>5} {r.x_bare:>6.3f}"
+        for r in results
+    )
+    return table(header, rows)
 
 
 def format_ratios(results: list[Result], rat: dict[str, float]) -> str:
@@ -442,10 +442,7 @@ def format_ratios(results: list[Result], rat: dict[str, float]) -> str:
         f"{rat['accept_ms_per_extra_delivery']:.3f} ms per extra delivery",
         "checks: " + "; ".join(f"{r.name}: {r.check}" for r in results if r.check),
     ]
-    for r in results:
-        warning = load_warning(r.name, r.cores_busy, r.host_cores, r.steal_cores)
-        if warning:
-            lines.append(warning)
+    lines += load_warnings(results)
     bad = [r for r in results if r.not_204]
     if bad:
         lines.append(
@@ -500,27 +497,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = run_all(args)
     rat = ratios(results)
-    print(
+    header = [
         f"{env['date']}  python {env['python']}  starlette {env.get('starlette')}  uvicorn "
         f"{env.get('uvicorn')}  rq {env.get('rq')}  aiohttp {env.get('aiohttp')}  cpus {env['cpu_count']}  "
-        f"gateway {env['gateway_commit']}"
-    )
-    print(
+        f"gateway {env['gateway_commit']}",
         f"POST {PATH} {CALLBACK.decode()}  requests {args.requests}  concurrency {args.concurrency}  "
-        f"warm-up {args.warmup}  in-process calls {args.enqueues}  gateway log level {args.log_level}"
-    )
-    print(format_table(results))
-    print(LEGEND)
-    print()
-    print(format_ratios(results, rat))
-    if args.json is not None:
-        doc = {
-            "environment": env,
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "results": [asdict(r) for r in results],
-            "ratios": rat,
-        }
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        f"warm-up {args.warmup}  in-process calls {args.enqueues}  gateway log level {args.log_level}",
+    ]
+    report(args, env, header, results, format_table(results), LEGEND, rat, format_ratios(results, rat))
     return 0
 
 

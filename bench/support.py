@@ -1,13 +1,17 @@
-"""What bench/ingest.py and bench/delivery.py share: child processes stopped by PID, CPU time
-from /proc, latency percentiles, Redis command counts, and the environment line.
+"""What the benchmarks share: child processes stopped by PID, the uvicorn target server of
+bench/http_clients.py, CPU time from /proc, latency percentiles, Redis command counts, the
+environment line, and the report (printed, and written as JSON) of bench/ingest.py and
+bench/delivery.py.
 
 Not a benchmark itself. Only 127.0.0.1 is ever used.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
+import json
 import os
 import platform
 import signal
@@ -18,8 +22,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -109,6 +113,12 @@ def load_warning(name: str, ours: float | None, host: float | None, steal: float
     return None
 
 
+def load_warnings(results: Iterable[Any]) -> list[str]:
+    """`load_warning` for each result (with name, cores_busy, host_cores, steal_cores) that has one."""
+    warnings = (load_warning(r.name, r.cores_busy, r.host_cores, r.steal_cores) for r in results)
+    return [w for w in warnings if w]
+
+
 def cpu_delta(before: float | None, after: float | None) -> float | None:
     return None if before is None or after is None else after - before
 
@@ -196,6 +206,41 @@ def start_http_server(
     raise RuntimeError(f"{name} did not start")
 
 
+# bench/http_clients.py's raw ASGI app (200 "ok" to any request), imported by uvicorn from bench/.
+TARGET_APP = "http_clients:target_app"
+
+
+def target_server_cmd(port: int) -> list[str]:
+    """uvicorn serving TARGET_APP on `port`: asyncio loop, h11, no lifespan, no access log, warnings
+    only, 1 process."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(BENCH_DIR),
+        TARGET_APP,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--loop",
+        "asyncio",
+        "--http",
+        "h11",
+        "--lifespan",
+        "off",
+    ]
+
+
+def start_target_server(log_dir: Path) -> tuple[Child, int]:
+    """The target server (`target_server_cmd`) on a free port, with the gateway's variables unset."""
+    return start_http_server("target", target_server_cmd, clean_env({}), log_dir, "/")
+
+
 # No proxy from the environment: these probes go to 127.0.0.1 and nowhere else.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -261,6 +306,39 @@ def per_op_us(seconds: float | None, ops: int) -> float | None:
 
 def fmt(value: float | None, spec: str = ".0f") -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def table(header: str, rows: Iterable[str]) -> str:
+    """A text table: the header line, a rule as long as it, then the rows."""
+    return "\n".join([header, "-" * len(header), *rows])
+
+
+def report(
+    args: argparse.Namespace,
+    env: Mapping[str, Any],
+    header: Sequence[str],
+    results: Sequence[Any],
+    table_text: str,
+    legend: str,
+    ratios: Mapping[str, float],
+    ratios_text: str,
+) -> None:
+    """Print a benchmark's header lines, table, legend and ratios; with --json, also write the
+    environment, the settings (`args`), the results (dataclasses) and the ratios to that file."""
+    for line in header:
+        print(line)
+    print(table_text)
+    print(legend)
+    print()
+    print(ratios_text)
+    if args.json is not None:
+        doc = {
+            "environment": env,
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "results": [asdict(r) for r in results],
+            "ratios": ratios,
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def environment(extra: Mapping[str, str] | None = None) -> dict[str, Any]:
