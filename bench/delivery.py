@@ -58,11 +58,11 @@ from support import (
     write_targets_config,
 )
 
-from gateway.delivery import build_request
+from gateway.delivery.request import build_request
+from gateway.delivery.sender import Sender
 from gateway.embedded import EmbeddedRedis
 from gateway.events import INVITATION_CREATED, make_event
 from gateway.queue import _job_data, accept, make_queue
-from gateway.sender import Sender
 from gateway.settings import LiveConfig, Settings
 from gateway.store import DELIVERED, Store
 from gateway.targets import load_config

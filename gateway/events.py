@@ -50,9 +50,13 @@ class InvitationEvent:
     received_at_ms: int
     source_format: str
     client: str | None = None
+    message: str | None = None  # set on the gateway's own alerts
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.message is None:
+            del data["message"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InvitationEvent:
@@ -61,6 +65,13 @@ class InvitationEvent:
 
     def placeholders(self) -> dict[str, str]:
         """The values a target template can use, by placeholder name."""
+        where = f"(network {self.network_id})"
+        if self.message is not None:
+            message = self.message
+        elif self.type == INVITATION_ACCEPTED:
+            message = f"{self.invitee} accepted the invitation from {self.invitor} {where}"
+        else:
+            message = f"{self.invitor} invited {self.invitee} {where}"
         return {
             "invitee": self.invitee,
             "invitee_raw": self.invitee_raw,
@@ -69,6 +80,7 @@ class InvitationEvent:
             "event": self.type,
             "event_id": self.id,
             "received_at": self.received_at,
+            "message": message,  # one human sentence, for chat targets and alerts alike
         }
 
 

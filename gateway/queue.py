@@ -1,9 +1,10 @@
-"""RQ wiring: the queue, the job class, and the accept step (store + enqueue in one round trip).
+"""RQ wiring: the queue, the job class, the drain job, and the accept step.
 
 RQ objects stop here: the web layer calls `accept`, the worker module builds its Worker from
 `make_queue`. JSON serializer only (pickle on a shared Redis is code execution), and a job
-class that runs nothing but the delivery function, since even JSON jobs name a function that
-RQ imports.
+class that runs nothing but the gateway's job functions, since even JSON jobs name a function
+that RQ imports. Deliveries wait in Redis (`store.DeliveryQueue`); an RQ job is a "drain": it
+delivers a batch of whatever is due (DESIGN.md decision 10).
 """
 
 from __future__ import annotations
@@ -18,25 +19,28 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from gateway.events import InvitationEvent
+from gateway.records import delivery_id
 from gateway.settings import LiveConfig
 from gateway.store import Store
 from gateway.targets import MAX_TIMEOUT, Target
 
+__all__ = ["accept", "delivery_id", "enqueue_drain", "make_queue"]
+
 log = logging.getLogger("gateway.queue")
 
-DELIVER = "gateway.delivery.deliver"
-ALLOWED_FUNCTIONS = frozenset({DELIVER})
-# A job may run for the longest HTTP timeout a target can have, plus time to render and record:
-# fixed, so a reload that raises a target's timeout cannot make RQ kill an attempt mid-send.
-JOB_TIMEOUT = int(MAX_TIMEOUT) + 30
-# RQ's own retries cover what the delivery function cannot: a worker killed mid-job (RQ's
-# abandoned-job cleanup retries it) or an unexpected exception. Delivery outcomes (HTTP errors)
-# are retried by the function returning a Retry, on the target's own schedule.
-CRASH_RETRY = Retry(max=5, interval=[10, 30, 60, 300, 900])
+DRAIN = "gateway.jobs.drain"
+ALLOWED_FUNCTIONS = frozenset({DRAIN})
+# A drain job claims for DRAIN_BUDGET seconds, then waits for what it has in flight (at most the
+# longest target timeout); RQ's own timeout sits above both.
+DRAIN_BUDGET = 15.0
+JOB_TIMEOUT = int(DRAIN_BUDGET + MAX_TIMEOUT) + 60
+# A drain job carries no deliveries (they wait in Redis, leased while claimed), so running one
+# twice is harmless, and a crashed one is simply run again.
+CRASH_RETRY = Retry(max=2, interval=0)
 
 
 class GatewayJob(Job):
-    """A Job that refuses to import anything but the gateway's delivery function."""
+    """A Job that refuses to import anything but the gateway's job functions."""
 
     @property
     def func(self) -> Any:
@@ -49,44 +53,39 @@ def make_queue(redis: Redis, name: str) -> Queue:
     return Queue(name, connection=redis, serializer=JSONSerializer, job_class=GatewayJob)
 
 
-def delivery_id(event_id: str, target_name: str) -> str:
-    """Stable per (event, target): the RQ job id and the id sent to the target for dedupe.
-
-    Target names are [A-Za-z0-9_-] and event ids are ULIDs, so this fits RQ's job id rule.
-    """
-    return f"{event_id}-{target_name}"
-
-
-def _job_data(event: InvitationEvent, target: Target, retention: int) -> Any:
-    return Queue.prepare_data(
-        DELIVER,
-        args=(event.id, target.name),
-        job_id=delivery_id(event.id, target.name),
-        timeout=JOB_TIMEOUT,
-        result_ttl=0,  # our own delivery record is the result
-        failure_ttl=retention,
+def enqueue_drain(queue: Queue) -> Job:
+    """Queue one drain job: a worker delivers whatever is due when it runs."""
+    return queue.enqueue(
+        DRAIN,
+        job_timeout=JOB_TIMEOUT,
+        result_ttl=0,  # the deliveries' own records are the result
+        failure_ttl=86400,
         retry=CRASH_RETRY,
-        description=f"deliver {event.type} {event.id} to {target.name}",
+        description="deliver what is due",
     )
 
 
 def accept(store: Store, queue: Queue, live: LiveConfig, event: InvitationEvent) -> list[str]:
-    """Store the event and enqueue one delivery per matching target; returns the target names.
+    """Store the event and one waiting delivery per matching target; returns the target names.
 
-    One Redis round trip (a MULTI/EXEC pipeline) in the common case. The pipeline also reads the
-    configuration version: if targets changed since this process last looked, the deliveries
-    for targets that now match as well are enqueued in a second round trip before returning, so
-    a reload is never missed. (A target removed meanwhile is recorded as skipped by the worker.)
+    One Redis round trip (a MULTI/EXEC pipeline) in the common case: the event, its deliveries
+    in the waiting set, a `SET wake NX` that tells whether a drain job is already queued, and a
+    read of the configuration version. A drain job is queued only when none is (a second round
+    trip, rare under load). If targets changed since this process last looked, the deliveries
+    for targets that now match as well are stored before returning, so a reload is never
+    missed. (A target removed meanwhile is recorded as skipped by the worker.)
     """
     version, config = live.snapshot()
     targets = config.routes(event.type, event.network_id)
     with store.redis.pipeline(transaction=True) as pipe:
         store.write_event(pipe, event, [t.name for t in targets])
-        if targets:
-            queue.enqueue_many([_job_data(event, t, store.retention) for t in targets], pipeline=pipe)
         store.queue_config_version(pipe)
+        if targets:
+            store.queue_wake(pipe)
         results = pipe.execute()
-    seen = int(results[-1] or 0)
+    if targets and results[-1]:
+        _wake(queue, event)
+    seen = int(results[-2 if targets else -1] or 0)
     if seen != version:
         # The event is stored: whatever happens now, the answer is 204. A failure here leaves
         # the newest targets without this one event, and says so in the log.
@@ -105,5 +104,15 @@ def accept(store: Store, queue: Queue, live: LiveConfig, event: InvitationEvent)
 def _enqueue_more(store: Store, queue: Queue, event: InvitationEvent, targets: Sequence[Target]) -> None:
     with store.redis.pipeline(transaction=True) as pipe:
         store.write_event(pipe, event, [t.name for t in targets])
-        queue.enqueue_many([_job_data(event, t, store.retention) for t in targets], pipeline=pipe)
-        pipe.execute()
+        store.queue_wake(pipe)
+        woke = pipe.execute()[-1]
+    if woke:
+        _wake(queue, event)
+
+
+def _wake(queue: Queue, event: InvitationEvent) -> None:
+    # The deliveries are stored: if this fails, every worker's ticker finds them within seconds.
+    try:
+        enqueue_drain(queue)
+    except Exception:
+        log.warning("event %s stored; no drain job queued, the workers' ticker will find it", event.id)

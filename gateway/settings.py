@@ -49,6 +49,7 @@ class Settings:
     retention_days: int = 30
     allow_private_targets: bool = False
     data_dir: str = ".gateway-data"
+    worker_concurrency: int = 64
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +63,7 @@ class Settings:
             retention_days=_int(env, "GATEWAY_RETENTION_DAYS", 30),
             allow_private_targets=_bool(env, "GATEWAY_ALLOW_PRIVATE_TARGETS"),
             data_dir=env.get("GATEWAY_DATA_DIR") or ".gateway-data",
+            worker_concurrency=_int(env, "GATEWAY_WORKER_CONCURRENCY", 64),
         )
 
     def require_redis_url(self) -> str:

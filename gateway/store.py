@@ -11,6 +11,8 @@ per-event key expires after the retention period (invitee numbers are personal d
     {p}:event:{id}:attempts    LIST of JSON attempt records, oldest first
     {p}:events                 ZSET of event ids by receive time (ms)
     {p}:events:net:{network}   ZSET of that network's event ids
+
+and the delivery queue, described with its Lua scripts below.
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as aioredis
 from redis import Redis
 from redis.client import Pipeline
 
 from gateway.events import InvitationEvent
+from gateway.records import Delivery, DeliveryStatus, delivery_id, split_delivery_id
 
-PENDING = "pending"
-DELIVERED = "delivered"
-RETRYING = "retrying"
-FAILED = "failed"
-SKIPPED = "skipped"
+PENDING = DeliveryStatus.PENDING.value
+DELIVERED = DeliveryStatus.DELIVERED.value
+RETRYING = DeliveryStatus.RETRYING.value
+FAILED = DeliveryStatus.FAILED.value
+SKIPPED = DeliveryStatus.SKIPPED.value
+WAKE_TTL = 30  # seconds a queued drain job keeps others from being queued
 
 
 def _dumps(obj: Any) -> str:
@@ -75,21 +80,29 @@ class Store:
     def config_version(self) -> int:
         return int(self.redis.get(self._k("config", "version")) or 0)
 
+    def queue_wake(self, pipe: Any) -> None:
+        """Add `SET wake NX` to a pipeline: its result says whether a drain job must be queued."""
+        pipe.set(self._k("wake"), "1", nx=True, ex=WAKE_TTL)
+
     def queue_config_version(self, pipe: Pipeline) -> None:
         """Add a read of the config version to an accept pipeline (no extra round trip)."""
         pipe.get(self._k("config", "version"))
 
     # -- events -----------------------------------------------------------------------------
-    def write_event(self, pipe: Pipeline, event: InvitationEvent, target_names: Iterable[str]) -> None:
+    def write_event(self, pipe: Any, event: InvitationEvent, target_names: Iterable[str]) -> None:
         """Queue the writes that store an event and its pending deliveries on `pipe`."""
         ttl = self.retention
         ek = self.event_key(event.id)
         pipe.set(ek, _dumps(event.to_dict()), ex=ttl)
         names = list(target_names)
         if names:
-            state = _dumps({"status": PENDING, "attempts": 0, "updated_at": event.received_at_ms})
+            state = _dumps(Delivery(updated_at=event.received_at_ms).to_dict())
             pipe.hset(ek + ":deliveries", mapping=dict.fromkeys(names, state))
             pipe.expire(ek + ":deliveries", ttl)
+            # NX: a delivery already waiting or in flight keeps its place (a re-run accept).
+            pipe.zadd(
+                self._k("due"), {delivery_id(event.id, n): event.received_at_ms for n in names}, nx=True
+            )
         cutoff = event.received_at_ms - ttl * 1000
         for index in (self._k("events"), self._k("events", "net", event.network_id)):
             pipe.zadd(index, {event.id: event.received_at_ms})
@@ -143,3 +156,427 @@ def _text(value: Any) -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# -- the delivery queue: Lua, so that a batch is claimed or recorded in one round trip -----------
+#
+# Keys (all under the prefix):
+#   due                  ZSET delivery id -> ms when it may be attempted. Waiting deliveries, and
+#                        claimed ones with their lease expiry as score: a worker that dies holding
+#                        one simply lets the lease run out, and the delivery is due again.
+#   parked:{target}      ZSET deliveries held back: the target is paused, disabled or at its
+#                        concurrency cap. Resuming moves them back to `due`.
+#   held                 SET of paused or disabled targets
+#   target:{name}        HASH health: state (active|paused|disabled), manual, reason, since,
+#                        failures (consecutive), first_failure_at
+#   inflight:{target}    ZSET deliveries being sent -> lease expiry (concurrency caps)
+#   rate:{target}        theoretical arrival time (GCRA) of the target's next request slot
+#   reserved             HASH delivery id -> its reserved rate slot
+#   throttle:{target}    ms until which the target asked us to wait (429 Retry-After)
+#   probes               HASH deliveries let through a paused target as its probe
+#   probe-at:{target}    set while a probe interval runs
+#   dead                 ZSET failed and expired deliveries -> ms (dead letters)
+#   wake                 set while a drain job is queued (so a backlog is one job, not thousands)
+#   workers:{name}       a live worker's heartbeat and the names of its environment variables
+
+_LUA_RESUME = """
+local function resume(p, t, now)
+  local due = p .. ':due'
+  redis.call('SREM', p .. ':held', t)
+  redis.call('HSET', p .. ':target:' .. t, 'state', 'active', 'failures', 0, 'manual', '0',
+    'since', now, 'reason', '')
+  local pk = p .. ':parked:' .. t
+  if redis.call('EXISTS', pk) == 1 then
+    redis.call('ZUNIONSTORE', due, 2, due, pk, 'WEIGHTS', 1, 0, 'AGGREGATE', 'MIN')
+    redis.call('DEL', pk)
+  end
+end
+"""
+
+_LUA_CLAIM = """
+local p, now, lease, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local pol = cjson.decode(ARGV[5])
+local due, held = p .. ':due', p .. ':held'
+local out = {'-1', '0'}
+local n = 0
+for _, did in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit * 4)) do
+  if n >= limit then break end
+  local sep = string.find(did, '-', 1, true)
+  if not sep then
+    redis.call('ZREM', due, did)
+  else
+    local eid, t = string.sub(did, 1, sep - 1), string.sub(did, sep + 1)
+    local tp = pol[t]
+    local go, flag = true, ''
+    if tp then
+      local ik = p .. ':inflight:' .. t
+      if redis.call('SISMEMBER', held, t) == 1 then
+        if redis.call('HDEL', p .. ':probes', did) == 1 then
+          flag = 'probe'
+        else
+          redis.call('ZREM', due, did)
+          redis.call('ZADD', p .. ':parked:' .. t, now, did)
+          go = false
+        end
+      end
+      if go and tp.concurrency > 0 then
+        redis.call('ZREMRANGEBYSCORE', ik, '-inf', now)
+        if redis.call('ZCARD', ik) >= tp.concurrency then
+          redis.call('ZREM', due, did)
+          redis.call('ZADD', p .. ':parked:' .. t, now, did)
+          go = false
+        end
+      end
+      if go then
+        local hold = tonumber(redis.call('GET', p .. ':throttle:' .. t) or '0')
+        if hold > now then
+          redis.call('ZADD', due, hold, did)
+          go = false
+        elseif tp.interval > 0 and redis.call('HDEL', p .. ':reserved', did) == 0 then
+          local rk = p .. ':rate:' .. t
+          local slot = math.max(tonumber(redis.call('GET', rk) or '0'), now)
+          redis.call('SET', rk, string.format('%.3f', slot + tp.interval),
+            'PX', math.floor(slot + tp.interval - now) + 1000)
+          if slot > now then
+            redis.call('ZADD', due, math.ceil(slot), did)
+            redis.call('HSET', p .. ':reserved', did, math.ceil(slot))
+            go = false
+          end
+        end
+      end
+      if go and tp.concurrency > 0 then
+        redis.call('ZADD', ik, now + lease, did)
+      end
+    end
+    if go then
+      redis.call('ZADD', due, now + lease, did)
+      local ek = p .. ':event:' .. eid
+      out[#out + 1] = did
+      out[#out + 1] = redis.call('GET', ek) or ''
+      out[#out + 1] = redis.call('HGET', ek .. ':deliveries', t) or ''
+      out[#out + 1] = flag
+      n = n + 1
+    end
+  end
+end
+local nxt = redis.call('ZRANGEBYSCORE', due, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if nxt[2] then out[1] = nxt[2] end
+out[2] = redis.call('GET', p .. ':config:version') or '0'
+return out
+"""
+
+_LUA_COMPLETE = (
+    _LUA_RESUME
+    + """
+local p, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local due, held = p .. ':due', p .. ':held'
+local changes = {}
+for _, r in ipairs(cjson.decode(ARGV[4])) do
+  local ek = p .. ':event:' .. r.e
+  if r.a then
+    redis.call('RPUSH', ek .. ':attempts', r.a)
+    redis.call('EXPIRE', ek .. ':attempts', ttl)
+  end
+  if r.s then
+    redis.call('HSET', ek .. ':deliveries', r.t, r.s)
+    redis.call('EXPIRE', ek .. ':deliveries', ttl)
+  end
+  if r.due then
+    redis.call('ZADD', due, r.due, r.d)
+  elseif r.park then
+    redis.call('ZREM', due, r.d)
+    redis.call('ZADD', p .. ':parked:' .. r.t, now, r.d)
+  else
+    redis.call('ZREM', due, r.d)
+  end
+  if r.dead then redis.call('ZADD', p .. ':dead', now, r.d) end
+  if r.thr then
+    redis.call('SET', p .. ':throttle:' .. r.t, r.thr, 'PX', math.max(1, r.thr - now))
+  end
+  if r.c > 0 then
+    redis.call('ZREM', p .. ':inflight:' .. r.t, r.d)
+    if redis.call('SISMEMBER', held, r.t) == 0 then
+      local one = redis.call('ZPOPMIN', p .. ':parked:' .. r.t)
+      if one[1] then redis.call('ZADD', due, now, one[1]) end
+    end
+  end
+  if r.h then
+    local hk = p .. ':target:' .. r.t
+    local st = redis.call('HMGET', hk, 'state', 'failures', 'manual', 'first_failure_at')
+    local state = st[1] or 'active'
+    if r.h == 'ok' then
+      if state == 'paused' and st[3] ~= '1' then
+        resume(p, r.t, now)
+        changes[#changes + 1] = r.t
+        changes[#changes + 1] = 'resumed'
+        changes[#changes + 1] = 'a probe succeeded'
+      elseif st[2] and st[2] ~= '0' then
+        redis.call('HSET', hk, 'failures', 0)
+      end
+    elseif r.h == 'fail' then
+      local f = redis.call('HINCRBY', hk, 'failures', 1)
+      local first = tonumber(st[4] or now)
+      if f == 1 then
+        first = now
+        redis.call('HSET', hk, 'first_failure_at', now)
+      end
+      if state == 'active' and r.pf > 0 and f >= r.pf and now - first >= r.ps then
+        local why = f .. ' consecutive failures in ' .. math.floor((now - first) / 1000) .. ' s'
+        redis.call('SADD', held, r.t)
+        redis.call('HSET', hk, 'state', 'paused', 'manual', '0', 'since', now, 'reason', why)
+        changes[#changes + 1] = r.t
+        changes[#changes + 1] = 'paused'
+        changes[#changes + 1] = why
+      end
+    elseif r.h == 'gone' and state ~= 'disabled' then
+      redis.call('SADD', held, r.t)
+      redis.call('HSET', hk, 'state', 'disabled', 'manual', '0', 'since', now, 'reason', '410 Gone')
+      changes[#changes + 1] = r.t
+      changes[#changes + 1] = 'disabled'
+      changes[#changes + 1] = 'the target answered 410 Gone'
+    end
+  end
+end
+return changes
+"""
+)
+
+_LUA_RELEASE = """
+local p, now = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV do
+  local did = ARGV[i]
+  local sep = string.find(did, '-', 1, true)
+  redis.call('ZADD', p .. ':due', now, did)
+  if sep then redis.call('ZREM', p .. ':inflight:' .. string.sub(did, sep + 1), did) end
+end
+return #ARGV - 2
+"""
+
+_LUA_RESUME_TARGET = (
+    _LUA_RESUME
+    + """
+local p, t, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local state = redis.call('HGET', p .. ':target:' .. t, 'state') or 'active'
+resume(p, t, now)
+return state
+"""
+)
+
+_LUA_PROBE = """
+local p, t, now, interval = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local hk = p .. ':target:' .. t
+local st = redis.call('HMGET', hk, 'state', 'manual')
+if st[1] ~= 'paused' or st[2] == '1' then return false end
+if not redis.call('SET', p .. ':probe-at:' .. t, now, 'NX', 'PX', interval) then return false end
+local one = redis.call('ZPOPMIN', p .. ':parked:' .. t)
+if not one[1] then return false end
+redis.call('HSET', p .. ':probes', one[1], now)
+redis.call('ZADD', p .. ':due', now, one[1])
+return one[1]
+"""
+
+_LUA_UNPARK = """
+local p, t, now, cap = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+if redis.call('SISMEMBER', p .. ':held', t) == 1 then return 0 end
+local ik, pk = p .. ':inflight:' .. t, p .. ':parked:' .. t
+redis.call('ZREMRANGEBYSCORE', ik, '-inf', now)
+local free = redis.call('ZCARD', pk)
+if cap > 0 then free = math.min(free, cap - redis.call('ZCARD', ik)) end
+local moved = 0
+while moved < free do
+  local one = redis.call('ZPOPMIN', pk)
+  if not one[1] then break end
+  redis.call('ZADD', p .. ':due', now, one[1])
+  moved = moved + 1
+end
+return moved
+"""
+
+_LUA_REPLAY = """
+local p, now, ttl, did, force = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local sep = string.find(did, '-', 1, true)
+if not sep then return 'unknown' end
+local eid, t = string.sub(did, 1, sep - 1), string.sub(did, sep + 1)
+local dk = p .. ':event:' .. eid .. ':deliveries'
+local raw = redis.call('HGET', dk, t)
+if not raw or redis.call('EXISTS', p .. ':event:' .. eid) == 0 then return 'unknown' end
+if redis.call('ZSCORE', p .. ':due', did) then return 'pending' end
+if redis.call('ZSCORE', p .. ':parked:' .. t, did) then return 'held' end
+local st = cjson.decode(raw)
+local final = {failed = true, expired = true, skipped = true}
+if st.status == 'delivered' and force ~= '1' then return 'delivered' end
+if not final[st.status] and st.status ~= 'delivered' then return st.status end
+st.status = 'pending'
+st.retries = 0
+st.throttles = 0
+st.replays = (tonumber(st.replays) or 0) + 1
+st.next_attempt_at = now
+st.waiting = cjson.null
+st.updated_at = now
+redis.call('HSET', dk, t, cjson.encode(st))
+redis.call('EXPIRE', dk, ttl)
+redis.call('ZADD', p .. ':due', now, did)
+redis.call('ZREM', p .. ':dead', did)
+return 'replayed'
+"""
+
+_LUA_ATTEMPT_NOW = """
+local p, now, did = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local sep = string.find(did, '-', 1, true)
+if not sep then return 'unknown' end
+local eid, t = string.sub(did, 1, sep - 1), string.sub(did, sep + 1)
+local raw = redis.call('HGET', p .. ':event:' .. eid .. ':deliveries', t)
+if not raw then return 'unknown' end
+if redis.call('ZSCORE', p .. ':parked:' .. t, did) then return 'held' end
+local score = redis.call('ZSCORE', p .. ':due', did)
+local st = cjson.decode(raw)
+if not score then return st.status end
+if redis.call('HEXISTS', p .. ':reserved', did) == 1 then return 'rate-limited' end
+local nxt = tonumber(st.next_attempt_at)
+if tonumber(score) <= now then return 'due' end
+if nxt == nil or math.abs(tonumber(score) - nxt) > 1 then return 'in-flight' end
+redis.call('ZADD', p .. ':due', now, did)
+return 'scheduled'
+"""
+
+
+class DeliveryQueue:
+    """The delivery queue's operations, for a sync (CLI, worker ticker) or asyncio (engine) client.
+
+    Every method returns what redis-py returns: a value, or a coroutine for an asyncio client.
+    """
+
+    def __init__(self, client: Redis | aioredis.Redis, prefix: str, retention: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.retention = retention
+        self._claim = client.register_script(_LUA_CLAIM)
+        self._complete = client.register_script(_LUA_COMPLETE)
+        self._release = client.register_script(_LUA_RELEASE)
+        self._resume = client.register_script(_LUA_RESUME_TARGET)
+        self._probe = client.register_script(_LUA_PROBE)
+        self._unpark = client.register_script(_LUA_UNPARK)
+        self._replay = client.register_script(_LUA_REPLAY)
+        self._attempt_now = client.register_script(_LUA_ATTEMPT_NOW)
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def claim(self, now: int, lease_ms: int, limit: int, policies: dict[str, Any]) -> Any:
+        """Claim up to `limit` due deliveries: [next_due_ms, config_version, (id, event, state, flag)*]."""
+        return self._claim(args=[self.prefix, now, lease_ms, limit, _dumps(policies)])
+
+    def complete(self, now: int, records: list[dict[str, Any]]) -> Any:
+        """Record a group of finished attempts; returns the targets' changes of state (flat)."""
+        return self._complete(args=[self.prefix, now, self.retention, _dumps(records)])
+
+    def release(self, now: int, ids: Sequence[str]) -> Any:
+        """Hand claimed deliveries back, due now (a worker stopping before it could send them)."""
+        return self._release(args=[self.prefix, now, *ids])
+
+    def clear_wake(self) -> Any:
+        return self.client.delete(self._k("wake"))
+
+    def set_wake(self) -> Any:
+        return self.client.set(self._k("wake"), "1", nx=True, ex=WAKE_TTL)
+
+    def alert_gate(self, what: str, seconds: int) -> Any:
+        """True for the first caller in `seconds` (across processes): alerts are not a flood."""
+        return self.client.set(self._k("alerted", what), "1", nx=True, ex=seconds)
+
+    def write_alert(self, event: InvitationEvent, target: str) -> Any:
+        """Store an alert as an event with one delivery, to the alert target."""
+        pipe = self.client.pipeline(transaction=True)
+        ek = self._k("event", event.id)
+        pipe.set(ek, _dumps(event.to_dict()), ex=self.retention)
+        pipe.hset(ek + ":deliveries", target, _dumps(Delivery(updated_at=event.received_at_ms).to_dict()))
+        pipe.expire(ek + ":deliveries", self.retention)
+        pipe.zadd(self._k("due"), {delivery_id(event.id, target): event.received_at_ms}, nx=True)
+        pipe.zadd(self._k("events"), {event.id: event.received_at_ms})
+        return pipe.execute()
+
+    # -- sync: the worker's ticker and the CLI ---------------------------------------------------
+    def _sync(self) -> Redis:
+        assert isinstance(self.client, Redis), "a sync client is needed here"
+        return self.client
+
+    def _sync_script(self, script: Any, args: list[Any]) -> Any:
+        self._sync()
+        return script(args=args)
+
+    def next_due(self) -> float | None:
+        """The score of the earliest waiting delivery (ms), or None when nothing waits."""
+        first = self._sync().zrange(self._k("due"), 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    def probe(self, target: str, now: int, interval_ms: int) -> str | None:
+        got = self._sync_script(self._probe, [self.prefix, target, now, interval_ms])
+        return _text(got) if got else None
+
+    def unpark(self, target: str, now: int, cap: int) -> int:
+        return int(self._sync_script(self._unpark, [self.prefix, target, now, cap]))
+
+    def held_targets(self) -> list[str]:
+        return sorted(_text(m) for m in self._sync().smembers(self._k("held")))
+
+    def parked_targets(self) -> list[str]:
+        p = self._k("parked", "")
+        return [_text(k)[len(p) :] for k in self._sync().scan_iter(match=p + "*", count=1000)]
+
+    def trim_dead(self, now: int) -> None:
+        self._sync().zremrangebyscore(self._k("dead"), "-inf", now - self.retention * 1000)
+
+    def pause(self, target: str, now: int, reason: str = "paused by hand") -> str:
+        hk = self._k("target", target)
+        r = self._sync()
+        before = _text(r.hget(hk, "state") or b"active")
+        with r.pipeline(transaction=True) as pipe:
+            pipe.sadd(self._k("held"), target)
+            pipe.hset(hk, mapping={"state": "paused", "manual": "1", "since": now, "reason": reason})
+            pipe.execute()
+        return before
+
+    def resume(self, target: str, now: int) -> str:
+        """Resume a paused or disabled target; returns its state before."""
+        return _text(self._sync_script(self._resume, [self.prefix, target, now]))
+
+    def health(self, target: str) -> dict[str, Any]:
+        r = self._sync()
+        with r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._k("target", target))
+            pipe.zcard(self._k("parked", target))
+            pipe.zcard(self._k("inflight", target))
+            raw, parked, inflight = pipe.execute()
+        data = {_text(k): _text(v) for k, v in raw.items()}
+        return {
+            "state": data.get("state", "active"),
+            "manual": data.get("manual") == "1",
+            "reason": data.get("reason") or None,
+            "since": int(float(data["since"])) if data.get("since") else None,
+            "failures": int(data.get("failures", 0)),
+            "held_deliveries": int(parked),
+            "in_flight": int(inflight),
+        }
+
+    def replay(self, did: str, now: int, force: bool = False) -> str:
+        split_delivery_id(did)
+        return _text(
+            self._sync_script(self._replay, [self.prefix, now, self.retention, did, "1" if force else "0"])
+        )
+
+    def attempt_now(self, did: str, now: int) -> str:
+        split_delivery_id(did)
+        return _text(self._sync_script(self._attempt_now, [self.prefix, now, did]))
+
+    def dead_letters(self, since_ms: int | None = None, until_ms: int | None = None) -> list[tuple[str, int]]:
+        """(delivery id, ms it failed) of every dead letter in the range, newest first."""
+        rows = self._sync().zrevrangebyscore(
+            self._k("dead"),
+            until_ms if until_ms is not None else "+inf",
+            since_ms if since_ms else "-inf",
+            withscores=True,
+        )
+        return [(_text(row[0]), int(row[1])) for row in rows]
+
+    def waiting_count(self) -> int:
+        return int(self._sync().zcard(self._k("due")))

@@ -2,7 +2,8 @@
 
 A target is the triple a provider already fills in the Acrobits portal (URL template, post-data
 template, content type), plus method, headers, auth, signing secret, success codes, timeout,
-retry schedule and variables. Everything is validated here, once, at load time: a template
+retry schedule and variables, and the delivery policy: rate limit, concurrency, expiry, proxy and
+when to pause an unhealthy target. Everything is validated here, once, at load time: a template
 that cannot render is an error naming the target and the key, never a 3 a.m. surprise.
 """
 
@@ -27,6 +28,7 @@ from gateway.templating import (
     Template,
     body_kind,
     escape_header,
+    escape_none,
     escape_url,
     parse_body,
     url_strings,
@@ -38,13 +40,39 @@ DEFAULT_CONTENT_TYPE = "application/x-www-form-urlencoded"  # the Acrobits defau
 DEFAULT_RETRY = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
 DEFAULT_TIMEOUT = 10.0
 MAX_TIMEOUT = 60.0
+MAX_CONCURRENCY = 1000
+# Auto-pause: at least this many consecutive failures, the first at least this many seconds old.
+DEFAULT_PAUSE_FAILURES = 10
+DEFAULT_PAUSE_SECONDS = 60
+MAX_PAUSE_FAILURES = 100_000
+MAX_PAUSE_SECONDS = 7 * 86400
+MAX_EXPIRE_AFTER = 365 * 86400
+DEFAULT_PROBE_INTERVAL = 30  # seconds between probes of a paused target
+MAX_PROBE_INTERVAL = 3600
 
 # Values a template can use besides the target's own `vars`.
 EVENT_PLACEHOLDERS = frozenset(
-    {"invitee", "invitee_raw", "invitor", "network_id", "event", "event_id", "received_at", "delivery_id"}
+    {
+        "invitee",
+        "invitee_raw",
+        "invitor",
+        "network_id",
+        "event",
+        "event_id",
+        "received_at",
+        "delivery_id",
+        "message",
+    }
 )
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# "1/s", "200/s", "20/m", "20/min", "1000/h"; at most 9 digits.
+_RATE = re.compile(r"([1-9][0-9]{0,8})/(s|m|min|h)")
+_RATE_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
+_RATE_NAMES = {1: "s", 60: "m", 3600: "h"}
+# "90s", "5m", "1h", "2d"; at most 9 digits.
+_DURATION = re.compile(r"([1-9][0-9]{0,8})(s|m|h|d)")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 # Headers the gateway owns: a target may not set them (Host and Content-Length would break the
 # request, the webhook-* ones are the signature's).
@@ -75,9 +103,32 @@ _TARGET_KEYS = frozenset(
         "timeout",
         "retry",
         "vars",
+        "rate",
+        "concurrency",
+        "expire_after",
+        "proxy",
+        "pause_after",
+        "probe_interval",
     }
 )
-_SETTINGS_KEYS = frozenset({"allow_private_targets"})
+_PAUSE_KEYS = frozenset({"failures", "seconds"})
+_SETTINGS_KEYS = frozenset({"allow_private_targets", "alert_target"})
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most `count` requests every `per` seconds (1, 60 or 3600)."""
+
+    count: int
+    per: int
+
+    @property
+    def interval_ms(self) -> float:
+        """The spacing between two requests, in milliseconds."""
+        return self.per * 1000 / self.count
+
+    def __str__(self) -> str:
+        return f"{self.count}/{_RATE_NAMES[self.per]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +147,13 @@ class Target:
     timeout: float = DEFAULT_TIMEOUT
     retry: tuple[int, ...] = DEFAULT_RETRY
     vars: tuple[tuple[str, str], ...] = ()
+    rate: Rate | None = None  # None: no rate limit
+    concurrency: int | None = None  # requests in flight at once; None: unlimited
+    expire_after: int | None = None  # seconds after which an unsent delivery expires; None: never
+    proxy: str | None = None  # http(s)://[user:pass@]host[:port]; may use ${ENV}
+    pause_failures: int = DEFAULT_PAUSE_FAILURES  # 0: never pause automatically
+    pause_seconds: int = DEFAULT_PAUSE_SECONDS
+    probe_interval: int = DEFAULT_PROBE_INTERVAL
 
     def matches(self, event_type: str, network_id: str) -> bool:
         return event_type in self.events and ("*" in self.networks or network_id in self.networks)
@@ -127,6 +185,8 @@ class Target:
             yield from self.auth
         if self.signing_secret is not None:
             yield self.signing_secret
+        if self.proxy is not None:
+            yield self.proxy
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -149,6 +209,20 @@ class Target:
             data["signing_secret"] = self.signing_secret
         if self.success_codes is not None:
             data["success_codes"] = list(self.success_codes)
+        # The delivery policy appears only when set, so a file that does not use it keeps the
+        # same dict (and the same stored digest) as before these keys existed.
+        if self.rate is not None:
+            data["rate"] = str(self.rate)
+        if self.concurrency is not None:
+            data["concurrency"] = self.concurrency
+        if self.expire_after is not None:
+            data["expire_after"] = self.expire_after
+        if self.proxy is not None:
+            data["proxy"] = self.proxy
+        if (self.pause_failures, self.pause_seconds) != (DEFAULT_PAUSE_FAILURES, DEFAULT_PAUSE_SECONDS):
+            data["pause_after"] = {"failures": self.pause_failures, "seconds": self.pause_seconds}
+        if self.probe_interval != DEFAULT_PROBE_INTERVAL:
+            data["probe_interval"] = self.probe_interval
         return data
 
 
@@ -159,6 +233,7 @@ class Config:
     targets: tuple[Target, ...] = ()
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     allow_private_targets: bool = False
+    alert_target: str | None = None  # the target that receives alerts (e.g. "target paused")
 
     def alias_table(self) -> dict[str, str]:
         return build_aliases(self.aliases)
@@ -172,9 +247,22 @@ class Config:
                 return t
         return None
 
-    def to_dict(self) -> dict[str, Any]:
+    def policies(self) -> dict[str, dict[str, float | int]]:
+        """Per target: the minimum spacing of requests in ms and the concurrency cap (0: none)."""
         return {
-            "settings": {"allow_private_targets": self.allow_private_targets},
+            t.name: {
+                "interval": t.rate.interval_ms if t.rate is not None else 0.0,
+                "concurrency": t.concurrency or 0,
+            }
+            for t in self.targets
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {"allow_private_targets": self.allow_private_targets}
+        if self.alert_target is not None:
+            settings["alert_target"] = self.alert_target
+        return {
+            "settings": settings,
             "aliases": {k: list(v) for k, v in self.aliases.items()},
             "targets": [t.to_dict() for t in self.targets],
         }
@@ -192,6 +280,99 @@ def _string(value: object, target: str, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"must be a non-empty string, got {value!r}", target, key)
     return value
+
+
+def _rate(value: object, target: str) -> Rate:
+    match = _RATE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(f'must be like "1/s", "200/s", "20/m" or "1000/h", got {value!r}', target, "rate")
+    return Rate(count=int(match[1]), per=_RATE_UNITS[match[2]])
+
+
+def _concurrency(value: object, target: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
+        raise ConfigError(
+            f"must be a whole number from 1 to {MAX_CONCURRENCY} (leave it out for no limit), got {value!r}",
+            target,
+            "concurrency",
+        )
+    return value
+
+
+def _duration(value: object, target: str, key: str, most: int) -> int:
+    seconds: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
+        seconds = int(match[1]) * _DURATION_UNITS[match[2]]
+    if seconds is None or not 1 <= seconds <= most:
+        raise ConfigError(
+            f'must be whole seconds or a duration like "90s", "5m", "1h", "2d", from 1 second '
+            f"to {most // 86400} days, got {value!r}",
+            target,
+            key,
+        )
+    return seconds
+
+
+def _bounded(value: object, low: int, high: int, what: str, target: str, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"must be {what} from {low} to {high}, got {value!r}", target, key)
+    return value
+
+
+def _pause_after(value: object, target: str) -> tuple[int, int]:
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"must be a table like {{ failures = {DEFAULT_PAUSE_FAILURES}, "
+            f"seconds = {DEFAULT_PAUSE_SECONDS} }} (failures = 0 never pauses)",
+            target,
+            "pause_after",
+        )
+    unknown = sorted(set(value) - _PAUSE_KEYS)
+    if unknown:
+        raise ConfigError("unknown key (known: failures, seconds)", target, f"pause_after.{unknown[0]}")
+    failures = _bounded(
+        value.get("failures", DEFAULT_PAUSE_FAILURES),
+        0,
+        MAX_PAUSE_FAILURES,
+        "a number of consecutive failures",
+        target,
+        "pause_after.failures",
+    )
+    seconds = _bounded(
+        value.get("seconds", DEFAULT_PAUSE_SECONDS),
+        0,
+        MAX_PAUSE_SECONDS,
+        "whole seconds",
+        target,
+        "pause_after.seconds",
+    )
+    return failures, seconds
+
+
+def _check_proxy(proxy: str, target: str, expanded: bool = False) -> None:
+    """An http(s) proxy URL with a host; user:password@ is allowed (and never quoted back)."""
+    if "${" in proxy and not expanded:
+        return  # checked with the environment, in _validate_templates
+    if any(c in proxy for c in " \t\r\n\0"):
+        raise ConfigError("must not contain spaces or control characters", target, "proxy")
+    shown = "" if expanded else f", got {_hide_password(proxy)!r}"
+    try:
+        parts = urlsplit(proxy)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"must be an http:// or https:// proxy URL{shown}", target, "proxy") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"must be an http:// or https:// proxy URL{shown}", target, "proxy")
+
+
+def _hide_password(url: str) -> str:
+    head, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{head}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def _check_placeholders(template: Template, allowed: set[str], target: str, key: str) -> None:
@@ -321,6 +502,26 @@ def target_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
     if len(retry) > 25:
         raise ConfigError("allows at most 25 retries", name, "retry")
 
+    rate = _rate(data["rate"], name) if "rate" in data else None
+    concurrency = _concurrency(data["concurrency"], name) if "concurrency" in data else None
+    expire_after = None
+    if "expire_after" in data:
+        expire_after = _duration(data["expire_after"], name, "expire_after", MAX_EXPIRE_AFTER)
+    proxy = data.get("proxy")
+    if proxy is not None:
+        _check_proxy(_string(proxy, name, "proxy"), name)
+    pause_failures, pause_seconds = _pause_after(
+        data.get("pause_after", {"failures": DEFAULT_PAUSE_FAILURES, "seconds": DEFAULT_PAUSE_SECONDS}), name
+    )
+    probe_interval = _bounded(
+        data.get("probe_interval", DEFAULT_PROBE_INTERVAL),
+        1,
+        MAX_PROBE_INTERVAL,
+        "whole seconds",
+        name,
+        "probe_interval",
+    )
+
     target = Target(
         name=name,
         networks=networks,
@@ -336,6 +537,13 @@ def target_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
         timeout=float(timeout),
         retry=tuple(retry),
         vars=tuple(variables.items()),
+        rate=rate,
+        concurrency=concurrency,
+        expire_after=expire_after,
+        proxy=proxy,
+        pause_failures=pause_failures,
+        pause_seconds=pause_seconds,
+        probe_interval=probe_interval,
     )
     _validate_templates(target, allowed, environ)
     return target
@@ -405,6 +613,14 @@ def _validate_templates(target: Target, allowed: set[str], environ: Mapping[str,
         _check_placeholders(secret_t, set(), name, "signing_secret")
         if environ is not None and secret_t.env_names():
             _check_secret(secret_t.render({}, escape_header, environ), name, expanded=True)
+    if target.proxy is not None:
+        # Only ${ENV} here: an invitation must not choose the proxy.
+        proxy_t = Template.parse(target.proxy)
+        if proxy_t.placeholders():
+            ph = sorted(proxy_t.placeholders())[0]
+            raise ConfigError(f"cannot use %{ph}%: only ${{ENV_VAR}} references are allowed", name, "proxy")
+        if environ is not None and proxy_t.env_names():
+            _check_proxy(proxy_t.render({}, escape_none, environ), name, expanded=True)
 
 
 def _env_key(target: Target, var: str) -> str:
@@ -418,6 +634,8 @@ def _env_key(target: Target, var: str) -> str:
             return f"headers.{hname}"
     if target.auth and any(ref in part for part in target.auth):
         return "auth"
+    if target.proxy and ref in target.proxy:
+        return "proxy"
     return "signing_secret"
 
 
@@ -436,6 +654,11 @@ def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
     allow_private = settings.get("allow_private_targets", False)
     if not isinstance(allow_private, bool):
         raise ConfigError("must be true or false", None, "settings.allow_private_targets")
+    alert_target = settings.get("alert_target")
+    if alert_target is not None and (not isinstance(alert_target, str) or not alert_target):
+        raise ConfigError(
+            f"must be the name of a declared target, got {alert_target!r}", None, "settings.alert_target"
+        )
 
     aliases_raw = data.get("aliases", {})
     aliases: dict[str, tuple[str, ...]] = {}
@@ -460,7 +683,14 @@ def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
             raise ConfigError("is declared twice", t.name, "name")
         seen.add(t.name)
         targets.append(t)
-    return Config(targets=tuple(targets), aliases=aliases, allow_private_targets=allow_private)
+    if alert_target is not None and alert_target not in seen:
+        raise ConfigError(f"{alert_target!r} names no declared target", None, "settings.alert_target")
+    return Config(
+        targets=tuple(targets),
+        aliases=aliases,
+        allow_private_targets=allow_private,
+        alert_target=alert_target,
+    )
 
 
 def _check_alias_clash(aliases: Mapping[str, Sequence[str]]) -> None:

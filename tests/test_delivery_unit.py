@@ -1,4 +1,4 @@
-"""The pure parts of a delivery (gateway/delivery.py) and the address policy (gateway/netguard.py)."""
+"""The pure parts of a delivery (gateway/delivery/request.py) and the address policy (netguard.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from gateway.delivery import build_request, classify, parse_retry_after, retry_delay, sign
+from gateway.delivery.netguard import AddressNotAllowed, check_address
+from gateway.delivery.request import Response, build_request, classify, parse_retry_after, retry_delay, sign
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
-from gateway.netguard import AddressNotAllowed, check_address
-from gateway.sender import Response
 from gateway.targets import Target, target_from_dict
 
 KEY = bytes(range(100, 132))

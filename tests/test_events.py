@@ -348,4 +348,5 @@ def test_placeholders() -> None:
         "event": INVITATION_CREATED,
         "event_id": event.id,
         "received_at": "2023-11-14T22:13:20.123Z",
+        "message": "johnsnow invited +15551231234 (network mynetwork)",
     }

@@ -28,7 +28,11 @@ def _event() -> InvitationEvent:
     )
 
 
-def test_accept_stores_event_and_one_job_per_target(redis: Redis) -> None:
+def _waiting(redis: Redis) -> dict[str, float]:
+    return {k.decode(): v for k, v in redis.zrange("gw:due", 0, -1, withscores=True)}
+
+
+def test_accept_stores_event_and_its_waiting_deliveries_and_one_drain_job(redis: Redis) -> None:
     store = Store(redis)
     store.save_config(_config("a", "b"))
     queue = make_queue(redis, "q")
@@ -39,14 +43,41 @@ def test_accept_stores_event_and_one_job_per_target(redis: Redis) -> None:
         "a": PENDING,
         "b": PENDING,
     }
-    job_ids = set(queue.get_job_ids())
-    assert job_ids == {delivery_id(event.id, "a"), delivery_id(event.id, "b")}
-    job = queue.fetch_job(delivery_id(event.id, "a"))
-    assert job is not None and job.func_name == "gateway.delivery.deliver"
+    assert _waiting(redis) == {
+        delivery_id(event.id, "a"): event.received_at_ms,
+        delivery_id(event.id, "b"): event.received_at_ms,
+    }
+    [job_id] = queue.get_job_ids()
+    job = queue.fetch_job(job_id)
+    assert job is not None and job.func_name == "gateway.jobs.drain"
     assert job.serializer is JSONSerializer
+    assert job.retries_left == 2
 
 
-def test_a_process_with_stale_targets_still_enqueues_the_new_ones(redis: Redis) -> None:
+def test_a_backlog_is_one_drain_job_not_one_per_callback(redis: Redis) -> None:
+    store = Store(redis)
+    store.save_config(_config("a"))
+    queue = make_queue(redis, "q")
+    live = LiveConfig(store)
+    events = [_event() for _ in range(50)]
+    for event in events:
+        accept(store, queue, live, event)
+    assert len(_waiting(redis)) == 50
+    assert len(queue.get_job_ids()) == 1
+
+
+def test_an_event_no_target_serves_queues_nothing(redis: Redis) -> None:
+    store = Store(redis)
+    queue = make_queue(redis, "q")
+    assert accept(store, queue, LiveConfig(store), _event()) == []
+    assert _waiting(redis) == {}
+    assert queue.get_job_ids() == []
+    store.save_config(_config("a"))  # and the next event that has a target still gets its job
+    accept(store, queue, LiveConfig(store), _event())
+    assert len(queue.get_job_ids()) == 1
+
+
+def test_a_process_with_stale_targets_still_stores_the_new_ones(redis: Redis) -> None:
     store = Store(redis)
     store.save_config(_config("a"))
     live = LiveConfig(store)
@@ -55,7 +86,7 @@ def test_a_process_with_stale_targets_still_enqueues_the_new_ones(redis: Redis) 
     queue = make_queue(redis, "q")
     event = _event()
     assert sorted(accept(store, queue, live, event)) == ["a", "b"]
-    assert len(queue.get_job_ids()) == 2
+    assert set(_waiting(redis)) == {delivery_id(event.id, "a"), delivery_id(event.id, "b")}
     assert live.version == 2
 
 

@@ -3,15 +3,33 @@ records."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from gateway.netguard import AddressNotAllowed, check_address
-from gateway.sender import OutboundRequest, Sender, SendError
+from gateway.delivery.netguard import AddressNotAllowed, check_address
+from gateway.delivery.request import OutboundRequest, Response
+from gateway.delivery.sender import Sender, SendError
 from tests.conftest import TargetServer
+
+
+class SyncSender:
+    """The async Sender on a private event loop, as the worker runs it."""
+
+    def __init__(self, **options: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.sender = Sender(**options)
+
+    def send(self, request: OutboundRequest) -> Response:
+        return self.loop.run_until_complete(self.sender.send(request))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.sender.close())
+        self.loop.close()
 
 
 def _get(url: str, timeout: float = 5.0) -> OutboundRequest:
@@ -19,15 +37,15 @@ def _get(url: str, timeout: float = 5.0) -> OutboundRequest:
 
 
 @pytest.fixture
-def sender() -> Iterator[Sender]:
-    s = Sender(allow_private=True)
+def sender() -> Iterator[SyncSender]:
+    s = SyncSender(allow_private=True)
     try:
         yield s
     finally:
         s.close()
 
 
-def test_targets_share_no_cookies(sender: Sender, target_server: TargetServer) -> None:
+def test_targets_share_no_cookies(sender: SyncSender, target_server: TargetServer) -> None:
     target_server.script("/a", [(200, {"Set-Cookie": "sid=provider-a; Path=/"}, b"ok")])
     sender.send(_get(f"{target_server.url}/a"))
     sender.send(_get(f"{target_server.url}/b"))
@@ -39,7 +57,7 @@ def test_targets_share_no_cookies(sender: Sender, target_server: TargetServer) -
 
 def test_response_is_read_up_to_the_cap(target_server: TargetServer) -> None:
     target_server.script("/big", [(200, {}, b"x" * 5000)])
-    s = Sender(allow_private=True, response_cap=100)
+    s = SyncSender(allow_private=True, response_cap=100)
     try:
         response = s.send(_get(f"{target_server.url}/big"))
     finally:
@@ -48,7 +66,7 @@ def test_response_is_read_up_to_the_cap(target_server: TargetServer) -> None:
     assert response.body == b"x" * 100
 
 
-def test_redirects_are_not_followed(sender: Sender, target_server: TargetServer) -> None:
+def test_redirects_are_not_followed(sender: SyncSender, target_server: TargetServer) -> None:
     target_server.script("/moved", [(302, {"Location": f"{target_server.url}/elsewhere"}, b"")])
     response = sender.send(_get(f"{target_server.url}/moved"))
     assert response.status == 302
@@ -84,7 +102,7 @@ def broken_server() -> Iterator[int]:
         listener.close()
 
 
-def test_errors_never_quote_the_url(sender: Sender, broken_server: int) -> None:
+def test_errors_never_quote_the_url(sender: SyncSender, broken_server: int) -> None:
     url = f"http://127.0.0.1:{broken_server}/services/T000/SuperSecretToken?to=%2B15551231234"
     with pytest.raises(SendError) as info:
         sender.send(_get(url))
@@ -97,7 +115,7 @@ def test_connection_refused_is_a_send_error() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there
-    s = Sender(allow_private=True)
+    s = SyncSender(allow_private=True)
     try:
         with pytest.raises(SendError) as info:
             s.send(_get(f"http://127.0.0.1:{port}/"))
@@ -119,7 +137,7 @@ def test_connection_refused_is_a_send_error() -> None:
     ],
 )
 def test_private_targets_are_refused_before_connecting(url: str) -> None:
-    s = Sender(allow_private=False)
+    s = SyncSender(allow_private=False)
     try:
         with pytest.raises(SendError) as info:
             s.send(_get(url))

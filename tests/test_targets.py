@@ -16,13 +16,15 @@ from gateway.targets import (
     DEFAULT_CONTENT_TYPE,
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
+    EVENT_PLACEHOLDERS,
     Config,
+    Rate,
     Target,
     config_from_dict,
     load_config,
     target_from_dict,
 )
-from gateway.templating import FORM_KIND, JSON_KIND, TEXT_KIND, XML_KIND, Template
+from gateway.templating import FORM_KIND, JSON_KIND, TEXT_KIND, XML_KIND, Template, parse_body
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 BASE: dict[str, Any] = {"name": "t1", "networks": ["*"], "url": "https://api.example.com/hook?i=%invitee%"}
@@ -693,7 +695,7 @@ def test_percent_encoded_literal_text_survives_rendering() -> None:
 
 
 def test_the_example_targets_file_loads_and_renders() -> None:
-    from gateway.delivery import build_request
+    from gateway.delivery.request import build_request
     from gateway.targets import load_config
 
     path = Path(__file__).resolve().parent.parent / "templates" / "targets.example.toml"
@@ -717,3 +719,462 @@ def test_the_example_targets_file_loads_and_renders() -> None:
             form = dict(parse_qsl(request.body.decode()))
             assert form["To"] == "+15551231234"
             assert form["Body"] == 'o\'brien "x" <a&b> invited you to our softphone'
+
+
+# -- delivery policy: rate, concurrency, expiry, proxy, auto-pause ---------------------------------
+
+
+def test_policy_defaults() -> None:
+    target = target_from_dict(BASE)
+    assert target.rate is None
+    assert target.concurrency is None
+    assert target.expire_after is None
+    assert target.proxy is None
+    assert (target.pause_failures, target.pause_seconds) == (10, 60)
+    assert target.probe_interval == 30
+    # Not written back when unset: an old file keeps the same dict (and stored digest).
+    assert set(target.to_dict()) == {
+        "name",
+        "networks",
+        "events",
+        "url",
+        "content_type",
+        "method",
+        "headers",
+        "timeout",
+        "retry",
+        "vars",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "per", "interval_ms", "canonical"),
+    [
+        ("1/s", 1, 1, 1000.0, "1/s"),
+        ("200/s", 200, 1, 5.0, "200/s"),
+        ("20/m", 20, 60, 3000.0, "20/m"),
+        ("20/min", 20, 60, 3000.0, "20/m"),
+        ("1000/h", 1000, 3600, 3600.0, "1000/h"),
+        ("3/s", 3, 1, 1000 / 3, "3/s"),
+    ],
+)
+def test_rate(text: str, count: int, per: int, interval_ms: float, canonical: str) -> None:
+    target = target_from_dict(_target(rate=text))
+    assert target.rate == Rate(count=count, per=per)
+    assert target.rate.interval_ms == pytest.approx(interval_ms)
+    assert str(target.rate) == canonical
+    assert target.to_dict()["rate"] == canonical
+
+
+@pytest.mark.parametrize(
+    "rate",
+    [
+        "0/s",
+        "-1/s",
+        "1.5/s",
+        "1/d",
+        "1/sec",
+        "1 / s",
+        " 1/s",
+        "1/S",
+        "/s",
+        "1",
+        "s",
+        "",
+        "01/s",
+        "1e3/s",
+        5,
+        1.0,
+        True,
+        ["1/s"],
+        "1234567890/s",
+    ],
+)
+def test_bad_rate(rate: object) -> None:
+    error = _config_error(_target(rate=rate))
+    assert (error.target, error.key) == ("t1", "rate")
+    assert (
+        str(error)
+        == f'target \'t1\', key \'rate\': must be like "1/s", "200/s", "20/m" or "1000/h", got {rate!r}'
+    )
+
+
+@pytest.mark.parametrize("value", [1, 8, 1000])
+def test_concurrency(value: int) -> None:
+    target = target_from_dict(_target(concurrency=value))
+    assert target.concurrency == value
+    assert target.to_dict()["concurrency"] == value
+
+
+@pytest.mark.parametrize("value", [0, -1, 1001, 2.0, "4", True, False, [1]])
+def test_bad_concurrency(value: object) -> None:
+    error = _config_error(_target(concurrency=value))
+    assert (error.target, error.key) == ("t1", "concurrency")
+    assert str(error).startswith("target 't1', key 'concurrency': must be a whole number from 1 to 1000")
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(1, 1), (900, 900), ("90s", 90), ("5m", 300), ("1h", 3600), ("2d", 172800), ("365d", 365 * 86400)],
+)
+def test_expire_after(value: object, seconds: int) -> None:
+    target = target_from_dict(_target(expire_after=value))
+    assert target.expire_after == seconds
+    assert target.to_dict()["expire_after"] == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, -5, "0s", "90", "1.5h", "5 m", "5M", "1w", "", "m", 1.5, 60.0, True, [60], "366d", 365 * 86400 + 1],
+)
+def test_bad_expire_after(value: object) -> None:
+    error = _config_error(_target(expire_after=value))
+    assert (error.target, error.key) == ("t1", "expire_after")
+    assert str(error).startswith("target 't1', key 'expire_after': must be whole seconds or a duration")
+    assert repr(value) in str(error)
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        "http://proxy.internal:3128",
+        "https://proxy.example.com/",
+        "http://user:p%40ss@10.0.0.1:8080",
+        "http://user@[::1]:3128",
+        "http://${PROXY_USER}:${PROXY_PASSWORD}@proxy.internal:3128",
+        "${HTTPS_PROXY}",
+    ],
+)
+def test_proxy(proxy: str) -> None:
+    target = target_from_dict(_target(proxy=proxy))
+    assert target.proxy == proxy
+    assert target.to_dict()["proxy"] == proxy
+
+
+@pytest.mark.parametrize(
+    ("proxy", "words"),
+    [
+        ("socks5://proxy.internal:1080", "http:// or https://"),
+        ("proxy.internal:3128", "http:// or https://"),
+        ("http://", "http:// or https://"),
+        ("http://:3128", "http:// or https://"),
+        ("http://proxy.internal:99999", "http:// or https://"),
+        ("http://proxy.internal:port", "http:// or https://"),
+        ("http://proxy internal:3128", "spaces"),
+        ("http://proxy.internal:3128\n", "control"),
+        ("http://%invitee%.example.com:3128", "%invitee%"),
+        ("http://u:%network_id%@proxy.internal", "%network_id%"),
+        ("", "non-empty"),
+        (3128, "non-empty"),
+    ],
+)
+def test_bad_proxy(proxy: object, words: str) -> None:
+    error = _config_error(_target(proxy=proxy))
+    assert (error.target, error.key) == ("t1", "proxy")
+    assert str(error).startswith("target 't1', key 'proxy': ")
+    assert words in str(error)
+
+
+def test_bad_proxy_error_hides_the_password() -> None:
+    error = _config_error(_target(proxy="ftp://user:hunter2@proxy.internal"))
+    assert error.key == "proxy"
+    assert "hunter2" not in str(error)
+    assert "user:***@proxy.internal" in str(error)
+
+
+def test_proxy_env_is_checked_with_environ_without_quoting_it() -> None:
+    data = _target(proxy="${HTTPS_PROXY}")
+    assert target_from_dict(data).env_names() == {"HTTPS_PROXY"}
+    error = _config_error(data, {"OTHER": "x"})
+    assert (error.target, error.key) == ("t1", "proxy")
+    assert "HTTPS_PROXY" in str(error)
+    error = _config_error(data, {"HTTPS_PROXY": "socks5://u:hunter2@proxy.internal"})
+    assert (error.target, error.key) == ("t1", "proxy")
+    assert "hunter2" not in str(error)
+    target = target_from_dict(data, {"HTTPS_PROXY": "http://u:hunter2@proxy.internal:3128"})
+    assert target.proxy == "${HTTPS_PROXY}"
+    assert "hunter2" not in repr(target)
+    assert "hunter2" not in json.dumps(target.to_dict())
+
+
+def test_proxy_password_from_env() -> None:
+    data = _target(proxy="http://u:${PROXY_PASSWORD}@proxy.internal:3128")
+    error = _config_error(data, {})
+    assert (error.key, "PROXY_PASSWORD" in str(error)) == ("proxy", True)
+    assert target_from_dict(data, {"PROXY_PASSWORD": "s3cret"}).env_names() == {"PROXY_PASSWORD"}
+
+
+@pytest.mark.parametrize(
+    ("pause_after", "failures", "seconds"),
+    [
+        ({"failures": 10, "seconds": 60}, 10, 60),
+        ({"failures": 3}, 3, 60),
+        ({"seconds": 600}, 10, 600),
+        ({}, 10, 60),
+        ({"failures": 0}, 0, 60),
+        ({"failures": 1, "seconds": 0}, 1, 0),
+    ],
+)
+def test_pause_after(pause_after: dict[str, int], failures: int, seconds: int) -> None:
+    target = target_from_dict(_target(pause_after=pause_after))
+    assert (target.pause_failures, target.pause_seconds) == (failures, seconds)
+    again = target_from_dict(target.to_dict())
+    assert again == target
+    if (failures, seconds) == (10, 60):
+        assert "pause_after" not in target.to_dict()
+    else:
+        assert target.to_dict()["pause_after"] == {"failures": failures, "seconds": seconds}
+
+
+@pytest.mark.parametrize(
+    ("pause_after", "key", "words"),
+    [
+        ({"failure": 3}, "pause_after.failure", "unknown key"),
+        ({"failures": 3, "minutes": 1}, "pause_after.minutes", "unknown key"),
+        ({"failures": -1}, "pause_after.failures", "from 0"),
+        ({"failures": "10"}, "pause_after.failures", "from 0"),
+        ({"failures": 1.5}, "pause_after.failures", "from 0"),
+        ({"failures": True}, "pause_after.failures", "from 0"),
+        ({"failures": 100_001}, "pause_after.failures", "from 0"),
+        ({"seconds": -1}, "pause_after.seconds", "whole seconds"),
+        ({"seconds": "60s"}, "pause_after.seconds", "whole seconds"),
+        ({"seconds": 7 * 86400 + 1}, "pause_after.seconds", "whole seconds"),
+        (10, "pause_after", "table"),
+        ([10, 60], "pause_after", "table"),
+        ("10 failures", "pause_after", "table"),
+    ],
+)
+def test_bad_pause_after(pause_after: object, key: str, words: str) -> None:
+    error = _config_error(_target(pause_after=pause_after))
+    assert (error.target, error.key) == ("t1", key)
+    assert str(error).startswith(f"target 't1', key {key!r}: ")
+    assert words in str(error)
+
+
+@pytest.mark.parametrize("value", [1, 30, 3600])
+def test_probe_interval(value: int) -> None:
+    target = target_from_dict(_target(probe_interval=value))
+    assert target.probe_interval == value
+    assert target_from_dict(target.to_dict()) == target
+
+
+@pytest.mark.parametrize("value", [0, -1, 3601, 1.5, "30", "30s", True])
+def test_bad_probe_interval(value: object) -> None:
+    error = _config_error(_target(probe_interval=value))
+    assert (error.target, error.key) == ("t1", "probe_interval")
+    assert str(error).startswith("target 't1', key 'probe_interval': must be whole seconds from 1 to 3600")
+
+
+def test_policies() -> None:
+    config = config_from_dict(
+        {
+            "targets": [
+                {**BASE, "name": "slack", "rate": "1/s"},
+                {**BASE, "name": "doselect", "rate": "200/s", "concurrency": 4},
+                {**BASE, "name": "crm", "rate": "20/m"},
+                {**BASE, "name": "free"},
+                {**BASE, "name": "narrow", "concurrency": 1},
+            ]
+        }
+    )
+    policies = config.policies()
+    assert policies == {
+        "slack": {"interval": 1000.0, "concurrency": 0},
+        "doselect": {"interval": 5.0, "concurrency": 4},
+        "crm": {"interval": 3000.0, "concurrency": 0},
+        "free": {"interval": 0.0, "concurrency": 0},
+        "narrow": {"interval": 0.0, "concurrency": 1},
+    }
+    assert json.loads(json.dumps(policies)) == policies
+    assert Config().policies() == {}
+
+
+def test_policy_round_trip() -> None:
+    config = config_from_dict(
+        {
+            "settings": {"alert_target": "slack"},
+            "targets": [
+                {
+                    **BASE,
+                    "name": "slack",
+                    "rate": "1/s",
+                    "concurrency": 1,
+                    "expire_after": "5m",
+                    "pause_after": {"failures": 0},
+                    "probe_interval": 120,
+                },
+                {
+                    **BASE,
+                    "name": "crm",
+                    "rate": "20/min",
+                    "expire_after": 86400,
+                    "proxy": "http://u:${PROXY_PASSWORD}@proxy.internal:3128",
+                    "pause_after": {"failures": 5, "seconds": 300},
+                },
+                dict(BASE),
+            ],
+        }
+    )
+    data = config.to_dict()
+    assert data["settings"] == {"allow_private_targets": False, "alert_target": "slack"}
+    slack, crm, plain = data["targets"]
+    assert (slack["rate"], slack["concurrency"], slack["expire_after"]) == ("1/s", 1, 300)
+    assert (slack["pause_after"], slack["probe_interval"]) == ({"failures": 0, "seconds": 60}, 120)
+    assert (crm["rate"], crm["expire_after"], crm["pause_after"]) == (
+        "20/m",
+        86400,
+        {"failures": 5, "seconds": 300},
+    )
+    assert crm["proxy"] == "http://u:${PROXY_PASSWORD}@proxy.internal:3128"
+    assert not set(plain) & {"rate", "concurrency", "expire_after", "proxy", "pause_after", "probe_interval"}
+    assert config_from_dict(data) == config
+    assert config_from_dict(json.loads(json.dumps(data))) == config
+    assert config_from_dict(data, {"PROXY_PASSWORD": "pw"}) == config
+
+
+POLICY_TOML = """
+[settings]
+alert_target = "slack"
+
+[[targets]]
+name = "slack"
+networks = ["*"]
+url = "https://hooks.slack.com/services/${SLACK_PATH}"
+content_type = "application/json"
+post_data = '{"text": "%message%"}'
+rate = "1/s"
+concurrency = 1
+expire_after = "1h"
+pause_after = { failures = 0 }
+
+[[targets]]
+name = "crm"
+networks = ["mynetwork"]
+url = "https://crm.example.com/api/invitations"
+content_type = "application/json"
+post_data = '{"phone": "%invitee%"}'
+rate = "20/m"
+proxy = "${HTTPS_PROXY}"
+pause_after = { failures = 5, seconds = 300 }
+probe_interval = 60
+"""
+
+
+def test_policy_keys_in_toml(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(POLICY_TOML, encoding="utf-8")
+    config = load_config(path, {"SLACK_PATH": "T/B/X", "HTTPS_PROXY": "http://proxy.internal:3128"})
+    slack, crm = config.targets
+    assert config.alert_target == "slack"
+    assert (slack.rate, slack.concurrency, slack.expire_after) == (Rate(1, 1), 1, 3600)
+    assert (slack.pause_failures, slack.pause_seconds, slack.probe_interval) == (0, 60, 30)
+    assert (crm.rate, crm.proxy) == (Rate(20, 60), "${HTTPS_PROXY}")
+    assert (crm.pause_failures, crm.pause_seconds, crm.probe_interval) == (5, 300, 60)
+    assert config.policies()["crm"] == {"interval": 3000.0, "concurrency": 0}
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"SLACK_PATH": "T/B/X"})
+    assert (
+        str(info.value) == f"{path}: target 'crm', key 'proxy': environment variable HTTPS_PROXY is not set"
+    )
+
+
+# -- settings.alert_target ------------------------------------------------------------------------
+
+
+def test_alert_target() -> None:
+    config = config_from_dict({"settings": {"alert_target": "t1"}, "targets": [dict(BASE)]})
+    assert config.alert_target == "t1"
+    assert config.to_dict()["settings"] == {"allow_private_targets": False, "alert_target": "t1"}
+    assert config_from_dict(config.to_dict()) == config
+
+
+def test_no_alert_target_keeps_settings_unchanged() -> None:
+    config = config_from_dict({"targets": [dict(BASE)]})
+    assert config.alert_target is None
+    assert config.to_dict()["settings"] == {"allow_private_targets": False}
+
+
+@pytest.mark.parametrize(
+    ("settings", "targets", "words"),
+    [
+        ({"alert_target": "slack"}, [dict(BASE)], "'slack' names no declared target"),
+        ({"alert_target": "slack"}, [], "'slack' names no declared target"),
+        ({"alert_target": "T1"}, [dict(BASE)], "'T1' names no declared target"),
+        ({"alert_target": ""}, [dict(BASE)], "must be the name of a declared target"),
+        ({"alert_target": 1}, [dict(BASE)], "must be the name of a declared target"),
+        ({"alert_target": ["t1"]}, [dict(BASE)], "must be the name of a declared target"),
+    ],
+)
+def test_bad_alert_target(settings: dict[str, Any], targets: list[dict[str, Any]], words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"settings": settings, "targets": targets})
+    assert (info.value.target, info.value.key) == (None, "settings.alert_target")
+    assert str(info.value).startswith("key 'settings.alert_target': ")
+    assert words in str(info.value)
+
+
+# -- %message% ------------------------------------------------------------------------------------
+
+
+def test_message_is_an_event_placeholder() -> None:
+    assert "message" in EVENT_PLACEHOLDERS
+    error = _config_error(_target(vars={"message": "x"}))
+    assert (error.target, error.key) == ("t1", "vars")
+
+
+@pytest.mark.parametrize(
+    ("event_type", "sentence"),
+    [
+        (INVITATION_CREATED, "john.snow@example.com invited +15551231234 (network mynetwork)"),
+        (
+            INVITATION_ACCEPTED,
+            "+15551231234 accepted the invitation from john.snow@example.com (network mynetwork)",
+        ),
+    ],
+)
+def test_message_renders_in_a_slack_body(event_type: str, sentence: str) -> None:
+    target = target_from_dict(
+        _target(
+            url="https://hooks.slack.com/services/T/B/X",
+            content_type="application/json",
+            post_data='{"text": "%message%"}',
+        )
+    )
+    event = make_event(
+        {"invitee": "+1 555 123 1234", "invitor": "john.snow@example.com", "network_id": "mynetwork"},
+        event_type,
+        "json",
+    )
+    assert event.placeholders()["message"] == sentence
+    body = Template.parse(target.post_data or "").render(event.placeholders(), target.body_kind.escape, {})
+    assert json.loads(body) == {"text": sentence}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "post_data"),
+    [
+        ("application/json", '{"text": "%message%"}'),
+        ("application/x-www-form-urlencoded", "Body=%message%"),
+        ("application/xml", "<m a='%message%'>%message%</m>"),
+        ("text/plain", "%message%"),
+    ],
+)
+def test_message_survives_hostile_values(content_type: str, post_data: str) -> None:
+    target = target_from_dict(
+        _target(url="https://h.example.com/%message%", content_type=content_type, post_data=post_data)
+    )
+    event = make_event(
+        {"invitee": "+15551231234", "invitor": 'o\'brien "x" <a&b> %invitee% ${HOME}', "network_id": "n&e=t"},
+        INVITATION_CREATED,
+        "json",
+    )
+    values = event.placeholders()
+    body = Template.parse(target.post_data or "").render(values, target.body_kind.escape, {})
+    if target.body_kind is JSON_KIND:
+        assert json.loads(body) == {"text": values["message"]}
+    elif target.body_kind is FORM_KIND:
+        assert dict(parse_qsl(body)) == {"Body": values["message"]}
+    elif target.body_kind is TEXT_KIND:
+        assert body == values["message"]
+    else:
+        assert parse_body(XML_KIND, body) == [values["message"], values["message"]]

@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from redis import Redis
-from rq.serializers import JSONSerializer
 
 from gateway.queue import make_queue
 from gateway.store import Store
@@ -202,15 +201,18 @@ def queued_job_count(redis: Redis) -> int:
     return int(make_queue(redis, QUEUE_NAME).count)
 
 
+def waiting_count(redis: Redis) -> int:
+    """Deliveries waiting (due, scheduled or leased to a worker)."""
+    return int(redis.zcard(f"{PREFIX}:due"))
+
+
 def job_keys(redis: Redis) -> list[bytes]:
     return list(redis.scan_iter(match="rq:job:*"))
 
 
-def failed_job_ids(redis: Redis) -> list[str]:
-    from rq.registry import FailedJobRegistry
-
-    registry = FailedJobRegistry(QUEUE_NAME, connection=redis, serializer=JSONSerializer)
-    return list(registry.get_job_ids())
+def dead_letter_ids(redis: Redis) -> list[str]:
+    """Deliveries that failed for good (or expired), oldest first."""
+    return [m.decode() for m in redis.zrange(f"{PREFIX}:dead", 0, -1)]
 
 
 # -- configuration ----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from e2e_support import (
     the_event_id,
     toml_str,
     wait_final,
+    waiting_count,
 )
 from lxml import etree
 
@@ -183,8 +184,8 @@ def test_hostile_values_reach_every_target_intact(
         ("raw", INVITEE),
     ]
 
-    # Every job has run (nothing left queued), so these two will never get anything.
-    assert queued_job_count(redis) == 0
+    # Nothing is left waiting, so these two will never get anything.
+    assert waiting_count(redis) == 0
     assert target_server.requests_to("/other") == []
     assert target_server.requests_to("/accepted") == []
 
@@ -211,7 +212,7 @@ def test_invitation_accepted_routes_only_to_its_targets(
     [r] = target_server.wait_for("/accepted", 1)
     assert r.query == [("who", "johnsnow"), ("event", "invitation_accepted")]
     assert r.headers["idempotency-key"] == f"{event_id}-accepted-only"
-    assert queued_job_count(redis) == 0
+    assert waiting_count(redis) == 0
     assert [r.path for r in target_server.received] == ["/accepted"]
 
 
@@ -220,6 +221,7 @@ def test_invitation_accepted_routes_only_to_its_targets(
 
 def _assert_nothing_stored(redis: Redis) -> None:
     assert queued_job_count(redis) == 0
+    assert waiting_count(redis) == 0
     assert job_keys(redis) == []
     assert list(redis.scan_iter(match="gw:event*")) == []
 
@@ -311,8 +313,9 @@ def test_chunked_body_under_the_limit_is_accepted(web_only: str, redis: Redis) -
     data += b"%x\r\n" % 20 + body[:20] + b"\r\n" + b"%x\r\n" % (len(body) - 20) + body[20:] + b"\r\n0\r\n\r\n"
     resp = raw_exchange(web_only, data)
     assert resp.status_line == "HTTP/1.1 204 No Content", resp.raw
-    # Enqueued for the four invitation_created targets of mynetwork (no worker runs here).
-    assert queued_job_count(redis) == len(CREATED_TARGETS)
+    # Waiting for the four invitation_created targets of mynetwork (no worker runs here), one job.
+    assert waiting_count(redis) == len(CREATED_TARGETS)
+    assert queued_job_count(redis) == 1
 
 
 def test_binary_body_is_415(web_only: str, redis: Redis) -> None:

@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from e2e_support import (
     FINAL_STATES,
-    QUEUE_NAME,
     SETTINGS,
     attempts_of,
-    failed_job_ids,
+    dead_letter_ids,
     http_call,
     queued_job_count,
     store_for,
@@ -18,8 +17,6 @@ from e2e_support import (
     wait_final,
     wait_until,
 )
-from rq.registry import ScheduledJobRegistry
-from rq.serializers import JSONSerializer
 
 if TYPE_CHECKING:
     from conftest import Gateway, TargetServer
@@ -77,10 +74,10 @@ def test_503_503_200_is_delivered_on_the_third_attempt(
     assert len(requests) == 3
     # The same delivery id on every retry, so the target can deduplicate.
     assert {r.headers["idempotency-key"] for r in requests} == {f"{event_id}-t"}
-    assert failed_job_ids(redis) == []
+    assert dead_letter_ids(redis) == []
 
 
-def test_400_is_failed_after_one_attempt_and_lands_in_rq_failed_registry(
+def test_400_is_failed_after_one_attempt_and_is_a_dead_letter(
     gateway: Gateway, target_server: TargetServer, redis: Redis
 ) -> None:
     target_server.script("/t", [400])
@@ -93,7 +90,7 @@ def test_400_is_failed_after_one_attempt_and_lands_in_rq_failed_registry(
     assert len(target_server.requests_to("/t")) == 1
     assert store.get_delivery(event_id, "t") == state
     assert [a["status_code"] for a in attempts_of(store, event_id, "t")] == [400]
-    assert failed_job_ids(redis) == [f"{event_id}-t"]
+    assert dead_letter_ids(redis) == [f"{event_id}-t"]
     assert queued_job_count(redis) == 0
 
 
@@ -106,8 +103,10 @@ def test_429_with_retry_after_is_retried(gateway: Gateway, target_server: Target
     assert state["attempts"] == 2
     attempts = attempts_of(store, event_id, "t")
     assert [a["status_code"] for a in attempts] == [429, 200]
-    assert [a["outcome"] for a in attempts] == ["retrying", "delivered"]
+    # A 429 waits as asked and does not use up a step of the retry schedule.
+    assert [a["outcome"] for a in attempts] == ["throttled", "delivered"]
     assert attempts[0]["response"] == "slow down"
+    assert state["retries"] == 0 and state["throttles"] == 1
     assert len(target_server.requests_to("/t")) == 2
 
 
@@ -149,13 +148,12 @@ url = "{target_server.url}/warm"
     event_id = wait_until(
         lambda: next((e for e in store.recent_events(10) if store.get_delivery(e, "t")), None), "the event"
     )
-    # While the retry waits in RQ's scheduled registry, note when it is due.
-    job_id = f"{event_id}-t"
-    scheduled_key = ScheduledJobRegistry(QUEUE_NAME, connection=redis, serializer=JSONSerializer).key
+    # While the retry waits in the waiting set, note when it is due.
+    delivery = f"{event_id}-t"
     due: list[float] = []
 
     def finished() -> bool:
-        score = redis.zscore(scheduled_key, job_id)
+        score = redis.zscore("gw:due", delivery)
         if score is not None:
             due.append(score)
         return (store.get_delivery(event_id, "t") or {}).get("status") in FINAL_STATES
@@ -167,7 +165,7 @@ url = "{target_server.url}/warm"
     first, second = attempts_of(store, event_id, "t")
     assert (first["status_code"], second["status_code"]) == (429, 200)
     answered_at = (first["at_ms"] + first["latency_ms"]) / 1000
-    if due:  # the retry was seen in RQ's schedule: it must not be due before the floor
+    if due:  # the retry was seen waiting: it must not be due before the floor
         assert min(due) >= answered_at + 1, (
             f"retry scheduled {min(due) - answered_at:.3f} s after a 429 with Retry-After: 1"
         )
@@ -189,7 +187,7 @@ def test_used_up_schedule_is_failed_after_two_attempts(
     time.sleep(QUIET_PERIOD)
     assert len(target_server.requests_to("/t")) == 2
     assert [a["status_code"] for a in attempts_of(store, event_id, "t")] == [500, 500]
-    assert failed_job_ids(redis) == [f"{event_id}-t"]
+    assert dead_letter_ids(redis) == [f"{event_id}-t"]
 
 
 def test_ramen_duplicate_404_counts_as_delivered(
@@ -223,4 +221,4 @@ retry = [1, 1]
         "recipient_email": "invite-15551231234@example.com",
         "invitation_type": "org_customer",
     }
-    assert failed_job_ids(redis) == []
+    assert dead_letter_ids(redis) == []

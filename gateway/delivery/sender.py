@@ -1,12 +1,14 @@
 """The HTTP client of the delivery worker: aiohttp, chosen by measurement (bench/http_clients.py).
 
-One event loop and one connection pool per worker process, reused across jobs: an RQ job is a
-sync function, so each send runs the loop until that request is done. A forked process (RQ's
-fork-per-job Worker) notices the new pid and builds its own loop and pool.
+One connection pool per worker process, on the worker's one event loop, reused across jobs and
+shared by every delivery in flight. No redirects are followed, the environment's proxies are
+ignored (a target's `proxy`, or HTTPS_PROXY, is passed explicitly), a total deadline bounds
+every request, only the first bytes of a response are read, and every address connected to is
+vetted by `gateway.delivery.netguard` inside the resolver.
 
-No redirects are followed, the environment's proxies are ignored, a total deadline bounds every
-request, only the first bytes of a response are read, and every address connected to is vetted
-by `gateway.netguard` inside the resolver.
+Through a proxy the proxy resolves the target, so the target's address is vetted here before
+the request (the proxy may resolve it again: a rebinding window that only a direct connection
+closes), and the proxy's own address is the operator's choice and is not vetted.
 """
 
 from __future__ import annotations
@@ -14,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import socket
 import time
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -25,29 +25,13 @@ from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from gateway import __version__
-from gateway.netguard import AddressNotAllowed, check_address
+from gateway.delivery.netguard import AddressNotAllowed, check_address
+from gateway.delivery.request import OutboundRequest, Response
 
 log = logging.getLogger("gateway.sender")
 
 USER_AGENT = f"invitation-gateway/{__version__}"
 RESPONSE_CAP = 512  # bytes of a response body that are read and kept in the attempt record
-
-
-@dataclass(frozen=True, slots=True)
-class OutboundRequest:
-    method: str
-    url: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes | None
-    timeout: float
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    latency_ms: float
 
 
 class SendError(Exception):
@@ -69,44 +53,33 @@ class _VettingResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        allowed = []
-        refusal: AddressNotAllowed | None = None
-        for r in results:
-            try:
-                check_address(r["host"], self._sender.allow_private)
-            except AddressNotAllowed as exc:
-                refusal = exc
-            else:
-                allowed.append(r)
-        if not allowed:
-            raise refusal or AddressNotAllowed(f"{host} resolved to no address")
-        return allowed
+        if host in self._sender.proxy_hosts:
+            return results  # the operator's proxy, wherever it is
+        return self._sender.vet(host, results)
 
     async def close(self) -> None:
         await self._inner.close()
 
 
 class Sender:
-    """Sends one request at a time from sync code, over a pool kept for the process' life."""
+    """Sends requests concurrently over one pool; `open` and every call run on one event loop."""
 
-    def __init__(self, allow_private: bool = False, response_cap: int = RESPONSE_CAP) -> None:
+    def __init__(
+        self, allow_private: bool = False, response_cap: int = RESPONSE_CAP, limit: int = 256
+    ) -> None:
         self.allow_private = allow_private
         self.response_cap = response_cap
-        self._pid = -1
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.proxy_hosts: set[str] = set()
+        self._limit = limit
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: _VettingResolver | None = None
 
-    def _ensure(self) -> tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]:
-        if self._pid != os.getpid() or self._loop is None or self._session is None or self._loop.is_closed():
-            # A fork inherited the parent's loop and sockets: leave them alone, start afresh.
-            self._loop = asyncio.new_event_loop()
-            self._session = self._loop.run_until_complete(self._open())
-            self._pid = os.getpid()
-        return self._loop, self._session
-
-    async def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(resolver=_VettingResolver(self), limit=100, ttl_dns_cache=10)
-        return aiohttp.ClientSession(
+    async def open(self) -> None:
+        if self._session is not None:
+            return
+        self._resolver = _VettingResolver(self)
+        connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self._limit, ttl_dns_cache=10)
+        self._session = aiohttp.ClientSession(
             connector=connector,
             trust_env=False,  # no proxies or netrc from the environment
             cookie_jar=aiohttp.DummyCookieJar(),  # targets never share cookies
@@ -115,39 +88,63 @@ class Sender:
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         )
 
-    def send(self, request: OutboundRequest) -> Response:
-        loop, session = self._ensure()
-        try:
-            return loop.run_until_complete(self._send(session, request))
-        except SendError:
-            raise
-        except BaseException:
-            # Interrupted mid-request (RQ's job timeout fires as an exception inside the loop):
-            # the loop's state is unknown, so the next send starts with a fresh loop and pool.
-            self.close()
-            raise
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
-    async def _send(self, session: aiohttp.ClientSession, request: OutboundRequest) -> Response:
+    def vet(self, host: str, results: list[ResolveResult]) -> list[ResolveResult]:
+        allowed = []
+        refusal: AddressNotAllowed | None = None
+        for r in results:
+            try:
+                check_address(r["host"], self.allow_private)
+            except AddressNotAllowed as exc:
+                refusal = exc
+            else:
+                allowed.append(r)
+        if not allowed:
+            raise refusal or AddressNotAllowed(f"{host} resolved to no address")
+        return allowed
+
+    async def send(self, request: OutboundRequest) -> Response:
+        if self._session is None:
+            await self.open()
+        assert self._session is not None and self._resolver is not None
         started = time.perf_counter()
 
         def elapsed() -> float:
             return round((time.perf_counter() - started) * 1000, 2)
 
         url = URL(request.url, encoded=True)
-        if url.host is not None and _is_ip_literal(url.host):
-            try:
+        proxy: URL | None = None
+        try:
+            if url.host is not None and _is_ip_literal(url.host):
                 check_address(url.host, self.allow_private)
-            except AddressNotAllowed as exc:
-                raise SendError(str(exc), elapsed(), blocked=True) from None
+            elif request.proxy and url.host is not None:
+                # The proxy resolves the target: vet what it would connect to, here.
+                infos = await self._resolver._inner.resolve(url.host, url.port or 0, socket.AF_UNSPEC)
+                self.vet(url.host, infos)
+        except AddressNotAllowed as exc:
+            raise SendError(str(exc), elapsed(), blocked=True) from None
+        except OSError as exc:
+            raise SendError(
+                f"cannot resolve the target: {exc.strerror or type(exc).__name__}", elapsed()
+            ) from None
+        if request.proxy:
+            proxy = URL(request.proxy)
+            if proxy.host:
+                self.proxy_hosts.add(proxy.host)
         timeout = aiohttp.ClientTimeout(total=request.timeout, connect=min(request.timeout, 5.0))
         try:
-            async with session.request(
+            async with self._session.request(
                 request.method,
                 url,
                 headers=list(request.headers),
                 data=request.body,
                 allow_redirects=False,
                 timeout=timeout,
+                proxy=proxy,
             ) as resp:
                 body = await _read_capped(resp, self.response_cap)
                 return Response(resp.status, dict(resp.headers), body, elapsed())
@@ -162,20 +159,8 @@ class Sender:
             raise SendError(f"{type(exc).__name__}: {exc.status} {exc.message}", elapsed()) from None
         except aiohttp.ClientError as exc:
             raise SendError(type(exc).__name__, elapsed()) from None
-
-    def close(self) -> None:
-        """Close the pool and the loop (best effort: after an interruption they may be broken)."""
-        loop, session, self._loop, self._session = self._loop, self._session, None, None
-        if loop is None or self._pid != os.getpid() or loop.is_closed():
-            return
-        try:
-            if session is not None and not loop.is_running():
-                loop.run_until_complete(session.close())
-        except Exception:
-            log.debug("closing the HTTP session failed", exc_info=True)
-        finally:
-            if not loop.is_running():
-                loop.close()
+        except asyncio.CancelledError:
+            raise
 
 
 def _is_ip_literal(host: str) -> bool:

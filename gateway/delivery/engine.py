@@ -1,0 +1,454 @@
+"""The delivery engine: claim due deliveries in batches, send them concurrently, record each one.
+
+This is what a drain job does (DESIGN.md decision 10), free of RQ: the job only calls `run`.
+Deliveries wait in Redis (`store.DeliveryQueue`), not in RQ jobs, so how many go in one batch
+depends on how many are due when a worker looks, not on how the callbacks happened to arrive:
+a backlog of ten thousand single callbacks drains at batch speed.
+
+The loop keeps up to `concurrency` requests in flight. Whenever a quarter of the slots are free
+it claims more (one Lua call: the claim also parks deliveries of paused targets, spaces out
+rate-limited ones and hands back each claimed delivery's event and state), and it records every
+group of finished attempts in one more Lua call. A slow target holds only its own slots, for at
+most its own timeout. Each claimed delivery is leased: a worker killed mid-batch leaves leases
+that expire, and the deliveries are due again. A delivery already recorded as delivered is
+never sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ulid import ULID
+
+from gateway.delivery.request import build_request, classify, retry_delay
+from gateway.delivery.sender import Sender, SendError
+from gateway.events import InvitationEvent
+from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
+from gateway.records import (
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    Outcome,
+    iso_ms,
+    split_delivery_id,
+)
+from gateway.store import DeliveryQueue
+from gateway.targets import MAX_TIMEOUT, Config, Target
+
+log = logging.getLogger("gateway.delivery")
+
+ALERT_EVENT = "gateway_alert"
+MAX_THROTTLES = 50  # 429s a delivery waits out before they start to use up its retries
+THROTTLE_BACKOFF_CAP = 300  # seconds, for a 429 without Retry-After
+IDLE_WAIT_MS = 2000  # with nothing in hand, wait for a delivery due this soon rather than stop
+DEAD_ALERT_EVERY = 600  # seconds between two "deliveries failed for good" alerts per target
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    concurrency: int = 64  # requests in flight per worker process
+    lease_ms: int = int((MAX_TIMEOUT + 30) * 1000)  # a claimed delivery is due again after this
+    grace: float = 20.0  # seconds a stopping worker waits for requests in flight
+    allow_private: bool = False
+
+
+@dataclass
+class Stats:
+    claimed: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    released: int = 0
+
+    def count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claimed": self.claimed, "released": self.released, **self.outcomes}
+
+
+@dataclass
+class _Result:
+    record: dict[str, Any]  # for the complete script
+    outcome: str | None = None
+    target: str | None = None
+    dead_reason: str | None = None
+
+
+class Engine:
+    """Delivers what is due, batch after batch, until nothing is due, the budget ends or a stop."""
+
+    def __init__(
+        self,
+        queue: DeliveryQueue,
+        sender: Sender,
+        config_for: Callable[[int], Config],
+        environ: Mapping[str, str],
+        settings: EngineSettings | None = None,
+        on_backlog: Callable[[], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.queue = queue
+        self.sender = sender
+        self.config_for = config_for
+        self.environ = environ
+        self.settings = settings or EngineSettings()
+        self.on_backlog = on_backlog
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._stop = False
+        self._config = Config()
+
+    def request_stop(self) -> None:
+        """Stop claiming; requests in flight get `grace` seconds, the rest is handed back."""
+        self._stop = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop
+
+    async def run(self, budget: float) -> Stats:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        stats = Stats()
+        tasks: dict[asyncio.Task[_Result], str] = {}
+        size = self.settings.concurrency
+        grace_end: float | None = None
+        claim_failed = False
+        while True:
+            winding_down = self._stop or loop.time() >= deadline or claim_failed
+            if winding_down and grace_end is None:
+                grace_end = loop.time() + (self.settings.grace if self._stop else MAX_TIMEOUT + 5)
+            free = size - len(tasks)
+            if not winding_down and (free >= max(1, size // 4) or not tasks):
+                try:
+                    claimed, next_due = await self._claim(free)
+                except Exception as exc:
+                    log.warning("cannot claim deliveries: %s", _why(exc))
+                    claim_failed = True
+                    continue
+                stats.claimed += len(claimed)
+                if len(claimed) == free and self.on_backlog is not None:
+                    await self.on_backlog()  # more is waiting: let other workers help
+                for did, event_json, state_json, flag in claimed:
+                    task = asyncio.create_task(self._deliver(did, event_json, state_json, flag))
+                    tasks[task] = did
+                if not claimed and not tasks:
+                    wait = (next_due - now_ms()) if next_due is not None else None
+                    if wait is not None and wait <= IDLE_WAIT_MS and loop.time() + wait / 1000 < deadline:
+                        await asyncio.sleep(max(wait, 5) / 1000)
+                        continue
+                    break
+            if not tasks:
+                if winding_down:
+                    break
+                continue
+            timeout = 0.25
+            if grace_end is not None:
+                timeout = max(grace_end - loop.time(), 0.0)
+            done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            results = []
+            for task in done:
+                did = tasks.pop(task)
+                try:
+                    results.append(task.result())
+                except Exception:
+                    log.exception("delivery %s: unexpected error; it will be tried again", did)
+            if results:
+                await self._complete(results, stats)
+            if grace_end is not None and loop.time() >= grace_end and tasks:
+                await self._hand_back(tasks, stats)
+                tasks.clear()
+        return stats
+
+    # -- Redis ------------------------------------------------------------------------------------
+    async def _claim(self, limit: int) -> tuple[list[tuple[str, str, str, str]], float | None]:
+        policies = self._config.policies()
+        raw = await self.queue.claim(now_ms(), self.settings.lease_ms, limit, policies)
+        next_due = float(raw[0])
+        version = int(raw[1])
+        config = self.config_for(version)
+        if config is not self._config:
+            self._config = config
+        self.sender.allow_private = self.settings.allow_private or config.allow_private_targets
+        items = [_text(v) for v in raw[2:]]
+        claimed = [(items[i], items[i + 1], items[i + 2], items[i + 3]) for i in range(0, len(items), 4)]
+        return claimed, (next_due if next_due >= 0 else None)
+
+    async def _complete(self, results: list[_Result], stats: Stats) -> None:
+        records = [r.record for r in results]
+        changes: list[Any] = []
+        for attempt in range(6):
+            try:
+                changes = await self.queue.complete(now_ms(), records)
+                break
+            except Exception as exc:
+                if attempt == 5:
+                    # The leases run out and these deliveries are tried again: at least once.
+                    log.error(
+                        "could not record %d attempts: %s; they will be retried", len(records), _why(exc)
+                    )
+                    return
+                await asyncio.sleep(0.5 * 2**attempt)
+        for r in results:
+            if r.outcome is not None:
+                stats.count(r.outcome)
+        flat = [_text(c) for c in changes]
+        for i in range(0, len(flat), 3):
+            await self._target_changed(flat[i], flat[i + 1], flat[i + 2])
+        for r in results:
+            if r.dead_reason is not None and r.target is not None:
+                await self._dead_letter_alert(r.target, r.record["d"], r.dead_reason)
+
+    async def _hand_back(self, tasks: dict[asyncio.Task[_Result], str], stats: Stats) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        ids = list(tasks.values())
+        try:
+            await self.queue.release(now_ms(), ids)
+        except Exception as exc:
+            log.warning(
+                "could not hand back %d deliveries (their leases will expire): %s", len(ids), _why(exc)
+            )
+            return
+        stats.released += len(ids)
+        log.info("handed back %d deliveries still in flight", len(ids))
+
+    # -- alerts -------------------------------------------------------------------------------------
+    async def _target_changed(self, target: str, state: str, reason: str) -> None:
+        log.warning("target %s %s: %s", target, state, reason)
+        await self.alert(target, f"target {target} {state}: {reason}")
+
+    async def _dead_letter_alert(self, target: str, did: str, reason: str) -> None:
+        log.warning("delivery %s failed for good: %s", did, reason)
+        try:
+            first = await self.queue.alert_gate(f"dead:{target}", DEAD_ALERT_EVERY)
+        except Exception:
+            return
+        if first:
+            await self.alert(
+                target,
+                f"deliveries to {target} fail for good (latest {did}: {reason}); "
+                f"see `gateway deliveries failed --target {target}`",
+            )
+
+    async def alert(self, about: str, message: str) -> None:
+        """Send `message` to the configured alert target (never about the alert target itself)."""
+        name = self._config.alert_target
+        if name is None or name == about or self._config.target(name) is None:
+            return
+        ms = now_ms()
+        event = InvitationEvent(
+            id=str(ULID()),
+            type=ALERT_EVENT,
+            invitee="",
+            invitee_raw="",
+            invitor="gateway",
+            network_id="gateway",
+            received_at=iso_ms(ms),
+            received_at_ms=ms,
+            source_format="alert",
+            message=message,
+        )
+        try:
+            await self.queue.write_alert(event, name)
+        except Exception as exc:
+            log.error("could not queue the alert %r: %s", message, _why(exc))
+
+    # -- one delivery -------------------------------------------------------------------------------
+    async def _deliver(self, did: str, event_json: str, state_json: str, flag: str) -> _Result:
+        event_id, name = split_delivery_id(did)
+        config = self._config
+        target = config.target(name)
+        record: dict[str, Any] = {
+            "d": did,
+            "t": name,
+            "e": event_id,
+            "c": (target.concurrency or 0) if target else 0,
+            "pf": target.pause_failures if target else 0,
+            "ps": target.pause_seconds * 1000 if target else 0,
+        }
+        if not event_json:
+            log.warning("delivery %s: its event is gone (past retention?); dropped", did)
+            return _Result(record)
+        state = Delivery.from_dict(json.loads(state_json)) if state_json else Delivery()
+        if state.is_final:
+            return _Result(record)  # a second claim of a finished delivery: never send twice
+        event = InvitationEvent.from_dict(json.loads(event_json))
+        now = now_ms()
+        number = state.attempts + 1
+
+        def finish(
+            outcome: Outcome,
+            status: DeliveryStatus,
+            attempt: Attempt | None,
+            due: int | None = None,
+            **changes: Any,
+        ) -> _Result:
+            new = state.but(
+                status=status,
+                attempts=state.attempts + (1 if attempt is not None else 0),
+                updated_at=now_ms(),
+                next_attempt_at=due,
+                last_status_code=attempt.status_code if attempt is not None else state.last_status_code,
+                last_error=attempt.error if attempt is not None else state.last_error,
+                **changes,
+            )
+            if attempt is not None:
+                record["a"] = json.dumps(attempt.to_dict(), separators=(",", ":"), ensure_ascii=False)
+            record["s"] = json.dumps(new.to_dict(), separators=(",", ":"), ensure_ascii=False)
+            if due is not None:
+                record["due"] = due
+            dead = status in (DeliveryStatus.FAILED, DeliveryStatus.EXPIRED)
+            if dead:
+                record["dead"] = True
+            log.info(
+                "delivery %s attempt %d: %s%s",
+                did,
+                number,
+                outcome,
+                f" ({attempt.error})" if attempt is not None and attempt.error else "",
+            )
+            return _Result(
+                record,
+                str(outcome),
+                name,
+                (attempt.error or str(outcome)) if dead and attempt is not None else None,
+            )
+
+        if target is None:
+            note = Attempt(name, number, now, Outcome.SKIPPED, error="target no longer configured")
+            return finish(Outcome.SKIPPED, DeliveryStatus.SKIPPED, note)
+        if target.expire_after is not None and now > event.received_at_ms + target.expire_after * 1000:
+            note = Attempt(
+                name,
+                number,
+                now,
+                Outcome.EXPIRED,
+                error=f"not delivered within expire_after={target.expire_after} s",
+            )
+            return finish(Outcome.EXPIRED, DeliveryStatus.EXPIRED, note)
+
+        attempt, outcome, retry_after, status_code = await self._attempt(target, event, number, now)
+        probe = flag == "probe"
+        if outcome is Outcome.DELIVERED:
+            record["h"] = "ok"
+            return finish(Outcome.DELIVERED, DeliveryStatus.DELIVERED, attempt, waiting=None)
+        if status_code == 410:
+            record["h"] = "gone"
+            record["park"] = True
+            attempt = _with(attempt, Outcome.DISABLED)
+            return finish(
+                Outcome.DISABLED, DeliveryStatus.RETRYING, attempt, waiting="target disabled (410 Gone)"
+            )
+        if status_code == 429 and state.throttles < MAX_THROTTLES:
+            wait = retry_after if retry_after is not None else min(2**state.throttles, THROTTLE_BACKOFF_CAP)
+            due = now_ms() + max(math.ceil(wait * 1000), 1)
+            record["thr"] = due
+            attempt = _with(attempt, Outcome.THROTTLED)
+            return finish(
+                Outcome.THROTTLED,
+                DeliveryStatus.RETRYING,
+                attempt,
+                due,
+                throttles=state.throttles + 1,
+                waiting=None,
+            )
+        record["h"] = "fail"
+        if probe:
+            record["park"] = True
+            attempt = _with(attempt, Outcome.PAUSED)
+            return finish(Outcome.PAUSED, DeliveryStatus.RETRYING, attempt, waiting="target paused")
+        if outcome is Outcome.FAILED:
+            return finish(Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None)
+        delay = retry_delay(target, state.retries + 1, retry_after, self.rng)
+        if delay is None:
+            assert attempt.error is not None
+            attempt = _with(
+                attempt, Outcome.FAILED, f"{attempt.error} (no retries left after {number} attempts)"
+            )
+            return finish(
+                Outcome.FAILED, DeliveryStatus.FAILED, attempt, retries=state.retries + 1, waiting=None
+            )
+        due = now_ms() + delay * 1000
+        return finish(
+            Outcome.RETRYING, DeliveryStatus.RETRYING, attempt, due, retries=state.retries + 1, waiting=None
+        )
+
+    async def _attempt(
+        self, target: Target, event: InvitationEvent, number: int, now: int
+    ) -> tuple[Attempt, Outcome, float | None, int | None]:
+        """Make one request: (attempt record, DELIVERED | RETRYING | FAILED, Retry-After, status)."""
+        try:
+            request = build_request(target, event, self.environ, now=now / 1000)
+        except ConfigError as exc:
+            # A ${VAR} missing on this worker: the operator can fix it, so keep trying.
+            return (
+                Attempt(target.name, number, now, Outcome.RETRYING, error=f"{exc.reason} on the worker"),
+                (Outcome.RETRYING),
+                None,
+                None,
+            )
+        except Exception as exc:
+            # A ${VAR} whose value cannot be used (not base64, a line break in a header). The type
+            # only: the message could quote the secret.
+            error = f"cannot build the request ({type(exc).__name__}); check the ${{VARS}} on the worker"
+            return (
+                Attempt(target.name, number, now, Outcome.RETRYING, error=error),
+                Outcome.RETRYING,
+                None,
+                None,
+            )
+        try:
+            response = await self.sender.send(request)
+        except SendError as exc:
+            outcome = Outcome.FAILED if exc.blocked else Outcome.RETRYING
+            return (
+                Attempt(target.name, number, now, outcome, latency_ms=exc.latency_ms, error=exc.reason),
+                (outcome),
+                None,
+                None,
+            )
+        attempt = Attempt(
+            target.name,
+            number,
+            now,
+            Outcome.DELIVERED,
+            status_code=response.status,
+            latency_ms=response.latency_ms,
+            response=response.body.decode("utf-8", "replace"),
+        )
+        try:
+            classify(target, response, time.time())
+        except RetryableDelivery as exc:
+            return (
+                _with(attempt, Outcome.RETRYING, exc.reason),
+                Outcome.RETRYING,
+                exc.retry_after,
+                response.status,
+            )
+        except PermanentDelivery as exc:
+            return _with(attempt, Outcome.FAILED, exc.reason), Outcome.FAILED, None, response.status
+        return attempt, Outcome.DELIVERED, None, response.status
+
+
+def _with(attempt: Attempt, outcome: Outcome, error: str | None = None) -> Attempt:
+    return replace(attempt, outcome=outcome, error=error if error is not None else attempt.error)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

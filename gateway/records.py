@@ -1,0 +1,121 @@
+"""Delivery ids, delivery states and attempt records (pure).
+
+A delivery is one (event, target) pair. Its id is stable (`{event_id}-{target}`): it is the
+member of the waiting set in Redis, the `Idempotency-Key` and `webhook-id` sent to the target,
+and the name an operator uses to replay it. Event ids are ULIDs (no `-`), so the id splits back
+into its two halves at the first `-`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # accepted, not tried yet (or replayed)
+    RETRYING = "retrying"  # tried, waiting for its next attempt
+    DELIVERED = "delivered"
+    FAILED = "failed"  # failed for good: a dead letter, replayable
+    EXPIRED = "expired"  # not done before the target's expire_after: a dead letter, replayable
+    SKIPPED = "skipped"  # the target was removed before the delivery could be made
+
+
+FINAL = frozenset(
+    {DeliveryStatus.DELIVERED, DeliveryStatus.FAILED, DeliveryStatus.EXPIRED, DeliveryStatus.SKIPPED}
+)
+DEAD = frozenset({DeliveryStatus.FAILED, DeliveryStatus.EXPIRED})
+
+
+def delivery_id(event_id: str, target_name: str) -> str:
+    """Stable per (event, target). Target names are [A-Za-z0-9_-], event ids ULIDs."""
+    return f"{event_id}-{target_name}"
+
+
+def split_delivery_id(did: str) -> tuple[str, str]:
+    """(event_id, target_name) of a delivery id; ValueError if it is not one."""
+    event_id, sep, target = did.partition("-")
+    if not sep or not event_id or not target:
+        raise ValueError(f"not a delivery id: {did!r} (expected EVENTID-TARGET)")
+    return event_id, target
+
+
+def iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The state of one delivery, kept in the event's `deliveries` hash (one JSON value each).
+
+    `attempts` counts every request made; `retries` only those that used up a step of the
+    target's retry schedule (a 429 or a probe of a paused target does not).
+    """
+
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempts: int = 0
+    retries: int = 0
+    throttles: int = 0
+    replays: int = 0
+    last_status_code: int | None = None
+    last_error: str | None = None
+    updated_at: int = 0
+    next_attempt_at: int | None = None
+    waiting: str | None = None  # why it waits besides its schedule: "target paused", "target disabled"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = str(self.status)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Delivery:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        status = DeliveryStatus(known.pop("status", DeliveryStatus.PENDING))
+        return cls(status=status, **known)
+
+    def but(self, **changes: Any) -> Delivery:
+        return replace(self, **changes)
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    THROTTLED = "throttled"  # 429: waits as the target asks, no retry used
+    FAILED = "failed"
+    EXPIRED = "expired"
+    SKIPPED = "skipped"
+    PAUSED = "paused"  # a probe of a paused target failed; the delivery waits for it
+    DISABLED = "disabled"  # 410 Gone: the target is disabled, the delivery waits for re-enabling
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One request to a target (or a decision not to make one), appended to the event's list."""
+
+    target: str
+    attempt: int
+    at_ms: int
+    outcome: Outcome
+    status_code: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    response: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outcome"] = str(self.outcome)
+        data["at"] = iso_ms(self.at_ms)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Attempt:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**{**known, "outcome": Outcome(known.get("outcome", Outcome.FAILED))})
