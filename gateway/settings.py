@@ -50,6 +50,7 @@ class Settings:
     allow_private_targets: bool = False
     data_dir: str = ".gateway-data"
     worker_concurrency: int = 64
+    lease_seconds: int = 90  # a delivery claimed by a worker that died is due again after this
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -64,6 +65,7 @@ class Settings:
             allow_private_targets=_bool(env, "GATEWAY_ALLOW_PRIVATE_TARGETS"),
             data_dir=env.get("GATEWAY_DATA_DIR") or ".gateway-data",
             worker_concurrency=_int(env, "GATEWAY_WORKER_CONCURRENCY", 64),
+            lease_seconds=_int(env, "GATEWAY_LEASE_SECONDS", 90, minimum=5),
         )
 
     def require_redis_url(self) -> str:

@@ -68,7 +68,9 @@ class Runtime:
             self.config_for,
             os.environ,
             EngineSettings(
-                concurrency=settings.worker_concurrency, allow_private=settings.allow_private_targets
+                concurrency=settings.worker_concurrency,
+                lease_ms=settings.lease_seconds * 1000,
+                allow_private=settings.allow_private_targets,
             ),
             on_backlog=self._backlog,
         )
