@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -9,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis.asyncio as aioredis
 from redis import Redis
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -18,12 +20,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED
+from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import CallbackError, ConfigError
-from gateway.ingest import Ingest
-from gateway.queue import make_queue
+from gateway.ingest.accept import Accepter
+from gateway.ingest.endpoint import Ingest
+from gateway.ingest.spool import Spool
+from gateway.ingest.tokens import IngestAuth
+from gateway.queue import enqueue_drain, make_queue
 from gateway.settings import LiveConfig, Settings
-from gateway.store import Store
+from gateway.store import Store, limit_fields
 from gateway.targets import load_config
 
 log = logging.getLogger("gateway.app")
@@ -83,17 +88,60 @@ def _endpoint(ingest: Ingest, event_type: str) -> Callable[[Request], Awaitable[
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI application (uvicorn: `gateway.app:create_app --factory`)."""
     settings = settings or Settings.from_env()
-    redis = Redis.from_url(
-        settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
-    )
-    store = Store(redis, prefix=settings.prefix, retention=settings.retention_days * 86400)
+    url = settings.require_redis_url()
+    retention = settings.retention_days * 86400
+    # Sync client: configuration file at startup and RQ's enqueue (rare, in a thread).
+    redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30)
+    # Async client: every callback, on the event loop.
+    aio = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+    store = Store(redis, prefix=settings.prefix, retention=retention)
     live = LiveConfig(store)
-    ingest = Ingest(store, make_queue(redis, settings.queue_name), live, settings.max_body)
+    queue = make_queue(redis, settings.queue_name)
+    spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes)
+
+    async def refresh_config() -> bool:
+        version = int(await aio.get(store.config_version_key) or 0)
+        return await on_version(version)
+
+    async def on_version(version: int) -> bool:
+        if version == live.version:
+            return False
+        seen, data = await _load_config(aio, store)
+        live.install(seen, data)
+        return True
+
+    def routes(event: InvitationEvent) -> list[str]:
+        return [t.name for t in live.current.routes(event.type, event.network_id)]
+
+    async def wake() -> None:
+        try:
+            await asyncio.to_thread(enqueue_drain, queue)
+        except Exception:
+            # The deliveries are stored: every worker's ticker finds them within seconds.
+            log.warning("no drain job queued (Redis?); the workers' ticker will find the deliveries")
+
+    def limits(event: InvitationEvent, now: int) -> dict[str, Any]:
+        return limit_fields(event, live.current.network_policy(event.network_id), now)
+
+    accepter = Accepter(
+        aio,
+        settings.prefix,
+        retention,
+        spool,
+        routes,
+        limits,
+        on_version,
+        wake,
+        dedupe_seconds=settings.dedupe_seconds,
+        bound=settings.spool_after_ms / 1000,
+    )
+    auth = IngestAuth(settings.open_ingest, settings.trusted_proxies, os.environ)
+    ingest = Ingest(live, accepter, settings.max_body, refresh_config, auth)
 
     async def health(request: Request) -> Response:
         try:
-            await run_in_threadpool(redis.ping)
-        except RedisError as exc:
+            await aio.ping()
+        except Exception as exc:
             return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
         return JSONResponse({"status": "ok", "config_version": live.version})
 
@@ -107,18 +155,48 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 count,
                 version,
             )
+        try:
+            live.install(*await _load_config(aio, store))
+        except Exception as exc:
+            # Redis is down at startup: callbacks are spooled, and the configuration is loaded
+            # with the first batch that reaches Redis.
+            log.error(
+                "cannot load the configuration from Redis (%s); spooling until it answers", type(exc).__name__
+            )
+        if settings.open_ingest:
+            log.warning("GATEWAY_OPEN_INGEST is set: callbacks without a token are accepted from anyone")
+        drainer = asyncio.create_task(accepter.drain_forever())
         yield
+        drainer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drainer
+        spool.close()
+        await aio.aclose()
         redis.close()
 
-    routes = []
+    routes_ = []
     for event_type in (INVITATION_CREATED, INVITATION_ACCEPTED):
         endpoint = _endpoint(ingest, event_type)
         # The URL is all that tells the two events apart (the payloads are the same).
-        for path in (f"/{event_type}", f"/{event_type}/"):
-            routes.append(Route(path, endpoint, methods=["GET", "POST"]))
-    routes.append(Route("/healthz", health, methods=["GET"]))
+        # With the ingest token as a path segment: the Acrobits portal takes only a URL.
+        for path in (
+            f"/{event_type}",
+            f"/{event_type}/",
+            f"/{event_type}/{{token}}",
+            f"/{event_type}/{{token}}/",
+        ):
+            routes_.append(Route(path, endpoint, methods=["GET", "POST"]))
+    routes_.append(Route("/healthz", health, methods=["GET"]))
     return Starlette(
-        routes=routes,
+        routes=routes_,
         lifespan=lifespan,
         exception_handlers={CallbackError: callback_error, HTTPException: http_error},
     )
+
+
+async def _load_config(aio: aioredis.Redis, store: Store) -> tuple[int, dict[str, Any] | None]:
+    async with aio.pipeline(transaction=True) as pipe:
+        pipe.get(store.config_version_key)
+        pipe.get(store.config_key)
+        version, blob = await pipe.execute()
+    return int(version or 0), (json.loads(blob) if blob else None)

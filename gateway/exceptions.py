@@ -4,7 +4,10 @@ GatewayError
 ├── CallbackError             an inbound callback we refuse (turned into problem+json)
 │   ├── InvalidCallback       400: a field is missing or malformed
 │   ├── UnsupportedBody       415: the body is in no shape we recognise
+│   ├── Unauthorized          401: no ingest token, or one that opens nothing
+│   ├── Forbidden             403: the token or the caller's address is not for this network
 │   ├── PayloadTooLarge       413: the body is over the configured cap
+│   ├── Limited               429: kept but held back by a limit (only with limited_status = 429)
 │   └── StoreUnavailable      503: Redis could not take the invitation
 ├── ConfigError               a broken target or setting, found at load time
 └── DeliveryError             one delivery attempt did not succeed
@@ -39,9 +42,24 @@ class UnsupportedBody(CallbackError):
     title = "Unsupported request body"
 
 
+class Unauthorized(CallbackError):
+    status_code = 401
+    title = "Ingest token required"
+
+
+class Forbidden(CallbackError):
+    status_code = 403
+    title = "Not allowed for this network"
+
+
 class PayloadTooLarge(CallbackError):
     status_code = 413
     title = "Request body too large"
+
+
+class Limited(CallbackError):
+    status_code = 429
+    title = "Invitation held back"
 
 
 class StoreUnavailable(CallbackError):

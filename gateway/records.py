@@ -22,6 +22,7 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"  # failed for good: a dead letter, replayable
     EXPIRED = "expired"  # not done before the target's expire_after: a dead letter, replayable
     SKIPPED = "skipped"  # the target was removed before the delivery could be made
+    SUPPRESSED = "suppressed"  # held back by an abuse limit at ingest: kept, releasable by replay
 
 
 FINAL = frozenset(

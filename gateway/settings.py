@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.exceptions import ConfigError
 from gateway.store import Store
@@ -26,6 +28,16 @@ def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) 
     if value < minimum:
         raise ConfigError(f"must be at least {minimum}, got {value}", None, name)
     return value
+
+
+def _cidrs(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    items = tuple(x.strip() for x in environ.get(name, "").split(",") if x.strip())
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"{item!r} is not an IP network like 10.0.0.0/8", None, name) from None
+    return items
 
 
 def _bool(environ: Mapping[str, str], name: str) -> bool:
@@ -51,6 +63,12 @@ class Settings:
     data_dir: str = ".gateway-data"
     worker_concurrency: int = 64
     lease_seconds: int = 90  # a delivery claimed by a worker that died is due again after this
+    dedupe_seconds: int = 600  # the same callback again within this window is not delivered again
+    spool_dir: str | None = None  # default: {data_dir}/spool
+    spool_max_bytes: int = 64 * 1024 * 1024
+    spool_after_ms: int = 1000  # Redis slower than this: the callback goes to the spool
+    open_ingest: bool = False  # callbacks without a token are accepted (a warning at startup)
+    trusted_proxies: tuple[str, ...] = ()  # X-Forwarded-For is read only from these
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -66,7 +84,17 @@ class Settings:
             data_dir=env.get("GATEWAY_DATA_DIR") or ".gateway-data",
             worker_concurrency=_int(env, "GATEWAY_WORKER_CONCURRENCY", 64),
             lease_seconds=_int(env, "GATEWAY_LEASE_SECONDS", 90, minimum=5),
+            dedupe_seconds=_int(env, "GATEWAY_DEDUPE_SECONDS", 600, minimum=0),
+            spool_dir=env.get("GATEWAY_SPOOL_DIR") or None,
+            spool_max_bytes=_int(env, "GATEWAY_SPOOL_MAX_BYTES", 64 * 1024 * 1024),
+            spool_after_ms=_int(env, "GATEWAY_SPOOL_AFTER_MS", 1000, minimum=10),
+            open_ingest=_bool(env, "GATEWAY_OPEN_INGEST"),
+            trusted_proxies=_cidrs(env, "GATEWAY_TRUSTED_PROXIES"),
         )
+
+    @property
+    def spool_path(self) -> str:
+        return self.spool_dir or os.path.join(self.data_dir, "spool")
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
@@ -91,6 +119,7 @@ class LiveConfig:
         self._store = store
         self._lock = threading.Lock()
         self._current: tuple[int, Config] = (-1, Config())
+        self.aliases = Config().alias_table()  # of the current configuration
 
     @property
     def version(self) -> int:
@@ -114,12 +143,22 @@ class LiveConfig:
             return self._current[1]
         with self._lock:
             version, data = self._store.load_config()
-            if version != self._current[0]:
-                try:
-                    # Validated when applied; environment variables are the worker's to check.
-                    config = config_from_dict(data) if data else Config()
-                except ConfigError as exc:
-                    log.error("configuration version %d unreadable, keeping the last: %s", version, exc)
-                    config = self._current[1]
-                self._current = (version, config)
-            return self._current[1]
+            return self.install(version, data)
+
+    def install(self, version: int, data: dict[str, Any] | None) -> Config:
+        """Use the configuration `data` of `version` (loaded by the caller, say asynchronously)."""
+        if version != self._current[0]:
+            try:
+                # Validated when applied; environment variables are the worker's to check.
+                config = config_from_dict(data) if data else Config()
+            except ConfigError as exc:
+                log.error("configuration version %d unreadable, keeping the last: %s", version, exc)
+                config = self._current[1]
+            self.aliases = config.alias_table()
+            self._current = (version, config)
+        return self._current[1]
+
+    @property
+    def current(self) -> Config:
+        """The configuration in hand, without asking Redis."""
+        return self._current[1]

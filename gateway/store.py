@@ -28,7 +28,8 @@ import redis.asyncio as aioredis
 from redis import Redis
 from redis.client import Pipeline
 
-from gateway.events import InvitationEvent
+from gateway.events import INVITATION_ACCEPTED, InvitationEvent
+from gateway.networks import NetworkPolicy, prefix_allowed, prefix_of
 from gateway.records import Delivery, DeliveryStatus, delivery_id, split_delivery_id
 
 PENDING = DeliveryStatus.PENDING.value
@@ -52,6 +53,14 @@ class Store:
     # -- keys -------------------------------------------------------------------------------
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
+
+    @property
+    def config_key(self) -> str:
+        return self._k("config")
+
+    @property
+    def config_version_key(self) -> str:
+        return self._k("config", "version")
 
     def event_key(self, event_id: str) -> str:
         return self._k("event", event_id)
@@ -196,8 +205,13 @@ end
 _LUA_CLAIM = """
 local p, now, lease, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local pol = cjson.decode(ARGV[5])
+local version = redis.call('GET', p .. ':config:version') or '0'
+if ARGV[6] ~= '' and ARGV[6] ~= version then
+  -- The policies were built from another configuration version: claim nothing, reload, ask again.
+  return {'stale', version}
+end
 local due, held = p .. ':due', p .. ':held'
-local out = {'-1', '0'}
+local out = {'-1', version}
 local n = 0
 for _, did in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit * 4)) do
   if n >= limit then break end
@@ -261,7 +275,9 @@ for _, did in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, l
 end
 local nxt = redis.call('ZRANGEBYSCORE', due, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 if nxt[2] then out[1] = nxt[2] end
-out[2] = redis.call('GET', p .. ':config:version') or '0'
+-- More is due than this claim looked at (it looks at limit * 4; every one it looked at left the
+-- due range: claimed, parked or rescheduled): due now, so the caller claims again.
+if redis.call('ZCOUNT', due, '-inf', now) > 0 then out[1] = ARGV[2] end
 return out
 """
 
@@ -403,7 +419,8 @@ if not raw or redis.call('EXISTS', p .. ':event:' .. eid) == 0 then return 'unkn
 if redis.call('ZSCORE', p .. ':due', did) then return 'pending' end
 if redis.call('ZSCORE', p .. ':parked:' .. t, did) then return 'held' end
 local st = cjson.decode(raw)
-local final = {failed = true, expired = true, skipped = true}
+-- suppressed: held back by an abuse limit at ingest; a replay releases it
+local final = {failed = true, expired = true, skipped = true, suppressed = true}
 if st.status == 'delivered' and force ~= '1' then return 'delivered' end
 if not final[st.status] and st.status ~= 'delivered' then return st.status end
 st.status = 'pending'
@@ -417,6 +434,7 @@ redis.call('HSET', dk, t, cjson.encode(st))
 redis.call('EXPIRE', dk, ttl)
 redis.call('ZADD', p .. ':due', now, did)
 redis.call('ZREM', p .. ':dead', did)
+redis.call('ZREM', p .. ':suppressed', did)
 return 'replayed'
 """
 
@@ -462,9 +480,16 @@ class DeliveryQueue:
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    def claim(self, now: int, lease_ms: int, limit: int, policies: dict[str, Any]) -> Any:
-        """Claim up to `limit` due deliveries: [next_due_ms, config_version, (id, event, state, flag)*]."""
-        return self._claim(args=[self.prefix, now, lease_ms, limit, _dumps(policies)])
+    def claim(
+        self, now: int, lease_ms: int, limit: int, policies: dict[str, Any], version: int | None = None
+    ) -> Any:
+        """Claim up to `limit` due deliveries: [next_due_ms, config_version, (id, event, state, flag)*].
+
+        `policies` come from configuration `version`: if that is not the stored version, nothing
+        is claimed and the answer is ['stale', config_version] (reload, then claim again).
+        """
+        checked = "" if version is None else str(version)
+        return self._claim(args=[self.prefix, now, lease_ms, limit, _dumps(policies), checked])
 
     def complete(self, now: int, records: list[dict[str, Any]]) -> Any:
         """Record a group of finished attempts; returns the targets' changes of state (flat)."""
@@ -580,3 +605,184 @@ class DeliveryQueue:
 
     def waiting_count(self) -> int:
         return int(self._sync().zcard(self._k("due")))
+
+
+# -- the ingest's accept step ------------------------------------------------------------------
+
+_LUA_INGEST = (
+    """
+local p, now, ttl, win, state = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local due = p .. ':due'
+local out = {'0', 0}
+local nets = {}
+local holds = {}
+local any = false
+for i, it in ipairs(cjson.decode(ARGV[6])) do
+  local ek = p .. ':event:' .. it.id
+  local status = 'accepted'
+  if it.add then
+    -- targets added by a configuration change during the accept: deliveries only
+    for _, t in ipairs(it.ts) do
+      if redis.call('HSETNX', ek .. ':deliveries', t, state) == 1 then
+        redis.call('ZADD', due, 'NX', it.ms, it.id .. '-' .. t)
+        any = true
+      end
+    end
+    redis.call('EXPIRE', ek .. ':deliveries', ttl)
+  elseif redis.call('EXISTS', ek) == 1 then
+    status = 'exists'
+  elseif win > 0 and not redis.call('SET', p .. ':dedupe:' .. it.dk, it.id, 'NX', 'PX', win) then
+    status = 'duplicate'
+    redis.call('HINCRBY', p .. ':counters', 'duplicates', 1)
+  else
+    -- abuse limits: a suppressed invitation is kept, visible and releasable, never delivered
+    local why = it.sup
+    if not why and it.g and redis.call('EXISTS', p .. ':' .. it.g.h) == 1 then
+      why = redis.call('GET', p .. ':' .. it.g.h)
+    end
+    if not why and it.lim then
+      for _, l in ipairs(it.lim) do
+        if tonumber(redis.call('GET', p .. ':' .. l[1]) or '0') >= l[2] then
+          why = l[4]
+          break
+        end
+      end
+    end
+    if not why and it.lim then
+      for _, l in ipairs(it.lim) do
+        if redis.call('INCR', p .. ':' .. l[1]) == 1 then redis.call('PEXPIRE', p .. ':' .. l[1], l[3]) end
+      end
+    end
+    if not why and it.g then
+      local g = it.g
+      local made = redis.call('INCR', p .. ':' .. g.c)
+      if made == 1 then redis.call('PEXPIRE', p .. ':' .. g.c, g.ttl) end
+      local took = tonumber(redis.call('GET', p .. ':' .. g.a) or '0')
+      if made >= g.min and took / made <= g.ratio then
+        local reason = g.why .. ': ' .. made .. ' invitations, ' .. took .. ' accepted'
+        if redis.call('SET', p .. ':' .. g.h, reason, 'NX', 'EX', g.hold) then
+          holds[#holds + 1] = 'held:' .. it.n .. ':' .. reason
+        end
+      end
+    end
+    if it.ga then
+      local ak = p .. ':' .. it.ga[1]
+      if redis.call('INCR', ak) == 1 then redis.call('PEXPIRE', ak, it.ga[2]) end
+    end
+    if why then
+      status = 'suppressed:' .. why
+      redis.call('HINCRBY', p .. ':counters', 'suppressed', 1)
+    end
+    redis.call('SET', ek, it.ev, 'EX', ttl)
+    if why and #it.ts > 0 then
+      local dk = ek .. ':deliveries'
+      local st = cjson.encode({status = 'suppressed', attempts = 0, retries = 0, throttles = 0,
+        replays = 0, updated_at = now, waiting = why})
+      for _, t in ipairs(it.ts) do
+        redis.call('HSET', dk, t, st)
+        redis.call('ZADD', p .. ':suppressed', it.ms, it.id .. '-' .. t)
+      end
+      redis.call('EXPIRE', dk, ttl)
+    elseif #it.ts > 0 then
+      local dk = ek .. ':deliveries'
+      for _, t in ipairs(it.ts) do
+        redis.call('HSET', dk, t, state)
+        redis.call('ZADD', due, 'NX', it.ms, it.id .. '-' .. t)
+      end
+      redis.call('EXPIRE', dk, ttl)
+      any = true
+    end
+    redis.call('ZADD', p .. ':events', it.ms, it.id)
+    redis.call('ZADD', p .. ':events:net:' .. it.n, it.ms, it.id)
+    nets[it.n] = true
+  end
+  out[#out + 1] = status
+end
+local cutoff = now - ttl * 1000
+for n, _ in pairs(nets) do
+  redis.call('ZREMRANGEBYSCORE', p .. ':events:net:' .. n, '-inf', cutoff)
+  redis.call('EXPIRE', p .. ':events:net:' .. n, ttl)
+end
+if next(nets) ~= nil then
+  redis.call('ZREMRANGEBYSCORE', p .. ':events', '-inf', cutoff)
+  redis.call('EXPIRE', p .. ':events', ttl)
+end
+if any and redis.call('SET', p .. ':wake', '1', 'NX', 'EX', """
+    + str(WAKE_TTL)
+    + """) then out[2] = 1 end
+out[1] = redis.call('GET', p .. ':config:version') or '0'
+for _, h in ipairs(holds) do out[#out + 1] = h end
+return out
+"""
+)
+
+
+def ingest_script(client: Redis | aioredis.Redis) -> Any:
+    """The accept step's Lua: store a batch of events and their deliveries in one call.
+
+    ARGV: prefix, now ms, retention s, dedupe window ms (0: off), the pending delivery state
+    JSON, and a JSON list of {id, ev (event JSON), n (network), ms, ts (targets), dk (dedupe
+    key), and the limits: sup (a reason to suppress it), lim ([[key, max, ttl ms, reason]]), g
+    (the prefix guard: {h, c, a keys, min, ratio, hold s, ttl ms, why}), ga ([key, ttl ms]: count
+    an accepted invitation)}, or {id, ms, ts, add: true} to add deliveries to a stored event.
+    Returns [config version, 1 if a drain job must be queued, status per event (accepted |
+    duplicate | exists | suppressed:REASON), then "held:NETWORK:REASON" per prefix just held].
+    """
+    return client.register_script(_LUA_INGEST)
+
+
+def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> dict[str, Any]:
+    """The abuse-limit part of an event's item for the ingest Lua (key names live here).
+
+    Limits and the prefix guard apply to created invitations (what sends an SMS); an accepted
+    one only counts towards its prefix's accepted share. Windows are fixed buckets.
+    """
+    net = event.network_id
+    fields: dict[str, Any] = {}
+    if event.type == INVITATION_ACCEPTED:
+        if policy.guard is not None:
+            g = policy.guard
+            prefix = prefix_of(event.invitee, g.digits)
+            bucket = now_ms // (g.window * 1000)
+            fields["ga"] = [_limit_key("guard", net, prefix, "a", bucket), g.window * 2000]
+        return fields
+    if policy.allowed_prefixes and not prefix_allowed(event.invitee, policy.allowed_prefixes):
+        fields["sup"] = f"invitee prefix not allowed for network {net}"
+        return fields
+    lims: dict[str, list[Any]] = {}
+    for lim in policy.limits:
+        value = {
+            "invitee": event.invitee,
+            "invitor": event.invitor,
+            "prefix": prefix_of(event.invitee, lim.digits),
+            "network": "",
+        }[lim.per]
+        window_ms = lim.window * 1000
+        bucket = now_ms // window_ms
+        ttl = window_ms - now_ms % window_ms + 60_000
+        lims.append(
+            [_limit_key("lim", net, lim.per, str(lim.window), value, bucket), lim.max, ttl, lim.reason]
+        )
+    if lims:
+        fields["lim"] = lims
+    if policy.guard is not None:
+        g = policy.guard
+        prefix = prefix_of(event.invitee, g.digits)
+        bucket = now_ms // (g.window * 1000)
+        fields["g"] = {
+            "h": _limit_key("hold", net, prefix),
+            "c": _limit_key("guard", net, prefix, "c", bucket),
+            "a": _limit_key("guard", net, prefix, "a", bucket),
+            "min": g.min_created,
+            "ratio": g.max_accepted_ratio,
+            "hold": g.hold,
+            "ttl": g.window * 2000,
+            "why": f"prefix +{prefix} held: almost none of its invitations are accepted",
+        }
+    return fields
+
+
+def _limit_key(kind: str, *parts: object) -> str:
+    # Hashed: numbers are personal data and have no place in key names.
+    digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:24]
+    return f"{kind}:{digest}"

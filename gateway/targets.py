@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from gateway.events import DEFAULT_ALIASES, EVENT_TYPES, FIELDS, build_aliases
 from gateway.exceptions import ConfigError
+from gateway.networks import NetworkPolicy, networks_from_dict
 from gateway.templating import (
     FORM_KIND,
     HOSTILE,
@@ -112,7 +113,7 @@ _TARGET_KEYS = frozenset(
     }
 )
 _PAUSE_KEYS = frozenset({"failures", "seconds"})
-_SETTINGS_KEYS = frozenset({"allow_private_targets", "alert_target"})
+_SETTINGS_KEYS = frozenset({"allow_private_targets", "alert_target", "limited_status"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +235,12 @@ class Config:
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     allow_private_targets: bool = False
     alert_target: str | None = None  # the target that receives alerts (e.g. "target paused")
+    networks: Mapping[str, NetworkPolicy] = field(default_factory=dict)
+    limited_status: int = 204  # the answer to a callback held back by a limit (204 or 429)
+
+    def network_policy(self, network_id: str) -> NetworkPolicy:
+        """The network's own `[networks.<id>]` table, else the `[networks."*"]` defaults."""
+        return self.networks.get(network_id) or self.networks.get("*") or NetworkPolicy(network_id)
 
     def alias_table(self) -> dict[str, str]:
         return build_aliases(self.aliases)
@@ -261,11 +268,16 @@ class Config:
         settings: dict[str, Any] = {"allow_private_targets": self.allow_private_targets}
         if self.alert_target is not None:
             settings["alert_target"] = self.alert_target
-        return {
+        if self.limited_status != 204:
+            settings["limited_status"] = self.limited_status
+        data: dict[str, Any] = {
             "settings": settings,
             "aliases": {k: list(v) for k, v in self.aliases.items()},
             "targets": [t.to_dict() for t in self.targets],
         }
+        if self.networks:
+            data["networks"] = {name: p.to_dict() for name, p in self.networks.items()}
+        return data
 
 
 def _str_list(value: object, target: str, key: str) -> tuple[str, ...]:
@@ -640,9 +652,16 @@ def _env_key(target: Target, var: str) -> str:
 
 
 def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    unknown = sorted(set(data) - {"settings", "aliases", "targets"})
+    unknown = sorted(set(data) - {"settings", "aliases", "targets", "networks"})
     if unknown:
-        raise ConfigError("unknown top-level key (known: settings, aliases, targets)", None, unknown[0])
+        raise ConfigError(
+            "unknown top-level key (known: settings, aliases, targets, networks)", None, unknown[0]
+        )
+    networks = networks_from_dict(data.get("networks", {}), environ)
+    raw_settings = data.get("settings", {})
+    limited_status = raw_settings.get("limited_status", 204) if isinstance(raw_settings, dict) else 204
+    if isinstance(limited_status, bool) or limited_status not in (204, 429):
+        raise ConfigError(f"must be 204 or 429, got {limited_status!r}", None, "settings.limited_status")
     settings = data.get("settings", {})
     if not isinstance(settings, dict):
         raise ConfigError("must be a table", None, "settings")
@@ -690,6 +709,8 @@ def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
         aliases=aliases,
         allow_private_targets=allow_private,
         alert_target=alert_target,
+        networks=networks,
+        limited_status=limited_status,
     )
 
 

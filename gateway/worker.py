@@ -139,15 +139,15 @@ class Ticker(threading.Thread):
         self.live = LiveConfig(Store(self.redis, prefix=settings.prefix, retention=retention))
         self.queue = make_queue(self.redis, queue.name)
         self.interval = interval
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._count = 0
         self._down_since: float | None = None
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             self.safe_tick()
         self.redis.close()
 
@@ -170,11 +170,8 @@ class Ticker(threading.Thread):
         self._count += 1
         now = now_ms()
         config = self.live.refresh()
-        first = self.waiting.next_due()
-        if first is not None and first <= now:
-            overdue = first <= now - 1000
-            if self.waiting.set_wake() or (overdue and self.queue.count == 0):
-                enqueue_drain(self.queue)
+        # Probes and unparked deliveries first, then the look at what is due: they are due now,
+        # and go out on this tick rather than the next.
         for name in self.waiting.held_targets():
             target = config.target(name)
             if target is not None:
@@ -187,6 +184,11 @@ class Ticker(threading.Thread):
             for name in self.waiting.parked_targets():
                 if name not in capped and config.target(name) is not None:
                     self.waiting.unpark(name, now, 0)
+        first = self.waiting.next_due()
+        if first is not None and first <= now:
+            overdue = first <= now - 1000
+            if self.waiting.set_wake() or (overdue and self.queue.count == 0):
+                enqueue_drain(self.queue)
         if self._count % 60 == 1:
             self.waiting.trim_dead(now)
 
@@ -229,8 +231,17 @@ def run_worker(
     log.info("worker %s on queue %s", worker.name, settings.queue_name)
     try:
         return bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level="INFO"))
+    except RedisError as exc:
+        # RQ's bookkeeping on the way out (register_death) needs Redis; the deliveries do not:
+        # what this worker held stays leased and is due again when the lease runs out.
+        log.error("worker %s stopped without Redis (%s); exit status 1", worker.name, _why(exc))
+        raise SystemExit(1) from None
     finally:
         ticker.stop()
         ticker.join(5)
         _runtime.close()
         _runtime = None
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -218,6 +218,11 @@ class Gateway:
     def environ(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "REDIS_"))}
         env.update({"REDIS_URL": self.redis_url, "GATEWAY_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
+        # Spools and other data of the test's processes stay in the test's folder. Most tests
+        # send the same callback more than once on purpose: the dedupe tests turn it back on.
+        env.update({"GATEWAY_DATA_DIR": str(self.tmp_path / "data"), "GATEWAY_DEDUPE_SECONDS": "0"})
+        # Likewise, ingest tokens are tested on their own; elsewhere the ingest is open.
+        env["GATEWAY_OPEN_INGEST"] = "true"
         env.update(self.env)
         env.update(extra)
         return env

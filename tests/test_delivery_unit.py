@@ -331,9 +331,9 @@ def test_retry_delay_default_schedule() -> None:
 
 
 @pytest.mark.parametrize(
-    # RQ schedules in whole seconds, rounding down, so a floor needs ceil(Retry-After) + 1.
+    # Whole seconds, rounded up: never before the target asked.
     ("retry_after", "low", "high"),
-    [(5000.0, 5001, 5001), (10.0, 900, 1100), (0.0, 900, 1100)],
+    [(5000.0, 5000, 5000), (4999.2, 5000, 5000), (10.0, 900, 1100), (0.0, 900, 1100)],
 )
 def test_retry_delay_retry_after_is_a_floor(retry_after: float, low: int, high: int) -> None:
     target = _target(retry=[1000])
@@ -345,7 +345,7 @@ def test_retry_delay_retry_after_is_a_floor(retry_after: float, low: int, high: 
 def test_retry_delay_zero_is_immediate() -> None:
     target = _target(retry=[0, 0])
     assert retry_delay(target, 1, None, random.Random(0)) == 0
-    assert retry_delay(target, 2, 7.4, random.Random(0)) == 9  # ceil(7.4) + 1
+    assert retry_delay(target, 2, 7.4, random.Random(0)) == 8  # ceil(7.4)
 
 
 def test_retry_delay_is_whole_seconds() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.events import DEFAULT_ALIAS_TABLE, NOT_TEXT, make_event, pick_fields
 from gateway.exceptions import InvalidCallback, UnsupportedBody
-from gateway.formats import (
+from gateway.ingest.formats import (
     decode_body,
     decode_json,
     decode_multipart,

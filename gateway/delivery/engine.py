@@ -107,6 +107,7 @@ class Engine:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._stop = False
         self._config = Config()
+        self._version = -1  # the configuration version `_config` is; -1: none loaded yet
 
     def request_stop(self) -> None:
         """Stop claiming; requests in flight get `grace` seconds, the rest is handed back."""
@@ -129,6 +130,7 @@ class Engine:
             if winding_down and grace_end is None:
                 grace_end = loop.time() + (self.settings.grace if self._stop else MAX_TIMEOUT + 5)
             free = size - len(tasks)
+            next_due: float | None = None
             if not winding_down and (free >= max(1, size // 4) or not tasks):
                 try:
                     claimed, next_due = await self._claim(free)
@@ -155,6 +157,9 @@ class Engine:
             timeout = 0.25
             if grace_end is not None:
                 timeout = max(grace_end - loop.time(), 0.0)
+            elif next_due is not None:
+                # Claim what falls due meanwhile on time (a rate slot, a retry), not at the next look.
+                timeout = min(timeout, max(next_due - now_ms(), 5) / 1000)
             done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             results = []
             for task in done:
@@ -172,14 +177,21 @@ class Engine:
 
     # -- Redis ------------------------------------------------------------------------------------
     async def _claim(self, limit: int) -> tuple[list[tuple[str, str, str, str]], float | None]:
-        policies = self._config.policies()
-        raw = await self.queue.claim(now_ms(), self.settings.lease_ms, limit, policies)
+        # The claim applies the targets' policies (pauses, caps, rates, throttles): they must be
+        # those of the stored configuration, so a claim made with another version's (the very
+        # first one, or one right after a change) claims nothing and is made again.
+        for _ in range(5):
+            policies = self._config.policies()
+            raw = await self.queue.claim(now_ms(), self.settings.lease_ms, limit, policies, self._version)
+            version = int(raw[1])
+            self._config = self.config_for(version)
+            self._version = version
+            self.sender.allow_private = self.settings.allow_private or self._config.allow_private_targets
+            if _text(raw[0]) != "stale":
+                break
+        else:
+            return [], float(now_ms())  # the configuration keeps changing: look again shortly
         next_due = float(raw[0])
-        version = int(raw[1])
-        config = self.config_for(version)
-        if config is not self._config:
-            self._config = config
-        self.sender.allow_private = self.settings.allow_private or config.allow_private_targets
         items = [_text(v) for v in raw[2:]]
         claimed = [(items[i], items[i + 1], items[i + 2], items[i + 3]) for i in range(0, len(items), 4)]
         return claimed, (next_due if next_due >= 0 else None)
@@ -213,7 +225,14 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        ids = list(tasks.values())
+        # One that finished before it could be cancelled (while the last group was recorded)
+        # made its request: record it, never hand it back to be sent again.
+        finished = [t.result() for t in tasks if not t.cancelled() and t.exception() is None]
+        if finished:
+            await self._complete(finished, stats)
+        ids = [did for t, did in tasks.items() if t.cancelled() or t.exception() is not None]
+        if not ids:
+            return
         try:
             await self.queue.release(now_ms(), ids)
         except Exception as exc:
@@ -377,9 +396,8 @@ class Engine:
             attempt = _with(
                 attempt, Outcome.FAILED, f"{attempt.error} (no retries left after {number} attempts)"
             )
-            return finish(
-                Outcome.FAILED, DeliveryStatus.FAILED, attempt, retries=state.retries + 1, waiting=None
-            )
+            # The schedule is used up: this attempt used no step of it, `retries` stays.
+            return finish(Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None)
         due = now_ms() + delay * 1000
         return finish(
             Outcome.RETRYING, DeliveryStatus.RETRYING, attempt, due, retries=state.retries + 1, waiting=None

@@ -153,6 +153,6 @@ def retry_delay(target: Target, attempt: int, retry_after: float | None, rng: ra
     base = target.retry[attempt - 1]
     delay = round(base * rng.uniform(0.9, 1.1)) if base else 0
     if retry_after is not None:
-        # RQ schedules in whole seconds, rounding down: one second more keeps it a floor.
-        delay = max(delay, math.ceil(retry_after) + 1)
+        # Whole seconds, rounded up: never before the target asked.
+        delay = max(delay, math.ceil(retry_after))
     return delay

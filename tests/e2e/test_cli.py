@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from e2e_support import SETTINGS, http_call, store_for, the_event_id, wait_final
+from e2e_support import SETTINGS, http_call, store_for, the_event_id, wait_final, wait_until
 
 if TYPE_CHECKING:
     from conftest import Gateway, TargetServer
@@ -126,8 +126,8 @@ def test_targets_apply_reaches_running_web_and_worker(
     assert again.returncode == 0, again.stderr
     assert "2 targets unchanged" in again.stdout
 
-    assert http_call(base, "GET", CALLBACK).status == 204
-    second = next(e for e in store.recent_events(10) if e != first)
+    assert http_call(base, "GET", CALLBACK.replace("johnsnow", "aryastark")).status == 204
+    second = wait_until(lambda: next((e for e in store.recent_events(10) if e != first), None), "event 2")
     deliveries = wait_final(store, second, ["a", "b"])
     assert {n: d["status"] for n, d in deliveries.items()} == {"a": "delivered", "b": "delivered"}, (
         deliveries,

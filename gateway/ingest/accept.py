@@ -1,0 +1,252 @@
+"""The accept step: callbacks of the same moment committed together, or spooled.
+
+Every callback waits on one `Accepter`. The first to arrive schedules a flush on the event loop;
+all that arrive before it runs (the same loop iteration, or while the previous flush is on its
+way to Redis) go in the same Lua call: per event a dedupe `SET NX`, the event, its waiting
+deliveries and its index entries, and for the whole batch one `SET wake NX` and one read of the
+configuration version (DESIGN.md decision 10). Only then does each callback get its 204.
+
+When Redis does not answer within `bound` seconds, the batch is appended to the process' spool
+(fsync'd) instead and answered 204; a background task drains the spool through the same Lua
+once Redis is back. An event id already in Redis is not stored again, so a drain repeated after
+a crash, or a flush that timed out but did reach Redis, stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.events import InvitationEvent
+from gateway.exceptions import StoreUnavailable
+from gateway.ingest.spool import Spool, SpoolFull, claim_orphan, read_lines
+from gateway.records import Delivery
+from gateway.store import ingest_script
+
+log = logging.getLogger("gateway.ingest")
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+SUPPRESSED = "suppressed:"  # followed by the reason
+SPOOLED = "spooled"
+EXISTS = "exists"  # a spool drain found the event already stored
+DRAIN_BATCH = 500
+
+
+def dedupe_key(event: InvitationEvent) -> str:
+    """The same (event type, network, invitor, invitee) is the same invitation."""
+    raw = "\x00".join((event.type, event.network_id, event.invitor, event.invitee))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class _Waiting:
+    event: InvitationEvent
+    targets: list[str]
+    done: asyncio.Future[str] = field(repr=False)
+
+
+class Accepter:
+    """Group commit of accepted callbacks into Redis, with the spool as the fallback."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        retention: int,
+        spool: Spool,
+        routes: Callable[[InvitationEvent], list[str]],
+        limits: Callable[[InvitationEvent, int], dict[str, Any]],
+        on_version: Callable[[int], Awaitable[bool]],
+        wake: Callable[[], Awaitable[None]],
+        dedupe_seconds: int = 600,
+        bound: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.retention = retention
+        self.spool = spool
+        self.routes = routes
+        self.limits = limits
+        self.on_version = on_version
+        self.wake = wake
+        self.dedupe_ms = dedupe_seconds * 1000
+        self.bound = bound
+        self._script = ingest_script(client)
+        self._pending: list[_Waiting] = []
+        self._flushing = False
+        self._state = _dumps(Delivery().to_dict())
+        self.redis_down_since: float | None = None
+
+    async def accept(self, event: InvitationEvent, targets: list[str]) -> str:
+        """ACCEPTED, DUPLICATE or SPOOLED once it is durable; StoreUnavailable if neither works."""
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(event, targets, loop.create_future())
+        self._pending.append(waiting)
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(lambda: asyncio.ensure_future(self._flush_all()))
+        return await waiting.done
+
+    async def _flush_all(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._flush(batch)
+        finally:
+            self._flushing = False
+
+    async def _flush(self, batch: list[_Waiting]) -> None:
+        try:
+            results = await asyncio.wait_for(self.commit([(w.event, w.targets) for w in batch]), self.bound)
+        except Exception as exc:
+            self._redis_failed(exc)
+            await self._spool(batch)
+            return
+        self._redis_back()
+        for w, status in zip(batch, results, strict=True):
+            if not w.done.done():
+                w.done.set_result(ACCEPTED if status == EXISTS else status)
+
+    async def commit(self, items: Sequence[tuple[InvitationEvent, list[str]]]) -> list[str]:
+        """Store events with their deliveries in one Lua call; the status of each, in order."""
+        now = int(time.time() * 1000)
+        payload = [
+            {
+                "id": ev.id,
+                "ev": _dumps(ev.to_dict()),
+                "n": ev.network_id,
+                "ms": ev.received_at_ms,
+                "ts": targets,
+                "dk": dedupe_key(ev),
+                **self.limits(ev, now),
+            }
+            for ev, targets in items
+        ]
+        raw = await self._script(
+            args=[
+                self.prefix,
+                now,
+                self.retention,
+                self.dedupe_ms,
+                self._state,
+                _dumps(payload),
+            ]
+        )
+        version, woke = int(raw[0]), int(raw[1])
+        answers = [v.decode() if isinstance(v, bytes) else str(v) for v in raw[2:]]
+        statuses, holds = answers[: len(items)], answers[len(items) :]
+        for hold in holds:
+            _, network, reason = hold.split(":", 2)
+            log.warning("network %s: %s", network, reason)
+        if woke:
+            await self.wake()
+        if await self.on_version(version):
+            # Targets changed since this process last looked: deliveries for the ones that now
+            # match as well, before the 204. (A target removed meanwhile is skipped by the worker.)
+            extra = []
+            for (ev, targets), status in zip(items, statuses, strict=True):
+                # (A suppressed event gets no deliveries now; a release adds them.)
+                more = [t for t in self.routes(ev) if t not in targets] if status == ACCEPTED else []
+                if more:
+                    extra.append({"id": ev.id, "ms": ev.received_at_ms, "ts": more, "add": True})
+            if extra:
+                raw = await self._script(
+                    args=[self.prefix, int(time.time() * 1000), self.retention, 0, self._state, _dumps(extra)]
+                )
+                if int(raw[1]):
+                    await self.wake()
+        return statuses
+
+    async def _spool(self, batch: list[_Waiting]) -> None:
+        records = [{"event": w.event.to_dict(), "dk": dedupe_key(w.event)} for w in batch]
+        try:
+            await asyncio.to_thread(self.spool.append, records)
+        except (SpoolFull, OSError) as exc:
+            for w in batch:
+                # The last resort: the invitation in full, so that an operator can still recover it.
+                log.error("NOT STORED (%s): %s %s", exc, w.event.type, _dumps({"event": w.event.to_dict()}))
+                if not w.done.done():
+                    w.done.set_exception(
+                        StoreUnavailable("cannot store the invitation: Redis is unreachable")
+                    )
+            return
+        for w in batch:
+            log.warning(
+                "spooled %s %s (network %s): Redis unreachable", w.event.type, w.event.id, w.event.network_id
+            )
+            if not w.done.done():
+                w.done.set_result(SPOOLED)
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        if self.redis_down_since is None:
+            self.redis_down_since = time.monotonic()
+            log.error("Redis did not take a batch (%s); spooling to %s", type(exc).__name__, self.spool.path)
+
+    def _redis_back(self) -> None:
+        if self.redis_down_since is not None:
+            log.warning("Redis reachable again after %.0f s", time.monotonic() - self.redis_down_since)
+            self.redis_down_since = None
+
+    # -- draining ---------------------------------------------------------------------------------
+    async def drain_file(self, path: Path) -> tuple[int, int]:
+        """Store every line of a locked spool file, in order; (stored, already there). Deletes it."""
+        records = await asyncio.to_thread(read_lines, path)
+        stored = existing = 0
+        for i in range(0, len(records), DRAIN_BATCH):
+            chunk = []
+            for r in records[i : i + DRAIN_BATCH]:
+                event = InvitationEvent.from_dict(r["event"])
+                chunk.append((event, self.routes(event)))
+            statuses = await self.commit(chunk)
+            existing += sum(1 for s in statuses if s == EXISTS)
+            stored += sum(1 for s in statuses if s != EXISTS)
+        path.unlink(missing_ok=True)
+        if records:
+            log.warning("spool %s drained: %d stored, %d were already stored", path.name, stored, existing)
+        return stored, existing
+
+    async def drain(self) -> tuple[int, int]:
+        """Drain this process' spool and every orphaned one in the folder."""
+        stored = existing = 0
+        with self.spool.taken() as own:
+            if own is not None:
+                s, e = await self.drain_file(own)
+                stored, existing = stored + s, existing + e
+        for path in sorted(self.spool.directory.glob("*.jsonl")):
+            if path == self.spool.path:
+                continue
+            with claim_orphan(path) as mine:
+                if mine:
+                    s, e = await self.drain_file(path)
+                    stored, existing = stored + s, existing + e
+        return stored, existing
+
+    async def drain_forever(self, every: float = 1.0) -> None:
+        """The background drain: whenever there is something spooled and Redis answers."""
+        while True:
+            await asyncio.sleep(every)
+            if self.spool.size() == 0 and not self._orphans():
+                continue
+            try:
+                await self.client.ping()
+                await self.drain()
+            except Exception as exc:
+                log.warning("spool drain interrupted (%s); trying again", type(exc).__name__)
+
+    def _orphans(self) -> bool:
+        folder = self.spool.directory
+        return folder.is_dir() and any(p != self.spool.path for p in folder.glob("*.jsonl"))
