@@ -760,11 +760,12 @@ def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> 
         window_ms = lim.window * 1000
         bucket = now_ms // window_ms
         ttl = window_ms - now_ms % window_ms + 60_000
-        lims.append(
-            [_limit_key("lim", net, lim.per, str(lim.window), value, bucket), lim.max, ttl, lim.reason]
-        )
+        key = _limit_key("lim", net, lim.per, str(lim.window), value, bucket)
+        # Two limits on the same thing over the same window count one counter: the lower max.
+        if key not in lims or lims[key][1] > lim.max:
+            lims[key] = [key, lim.max, ttl, lim.reason]
     if lims:
-        fields["lim"] = lims
+        fields["lim"] = list(lims.values())
     if policy.guard is not None:
         g = policy.guard
         prefix = prefix_of(event.invitee, g.digits)
