@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -85,19 +86,26 @@ def _endpoint(ingest: Ingest, event_type: str) -> Callable[[Request], Awaitable[
     return endpoint
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """The ASGI application (uvicorn: `gateway.app:create_app --factory`)."""
-    settings = settings or Settings.from_env()
+@dataclass(frozen=True, slots=True)
+class IngestParts:
+    """What the ingest runs on; `gateway spool drain` builds the same to drain a spool."""
+
+    redis: Redis  # sync: the configuration file at startup, RQ's enqueue (rare, in a thread)
+    aio: aioredis.Redis  # async: every callback, on the event loop
+    store: Store
+    live: LiveConfig
+    accepter: Accepter
+    refresh_config: Callable[[], Awaitable[bool]]
+
+
+def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
     url = settings.require_redis_url()
     retention = settings.retention_days * 86400
-    # Sync client: configuration file at startup and RQ's enqueue (rare, in a thread).
     redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30)
-    # Async client: every callback, on the event loop.
     aio = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
     store = Store(redis, prefix=settings.prefix, retention=retention)
     live = LiveConfig(store)
     queue = make_queue(redis, settings.queue_name)
-    spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes)
 
     async def refresh_config() -> bool:
         version = int(await aio.get(store.config_version_key) or 0)
@@ -135,8 +143,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         dedupe_seconds=settings.dedupe_seconds,
         bound=settings.spool_after_ms / 1000,
     )
+    return IngestParts(redis, aio, store, live, accepter, refresh_config)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ASGI application (uvicorn: `gateway.app:create_app --factory`)."""
+    settings = settings or Settings.from_env()
+    spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes)
+    parts = ingest_parts(settings, spool)
+    redis, aio, store, live, accepter = parts.redis, parts.aio, parts.store, parts.live, parts.accepter
     auth = IngestAuth(settings.open_ingest, settings.trusted_proxies, os.environ)
-    ingest = Ingest(live, accepter, settings.max_body, refresh_config, auth)
+    ingest = Ingest(live, accepter, settings.max_body, parts.refresh_config, auth)
 
     async def health(request: Request) -> Response:
         try:

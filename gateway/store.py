@@ -22,14 +22,17 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
 from redis import Redis
 from redis.client import Pipeline
 
 from gateway.events import INVITATION_ACCEPTED, InvitationEvent
 from gateway.networks import NetworkPolicy, prefix_allowed, prefix_of
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
 from gateway.records import Delivery, DeliveryStatus, delivery_id, split_delivery_id
 
 PENDING = DeliveryStatus.PENDING.value
@@ -129,6 +132,41 @@ class Store:
     def get_delivery(self, event_id: str, target: str) -> dict[str, Any] | None:
         raw = self.redis.hget(self.event_key(event_id) + ":deliveries", target)
         return json.loads(raw) if raw else None
+
+    def get_many_deliveries(
+        self, ids: Sequence[str], chunk: int = 500
+    ) -> list[tuple[InvitationEvent | None, Delivery | None]]:
+        """The event and the state of each delivery id ((None, None) for a malformed one).
+
+        One pipeline per `chunk` ids.
+        """
+        out: list[tuple[InvitationEvent | None, Delivery | None]] = []
+        for start in range(0, len(ids), chunk):
+            parts: list[tuple[str, str] | None] = []
+            for did in ids[start : start + chunk]:
+                try:
+                    parts.append(split_delivery_id(did))
+                except ValueError:
+                    parts.append(None)
+            with self.redis.pipeline(transaction=False) as pipe:
+                for part in parts:
+                    if part is not None:
+                        key = self.event_key(part[0])
+                        pipe.get(key)
+                        pipe.hget(key + ":deliveries", part[1])
+                raw = iter(pipe.execute())
+            for part in parts:
+                if part is None:
+                    out.append((None, None))
+                    continue
+                event_blob, state_blob = next(raw), next(raw)
+                out.append(
+                    (
+                        InvitationEvent.from_dict(json.loads(event_blob)) if event_blob else None,
+                        Delivery.from_dict(json.loads(state_blob)) if state_blob else None,
+                    )
+                )
+        return out
 
     def get_attempts(self, event_id: str) -> list[dict[str, Any]]:
         return [json.loads(a) for a in self.redis.lrange(self.event_key(event_id) + ":attempts", 0, -1)]

@@ -701,7 +701,7 @@ def test_the_example_targets_file_loads_and_renders() -> None:
     path = Path(__file__).resolve().parent.parent / "templates" / "targets.example.toml"
     secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
     names = {n for t in load_config(path).targets for n in t.env_names()}
-    env = {n: "value" for n in names} | {"CRM_WEBHOOK_SECRET": secret}
+    env = {n: "value" for n in names} | {"CRM_WEBHOOK_SECRET": secret, "MYNETWORK_INGEST_TOKEN": "t"}
     config = load_config(path, env)
     assert [t.name for t in config.targets] == ["crm", "twilio-sms", "slack", "ramen", "brillium"]
     event = make_event(

@@ -394,7 +394,7 @@ class Engine:
         if delay is None:
             assert attempt.error is not None
             attempt = _with(
-                attempt, Outcome.FAILED, f"{attempt.error} (no retries left after {number} attempts)"
+                attempt, Outcome.FAILED, f"{attempt.error} (no retries left after {_attempts(number)})"
             )
             # The schedule is used up: this attempt used no step of it, `retries` stays.
             return finish(Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None)
@@ -470,3 +470,7 @@ def _text(value: Any) -> str:
 
 def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _attempts(n: int) -> str:
+    return "1 attempt" if n == 1 else f"{n} attempts"

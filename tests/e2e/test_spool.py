@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,12 @@ def config(target_server: TargetServer) -> str:
 def spool_lines(gateway: Gateway) -> int:
     folder = gateway.tmp_path / "data" / "spool"
     return sum(len(p.read_bytes().splitlines()) for p in folder.glob("*.jsonl")) if folder.is_dir() else 0
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def start_web_on(gateway: Gateway, url: str, name: str, **env: str) -> tuple[str, int]:
@@ -152,3 +159,36 @@ def test_a_full_spool_answers_503_and_logs_the_invitation(gateway: Gateway) -> N
     line = next(x for x in log.splitlines() if "NOT STORED" in x and "15551230099" in x)
     assert json.loads(line[line.index("{") :])["event"]["invitee"] == "15551230099"
     assert spool_lines(gateway) == refused
+
+
+@pytest.mark.timeout(90)
+def test_spool_status_and_drain_from_the_cli(gateway: Gateway) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    base, pid = start_web_on(gateway, url, "web-for-cli")
+    for n in range(4):
+        assert http_call(base, "GET", callback(n)).status == 204
+    os.kill(pid, signal.SIGKILL)
+    env = gateway.environ(REDIS_URL=url)
+    status = subprocess.run(
+        [sys.executable, "-m", "gateway", "spool", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert status.returncode == 0, status.stderr
+    [entry] = json.loads(status.stdout)["files"]
+    assert entry["invitations"] == 4 and entry["age_seconds"] >= 0
+    # Redis still down: the drain fails with one line, and keeps the spool.
+    failed = run_cli(env, "spool", "drain")
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert spool_lines(gateway) == 4
+    server = EmbeddedRedis(port=port).start()
+    try:
+        drained = run_cli(env, "spool", "drain")
+        assert drained.returncode == 0, drained.stderr
+        assert "4 invitations stored, 0 were already stored" in drained.stdout
+        assert spool_lines(gateway) == 0
+        assert len(store_for(Redis.from_url(url)).recent_events(100)) == 4
+    finally:
+        server.stop()
