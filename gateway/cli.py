@@ -117,7 +117,13 @@ def worker(burst: bool, max_jobs: int | None, name: str | None, maintenance_inte
 
 
 @main.command()
-@click.option("--host", envvar="HOST", default="0.0.0.0", show_default=True)  # noqa: S104 - a server
+@click.option(
+    "--host",
+    envvar="HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="0.0.0.0 to listen on every interface.",
+)
 @click.option("--port", envvar="PORT", default=8000, show_default=True, type=int)
 @click.option(
     "--workers",
