@@ -1,10 +1,14 @@
-"""The baseline for bench/ingest.py: a bare Starlette app with one POST route answering 204.
+"""The baseline of bench/ingest.py: bare Starlette answering 204 to the callback route.
 
-It reads the request body (as the gateway must) and does nothing else. `main` serves it with
-the same `uvicorn.run` arguments as `gateway web` (gateway/cli.py), so that the two differ only
-in the application.
+GET and POST on /invitation_created: it reads the request body (as the gateway must) and
+answers 204, nothing else. `main` serves it with the keyword arguments that `gateway web`
+passes to `uvicorn.run` (gateway/cli.py), so that the two servers differ only in the
+application. `gateway web` leaves `loop` and `http` at uvicorn's "auto", which picks uvloop and
+httptools when they are installed (they are dependencies); here they are named, so that the
+baseline never silently falls back to asyncio and h11. bench/ingest.py checks in /proc that
+both servers really loaded them.
 
-Run: ``.venv/bin/python bench/bare_app.py --port 8001`` (127.0.0.1 by default).
+Run: ``.venv/bin/python bench/bare_app.py --port 8001 [--workers 2]`` (127.0.0.1 by default).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ async def accept(request: Request) -> Response:
 
 
 def create_app() -> Starlette:
-    return Starlette(routes=[Route(PATH, accept, methods=["POST"])])
+    return Starlette(routes=[Route(PATH, accept, methods=["GET", "POST"])])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,18 +39,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn processes (WEB_CONCURRENCY)")
     args = parser.parse_args(argv)
+    # As `gateway web` at GATEWAY_LOG_LEVEL=INFO (gateway/cli.py `main`).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The keyword arguments of gateway/cli.py `web`, with this app instead of the gateway's.
+    # The keyword arguments of gateway/cli.py `web`, with this app instead of the gateway's,
+    # and uvicorn's "auto" loop and parser spelled out.
     uvicorn.run(
         "bare_app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
-        workers=1,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
         timeout_keep_alive=65,
         timeout_graceful_shutdown=20,
         access_log=False,
+        proxy_headers=False,
         log_config=None,
     )
 

@@ -1,148 +1,292 @@
-"""Benchmark: how many deliveries a second does one gateway worker make, and how much is RQ's?
+"""Benchmark: deliveries per second of `gateway worker` processes, against a bare aiohttp loop.
 
-Starts a private Redis (gateway.embedded.EmbeddedRedis) and a target server on 127.0.0.1 (the
-raw ASGI app of bench/http_clients.py under uvicorn, answering 200 "ok"), then measures:
+Everything runs on 127.0.0.1, in separate processes:
 
-* no-op jobs: N jobs of `jobs.noop` (returns None) with the options the gateway gives its own
-  jobs (JSON serializer; Retry, result_ttl=0 and timeouts from `gateway.queue._job_data`),
-  drained by bench/jobs.py: a burst `rq.worker.SimpleWorker` set up like the gateway's worker.
-  This is RQ's cost per job.
-* gateway worker: N invitations accepted in this process (`make_event` + `gateway.queue.accept`,
-  1 target, after `store.save_config`), drained by `python -m gateway worker --burst`, each job
-  a real delivery (a JSON POST) to the target server. Every delivery state in Redis must then be
-  "delivered" with HTTP 200 (`Store.get_deliveries`).
-* HTTP send alone: the same request rendered and sent N times in this process through the
-  worker's own `gateway.sender.Sender`, without RQ or Redis: the HTTP part of a delivery.
+* a private Redis (gateway.embedded.EmbeddedRedis);
+* the target: uvicorn with uvloop and httptools (`--workers 1` unless `--target-workers`) serving
+  bench/http_clients.py's raw ASGI app, which reads the request and answers 200 "ok";
+* baseline (bench/delivery_load.py baseline): one aiohttp `ClientSession` on a uvloop loop with
+  32 requests in flight, POSTing the gateway's own rendered request (`build_request`: same URL,
+  headers and body) to the target. Measured right before each drain row, in the same run;
+* drain: N callbacks accepted in this process with `gateway.queue.accept` (one at a time, as the
+  web does) while no worker runs, then K `python -m gateway worker` processes are started. The
+  window runs from the first poll at which all K workers are registered with RQ and a delivery
+  has been recorded, to `ZCARD gw:due == 0`. Afterwards every delivery must be `delivered`, HTTP
+  200, 1 attempt;
+* saturated: a backlog accepted first, then bench/delivery_load.py feed accepts callbacks while
+  the K workers run, paced at `--feed-factor` x the drain rate of the same K. The window ends
+  after `--steady` seconds (or when the backlog runs low, which the output flags). Deliveries in
+  the window = callbacks accepted x targets - change of ZCARD gw:due;
+* matrix: `--workers` (1 target) and `--targets` per network (1 worker). Every targets row
+  delivers about the same number of deliveries (N / targets callbacks).
 
-A worker's drain is timed by polling the queue every 10 ms: from the first job taken to the
-queue, its intermediate list and its started-job registry all being empty. Worker start-up
-(spawn to first job) is reported apart. Every process started is stopped by PID (SIGTERM, then
-SIGKILL) in a `finally` block; only 127.0.0.1 is contacted; every loop and wait is bounded.
+Per row: deliveries/s and its ratio to the baseline's req/s; CPU per delivery of the workers,
+Redis and the target (/proc); Redis commands per delivery (INFO commandstats delta, our own polls
+taken out, and in saturated rows the feeder's own, from its connection's CLIENT LIST tot-cmds;
+commands run inside Lua scripts included) and script calls (EVALSHA) per delivery; the peak RSS
+of each worker (sampled every 0.1 s, and the kernel's VmHWM). The table is printed and written
+as markdown to bench/results/delivery-<date>.md (`-quick` for --quick runs). `--py-spy DIR`
+also samples each drain row's workers with py-spy (not a project dependency).
 
-Run: ``.venv/bin/python bench/delivery.py [--jobs 1000] [--json out.json]``
+Every process started is stopped by PID (SIGTERM, then SIGKILL) in `finally` blocks, also on
+Ctrl-C and SIGTERM; every loop has a count or a deadline.
+
+Run: ``.venv/bin/python bench/delivery.py [--quick] [--callbacks N] [--workers 1,2,4]
+[--targets 1,10,100]``
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
+import contextlib
+import datetime as dt
+import json
+import shlex
+import shutil
+import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from jobs import NOOP
+import psutil
+from delivery_load import FEEDER_CLIENT
 from redis import Redis
-from rq import Queue
-from rq.serializers import JSONSerializer
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 from support import (
     BENCH_DIR,
     HOST,
     Child,
     clean_env,
+    command_stats,
     cpu_delta,
-    cpu_seconds,
     environment,
     exit_on_sigterm,
     fmt,
     host_cpu,
     host_delta,
-    latency,
-    load_warnings,
-    per_op_us,
-    redis_commands,
-    report,
+    load_warning,
+    machine,
+    peak_rss_bytes,
+    rss_bytes,
     start_target_server,
-    table,
     write_targets_config,
 )
 
 from gateway.delivery.request import build_request
-from gateway.delivery.sender import Sender
+from gateway.delivery.sender import USER_AGENT
 from gateway.embedded import EmbeddedRedis
 from gateway.events import INVITATION_CREATED, make_event
-from gateway.queue import _job_data, accept, make_queue
+from gateway.queue import accept, make_queue
 from gateway.settings import LiveConfig, Settings
 from gateway.store import DELIVERED, Store
 from gateway.targets import load_config
 
 FIELDS = {"invitee": "15551231234", "invitor": "johnsnow", "network_id": "mynetwork"}
-NOOP_QUEUE = "bench-noop"
+SETTINGS = Settings()  # the defaults: prefix "gw", the default queue name, 30 days retention
+DUE_KEY = f"{SETTINGS.prefix}:due"
+EVENTS_KEY = f"{SETTINGS.prefix}:events"
+WORKERS_KEY = WORKERS_BY_QUEUE_KEY % SETTINGS.queue_name
 POLL_S = 0.010
-POLL_COMMANDS = 3  # LLEN queue, LLEN intermediate, ZCARD started registry (no MULTI/EXEC)
-ENQUEUE_CHUNK = 500
-WORKER_EXIT_TIMEOUT_S = 30.0
-# DESIGN.md, decision 4: "RQ spends about 57 Redis commands and 5.6 ms of CPU per job (about
-# 170 no-op jobs/s per worker process)".
-DESIGN_RQ_COMMANDS = 57
-DESIGN_RQ_CPU_MS = 5.6
-DESIGN_NOOP_JOBS_PER_S = 170
+RSS_EVERY_S = 0.1
+POLL_COMMANDS = {"zcard": 2, "scard": 1}  # one poll: ZCARD due, ZCARD events, SCARD workers
+REDIS_DB = 0
+MB = 1024 * 1024
+CHECK_CHUNK = 1000
+DRAIN_MIN_RATIO = 0.8  # the issue: a backlog drains within 20% of the saturated rate
+RSS_GOAL_MB = 100
+PY_SPY_STOP_S = 15.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Results.
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
-class Result:
-    name: str
-    kind: str  # "worker": a burst worker process draining the queue; "in-process": no RQ
-    jobs: int  # jobs (or sends) inside the timed window
-    startup_s: float | None  # worker spawn to first job taken
-    seconds: float  # the timed window
-    total_s: float | None  # worker spawn to worker exit
-    rate: float
-    rate_from_spawn: float | None  # jobs / (worker spawn to queue empty), start-up included
-    ms_per_job: float
-    send_ms: float | None  # mean HTTP send latency: the attempt records, or timed in-process
-    send_p50_ms: float | None
-    send_p99_ms: float | None
-    worker_cpu_us: float | None  # the worker process (or this process, in-process)
+class Baseline:
+    requests: int
+    seconds: float
+    rps: float
+    client_cpu_us: float
+    target_cpu_us: float | None
+    check: str
+
+
+@dataclass
+class Row:
+    case: str  # "drain" or "saturated"
+    workers: int
+    targets: int
+    callbacks: int  # accepted for this row (backlog, plus fed for "saturated")
+    deliveries: int  # recorded inside the timed window
+    seconds: float
+    rate: float  # deliveries/s in the window
+    window: str  # what started the window
+    startup_s: float  # first worker spawned -> window start
+    baseline: Baseline
+    ratio: float  # rate / baseline req/s
+    worker_cpu_us: float | None  # all workers together, per delivery
     redis_cpu_us: float | None
     target_cpu_us: float | None
-    redis_commands: float | None
-    cores_busy: float | None  # worker (or this process) + Redis + target CPU / wall time
-    host_cores: float | None  # the whole machine's busy CPU / wall time (others included)
-    steal_cores: float | None
-    check: str
-    x_noop: float = 0.0
+    worker_cores: float | None  # workers' CPU / window
+    target_cores: float | None  # how busy the target was (1.0 = one core)
+    feeder_cores: float | None  # the feeder's CPU / window ("saturated")
+    redis_commands: float | None  # per delivery
+    scripts: float | None  # EVALSHA (and EVAL) per delivery
+    top_commands: dict[str, float]
+    rss_mb: list[float]  # sampled peak per worker
+    hwm_mb: list[float]  # the kernel's VmHWM per worker
+    feed_rate: float | None = None  # callbacks/s accepted in the window ("saturated")
+    min_backlog: int | None = None  # smallest ZCARD gw:due in the window ("saturated")
+    cores_busy: float | None = None  # workers + Redis + target (+ feeder) / window
+    host_cores: float | None = None
+    steal_cores: float | None = None
+    check: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.case}, {self.workers} worker(s), {self.targets} target(s)"
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
+class Snap:
     t: float
-    waiting: int
+    due: int
+    events: int
     polls: int
-    commands: int
-    worker_cpu: float | None
+    commands: dict[str, int]
+    workers_cpu: float | None
     redis_cpu: float | None
     target_cpu: float | None
+    feeder_cpu: float | None
+    feeder_commands: int | None  # CLIENT LIST tot-cmds of the feeder's connection
     host: tuple[float, float] | None
 
 
-@dataclass(frozen=True, slots=True)
-class Drain:
-    spawn: float
-    first: Snapshot
-    done: Snapshot
-    exit: float | None
-    exit_code: int | None
+def tree_cpu(pid: int | None) -> float | None:
+    """User+system CPU seconds of a process and its children (uvicorn --workers N)."""
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        total = sum(proc.cpu_times()[:2])
+        for child in proc.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.Error:
+                continue
+        return total
+    except psutil.Error:
+        return None
 
-    @property
-    def jobs(self) -> int:
-        # Jobs still waiting at the first snapshot: all of them ran inside the window.
-        return self.first.waiting
 
-    @property
-    def seconds(self) -> float:
-        return self.done.t - self.first.t
+def sum_cpu(pids: Sequence[int | None]) -> float | None:
+    values = [tree_cpu(p) for p in pids]
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
-    @property
-    def commands(self) -> int:
-        # Minus our own polls in the window and the first snapshot's INFO.
-        return (
-            self.done.commands
-            - self.first.commands
-            - 1
-            - POLL_COMMANDS * (self.done.polls - self.first.polls)
-        )
+
+def feeder_commands(client: Redis) -> int:
+    """Commands run so far by the feeder's connection (its Lua scripts' calls included)."""
+    clients = [c for c in client.client_list() if c.get("name") == FEEDER_CLIENT]
+    if len(clients) != 1:
+        raise RuntimeError(f"{len(clients)} Redis connections named {FEEDER_CLIENT}")
+    return int(clients[0]["tot-cmds"])
+
+
+def py_spy_binary() -> str:
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise SystemExit("--py-spy needs py-spy: .venv/bin/pip install py-spy")
+    return found
+
+
+def start_py_spy(workers: Sequence[Child], out_dir: Path, logs: Path) -> list[tuple[Child, Path]]:
+    """Sample each worker with py-spy (100 Hz, without pausing it) until `stop_py_spy`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for w in workers:
+        path = out_dir / f"{w.name}.txt"
+        spy = Child(f"py-spy-{w.name}", logs / f"py-spy-{w.name}.log")
+        cmd = [py_spy_binary(), "record", "--pid", str(w.pid), "--rate", "100", "--nonblocking"]
+        cmd += ["--format", "raw", "--output", str(path)]
+        spy.spawn(cmd, clean_env({}))
+        spies.append((spy, path))
+    return spies
+
+
+def stop_py_spy(spies: Sequence[tuple[Child, Path]]) -> None:
+    """SIGINT makes py-spy write its file; then stop it by PID like every child."""
+    for spy, _ in spies:
+        if spy.proc is not None and spy.proc.poll() is None:
+            spy.proc.send_signal(signal.SIGINT)
+    for spy, _ in spies:
+        spy.wait(PY_SPY_STOP_S)
+        spy.stop()
+
+
+def py_spy_summary(path: Path, top: int = 25) -> str:
+    """The functions with the most samples on top of the stack (self) and anywhere (inclusive).
+
+    py-spy samples threads that are not idle: time spent preempted in a system call (a write to
+    Redis or the target that wakes them on a busy machine) counts too, so read it as wall time
+    of a busy worker, not CPU."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        names = [_frame_name(f) for f in stack.split(";")]
+        own[names[-1]] += n
+        for name in set(names):
+            inclusive[name] += n
+    if not total:
+        return f"{path.name}: no samples"
+    lines = [f"{path.name}: {total} samples", "self:"]
+    lines += [f"  {100 * c / total:5.1f}%  {name}" for name, c in own.most_common(top)]
+    lines += ["inclusive:"]
+    lines += [f"  {100 * c / total:5.1f}%  {name}" for name, c in inclusive.most_common(top * 2)]
+    return "\n".join(lines)
+
+
+def _frame_name(frame: str) -> str:
+    """'send (/x/site-packages/aiohttp/client.py:12)' -> 'aiohttp/client.py:send'."""
+    func, _, where = frame.rpartition(" (")
+    if not func:
+        return frame
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/lib/python3.", str(BENCH_DIR.parent) + "/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            if marker.startswith("/lib/python3."):
+                path = "stdlib/" + path.split("/", 1)[-1]
+            break
+    return f"{path}:{func}"
+
+
+def stop_all(children: Sequence[Child]) -> None:
+    """SIGTERM every child at once, then wait for each (SIGKILL after a while): by PID."""
+    for child in children:
+        if child.proc is not None and child.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.terminate()
+    for child in children:
+        child.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark.
+# ---------------------------------------------------------------------------------------------
 
 
 class Bench:
@@ -152,6 +296,8 @@ class Bench:
         self.redis = EmbeddedRedis()
         self.target: Child | None = None
         self.target_url = ""
+        self.rows = 0
+        self.baselines: list[Baseline] = []
 
     @property
     def redis_pid(self) -> int | None:
@@ -161,19 +307,16 @@ class Bench:
     def target_pid(self) -> int | None:
         return self.target.pid if self.target else None
 
-    def url(self, db: int) -> str:
-        return f"redis://{HOST}:{self.redis.port}/{db}"
-
-    def client(self, db: int) -> Redis:
-        client = Redis.from_url(self.url(db))
-        client.flushdb()
-        return client
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{HOST}:{self.redis.port}/{REDIS_DB}"
 
     def start(self) -> None:
         self.redis.start()
-        # The target of bench/http_clients.py, started with the same uvicorn arguments.
-        self.target, port = start_target_server(self.logs)
-        self.target_url = f"http://{HOST}:{port}/hook"
+        self.target, port = start_target_server(
+            self.logs, loop="uvloop", http="httptools", workers=self.args.target_workers
+        )
+        self.target_url = f"http://{HOST}:{port}"
 
     def stop(self) -> None:
         try:
@@ -182,228 +325,396 @@ class Bench:
         finally:
             self.redis.stop()
 
-    # -- timing a burst worker ----------------------------------------------------------------
+    def redis_version(self) -> str:
+        client = Redis.from_url(self.redis_url)
+        try:
+            info = client.info("server")
+            return str(info.get("valkey_version") or info.get("redis_version"))
+        finally:
+            client.close()
 
-    def snapshot(self, client: Redis, t: float, waiting: int, polls: int, worker: Child) -> Snapshot:
-        return Snapshot(
+    # -- set-up -----------------------------------------------------------------------------------
+
+    def fresh(self, targets: int) -> tuple[Redis, Store, Any, LiveConfig]:
+        """An empty database with `targets` targets for the network applied (as `targets apply`)."""
+        client = Redis.from_url(self.redis_url)
+        client.flushdb()
+        store = Store(client, prefix=SETTINGS.prefix, retention=SETTINGS.retention_days * 86400)
+        path = write_targets_config(self.logs / f"targets-{targets}.toml", targets, self.target_url)
+        store.save_config(load_config(path, {}).to_dict())
+        return client, store, make_queue(client, SETTINGS.queue_name), LiveConfig(store)
+
+    def accept_many(self, store: Store, queue: Any, live: LiveConfig, n: int) -> list[str]:
+        ids = []
+        for _ in range(n):
+            event = make_event(FIELDS, INVITATION_CREATED, "json", client=HOST)
+            names = accept(store, queue, live, event)
+            if not names:
+                raise RuntimeError("accept() matched no target")
+            ids.append(event.id)
+        return ids
+
+    def spawn_workers(self, k: int) -> list[Child]:
+        self.rows += 1
+        env = {
+            "REDIS_URL": self.redis_url,
+            "GATEWAY_ALLOW_PRIVATE_TARGETS": "true",
+            "GATEWAY_LOG_LEVEL": self.args.log_level,
+        }
+        if self.args.concurrency:
+            env["GATEWAY_WORKER_CONCURRENCY"] = str(self.args.concurrency)
+        workers = []
+        for i in range(k):
+            name = f"bench-{self.rows}-{i + 1}"
+            child = Child(name, self.logs / f"{name}.log")
+            workers.append(child)
+            child.spawn([sys.executable, "-m", "gateway", "worker", "--name", name], clean_env(env))
+        return workers
+
+    # -- the baseline -----------------------------------------------------------------------------
+
+    def baseline(self, live: LiveConfig) -> Baseline:
+        """The aiohttp loop, in its own process, posting the gateway's rendered request."""
+        target = live.get().target("t1")
+        assert target is not None
+        request = build_request(target, make_event(FIELDS, INVITATION_CREATED, "json", client=HOST), {})
+        spec = {
+            "method": request.method,
+            "url": request.url,
+            "headers": [list(h) for h in request.headers],
+            "session_headers": {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            "body": None if request.body is None else base64.b64encode(request.body).decode(),
+        }
+        n = len(self.baselines) + 1
+        spec_path, out = self.logs / f"baseline-{n}.json", self.logs / f"baseline-{n}.out.json"
+        spec_path.write_text(json.dumps(spec))
+        child = Child(f"baseline-{n}", self.logs / f"baseline-{n}.log")
+        cmd = [sys.executable, str(BENCH_DIR / "delivery_load.py"), "baseline", str(spec_path), str(out)]
+        cmd += ["--requests", str(self.args.baseline_requests), "--concurrency", "32"]
+        cmd += ["--warmup", str(max(100, self.args.baseline_requests // 10))]
+        try:
+            tgt0 = tree_cpu(self.target_pid)
+            child.spawn(cmd, clean_env({}))
+            code = child.wait(self.args.timeout)
+            tgt = cpu_delta(tgt0, tree_cpu(self.target_pid))
+            if code is None:
+                raise TimeoutError(f"baseline did not finish in {self.args.timeout} s")
+        finally:
+            child.stop()
+        if not out.exists():
+            raise RuntimeError(f"baseline failed (exit {code}):\n{child.log_tail()}")
+        res = json.loads(out.read_text())
+        total = res["requests"] + res["warmup"]
+        ok = code == 0
+        b = Baseline(
+            requests=res["requests"],
+            seconds=res["seconds"],
+            rps=res["rps"],
+            client_cpu_us=res["cpu_seconds"] / res["requests"] * 1e6,
+            target_cpu_us=None if tgt is None else tgt / total * 1e6,  # warm-up included
+            check="ok" if ok else f"MISMATCH: {res['statuses']}",
+        )
+        self.baselines.append(b)
+        return b
+
+    # -- timing ---------------------------------------------------------------------------------
+
+    def poll(self, client: Redis) -> tuple[int, int, int]:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.zcard(DUE_KEY)
+            pipe.zcard(EVENTS_KEY)
+            pipe.scard(WORKERS_KEY)
+            due, events, registered = (int(v) for v in pipe.execute())
+        return due, events, registered
+
+    def snap(
+        self,
+        client: Redis,
+        t: float,
+        due: int,
+        events: int,
+        polls: int,
+        workers: Sequence[Child],
+        feeder: Child | None = None,
+    ) -> Snap:
+        return Snap(
             t=t,
-            waiting=waiting,
+            due=due,
+            events=events,
             polls=polls,
-            commands=redis_commands(client),
-            worker_cpu=worker.cpu_seconds(),
-            redis_cpu=cpu_seconds(self.redis_pid),
-            target_cpu=cpu_seconds(self.target_pid),
+            commands=command_stats(client),
+            workers_cpu=sum_cpu([w.pid for w in workers]),
+            redis_cpu=tree_cpu(self.redis_pid),
+            target_cpu=tree_cpu(self.target_pid),
+            feeder_cpu=None if feeder is None else tree_cpu(feeder.pid),
+            feeder_commands=None if feeder is None else feeder_commands(client),
             host=host_cpu(),
         )
 
-    def drain(self, worker: Child, cmd: list[str], env: dict[str, str], client: Redis, queue: Queue) -> Drain:
-        """Spawn a burst worker on a full queue; time it from first job taken to all done."""
-        keys = (queue.key, queue.intermediate_queue_key, queue.started_job_registry.key)
-        total = queue.count
-        polls = 0
-        first: Snapshot | None = None
-        exited = False
-        spawn = time.perf_counter()
-        worker.spawn(cmd, env)
-        deadline = spawn + self.args.timeout
-        while True:
-            with client.pipeline(transaction=False) as pipe:
-                pipe.llen(keys[0])
-                pipe.llen(keys[1])
-                pipe.zcard(keys[2])
-                waiting, taken, started = (int(v) for v in pipe.execute())
-            polls += 1
-            now = time.perf_counter()
-            if first is None and waiting < total:
-                first = self.snapshot(client, now, waiting, polls, worker)
-            if first is not None and waiting == 0 and taken == 0 and started == 0:
-                done = self.snapshot(client, now, waiting, polls, worker)
-                break
-            if exited:  # it had exited before this poll, and the queue is still not empty
-                raise RuntimeError(f"{worker.name} exited before the queue was empty:\n{worker.log_tail()}")
-            if worker.exited():
-                exited = True  # poll once more: it may have finished right after the last poll
-                continue
-            if now > deadline:
-                raise TimeoutError(f"{worker.name}: queue not drained in {self.args.timeout} s")
-            time.sleep(POLL_S)
-        assert first is not None
-        code = worker.wait(WORKER_EXIT_TIMEOUT_S)
-        exit_t = time.perf_counter() if code is not None else None
-        return Drain(spawn, first, done, exit_t, code)
+    def measure(
+        self,
+        case: str,
+        k: int,
+        targets: int,
+        callbacks: int,
+        a: Snap,
+        b: Snap,
+        window: str,
+        spawn_t: float,
+        baseline: Baseline,
+        rss: dict[int, int],
+        hwm: list[int | None],
+    ) -> Row:
+        n = (b.events - a.events) * targets - (b.due - a.due)
+        wall = b.t - a.t
+        cmds = {c: b.commands.get(c, 0) - a.commands.get(c, 0) for c in b.commands}
+        cmds["info"] = cmds.get("info", 0) - 1  # the first snapshot's INFO commandstats
+        if a.feeder_commands is not None:
+            cmds["client|list"] = cmds.get("client|list", 0) - 1  # ... and its CLIENT LIST
+        for c, per_poll in POLL_COMMANDS.items():
+            cmds[c] = cmds.get(c, 0) - per_poll * (b.polls - a.polls)
+        cmds = {c: v for c, v in cmds.items() if v > 0}
+        total_cmds = sum(cmds.values())
+        if a.feeder_commands is not None and b.feeder_commands is not None:
+            total_cmds -= b.feeder_commands - a.feeder_commands  # the callbacks' own commands
+        top = sorted(cmds.items(), key=lambda kv: -kv[1])[:8]
+        workers_cpu = cpu_delta(a.workers_cpu, b.workers_cpu)
+        redis_cpu = cpu_delta(a.redis_cpu, b.redis_cpu)
+        target_cpu = cpu_delta(a.target_cpu, b.target_cpu)
+        feeder_cpu = cpu_delta(a.feeder_cpu, b.feeder_cpu)
+        busy = [c for c in (workers_cpu, redis_cpu, target_cpu, feeder_cpu) if c is not None]
+        host = host_delta(a.host, b.host)
 
-    def result(self, name: str, drain: Drain, check: str, sends: list[float] | None = None) -> Result:
-        d, n = drain, drain.jobs
-        worker_cpu = cpu_delta(d.first.worker_cpu, d.done.worker_cpu)
-        redis_cpu = cpu_delta(d.first.redis_cpu, d.done.redis_cpu)
-        target_cpu = cpu_delta(d.first.target_cpu, d.done.target_cpu)
-        busy = [c for c in (worker_cpu, redis_cpu, target_cpu) if c is not None]
-        host = host_delta(d.first.host, d.done.host)
-        return Result(
-            name=name,
-            kind="worker",
-            jobs=n,
-            startup_s=d.first.t - d.spawn,
-            seconds=d.seconds,
-            total_s=None if d.exit is None else d.exit - d.spawn,
-            rate=n / d.seconds,
-            rate_from_spawn=self.args.jobs / (d.done.t - d.spawn),
-            ms_per_job=d.seconds / n * 1e3,
-            send_ms=None if sends is None else latency(sends).mean_ms,
-            send_p50_ms=None if sends is None else latency(sends).p50_ms,
-            send_p99_ms=None if sends is None else latency(sends).p99_ms,
-            worker_cpu_us=per_op_us(worker_cpu, n),
-            redis_cpu_us=per_op_us(redis_cpu, n),
-            target_cpu_us=per_op_us(target_cpu, n),
-            redis_commands=d.commands / n,
-            cores_busy=sum(busy) / d.seconds,
-            host_cores=None if host is None else host[0] / d.seconds,
-            steal_cores=None if host is None else host[1] / d.seconds,
-            check=check if d.exit_code == 0 else f"{check}; worker exit code {d.exit_code}",
+        def per(x: float | None) -> float | None:
+            return None if x is None or n <= 0 else x / n * 1e6
+
+        rate = n / wall if wall > 0 else 0.0
+        return Row(
+            case=case,
+            workers=k,
+            targets=targets,
+            callbacks=callbacks,
+            deliveries=n,
+            seconds=wall,
+            rate=rate,
+            window=window,
+            startup_s=a.t - spawn_t,
+            baseline=baseline,
+            ratio=rate / baseline.rps,
+            worker_cpu_us=per(workers_cpu),
+            redis_cpu_us=per(redis_cpu),
+            target_cpu_us=per(target_cpu),
+            worker_cores=None if workers_cpu is None else workers_cpu / wall,
+            feeder_cores=None if feeder_cpu is None else feeder_cpu / wall,
+            target_cores=None if target_cpu is None else target_cpu / wall,
+            redis_commands=total_cmds / n if n > 0 else None,
+            scripts=(cmds.get("evalsha", 0) + cmds.get("eval", 0)) / n if n > 0 else None,
+            top_commands={c: v / n for c, v in top} if n > 0 else {},
+            rss_mb=[rss.get(w, 0) / MB for w in sorted(rss)],
+            hwm_mb=[(h or 0) / MB for h in hwm],
+            cores_busy=sum(busy) / wall if wall > 0 else None,
+            host_cores=None if host is None else host[0] / wall,
+            steal_cores=None if host is None else host[1] / wall,
         )
 
-    # -- scenarios ------------------------------------------------------------------------------
+    def sample_rss(self, workers: Sequence[Child], peaks: dict[int, int]) -> None:
+        for i, w in enumerate(workers):
+            rss = rss_bytes(w.pid)
+            if rss is not None:
+                peaks[i] = max(peaks.get(i, 0), rss)
 
-    def noop_jobs(self) -> Result:
-        client = self.client(1)
-        worker = Child("noop-worker", self.logs / "noop-worker.log")
+    def check_alive(self, workers: Sequence[Child]) -> None:
+        for w in workers:
+            if w.exited():
+                raise RuntimeError(f"{w.name} exited:\n{w.log_tail()}")
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    def drain_row(self, k: int, targets: int, callbacks: int) -> Row:
+        client, store, queue, live = self.fresh(targets)
+        workers: list[Child] = []
+        spies: list[tuple[Child, Path]] = []
         try:
-            queue = Queue(NOOP_QUEUE, connection=client, serializer=JSONSerializer)
-            retention = Settings().retention_days * 86400
-            config = load_config(write_targets_config(self.logs / "noop.toml", 1, self.target_url), {})
-            event = make_event(FIELDS, INVITATION_CREATED, "json", client=HOST)
-            # The gateway's own job options (timeout, Retry, result_ttl=0, failure_ttl), taken from
-            # the function that makes its jobs, with the no-op function, no arguments, a random id.
-            options = _job_data(event, config.targets[0], retention)
-            for start in range(0, self.args.jobs, ENQUEUE_CHUNK):
-                count = min(ENQUEUE_CHUNK, self.args.jobs - start)
-                data = [
-                    options._replace(func=NOOP, args=(), job_id=None, description="no-op")
-                    for _ in range(count)
-                ]
-                with client.pipeline() as pipe:
-                    queue.enqueue_many(data, pipeline=pipe)
-                    pipe.execute()
-            cmd = [sys.executable, str(BENCH_DIR / "jobs.py"), self.url(1), NOOP_QUEUE, "--burst"]
-            cmd += ["--log-level", self.args.log_level]
-            drain = self.drain(worker, cmd, clean_env({}), client, queue)
-            failed = queue.failed_job_registry.get_job_count(cleanup=False)
-            left = queue.count
-            ok = failed == 0 and left == 0
-            check = f"{'ok' if ok else 'MISMATCH'}: {self.args.jobs} run, {failed} failed, {left} left"
-            return self.result("RQ SimpleWorker, no-op jobs", drain, check)
-        finally:
-            worker.stop()
-            client.flushdb()
-            client.close()
-
-    def _gateway_state(self, client: Redis) -> tuple[Store, Queue, LiveConfig]:
-        settings = Settings()
-        store = Store(client, prefix=settings.prefix, retention=settings.retention_days * 86400)
-        config = load_config(write_targets_config(self.logs / "targets.toml", 1, self.target_url), {})
-        store.save_config(config.to_dict())
-        return store, make_queue(client, settings.queue_name), LiveConfig(store)
-
-    def gateway_worker(self) -> Result:
-        client = self.client(2)
-        worker = Child("gateway-worker", self.logs / "gateway-worker.log")
-        try:
-            store, queue, live = self._gateway_state(client)
-            ids = []
-            for _ in range(self.args.jobs):
-                event = make_event(FIELDS, INVITATION_CREATED, "json", client=HOST)
-                accept(store, queue, live, event)
-                ids.append(event.id)
-            env = clean_env({"REDIS_URL": self.url(2), "GATEWAY_LOG_LEVEL": self.args.log_level})
-            cmd = [sys.executable, "-m", "gateway", "worker", "--burst"]
-            drain = self.drain(worker, cmd, env, client, queue)
-            outcome: collections.Counter[str] = collections.Counter()
-            sends: list[float] = []  # the worker's own measure of each HTTP request, in seconds
-            for event_id in ids:
-                for state in store.get_deliveries(event_id).values():
-                    outcome[f"{state['status']}/{state.get('last_status_code')}/{state['attempts']}"] += 1
-                sends += [a["latency_ms"] / 1e3 for a in store.get_attempts(event_id) if a["latency_ms"]]
-            ok = outcome == {f"{DELIVERED}/200/1": self.args.jobs}
-            check = (
-                f"ok: all {self.args.jobs} deliveries delivered, HTTP 200, 1 attempt"
-                if ok
-                else f"MISMATCH: {dict(outcome)}"
+            baseline = self.baseline(live)
+            ids = self.accept_many(store, queue, live, callbacks)
+            total = callbacks * targets
+            due, events, registered = self.poll(client)
+            if due != total or events != callbacks or registered:
+                raise RuntimeError(f"before the workers: {due} due, {events} events, {registered} workers")
+            rss: dict[int, int] = {}
+            polls = 0
+            first: Snap | None = None
+            all_up: Snap | None = None
+            spawn_t = time.perf_counter()
+            workers = self.spawn_workers(k)
+            deadline = spawn_t + self.args.timeout
+            next_rss = spawn_t
+            while True:  # bounded by the deadline
+                due, events, registered = self.poll(client)
+                polls += 1
+                now = time.perf_counter()
+                if now >= next_rss:
+                    self.sample_rss(workers, rss)
+                    next_rss = now + RSS_EVERY_S
+                if first is None and due < total:
+                    first = self.snap(client, now, due, events, polls, workers)
+                if all_up is None and registered >= k and due < total:
+                    all_up = first if first.t == now else self.snap(client, now, due, events, polls, workers)
+                    if self.args.py_spy is not None:
+                        spies = start_py_spy(workers, self.args.py_spy / f"row-{self.rows}", self.logs)
+                if due == 0:
+                    end = self.snap(client, now, due, events, polls, workers)
+                    break
+                self.check_alive(workers)
+                if now > deadline:
+                    raise TimeoutError(f"{due} of {total} deliveries left after {self.args.timeout} s")
+                time.sleep(POLL_S)
+            assert first is not None
+            self.sample_rss(workers, rss)
+            hwm = [peak_rss_bytes(w.pid) for w in workers]
+            # Start when every worker is up, unless they were up only for the last tenth.
+            if all_up is not None and all_up.due >= total // 10:
+                start, window = all_up, "all workers up"
+            else:
+                start, window = first, "first delivery"
+            row = self.measure(
+                "drain", k, targets, callbacks, start, end, window, spawn_t, baseline, rss, hwm
             )
-            return self.result("gateway worker, 1 delivery per job", drain, check, sends)
+            if spies:
+                stop_py_spy(spies)
+                for _, path in spies:
+                    if path.exists():
+                        summary = py_spy_summary(path)
+                        path.with_suffix(".summary.txt").write_text(summary + "\n")
+                        print(f"  py-spy, {row.name}: {path} (summary: {path.with_suffix('.summary.txt')})")
+            stop_all(workers)
+            row.check = self.verify(client, store, ids, targets)
+            return row
         finally:
-            worker.stop()
+            stop_py_spy(spies)
+            stop_all(workers)
             client.flushdb()
             client.close()
 
-    def http_send_only(self) -> Result:
-        """The worker's Sender, sending the same rendered request N times; no RQ, no Redis."""
-        client = self.client(3)
-        sender = Sender(allow_private=True)
+    def saturated_row(self, k: int, drain_rate: float, baseline: Baseline) -> Row:
+        targets = 1
+        client, store, queue, live = self.fresh(targets)
+        workers: list[Child] = []
+        feeder = Child(f"feeder-{k}", self.logs / f"feeder-{k}.log")
+        out = self.logs / f"feeder-{k}.json"
         try:
-            _, _, live = self._gateway_state(client)
-            target = live.get().target("t1")
-            assert target is not None
-            event = make_event(FIELDS, INVITATION_CREATED, "json", client=HOST)
-            statuses: collections.Counter[int] = collections.Counter()
-
-            def send() -> None:
-                statuses[sender.send(build_request(target, event, {})).status] += 1
-
-            for _ in range(self.args.warmup):
-                send()
-            statuses.clear()
-            latencies: list[float] = []
-            host0 = host_cpu()
-            tgt0, cpu0, t0 = cpu_seconds(self.target_pid), time.process_time(), time.perf_counter()
-            for _ in range(self.args.jobs):
-                s0 = time.perf_counter()
-                send()
-                latencies.append(time.perf_counter() - s0)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-            target_cpu = cpu_delta(tgt0, cpu_seconds(self.target_pid))
-            host = host_delta(host0, host_cpu())
-            n = self.args.jobs
-            lat = latency(latencies)
-            ok = statuses == {200: n}
-            return Result(
-                name="HTTP send alone (Sender, in-process)",
-                kind="in-process",
-                jobs=n,
-                startup_s=None,
-                seconds=wall,
-                total_s=None,
-                rate=n / wall,
-                rate_from_spawn=None,
-                ms_per_job=lat.mean_ms,
-                send_ms=lat.mean_ms,
-                send_p50_ms=lat.p50_ms,
-                send_p99_ms=lat.p99_ms,
-                worker_cpu_us=cpu / n * 1e6,
-                redis_cpu_us=None,
-                target_cpu_us=per_op_us(target_cpu, n),
-                redis_commands=None,
-                cores_busy=(cpu + (target_cpu or 0.0)) / wall,
-                host_cores=None if host is None else host[0] / wall,
-                steal_cores=None if host is None else host[1] / wall,
-                check=f"ok: {n} x HTTP 200" if ok else f"MISMATCH: {dict(statuses)}",
+            backlog = self.args.backlog
+            self.accept_many(store, queue, live, backlog)
+            rate = self.args.feed_factor * drain_rate
+            cmd = [sys.executable, str(BENCH_DIR / "delivery_load.py"), "feed", self.redis_url, str(out)]
+            cmd += ["--rate", f"{rate:.1f}", "--seconds", str(self.args.steady + self.args.timeout)]
+            cmd += ["--max", str(int(rate * (self.args.steady + 60)) + backlog)]
+            feeder.spawn(cmd, clean_env({}))
+            t_feed = time.perf_counter()
+            while self.poll(client)[1] <= backlog:  # bounded: the feeder starts within 30 s
+                if feeder.exited() or time.perf_counter() - t_feed > 30:
+                    raise RuntimeError(f"the feeder did not start:\n{feeder.log_tail()}")
+                time.sleep(POLL_S)
+            rss: dict[int, int] = {}
+            polls = 0
+            start: Snap | None = None
+            low = 2 * k * (self.args.concurrency or SETTINGS.worker_concurrency)
+            min_due: int | None = None
+            ran_low = False
+            spawn_t = time.perf_counter()
+            workers = self.spawn_workers(k)
+            deadline = spawn_t + self.args.timeout
+            next_rss = spawn_t
+            while True:  # bounded by the deadline
+                due, events, registered = self.poll(client)
+                polls += 1
+                now = time.perf_counter()
+                if now >= next_rss:
+                    self.sample_rss(workers, rss)
+                    next_rss = now + RSS_EVERY_S
+                if start is None and registered >= k and due < events * targets:
+                    start = self.snap(client, now, due, events, polls, workers, feeder)
+                if start is not None:
+                    min_due = due if min_due is None else min(min_due, due)
+                    ran_low = due < low
+                    if now - start.t >= self.args.steady or ran_low or feeder.exited():
+                        end = self.snap(client, now, due, events, polls, workers, feeder)
+                        break
+                self.check_alive(workers)
+                if now > deadline:
+                    raise TimeoutError(f"no steady window in {self.args.timeout} s")
+                time.sleep(POLL_S)
+            feeder.stop()
+            self.sample_rss(workers, rss)
+            row = self.measure(
+                "saturated", k, targets, 0, start, end, "all workers up", spawn_t, baseline, rss, []
             )
+            row.feed_rate = (end.events - start.events) / row.seconds
+            row.min_backlog = min_due
+            if ran_low:
+                row.notes.append(f"backlog ran low ({min_due} due) after {row.seconds:.1f} s: not saturated")
+            if row.feed_rate < row.rate:
+                row.notes.append(
+                    f"the feeder accepted {row.feed_rate:.0f} callbacks/s, below the workers' rate "
+                    "(the backlog kept them busy)"
+                )
+            # Let the workers finish what the feeder left, then check every delivery.
+            t_end = time.perf_counter()
+            while self.poll(client)[0] > 0:  # bounded by the timeout
+                self.check_alive(workers)
+                if time.perf_counter() - t_end > self.args.timeout:
+                    raise TimeoutError("the backlog left after the saturated window did not drain")
+                time.sleep(0.05)
+            self.sample_rss(workers, rss)
+            row.rss_mb = [rss.get(i, 0) / MB for i in sorted(rss)]
+            row.hwm_mb = [(peak_rss_bytes(w.pid) or 0) / MB for w in workers]
+            stop_all(workers)
+            ids = [v.decode() for v in client.zrange(EVENTS_KEY, 0, -1)]
+            row.callbacks = len(ids)
+            row.check = self.verify(client, store, ids, targets)
+            return row
         finally:
-            sender.close()
+            feeder.stop()
+            stop_all(workers)
             client.flushdb()
             client.close()
 
+    def verify(self, client: Redis, store: Store, ids: Sequence[str], targets: int) -> str:
+        """Every delivery of every event: delivered, HTTP 200, 1 attempt."""
+        outcome: collections.Counter[str] = collections.Counter()
+        for i in range(0, len(ids), CHECK_CHUNK):
+            with client.pipeline(transaction=False) as pipe:
+                for event_id in ids[i : i + CHECK_CHUNK]:
+                    pipe.hgetall(f"{store.event_key(event_id)}:deliveries")
+                for states in pipe.execute():
+                    if len(states) != targets:
+                        outcome[f"{len(states)} deliveries for an event"] += 1
+                    for raw in states.values():
+                        s = json.loads(raw)
+                        outcome[f"{s['status']}/{s.get('last_status_code')}/{s['attempts']}"] += 1
+        expected = len(ids) * targets
+        if outcome == {f"{DELIVERED}/200/1": expected}:
+            return f"ok: {expected} delivered, HTTP 200, 1 attempt"
+        return f"MISMATCH: {dict(outcome)}"
 
-def run_all(args: argparse.Namespace) -> list[Result]:
-    with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
-        bench = Bench(args, Path(tmp))
-        try:
-            bench.start()
-            results = [bench.noop_jobs(), bench.gateway_worker(), bench.http_send_only()]
-        finally:
-            bench.stop()
-    for r in results:
-        r.x_noop = r.rate / results[0].rate
-    return results
+
+def run_all(args: argparse.Namespace, bench: Bench) -> list[Row]:
+    rows: list[Row] = []
+    for k in args.workers:
+        drain = bench.drain_row(k, 1, args.callbacks)
+        rows.append(drain)
+        print(one_line(drain), flush=True)
+        if k in args.saturated:
+            sat = bench.saturated_row(k, drain.rate, drain.baseline)
+            rows.append(sat)
+            print(one_line(sat), flush=True)
+    for t in args.targets:
+        if t == 1 and 1 in args.workers:
+            continue  # the 1-worker row above
+        row = bench.drain_row(1, t, max(1, args.callbacks // t))
+        rows.append(row)
+        print(one_line(row), flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,123 +722,219 @@ def run_all(args: argparse.Namespace) -> list[Result]:
 # ---------------------------------------------------------------------------------------------
 
 
-def ratios(results: list[Result]) -> dict[str, float]:
-    noop, gw, send = results
-    out = {
-        "gateway_over_noop": gw.rate / noop.rate,
-        "gateway_over_noop_from_spawn": (gw.rate_from_spawn or 0.0) / (noop.rate_from_spawn or float("nan")),
-        "rq_ms_per_job": noop.ms_per_job,
-        "gateway_ms_per_job": gw.ms_per_job,
-        "delivery_ms": gw.ms_per_job - noop.ms_per_job,
-        # The HTTP request as the worker itself timed it (the attempt records' latency_ms).
-        "http_send_in_worker_ms": gw.send_ms or 0.0,
-        "http_send_alone_ms": send.ms_per_job,
-        "delivery_rest_ms": gw.ms_per_job - noop.ms_per_job - (gw.send_ms or 0.0),
-        "rq_share_of_gateway_job": noop.ms_per_job / gw.ms_per_job,
-        "http_send_share_of_gateway_job": (gw.send_ms or 0.0) / gw.ms_per_job,
-        "rq_over_http_send_in_worker": noop.ms_per_job / (gw.send_ms or float("nan")),
-        "rq_over_http_send_alone": noop.ms_per_job / send.ms_per_job,
-    }
-    if noop.worker_cpu_us is not None:
-        out["rq_cpu_ms_per_job"] = noop.worker_cpu_us / 1e3
-        out["rq_cpu_over_design_5_6_ms"] = noop.worker_cpu_us / 1e3 / DESIGN_RQ_CPU_MS
-    if noop.redis_commands is not None:
-        out["rq_commands_per_job"] = noop.redis_commands
-    if gw.redis_commands is not None and noop.redis_commands is not None:
-        out["delivery_commands_per_job"] = gw.redis_commands - noop.redis_commands
-    out["noop_over_design_170_per_s"] = noop.rate / DESIGN_NOOP_JOBS_PER_S
-    return out
-
-
-def format_table(results: list[Result]) -> str:
-    header = (
-        f"{'scenario':<38} {'kind':<10} {'jobs':>5} {'start s':>7} {'drain s':>7} {'total s':>7} "
-        f"{'jobs/s':>7} {'ms/job':>6} {'send ms':>7} {'snd p99':>7} {'wrk us':>6} {'rds us':>6} "
-        f"{'tgt us':>6} {'cmds':>5} {'cores':>5} {'host':>5} {'x noop':>6}"
+def one_line(r: Row) -> str:
+    return (
+        f"  {r.name}: {r.deliveries} in {r.seconds:.2f} s = {r.rate:.0f}/s, baseline "
+        f"{r.baseline.rps:.0f} req/s, x{r.ratio:.2f}; {r.check}"
     )
-    rows = (
-        f"{r.name:<38} {r.kind:<10} {r.jobs:>5} {fmt(r.startup_s, '.2f'):>7} {r.seconds:>7.2f} "
-        f"{fmt(r.total_s, '.2f'):>7} {r.rate:>7.0f} {r.ms_per_job:>6.2f} {fmt(r.send_ms, '.2f'):>7} "
-        f"{fmt(r.send_p99_ms, '.2f'):>7} "
-        f"{fmt(r.worker_cpu_us):>6} {fmt(r.redis_cpu_us):>6} {fmt(r.target_cpu_us):>6} "
-        f"{fmt(r.redis_commands, '.1f'):>5} {fmt(r.cores_busy, '.2f'):>5} {fmt(r.host_cores, '.2f'):>5} "
-        f"{r.x_noop:>6.3f}"
-        for r in results
+
+
+def mb(values: Sequence[float]) -> str:
+    return "/".join(f"{v:.0f}" for v in values) if values else "n/a"
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    head = (
+        "| case | workers | targets/net | deliveries | s | deliveries/s | baseline req/s | x baseline "
+        "| worker µs CPU/dlv | Redis µs CPU/dlv | target µs CPU/dlv | Redis cmds/dlv | scripts/dlv "
+        "| worker peak RSS MB | host cores |"
     )
-    return table(header, rows)
-
-
-LEGEND = (
-    "start s = worker spawn to first job taken (interpreter, imports, registration); drain s = first "
-    "job taken to queue,\n"
-    "intermediate list and started registry empty (jobs/s and ms/job use this window); total s = spawn "
-    "to worker exit.\n"
-    "send ms / snd p99 = mean / p99 of the HTTP request of each delivery: as the worker recorded it "
-    "(attempt latency_ms), or timed here.\n"
-    "wrk/rds/tgt us = CPU microseconds per job of the worker process (this process for the in-process "
-    "row) / Redis / target;\n"
-    "cmds = Redis commands per job (our 10 ms polls subtracted); cores = CPU cores kept busy by those "
-    "processes;\nhost = cores busy machine-wide (above cores: something else ran too); x noop = jobs/s "
-    "over no-op jobs/s.\n"
-    "Worker, Redis and target share the same cores. One worker process runs one job at a time."
-)
-
-
-def format_ratios(results: list[Result], rat: dict[str, float]) -> str:
-    noop, gw, _ = results
-    lines = [
-        f"gateway worker / no-op jobs: {rat['gateway_over_noop']:.3f} of the no-op jobs/s; counted from "
-        f"worker spawn to queue empty (start-up included): {noop.rate_from_spawn:.0f} and "
-        f"{gw.rate_from_spawn:.0f} jobs/s, ratio {rat['gateway_over_noop_from_spawn']:.3f}",
-        f"RQ per job (no-op job):      {rat['rq_ms_per_job']:.2f} ms wall, "
-        f"{fmt(rat.get('rq_cpu_ms_per_job'), '.2f')} ms worker CPU, "
-        f"{fmt(rat.get('rq_commands_per_job'), '.1f')} Redis commands "
-        f"(DESIGN.md: {DESIGN_RQ_CPU_MS} ms CPU, {DESIGN_RQ_COMMANDS} commands, "
-        f"{DESIGN_NOOP_JOBS_PER_S} jobs/s; measured {rat['noop_over_design_170_per_s']:.2f} x that rate)",
-        f"gateway job:                 {rat['gateway_ms_per_job']:.2f} ms = RQ {rat['rq_ms_per_job']:.2f} "
-        f"+ the delivery {rat['delivery_ms']:.2f} ms, of which the HTTP request "
-        f"{rat['http_send_in_worker_ms']:.2f} ms (as the worker timed it; {rat['http_send_alone_ms']:.2f} ms "
-        f"when sent alone in a loop) and the rest (4 Redis round trips, render, log, a bigger job) "
-        f"{rat['delivery_rest_ms']:.2f} ms; the delivery adds "
-        f"{fmt(rat.get('delivery_commands_per_job'), '.1f')} Redis commands",
-        f"shares of a gateway job:     RQ {rat['rq_share_of_gateway_job']:.0%}, HTTP request "
-        f"{rat['http_send_share_of_gateway_job']:.0%}; RQ per job / HTTP request = "
-        f"{rat['rq_over_http_send_in_worker']:.1f} (in the worker), "
-        f"{rat['rq_over_http_send_alone']:.1f} (sent alone)",
-        "checks: " + "; ".join(f"{r.name}: {r.check}" for r in results),
-    ]
-    lines += load_warnings(results)
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    lines = [head, rule]
+    for r in rows:
+        lines.append(
+            f"| {r.case} | {r.workers} | {r.targets} | {r.deliveries} | {r.seconds:.2f} | {r.rate:.0f} "
+            f"| {r.baseline.rps:.0f} | **{r.ratio:.2f}** | {fmt(r.worker_cpu_us)} | {fmt(r.redis_cpu_us)} "
+            f"| {fmt(r.target_cpu_us)} | {fmt(r.redis_commands, '.1f')} | {fmt(r.scripts, '.3f')} "
+            f"| {mb(r.hwm_mb or r.rss_mb)} | {fmt(r.host_cores, '.2f')} |"
+        )
     return "\n".join(lines)
+
+
+def drain_vs_saturated(rows: Sequence[Row]) -> list[str]:
+    lines = []
+    for sat in (r for r in rows if r.case == "saturated"):
+        drain = next(r for r in rows if r.case == "drain" and r.workers == sat.workers and r.targets == 1)
+        ratio = drain.rate / sat.rate if sat.rate else float("nan")
+        ok = ratio >= DRAIN_MIN_RATIO
+        lines.append(
+            f"- {sat.workers} worker(s): drain {drain.rate:.0f}/s, saturated {sat.rate:.0f}/s (callbacks "
+            f"fed at {fmt(sat.feed_rate)}/s, backlog never below {sat.min_backlog}): drain / saturated = "
+            f"**{ratio:.2f}** ({'ok' if ok else 'BELOW'} the 0.8 floor)"
+        )
+    return lines
+
+
+def details(rows: Sequence[Row]) -> list[str]:
+    lines = []
+    for r in rows:
+        top = ", ".join(f"{c} {v:.2f}" for c, v in r.top_commands.items())
+        lines.append(
+            f"- {r.name}: window from {r.window} ({r.startup_s:.2f} s after spawn); workers "
+            f"{fmt(r.worker_cores, '.2f')} cores, target {fmt(r.target_cores, '.2f')} cores, "
+            + (f"feeder {r.feeder_cores:.2f} cores, " if r.feeder_cores is not None else "")
+            + f"all ours "
+            f"{fmt(r.cores_busy, '.2f')} of {fmt(r.host_cores, '.2f')} busy on the host; RSS sampled "
+            f"{mb(r.rss_mb)} MB, VmHWM {mb(r.hwm_mb)} MB; commands/dlv"
+            + (" (the feeder's included)" if r.case == "saturated" else "")
+            + f": {top}; {r.check}"
+            + "".join(f"; NOTE: {n}" for n in r.notes)
+        )
+    return lines
+
+
+def render(args: argparse.Namespace, env: dict[str, Any], mach: dict[str, Any], rows: list[Row]) -> str:
+    baselines = [r.baseline for r in rows if r.case == "drain"]
+    target = (
+        f"uvicorn --loop uvloop --http httptools --workers {args.target_workers}, "
+        'bench/http_clients.py:target_app (200 "ok")'
+    )
+    warnings = [
+        w for r in rows if (w := load_warning(r.name, r.cores_busy, r.host_cores, r.steal_cores)) is not None
+    ]
+    rss_all = [v for r in rows for v in (r.hwm_mb or r.rss_mb)]
+    out = [
+        f"# Delivery benchmark, {env['date']}",
+        "",
+        f"- Machine: {mach['nproc']} cores, {mach['cpu_model']}, {mach['platform']}, Python "
+        f"{mach['python']}; load average at start {mach['loadavg']}, at end {env['loadavg_end']}",
+        f"- Versions: aiohttp {env.get('aiohttp')}, uvloop {env.get('uvloop')}, httptools "
+        f"{env.get('httptools')}, uvicorn {env.get('uvicorn')}, rq {env.get('rq')}, redis-py "
+        f"{env.get('redis')}, valkey {env['redis_server']}; gateway {env['gateway_commit']}",
+        f"- Command: `{env['command']}`",
+        f"- Target: {target}; baseline: aiohttp, 32 in flight, uvloop, own process, "
+        f"{args.baseline_requests} requests, the gateway's rendered request; workers: "
+        f"`python -m gateway worker`, GATEWAY_WORKER_CONCURRENCY "
+        f"{args.concurrency or SETTINGS.worker_concurrency}, log level {args.log_level}",
+        "",
+        markdown_table(rows),
+        "",
+        "Baseline req/s is the aiohttp loop measured right before the drain row (the saturated row "
+        "uses its drain row's). deliveries/s counts deliveries recorded in the window; CPU is per "
+        "delivery, all worker processes together; Redis cmds/dlv counts every command Redis ran "
+        "(Lua scripts' own calls included, our polls taken out); scripts/dlv = EVALSHA calls; peak RSS = "
+        "VmHWM of each worker.",
+        "",
+        "Drain vs saturated:",
+        *drain_vs_saturated(rows),
+        "",
+        f"Worker peak RSS: max {max(rss_all):.0f} MB (goal <= {RSS_GOAL_MB} MB)." if rss_all else "",
+        f"Baselines: {', '.join(f'{b.rps:.0f}' for b in baselines)} req/s; target CPU "
+        f"{', '.join(fmt(b.target_cpu_us) for b in baselines)} µs/request, aiohttp client CPU "
+        f"{', '.join(f'{b.client_cpu_us:.0f}' for b in baselines)} µs/request.",
+        "",
+        "Rows:",
+        *details(rows),
+    ]
+    if warnings:
+        out += ["", *warnings]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------------------------
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of numbers, got {text!r}") from None
+    if not values or any(not 1 <= v <= 1000 for v in values):
+        raise argparse.ArgumentTypeError("each value 1..1000")
+    return values
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--jobs", type=int, default=1000, help="jobs per scenario (1000)")
-    parser.add_argument("--warmup", type=int, default=100, help="untimed sends before HTTP send alone")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per drain (120)")
+    parser.add_argument("--quick", action="store_true", help="a smoke check in under a minute")
+    parser.add_argument("--callbacks", type=int, help="backlog for the drain rows (10000; --quick 1000)")
+    parser.add_argument("--workers", type=int_list, help="worker processes, 1 target (1,2,4; --quick 1,2)")
     parser.add_argument(
-        "--log-level", default="INFO", help="log level of both workers (INFO, the gateway's default)"
+        "--targets", type=int_list, help="targets per network, 1 worker (1,10,100; quick 1,10)"
     )
+    parser.add_argument(
+        "--saturated", type=int_list, help="worker counts with a saturated row (all of --workers; --quick 1)"
+    )
+    parser.add_argument("--steady", type=float, help="seconds of the saturated window (10; --quick 3)")
+    parser.add_argument("--backlog", type=int, help="backlog before a saturated window (--callbacks)")
+    parser.add_argument("--feed-factor", type=float, default=1.2, help="feed rate / drain rate (1.2)")
+    parser.add_argument(
+        "--baseline-requests", type=int, help="timed baseline requests (max(--callbacks, 5000))"
+    )
+    parser.add_argument("--target-workers", type=int, default=1, help="uvicorn --workers of the target (1)")
+    parser.add_argument("--concurrency", type=int, default=0, help="GATEWAY_WORKER_CONCURRENCY (its default)")
+    parser.add_argument("--log-level", default="INFO", help="GATEWAY_LOG_LEVEL of the workers (INFO)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per wait (300)")
+    parser.add_argument("--out", type=Path, help="markdown file (bench/results/delivery-<date>[-quick].md)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON here")
+    parser.add_argument(
+        "--py-spy", type=Path, metavar="DIR", help="py-spy profiles of the drain rows' workers"
+    )
     args = parser.parse_args(argv)
-    if not 10 <= args.jobs <= 100_000 or args.warmup < 0 or not 0 < args.timeout <= 3600:
-        parser.error("--jobs must be 10..100000, --warmup >= 0, --timeout in (0, 3600]")
+    q = args.quick
+    args.callbacks = args.callbacks or (1000 if q else 10_000)
+    args.workers = args.workers or ([1, 2] if q else [1, 2, 4])
+    args.targets = args.targets or ([1, 10] if q else [1, 10, 100])
+    args.saturated = args.saturated or ([1] if q else list(args.workers))
+    args.steady = args.steady or (3.0 if q else 10.0)
+    args.backlog = args.backlog or args.callbacks
+    args.baseline_requests = args.baseline_requests or max(args.callbacks, 5000)
+    if not 10 <= args.callbacks <= 1_000_000 or not 10 <= args.baseline_requests <= 1_000_000:
+        parser.error("--callbacks and --baseline-requests must be 10..1000000")
+    if not 0 < args.steady <= 600 or not 0 < args.timeout <= 3600 or not 1 <= args.target_workers <= 8:
+        parser.error("--steady in (0, 600], --timeout in (0, 3600], --target-workers 1..8")
+    if args.feed_factor <= 0 or args.concurrency < 0 or args.backlog < 1:
+        parser.error("--feed-factor > 0, --concurrency >= 0, --backlog >= 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exit_on_sigterm()
-    env = environment({"target": "uvicorn, http_clients:target_app, asyncio loop, h11, 1 process"})
-    results = run_all(args)
-    rat = ratios(results)
-    header = (
-        f"{env['date']}  python {env['python']}  rq {env.get('rq')}  redis-py {env.get('redis')}  "
-        f"aiohttp {env.get('aiohttp')}  cpus {env['cpu_count']}  jobs {args.jobs}  "
-        f"worker log level {args.log_level}  gateway {env['gateway_commit']}"
-    )
-    report(args, env, [header], results, format_table(results), LEGEND, rat, format_ratios(results, rat))
-    return 0
+    # Ctrl-C stops it too when started from a shell that ignores SIGINT (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    mach = machine()
+    command = shlex.join([".venv/bin/python", "bench/delivery.py", *(sys.argv[1:] if argv is None else argv)])
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
+        bench = Bench(args, Path(tmp))
+        try:
+            bench.start()
+            env = environment({"command": command, "redis_server": bench.redis_version()})
+            print(
+                f"{mach['nproc']} cores, {mach['cpu_model']}, Python {mach['python']}, "
+                f"load {mach['loadavg']}; target {bench.target_url}",
+                flush=True,
+            )
+            rows = run_all(args, bench)
+        finally:
+            bench.stop()
+    env["loadavg_end"] = machine()["loadavg"]
+    env["seconds"] = round(time.perf_counter() - started, 1)
+    text = render(args, env, mach, rows)
+    print()
+    print(text)
+    date = dt.date.today().isoformat()
+    out = args.out or BENCH_DIR / "results" / f"delivery-{date}{'-quick' if args.quick else ''}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out} ({env['seconds']} s)")
+    if args.json is not None:
+        doc = {
+            "environment": env,
+            "machine": mach,
+            "settings": _settings(args),
+            "rows": [asdict(r) for r in rows],
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    ok = all(r.check.startswith("ok") for r in rows)
+    return 0 if ok else 1
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
 if __name__ == "__main__":

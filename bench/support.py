@@ -1,7 +1,7 @@
 """What the benchmarks share: child processes stopped by PID, the uvicorn target server of
-bench/http_clients.py, CPU time from /proc, latency percentiles, Redis command counts, the
-environment line, and the report (printed, and written as JSON) of bench/ingest.py and
-bench/delivery.py.
+bench/http_clients.py, CPU time and memory from /proc, latency percentiles, Redis command
+counts, the machine and environment lines, and the report (printed, and written as JSON) of
+bench/ingest.py.
 
 Not a benchmark itself. Only 127.0.0.1 is ever used.
 """
@@ -36,6 +36,9 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
 # Every variable the gateway reads, so that the caller's shell cannot change what is measured.
 GATEWAY_ENV_PREFIXES = ("GATEWAY_", "REDIS_URL", "WEB_CONCURRENCY", "HOST", "PORT")
+# A proxy from the caller's shell would take requests off 127.0.0.1 (the worker sends through
+# HTTPS_PROXY): never passed on.
+PROXY_VARIABLES = frozenset({"HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"})
 
 
 def exit_on_sigterm() -> None:
@@ -54,8 +57,12 @@ def free_port() -> int:
 
 
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """The current environment without the gateway's own variables, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(GATEWAY_ENV_PREFIXES)}
+    """The current environment without the gateway's own variables and proxies, plus `extra`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(GATEWAY_ENV_PREFIXES) and k.upper() not in PROXY_VARIABLES
+    }
     env.update(extra)
     return env
 
@@ -210,10 +217,11 @@ def start_http_server(
 TARGET_APP = "http_clients:target_app"
 
 
-def target_server_cmd(port: int) -> list[str]:
-    """uvicorn serving TARGET_APP on `port`: asyncio loop, h11, no lifespan, no access log, warnings
-    only, 1 process."""
-    return [
+def target_server_cmd(port: int, loop: str = "asyncio", http: str = "h11", workers: int = 0) -> list[str]:
+    """uvicorn serving TARGET_APP on `port`: no lifespan, no access log, warnings only. By default
+    asyncio and h11 in 1 process (bench/http_clients.py); bench/delivery.py asks for uvloop,
+    httptools and `--workers N`."""
+    cmd = [
         sys.executable,
         "-m",
         "uvicorn",
@@ -228,17 +236,24 @@ def target_server_cmd(port: int) -> list[str]:
         "--log-level",
         "warning",
         "--loop",
-        "asyncio",
+        loop,
         "--http",
-        "h11",
+        http,
         "--lifespan",
         "off",
     ]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    return cmd
 
 
-def start_target_server(log_dir: Path) -> tuple[Child, int]:
+def start_target_server(
+    log_dir: Path, loop: str = "asyncio", http: str = "h11", workers: int = 0
+) -> tuple[Child, int]:
     """The target server (`target_server_cmd`) on a free port, with the gateway's variables unset."""
-    return start_http_server("target", target_server_cmd, clean_env({}), log_dir, "/")
+    return start_http_server(
+        "target", lambda port: target_server_cmd(port, loop, http, workers), clean_env({}), log_dir, "/"
+    )
 
 
 # No proxy from the environment: these probes go to 127.0.0.1 and nowhere else.
@@ -279,6 +294,59 @@ def write_targets_config(path: Path, targets: int, base_url: str) -> Path:
 def redis_commands(redis: Redis) -> int:
     """Commands the server has processed so far (the INFO call itself counts as one)."""
     return int(redis.info("stats")["total_commands_processed"])
+
+
+def command_stats(redis: Redis) -> dict[str, int]:
+    """Calls so far per command (INFO commandstats; commands run by Lua scripts included, the
+    INFO call itself not)."""
+    return {
+        name.removeprefix("cmdstat_"): int(stats["calls"])
+        for name, stats in redis.info("commandstats").items()
+        if isinstance(stats, dict)
+    }
+
+
+def rss_bytes(pid: int | None) -> int | None:
+    """Resident memory of a process now (VmRSS, Linux /proc), else None."""
+    return _proc_status_kb(pid, "VmRSS:")
+
+
+def peak_rss_bytes(pid: int | None) -> int | None:
+    """The most resident memory the process ever had (VmHWM, Linux /proc), else None."""
+    return _proc_status_kb(pid, "VmHWM:")
+
+
+def _proc_status_kb(pid: int | None, field: str) -> int | None:
+    if pid is None:
+        return None
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def machine() -> dict[str, Any]:
+    """The machine: cores, CPU model, Python, OS, and the load averages right now."""
+    model = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    load = "unknown"
+    with contextlib.suppress(OSError):
+        load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg": load,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +416,16 @@ def environment(extra: Mapping[str, str] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
     }
-    for package in ("rq", "redis", "starlette", "uvicorn", "aiohttp", "invitation-gateway"):
+    for package in (
+        "rq",
+        "redis",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "aiohttp",
+        "invitation-gateway",
+    ):
         with contextlib.suppress(Exception):
             env[package] = version(package)
     env["gateway_commit"] = _commit()

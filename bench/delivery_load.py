@@ -1,0 +1,189 @@
+"""The two child processes of bench/delivery.py: the aiohttp baseline and the callback feeder.
+
+* ``baseline SPEC OUT``: POSTs the request described in SPEC (a JSON file: method, url, headers,
+  body; the gateway's own rendered request) to the target, `--concurrency` requests in flight
+  from one aiohttp `ClientSession` on a uvloop event loop (the loop the worker runs), `--warmup`
+  untimed requests first, then `--requests` timed ones. Every answer must be a 200. Writes
+  req/s, the CPU time of this process and the status counts to OUT (JSON).
+* ``feed REDIS_URL OUT``: accepts invitation callbacks with `gateway.queue.accept`, one at a
+  time as the web process does (`make_event`, then `accept` with a Store, LiveConfig and
+  queue), at `--rate` per second (0: as fast as it can) until `--max` callbacks or `--seconds`
+  pass, or SIGTERM. Writes how many it accepted and when to OUT (JSON).
+
+Only the URL in SPEC (127.0.0.1, checked) and REDIS_URL are contacted; every loop is bounded by
+a count and a time.
+
+Run by bench/delivery.py; by hand: ``.venv/bin/python bench/delivery_load.py baseline --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+FIELDS = {"invitee": "15551231234", "invitor": "johnsnow", "network_id": "mynetwork"}
+REQUEST_TIMEOUT_S = 10.0
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+FEEDER_CLIENT = "bench-feeder"
+
+
+def _stop_on_sigterm() -> None:
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+# -- baseline --------------------------------------------------------------------------------------
+
+
+async def _post_all(
+    spec: dict[str, Any], n: int, concurrency: int, statuses: collections.Counter[str]
+) -> None:
+    import aiohttp
+
+    body = base64.b64decode(spec["body"]) if spec["body"] is not None else None
+    headers = [tuple(h) for h in spec["headers"]]
+    # As gateway.delivery.sender.Sender sets up its session: the same default headers, no
+    # cookies, no decompression, no proxies from the environment.
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency),
+        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        headers=spec["session_headers"],
+    )
+    remaining = n
+
+    async def one_at_a_time() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            try:
+                async with session.request(
+                    spec["method"], spec["url"], headers=headers, data=body, allow_redirects=False
+                ) as resp:
+                    await resp.read()
+                    statuses[str(resp.status)] += 1
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                statuses[type(exc).__name__] += 1
+
+    try:
+        await asyncio.gather(*(one_at_a_time() for _ in range(min(concurrency, n))))
+    finally:
+        await session.close()
+
+
+def baseline(args: argparse.Namespace) -> int:
+    import uvloop
+
+    spec = json.loads(Path(args.spec).read_text())
+    host = urlsplit(spec["url"]).hostname
+    if host not in LOOPBACK:
+        raise SystemExit(f"refusing to send to {host!r}: 127.0.0.1 only")
+    statuses: collections.Counter[str] = collections.Counter()
+    warm: collections.Counter[str] = collections.Counter()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        if args.warmup:
+            runner.run(_post_all(spec, args.warmup, args.concurrency, warm))
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        runner.run(_post_all(spec, args.requests, args.concurrency, statuses))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    result = {
+        "requests": args.requests,
+        "warmup": args.warmup,
+        "concurrency": args.concurrency,
+        "seconds": wall,
+        "rps": args.requests / wall,
+        "cpu_seconds": cpu,
+        "statuses": dict(statuses),
+        "warmup_statuses": dict(warm),
+    }
+    Path(args.out).write_text(json.dumps(result))
+    return 0 if statuses == {"200": args.requests} else 1
+
+
+# -- feeder ----------------------------------------------------------------------------------------
+
+
+def feed(args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from gateway.events import INVITATION_CREATED, make_event
+    from gateway.queue import accept, make_queue
+    from gateway.settings import LiveConfig, Settings
+    from gateway.store import Store
+
+    host = urlsplit(args.redis_url).hostname
+    if host not in LOOPBACK:
+        raise SystemExit(f"refusing to use Redis at {host!r}: 127.0.0.1 only")
+    _stop_on_sigterm()
+    settings = Settings()
+    # Named, so that bench/delivery.py can take this client's commands out of its count.
+    client = Redis.from_url(args.redis_url, client_name=FEEDER_CLIENT)
+    client.ping()
+    store = Store(client, prefix=settings.prefix, retention=settings.retention_days * 86400)
+    queue = make_queue(client, settings.queue_name)
+    live = LiveConfig(store)
+    accepted = 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    end = t0 + args.seconds
+    out = Path(args.out)
+    try:
+        while accepted < args.max:  # bounded by --max, and by --seconds below
+            now = time.perf_counter()
+            if now >= end:
+                break
+            if args.rate > 0:
+                ahead = t0 + accepted / args.rate - now
+                if ahead > 0:
+                    time.sleep(min(ahead, 0.05))
+                    continue
+            accept(store, queue, live, make_event(FIELDS, INVITATION_CREATED, "json", client="127.0.0.1"))
+            accepted += 1
+    finally:
+        wall = time.perf_counter() - t0
+        out.write_text(
+            json.dumps({"accepted": accepted, "seconds": wall, "cpu_seconds": time.process_time() - cpu0})
+        )
+        client.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("baseline", help="aiohttp loop posting the gateway's request")
+    b.add_argument("spec", help="JSON file: method, url, headers, session_headers, body (base64)")
+    b.add_argument("out", help="JSON file for the result")
+    b.add_argument("--requests", type=int, default=10_000)
+    b.add_argument("--concurrency", type=int, default=32)
+    b.add_argument("--warmup", type=int, default=500)
+    f = sub.add_parser("feed", help="accept callbacks one at a time, as the web does")
+    f.add_argument("redis_url")
+    f.add_argument("out", help="JSON file for the result")
+    f.add_argument("--rate", type=float, default=0.0, help="callbacks per second (0: flat out)")
+    f.add_argument("--max", type=int, default=100_000, help="stop after this many callbacks")
+    f.add_argument("--seconds", type=float, default=60.0, help="stop after this long")
+    args = parser.parse_args(argv)
+    if args.command == "baseline":
+        if not (1 <= args.requests <= 1_000_000 and 1 <= args.concurrency <= 1024 and args.warmup >= 0):
+            parser.error("--requests 1..1000000, --concurrency 1..1024, --warmup >= 0")
+        return baseline(args)
+    if not (args.rate >= 0 and 1 <= args.max <= 10_000_000 and 0 < args.seconds <= 3600):
+        parser.error("--rate >= 0, --max 1..10000000, --seconds in (0, 3600]")
+    return feed(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
