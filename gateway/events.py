@@ -6,7 +6,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,9 +53,21 @@ class InvitationEvent:
     message: str | None = None  # set on the gateway's own alerts
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.message is None:
-            del data["message"]
+        # Spelt out rather than dataclasses.asdict, which deep-copies: this is on the hot path.
+        data = {
+            "id": self.id,
+            "type": self.type,
+            "invitee": self.invitee,
+            "invitee_raw": self.invitee_raw,
+            "invitor": self.invitor,
+            "network_id": self.network_id,
+            "received_at": self.received_at,
+            "received_at_ms": self.received_at_ms,
+            "source_format": self.source_format,
+            "client": self.client,
+        }
+        if self.message is not None:
+            data["message"] = self.message
         return data
 
     @classmethod

@@ -9,7 +9,7 @@ into its two halves at the first `-`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -72,9 +72,19 @@ class Delivery:
         return self.status in FINAL
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = str(self.status)
-        return data
+        # Spelt out rather than dataclasses.asdict, which deep-copies: this is on the hot path.
+        return {
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "throttles": self.throttles,
+            "replays": self.replays,
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "updated_at": self.updated_at,
+            "next_attempt_at": self.next_attempt_at,
+            "waiting": self.waiting,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Delivery:
@@ -111,10 +121,17 @@ class Attempt:
     response: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["outcome"] = str(self.outcome)
-        data["at"] = iso_ms(self.at_ms)
-        return data
+        return {
+            "target": self.target,
+            "attempt": self.attempt,
+            "at_ms": self.at_ms,
+            "outcome": self.outcome.value,
+            "status_code": self.status_code,
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+            "response": self.response,
+            "at": iso_ms(self.at_ms),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Attempt:

@@ -141,7 +141,10 @@ class Engine:
                 stats.claimed += len(claimed)
                 if len(claimed) == free and self.on_backlog is not None:
                     await self.on_backlog()  # more is waiting: let other workers help
+                in_hand = set(tasks.values())
                 for did, event_json, state_json, flag in claimed:
+                    if did in in_hand:
+                        continue  # still being sent by this engine (its lease was renewed)
                     task = asyncio.create_task(self._deliver(did, event_json, state_json, flag))
                     tasks[task] = did
                 if not claimed and not tasks:
@@ -182,7 +185,7 @@ class Engine:
         # first one, or one right after a change) claims nothing and is made again.
         for _ in range(5):
             policies = self._config.policies()
-            raw = await self.queue.claim(now_ms(), self.settings.lease_ms, limit, policies, self._version)
+            raw = await self.queue.claim(now_ms(), self._lease_ms(), limit, policies, self._version)
             version = int(raw[1])
             self._config = self.config_for(version)
             self._version = version
@@ -195,6 +198,12 @@ class Engine:
         items = [_text(v) for v in raw[2:]]
         claimed = [(items[i], items[i + 1], items[i + 2], items[i + 3]) for i in range(0, len(items), 4)]
         return claimed, (next_due if next_due >= 0 else None)
+
+    def _lease_ms(self) -> int:
+        # Never shorter than the longest request may take: a lease running out under a request
+        # in flight would have another worker send it again.
+        longest = max((t.timeout for t in self._config.targets), default=0.0)
+        return max(self.settings.lease_ms, int((longest + 5) * 1000))
 
     async def _complete(self, results: list[_Result], stats: Stats) -> None:
         records = [r.record for r in results]

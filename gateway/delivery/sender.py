@@ -13,7 +13,6 @@ closes), and the proxy's own address is the operator's choice and is not vetted.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import socket
@@ -73,6 +72,9 @@ class Sender:
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
         self._resolver: _VettingResolver | None = None
+        # Per IP literal and policy: the refusal, or None when allowed (parsed once, not per send).
+        self._literals: dict[tuple[str, bool], str | None] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def open(self) -> None:
         if self._session is not None:
@@ -92,6 +94,21 @@ class Sender:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+    def _literal_refusal(self, host: str) -> str | None:
+        """Why an IP-literal host is refused (None: allowed, or not a literal: the resolver checks)."""
+        key = (host, self.allow_private)
+        if key not in self._literals:
+            if len(self._literals) > 4096:
+                self._literals.clear()
+            refusal = None
+            if _is_ip_literal(host):
+                try:
+                    check_address(host, self.allow_private)
+                except AddressNotAllowed as exc:
+                    refusal = str(exc)
+            self._literals[key] = refusal
+        return self._literals[key]
 
     def vet(self, host: str, results: list[ResolveResult]) -> list[ResolveResult]:
         allowed = []
@@ -119,9 +136,9 @@ class Sender:
         url = URL(request.url, encoded=True)
         proxy: URL | None = None
         try:
-            if url.host is not None and _is_ip_literal(url.host):
-                check_address(url.host, self.allow_private)
-            elif request.proxy and url.host is not None:
+            if url.host is not None and (refusal := self._literal_refusal(url.host)) is not None:
+                raise AddressNotAllowed(refusal)
+            if request.proxy and url.host is not None and not _is_ip_literal(url.host):
                 # The proxy resolves the target: vet what it would connect to, here.
                 infos = await self._resolver._inner.resolve(url.host, url.port or 0, socket.AF_UNSPEC)
                 self.vet(url.host, infos)
@@ -135,7 +152,10 @@ class Sender:
             proxy = URL(request.proxy)
             if proxy.host:
                 self.proxy_hosts.add(proxy.host)
-        timeout = aiohttp.ClientTimeout(total=request.timeout, connect=min(request.timeout, 5.0))
+        timeout = self._timeouts.get(request.timeout)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=request.timeout, connect=min(request.timeout, 5.0))
+            self._timeouts[request.timeout] = timeout
         try:
             async with self._session.request(
                 request.method,
@@ -159,8 +179,6 @@ class Sender:
             raise SendError(f"{type(exc).__name__}: {exc.status} {exc.message}", elapsed()) from None
         except aiohttp.ClientError as exc:
             raise SendError(type(exc).__name__, elapsed()) from None
-        except asyncio.CancelledError:
-            raise
 
 
 def _is_ip_literal(host: str) -> bool:
