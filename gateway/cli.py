@@ -26,7 +26,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from gateway import __version__
-from gateway.events import EVENT_TYPES, InvitationEvent
+from gateway.events import EVENT_TYPES, InvitationEvent, make_alert
 from gateway.exceptions import ConfigError
 from gateway.records import DEAD, Delivery, iso_ms, split_delivery_id
 from gateway.settings import Settings
@@ -268,7 +268,7 @@ class OperatorCommand(click.Command):
 
 _AGO = re.compile(r"([0-9]{1,9})\s*(s|m|h|d|w)")
 _AGO_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-# Alerts (gateway.delivery.engine.ALERT_EVENT) are events too, and can fail like any other.
+# Alerts (gateway.events.ALERT_EVENT) are events too, and can fail like any other.
 _EVENT_CHOICES = (*EVENT_TYPES, "gateway_alert")
 _LOAD_CHUNK = 500  # deliveries read per pipeline
 
@@ -636,6 +636,7 @@ def targets_pause(name: str, reason: str | None) -> None:
     _require_target(store, name, allow_unconfigured=False)
     before = _delivery_queue(store).pause(name, _now_ms(), reason or "paused by hand")
     was = "" if before == "active" else f" (was {before})"
+    _alert(store, name, f"target {name} paused by hand: {reason or 'no reason given'}")
     click.echo(f"{name} paused{was}; its deliveries wait until `gateway targets resume {name}`")
 
 
@@ -657,7 +658,16 @@ def targets_resume(name: str) -> None:
         return
     label = "paused by hand" if before == "paused" and health["manual"] else before
     why = f": {health['reason']}" if health["reason"] and health["reason"] != label else ""
+    _alert(store, name, f"target {name} resumed by hand (was {label}{why})")
     click.echo(f"{name} resumed (was {label}{why}); {due}")
+
+
+def _alert(store: Store, about: str, message: str) -> None:
+    """Tell the alert target (if any, and not about itself) what an operator did."""
+    _, data = store.load_config()
+    name = ((data or {}).get("settings") or {}).get("alert_target")
+    if name and name != about:
+        _delivery_queue(store).write_alert(make_alert(message), name)
 
 
 # -- dead letters, replay, one delivery ---------------------------------------------------------------

@@ -210,3 +210,29 @@ def make_event(
         source_format=source_format,
         client=client,
     )
+
+
+ALERT_EVENT = "gateway_alert"
+
+
+def make_alert(message: str, now: float | None = None) -> InvitationEvent:
+    """An alert of the gateway's own (a target paused, ...), delivered to the alert target."""
+    ts = time.time() if now is None else now
+    return InvitationEvent(
+        id=str(ULID.from_timestamp(ts)),
+        type=ALERT_EVENT,
+        invitee="",
+        invitee_raw="",
+        invitor="gateway",
+        network_id="gateway",
+        received_at=datetime.fromtimestamp(ts, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        received_at_ms=int(ts * 1000),
+        source_format="alert",
+        message=message,
+    )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

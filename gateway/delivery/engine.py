@@ -26,18 +26,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ulid import ULID
-
 from gateway.delivery.request import build_request, classify, retry_delay
 from gateway.delivery.sender import Sender, SendError
-from gateway.events import InvitationEvent
+from gateway.events import InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from gateway.records import (
     Attempt,
     Delivery,
     DeliveryStatus,
     Outcome,
-    iso_ms,
     split_delivery_id,
 )
 from gateway.store import DeliveryQueue
@@ -45,7 +42,6 @@ from gateway.targets import MAX_TIMEOUT, Config, Target
 
 log = logging.getLogger("gateway.delivery")
 
-ALERT_EVENT = "gateway_alert"
 MAX_THROTTLES = 50  # 429s a delivery waits out before they start to use up its retries
 THROTTLE_BACKOFF_CAP = 300  # seconds, for a 429 without Retry-After
 IDLE_WAIT_MS = 2000  # with nothing in hand, wait for a delivery due this soon rather than stop
@@ -275,21 +271,8 @@ class Engine:
         name = self._config.alert_target
         if name is None or name == about or self._config.target(name) is None:
             return
-        ms = now_ms()
-        event = InvitationEvent(
-            id=str(ULID()),
-            type=ALERT_EVENT,
-            invitee="",
-            invitee_raw="",
-            invitor="gateway",
-            network_id="gateway",
-            received_at=iso_ms(ms),
-            received_at_ms=ms,
-            source_format="alert",
-            message=message,
-        )
         try:
-            await self.queue.write_alert(event, name)
+            await self.queue.write_alert(make_alert(message), name)
         except Exception as exc:
             log.error("could not queue the alert %r: %s", message, _why(exc))
 

@@ -336,3 +336,36 @@ def test_attempt_now_sends_a_scheduled_retry_and_show_tells_its_story(
     assert [r[2:4] for r in rows] == [["retrying", "503"], ["delivered", "200"]]
     missing = gw(gateway, "deliveries", "show", "NOSUCHEVENT-slow")
     assert missing.returncode == 1 and "no delivery NOSUCHEVENT-slow" in one_line_error(missing)
+
+
+def test_pausing_and_resuming_by_hand_is_sent_to_the_alert_target(
+    gateway: Gateway, target_server: TargetServer
+) -> None:
+    gateway.write_config(
+        SETTINGS.replace("[settings]\n", '[settings]\nalert_target = "ops"\n')
+        + f'[[targets]]\nname = "crm"\nnetworks = ["mynetwork"]\nurl = "{target_server.url}/crm"\n'
+        + f'\n[[targets]]\nname = "ops"\nnetworks = ["ops"]\nurl = "{target_server.url}/ops"\n'
+        + 'post_data = \'{"text": "%message%"}\'\ncontent_type = "application/json"\n'
+    )
+    gateway.start_web()
+    gateway.start_worker()
+    env = gateway.environ()
+    paused = subprocess.run(
+        [sys.executable, "-m", "gateway", "targets", "pause", "crm", "--reason", "CRM upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert paused.returncode == 0, paused.stderr
+    resumed = subprocess.run(
+        [sys.executable, "-m", "gateway", "targets", "resume", "crm"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    texts = [r.json()["text"] for r in target_server.wait_for("/ops", 2, timeout=30)]
+    assert texts[0] == "target crm paused by hand: CRM upgrade"
+    assert texts[1].startswith("target crm resumed by hand (was paused by hand")
