@@ -9,7 +9,7 @@ into its two halves at the first `-`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -44,8 +44,16 @@ def split_delivery_id(did: str) -> tuple[str, str]:
     return event_id, target
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """2026-11-26T02:05:13.806Z (UTC); the part up to the second is computed once per second."""
+    global _second
+    s, frac = divmod(int(ms), 1000)
+    if _second[0] != s:
+        _second = (s, datetime.fromtimestamp(s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{frac:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +99,6 @@ class Delivery:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         status = DeliveryStatus(known.pop("status", DeliveryStatus.PENDING))
         return cls(status=status, **known)
-
-    def but(self, **changes: Any) -> Delivery:
-        return replace(self, **changes)
 
 
 class Outcome(StrEnum):

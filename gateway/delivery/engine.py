@@ -79,6 +79,7 @@ class _Result:
     outcome: str | None = None
     target: str | None = None
     dead_reason: str | None = None
+    line: str | None = None  # what the log says of it
 
 
 class Engine:
@@ -118,6 +119,16 @@ class Engine:
         deadline = loop.time() + budget
         stats = Stats()
         tasks: dict[asyncio.Task[_Result], str] = {}
+        # Finished tasks arrive here through a done callback, and wake the loop through `waiter`:
+        # cheaper than asyncio.wait over every task in flight after each completion.
+        finished: list[asyncio.Task[_Result]] = []
+        waiter: asyncio.Future[None] | None = None
+
+        def on_done(task: asyncio.Task[_Result]) -> None:
+            finished.append(task)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
         size = self.settings.concurrency
         grace_end: float | None = None
         claim_failed = False
@@ -142,6 +153,7 @@ class Engine:
                     if did in in_hand:
                         continue  # still being sent by this engine (its lease was renewed)
                     task = asyncio.create_task(self._deliver(did, event_json, state_json, flag))
+                    task.add_done_callback(on_done)
                     tasks[task] = did
                 if not claimed and not tasks:
                     wait = (next_due - now_ms()) if next_due is not None else None
@@ -159,9 +171,17 @@ class Engine:
             elif next_due is not None:
                 # Claim what falls due meanwhile on time (a rate slot, a retry), not at the next look.
                 timeout = min(timeout, max(next_due - now_ms(), 5) / 1000)
-            done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not finished:
+                waiter = loop.create_future()
+                timer = loop.call_later(timeout, _wake, waiter)
+                await waiter
+                timer.cancel()
+                waiter = None
+            done, finished[:] = finished[:], []
             results = []
             for task in done:
+                if task not in tasks:
+                    continue  # handed back meanwhile
                 did = tasks.pop(task)
                 try:
                     results.append(task.result())
@@ -172,6 +192,7 @@ class Engine:
             if grace_end is not None and loop.time() >= grace_end and tasks:
                 await self._hand_back(tasks, stats)
                 tasks.clear()
+                finished.clear()
         return stats
 
     # -- Redis ------------------------------------------------------------------------------------
@@ -216,9 +237,17 @@ class Engine:
                     )
                     return
                 await asyncio.sleep(0.5 * 2**attempt)
+        delivered = []
         for r in results:
             if r.outcome is not None:
                 stats.count(r.outcome)
+            if r.outcome == Outcome.DELIVERED.value:
+                delivered.append(r.record["d"])
+            elif r.line is not None:
+                log.info("%s", r.line)
+        if delivered:
+            # One line for a group: a line per request would cost as much CPU as the request.
+            log.info("delivered %d: %s", len(delivered), " ".join(delivered))
         flat = [_text(c) for c in changes]
         for i in range(0, len(flat), 3):
             await self._target_changed(flat[i], flat[i + 1], flat[i + 2])
@@ -306,35 +335,30 @@ class Engine:
             due: int | None = None,
             **changes: Any,
         ) -> _Result:
-            new = state.but(
-                status=status,
-                attempts=state.attempts + (1 if attempt is not None else 0),
-                updated_at=now_ms(),
-                next_attempt_at=due,
-                last_status_code=attempt.status_code if attempt is not None else state.last_status_code,
-                last_error=attempt.error if attempt is not None else state.last_error,
-                **changes,
-            )
+            new = state.to_dict()  # a dict, not Delivery.but(): this runs for every delivery
+            new.update(changes)
+            new["status"] = status.value
+            new["updated_at"] = now_ms()
+            new["next_attempt_at"] = due
             if attempt is not None:
+                new["attempts"] = state.attempts + 1
+                new["last_status_code"] = attempt.status_code
+                new["last_error"] = attempt.error
                 record["a"] = json.dumps(attempt.to_dict(), separators=(",", ":"), ensure_ascii=False)
-            record["s"] = json.dumps(new.to_dict(), separators=(",", ":"), ensure_ascii=False)
+            record["s"] = json.dumps(new, separators=(",", ":"), ensure_ascii=False)
             if due is not None:
                 record["due"] = due
             dead = status in (DeliveryStatus.FAILED, DeliveryStatus.EXPIRED)
             if dead:
                 record["dead"] = True
-            log.info(
-                "delivery %s attempt %d: %s%s",
-                did,
-                number,
-                outcome,
-                f" ({attempt.error})" if attempt is not None and attempt.error else "",
-            )
+            error = attempt.error if attempt is not None else None
             return _Result(
                 record,
-                str(outcome),
+                outcome.value,
                 name,
-                (attempt.error or str(outcome)) if dead and attempt is not None else None,
+                (error or outcome.value) if dead and attempt is not None else None,
+                # Delivered ones are logged a group per line (see _complete); the rest one each.
+                f"delivery {did} attempt {number}: {outcome.value}" + (f" ({error})" if error else ""),
             )
 
         if target is None:
@@ -450,6 +474,11 @@ class Engine:
         except PermanentDelivery as exc:
             return _with(attempt, Outcome.FAILED, exc.reason), Outcome.FAILED, None, response.status
         return attempt, Outcome.DELIVERED, None, response.status
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _with(attempt: Attempt, outcome: Outcome, error: str | None = None) -> Attempt:
