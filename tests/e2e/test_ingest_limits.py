@@ -1,0 +1,334 @@
+"""Deduplication and abuse limits at the ingest: real `gateway web` and `gateway worker`
+processes, a real Redis and a real target server.
+
+A limited or held callback is answered 204 (or 429), kept as an event whose deliveries are
+"suppressed" (listed in gw:suppressed, never in gw:due) and never reaches a target. Limits count
+in fixed windows: a test that needs a window to stay put waits out the last seconds of one
+before it starts (`clear_of_window_edge`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from e2e_support import PREFIX, SETTINGS, http_call, store_for, wait_until, waiting_count
+
+if TYPE_CHECKING:
+    from conftest import Gateway, TargetServer
+    from e2e_support import HttpResponse
+    from redis import Redis
+
+    from gateway.store import Store
+
+# The test's target server listens with a backlog of 5: a burst of connections beyond that may be
+# accepted only after the worker's 10 s timeout, and the delivery is then (rightly) made again.
+# Tests that count requests at the target keep the worker to a few connections at once.
+WORKER = {"GATEWAY_WORKER_CONCURRENCY": "4"}
+
+NETWORKS = """
+[networks.inv]
+limits = [{ per = "invitee", max = 2, window = "1d" }]
+
+[networks.invr]
+limits = [{ per = "invitor", max = 2, window = "1d" }]
+
+[networks.pre]
+limits = [{ per = "prefix", max = 2, window = "1d", digits = 4 }]
+
+[networks.net]
+limits = [{ per = "network", max = 2, window = "1d" }]
+
+[networks.cool]
+cooldown = "10m"
+
+[networks.cc]
+allowed_prefixes = ["+1"]
+
+[networks.grd]
+guard = { window = "1h", min_created = 5, max_accepted_ratio = 0.2, hold = "6h", digits = 4 }
+"""
+
+
+def config(target_server: TargetServer, settings: str = SETTINGS) -> str:
+    return (
+        settings
+        + '[[targets]]\nname = "t"\nnetworks = ["*"]\n'
+        + f'url = "{target_server.url}/t?n=%network_id%&i=%invitee%&by=%invitor%&e=%event%"\n'
+        + NETWORKS
+    )
+
+
+def start(gateway: Gateway, target_server: TargetServer, settings: str = SETTINGS, **env: str) -> str:
+    gateway.write_config(config(target_server, settings))
+    base = gateway.start_web(**env)
+    gateway.start_worker(**WORKER)
+    return base
+
+
+def call(
+    base: str, network: str, invitee: str, invitor: str = "johnsnow", event: str = "invitation_created"
+) -> HttpResponse:
+    q = f"invitee={invitee.replace('+', '%2B')}&invitor={invitor}&network_id={network}"
+    return http_call(base, "GET", f"/{event}?{q}")
+
+
+def ok(
+    base: str, network: str, invitee: str, invitor: str = "johnsnow", event: str = "invitation_created"
+) -> None:
+    resp = call(base, network, invitee, invitor, event)
+    assert resp.status == 204, (network, invitee, resp.status, resp.body)
+
+
+def clear_of_window_edge(window: int, margin: float = 15.0) -> None:
+    """If a fixed window of `window` seconds ends within `margin` seconds, wait until it has."""
+    left = window - time.time() % window
+    if left < margin:
+        time.sleep(left + 0.5)
+
+
+def by_status(store: Store, network: str) -> dict[str, list[tuple[Any, dict[str, Any]]]]:
+    """The network's events grouped by the status of their delivery to "t"."""
+    out: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
+    for event, deliveries in store.events_with_deliveries(store.recent_events(100, network)):
+        out.setdefault(deliveries["t"]["status"], []).append((event, deliveries["t"]))
+    return out
+
+
+def assert_suppressed(redis: Redis, network: str, count: int, reason: str) -> list[Any]:
+    """`count` events of the network are suppressed, with `reason`; listed, never due."""
+    suppressed = by_status(store_for(redis), network).get("suppressed", [])
+    assert len(suppressed) == count, by_status(store_for(redis), network)
+    for event, delivery in suppressed:
+        assert reason in delivery["waiting"], delivery
+        assert delivery["attempts"] == 0
+        did = f"{event.id}-t"
+        assert redis.zscore(f"{PREFIX}:suppressed", did) == event.received_at_ms
+        assert redis.zscore(f"{PREFIX}:due", did) is None
+    return [event for event, _ in suppressed]
+
+
+def delivered(target_server: TargetServer, network: str) -> list[tuple[str, str]]:
+    """(invitee, invitor) of every request the target got for the network."""
+    return [
+        (dict(r.query)["i"], dict(r.query)["by"])
+        for r in target_server.requests_to("/t")
+        if dict(r.query)["n"] == network
+    ]
+
+
+def settle(base: str, target_server: TargetServer, redis: Redis) -> None:
+    """Send one callback no limit touches and wait until it and everything before it is delivered."""
+    before = len(target_server.requests_to("/t"))
+    ok(base, "unlimited", f"+1999{time.time_ns() % 10**7:07d}")
+    target_server.wait_for("/t", before + 1)
+    wait_until(lambda: waiting_count(redis) == 0, "nothing left to deliver")
+
+
+def suppressed_log_lines(gateway: Gateway, network: str) -> list[str]:
+    return [
+        line
+        for line in gateway.logs().splitlines()
+        if "suppressed invitation_created" in line and f"(network {network})" in line
+    ]
+
+
+# -- deduplication --------------------------------------------------------------------------------
+
+
+def test_the_same_callback_twice_is_stored_and_delivered_once(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    base = start(gateway, target_server, GATEWAY_DEDUPE_SECONDS="600")
+    ok(base, "mynetwork", "+15551230001")
+    ok(base, "mynetwork", "+15551230001")  # the Contacts server sent it twice: 204 both times
+    # Anything that differs is another invitation.
+    ok(base, "mynetwork", "+15551230002")
+    ok(base, "mynetwork", "+15551230001", invitor="arya")
+    ok(base, "othernetwork", "+15551230001")
+    ok(base, "mynetwork", "+15551230001", event="invitation_accepted")
+    ok(base, "mynetwork", "+15551230001")  # still the first one
+    settle(base, target_server, redis)
+    store = store_for(redis)
+    assert len(store.recent_events(100, "mynetwork")) == 4
+    assert (
+        delivered(target_server, "mynetwork").count(("+15551230001", "johnsnow")) == 2
+    )  # created + accepted
+    assert len(delivered(target_server, "mynetwork")) == 4
+    assert int(redis.hget(f"{PREFIX}:counters", "duplicates") or 0) == 2
+    assert "duplicate invitation_created" in gateway.logs()
+
+
+def test_after_the_dedupe_window_the_same_callback_is_delivered_again(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    base = start(gateway, target_server, GATEWAY_DEDUPE_SECONDS="2")
+    ok(base, "mynetwork", "+15551230001")
+    ok(base, "mynetwork", "+15551230001")
+    assert int(redis.hget(f"{PREFIX}:counters", "duplicates") or 0) == 1
+    wait_until(lambda: not list(redis.scan_iter(match=f"{PREFIX}:dedupe:*")), "the dedupe window to end", 10)
+    ok(base, "mynetwork", "+15551230001")
+    settle(base, target_server, redis)
+    assert delivered(target_server, "mynetwork") == [("+15551230001", "johnsnow")] * 2
+    assert int(redis.hget(f"{PREFIX}:counters", "duplicates") or 0) == 1
+
+
+# -- limits -------------------------------------------------------------------------------------
+
+
+def test_each_kind_of_limit_suppresses_the_invitation_over_it(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    clear_of_window_edge(86400)
+    base = start(gateway, target_server)
+    # per invitee: the third invitation to one number in a day.
+    for invitor in ("johnsnow", "arya", "sansa"):
+        ok(base, "inv", "+15551230001", invitor)
+    ok(base, "inv", "+15551230002", "sansa")  # another number is fine
+    # per invitor
+    for n in range(3):
+        ok(base, "invr", f"+1555123100{n}", "johnsnow")
+    ok(base, "invr", "+15551231009", "arya")
+    # per destination prefix (4 digits: 4477)
+    for n in range(3):
+        ok(base, "pre", f"+44770090{n:04d}", f"u{n}")
+    ok(base, "pre", "+447810000000", "u9")  # 4478: another prefix
+    # per network
+    for n in range(3):
+        ok(base, "net", f"+1555124{n:04d}", f"u{n}")
+    ok(base, "inv", "+15551249999", "u9")  # another network's count is its own
+    settle(base, target_server, redis)
+
+    [event] = assert_suppressed(redis, "inv", 1, "over 2 invitations per 86400 s for this invitee")
+    assert (event.invitee, event.invitor) == ("+15551230001", "sansa")
+    [event] = assert_suppressed(redis, "invr", 1, "over 2 invitations per 86400 s for this invitor")
+    assert (event.invitee, event.invitor) == ("+15551231002", "johnsnow")
+    [event] = assert_suppressed(redis, "pre", 1, "over 2 invitations per 86400 s for this 4-digit prefix")
+    assert event.invitee == "+447700900002"
+    [event] = assert_suppressed(redis, "net", 1, "over 2 invitations per 86400 s for this network")
+    assert event.invitee == "+15551240002"
+    # None of them reached the target; everything else did.
+    assert sorted(delivered(target_server, "inv")) == sorted(
+        [
+            ("+15551230001", "johnsnow"),
+            ("+15551230001", "arya"),
+            ("+15551230002", "sansa"),
+            ("+15551249999", "u9"),
+        ]
+    )
+    assert ("+15551231002", "johnsnow") not in delivered(target_server, "invr")
+    assert len(delivered(target_server, "invr")) == 3
+    assert "+447700900002" not in [i for i, _ in delivered(target_server, "pre")]
+    assert len(delivered(target_server, "pre")) == 3
+    assert len(delivered(target_server, "net")) == 2
+    assert int(redis.hget(f"{PREFIX}:counters", "suppressed") or 0) == 4
+    # The web log says which and why, as a warning.
+    for network in ("inv", "invr", "pre", "net"):
+        [line] = suppressed_log_lines(gateway, network)
+        assert " WARNING " in line and "over 2 invitations per 86400 s" in line
+    # No phone number in any key name.
+    for key in redis.scan_iter(count=1000):
+        assert b"555123" not in key and b"4477009" not in key, key
+    # Still never delivered a while later.
+    time.sleep(1.5)
+    assert by_status(store_for(redis), "inv").keys() == {"delivered", "suppressed"}
+    assert len(delivered(target_server, "inv")) == 4
+
+
+def test_cooldown_per_invitee(gateway: Gateway, target_server: TargetServer, redis: Redis) -> None:
+    clear_of_window_edge(600)
+    base = start(gateway, target_server)
+    ok(base, "cool", "+15551230001", "johnsnow")
+    ok(base, "cool", "+15551230001", "arya")  # another invitor, the same number: cooling down
+    ok(base, "cool", "+15551230001", "johnsnow")
+    ok(base, "cool", "+15551230002", "johnsnow")
+    settle(base, target_server, redis)
+    assert_suppressed(redis, "cool", 2, "over 1 invitation per 600 s for this invitee")
+    assert sorted(delivered(target_server, "cool")) == [
+        ("+15551230001", "johnsnow"),
+        ("+15551230002", "johnsnow"),
+    ]
+    assert len(suppressed_log_lines(gateway, "cool")) == 2
+
+
+def test_a_prefix_that_is_not_allowed_is_suppressed_not_refused(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    base = start(gateway, target_server)
+    ok(base, "cc", "+447700900123")
+    ok(base, "cc", "447700900124")  # no +: matched on its digits
+    ok(base, "cc", "+15551230001")
+    ok(base, "cc", "+447700900125", event="invitation_accepted")  # only created ones are limited
+    settle(base, target_server, redis)
+    events = assert_suppressed(redis, "cc", 2, "invitee prefix not allowed for network cc")
+    assert sorted(e.invitee for e in events) == ["+447700900123", "447700900124"]
+    assert sorted(i for i, _ in delivered(target_server, "cc")) == ["+15551230001", "+447700900125"]
+    assert len(suppressed_log_lines(gateway, "cc")) == 2
+
+
+def test_limited_status_429_answers_problem_json_and_still_keeps_the_invitation(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    clear_of_window_edge(86400)
+    base = start(gateway, target_server, SETTINGS + "limited_status = 429\n")
+    ok(base, "inv", "+15551230001")
+    ok(base, "inv", "+15551230001")
+    resp = call(base, "inv", "+15551230001")
+    assert resp.status == 429, resp.body
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    problem = resp.json()
+    assert problem["status"] == 429
+    assert "over 2 invitations per 86400 s for this invitee" in problem["detail"]
+    resp = call(base, "cc", "+447700900123")
+    assert resp.status == 429
+    assert "prefix not allowed" in resp.json()["detail"]
+    settle(base, target_server, redis)
+    assert_suppressed(redis, "inv", 1, "over 2 invitations per 86400 s for this invitee")
+    assert_suppressed(redis, "cc", 1, "invitee prefix not allowed")
+    assert len(delivered(target_server, "inv")) == 2
+    assert delivered(target_server, "cc") == []
+
+
+# -- the prefix guard ---------------------------------------------------------------------------
+
+
+def test_a_prefix_with_many_invitations_and_none_accepted_is_held(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    clear_of_window_edge(3600)
+    base = start(gateway, target_server)
+    for n in range(5):
+        ok(base, "grd", f"+88216123{n:04d}", f"u{n}")
+    # The fifth made it 5 created, 0 accepted: from now on the prefix is held.
+    held_lines = [line for line in gateway.logs().splitlines() if "network grd: prefix +8821 held" in line]
+    assert len(held_lines) == 1 and " WARNING " in held_lines[0], gateway.logs()
+    assert "5 invitations, 0 accepted" in held_lines[0]
+    ok(base, "grd", "+882161230100", "u5")
+    ok(base, "grd", "+882161230101", "u6")
+    ok(base, "grd", "+15551230001", "u7")  # another prefix goes through
+    ok(base, "grd", "+882261230001", "u8")  # and another
+    settle(base, target_server, redis)
+    events = assert_suppressed(redis, "grd", 2, "prefix +8821 held")
+    assert sorted(e.invitee for e in events) == ["+882161230100", "+882161230101"]
+    got = [i for i, _ in delivered(target_server, "grd")]
+    assert sorted(got) == sorted([f"+88216123{n:04d}" for n in range(5)] + ["+15551230001", "+882261230001"])
+    for key in redis.scan_iter(count=1000):
+        assert b"8821" not in key, key
+
+
+def test_accepted_invitations_keep_a_prefix_from_being_held(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    clear_of_window_edge(3600)
+    base = start(gateway, target_server)
+    ok(base, "grd", "+882161239001", "u1", event="invitation_accepted")
+    ok(base, "grd", "+882161239002", "u2", event="invitation_accepted")
+    # 2 accepted: 2/5 .. 2/9 is above 0.2, so nothing is held; the tenth makes it 2/10 = 0.2.
+    for n in range(10):
+        ok(base, "grd", f"+88216123{n:04d}", f"u{n}")
+    assert not by_status(store_for(redis), "grd").get("suppressed")
+    ok(base, "grd", "+882161230100", "u10")
+    settle(base, target_server, redis)
+    [event] = assert_suppressed(redis, "grd", 1, "10 invitations, 2 accepted")
+    assert event.invitee == "+882161230100"
+    assert len(delivered(target_server, "grd")) == 12
