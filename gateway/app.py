@@ -51,6 +51,8 @@ async def callback_error(request: Request, exc: Exception) -> Response:
     response = problem(exc.status_code, exc.title, exc.detail, exc.field)
     if exc.status_code == 503:
         response.headers["Retry-After"] = "5"
+    elif exc.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="invitation-gateway"'
     return response
 
 
@@ -108,8 +110,12 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
     queue = make_queue(redis, settings.queue_name)
 
     async def refresh_config() -> bool:
-        version = int(await aio.get(store.config_version_key) or 0)
-        return await on_version(version)
+        """Reload if the configuration changed; False also when Redis does not answer in time."""
+        try:
+            seen = await asyncio.wait_for(_get(aio, store.config_version_key), settings.spool_after_ms / 1000)
+            return await on_version(int(seen or 0))
+        except Exception:
+            return False
 
     async def on_version(version: int) -> bool:
         if version == live.version:
@@ -183,10 +189,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if settings.open_ingest:
             log.warning("GATEWAY_OPEN_INGEST is set: callbacks without a token are accepted from anyone")
         drainer = asyncio.create_task(accepter.drain_forever())
+        # A token, limit or allowlist taken out of the file is gone within a second everywhere,
+        # not only once this process next takes a callback.
+        watcher = asyncio.create_task(_watch_config(aio, store.config_channel, parts.refresh_config))
         yield
-        drainer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await drainer
+        for task in (drainer, watcher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         spool.close()
         await aio.aclose()
         redis.close()
@@ -217,3 +227,31 @@ async def _load_config(aio: aioredis.Redis, store: Store) -> tuple[int, dict[str
         pipe.get(store.config_key)
         version, blob = await pipe.execute()
     return int(version or 0), (json.loads(blob) if blob else None)
+
+
+async def _watch_config(
+    aio: aioredis.Redis, channel: str, refresh: Callable[[], Awaitable[bool]], every: float = 1.0
+) -> None:
+    """Reload as soon as `targets apply` (or the API) announces a change; look every second too.
+
+    The announcement makes a token taken out of the file refused by the very next callback in
+    every process; the look covers an announcement missed while the subscription reconnected.
+    """
+    while True:
+        try:
+            async with aio.pubsub() as pubsub:
+                await pubsub.subscribe(channel)
+                await refresh()  # whatever changed while not subscribed
+                while True:
+                    # A message, or `every` seconds without one: look either way.
+                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=every)
+                    await refresh()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            await asyncio.sleep(every)  # Redis away: the accept path spools and logs that
+
+
+async def _get(aio: aioredis.Redis, key: str) -> bytes | str | None:
+    value: bytes | str | None = await aio.get(key)
+    return value

@@ -75,9 +75,12 @@ class Limit:
     max: int
     window: int  # seconds
     digits: int = DEFAULT_PREFIX_DIGITS  # for per = "prefix": how many digits after the +
+    cooldown: bool = False  # a sliding window from the last one, not fixed buckets
 
     @property
     def reason(self) -> str:
+        if self.cooldown:
+            return f"another invitation to this number less than {self.window} s ago (cooldown)"
         what = f"{self.digits}-digit prefix" if self.per == "prefix" else self.per
         invitations = "invitation" if self.max == 1 else "invitations"
         return f"over {self.max} {invitations} per {self.window} s for this {what}"
@@ -123,12 +126,16 @@ class NetworkPolicy:
             data["allow_from"] = list(self.allow_from)
         if self.allowed_prefixes:
             data["allowed_prefixes"] = list(self.allowed_prefixes)
-        if self.limits:
+        plain = [lim for lim in self.limits if not lim.cooldown]
+        if plain:
             data["limits"] = [
                 {"per": lim.per, "max": lim.max, "window": lim.window}
                 | ({"digits": lim.digits} if lim.per == "prefix" else {})
-                for lim in self.limits
+                for lim in plain
             ]
+        for lim in self.limits:
+            if lim.cooldown:
+                data["cooldown"] = lim.window
         if self.guard is not None:
             g = self.guard
             data["guard"] = {
@@ -218,7 +225,7 @@ def policy_from_dict(network: str, data: object, environ: Mapping[str, str] | No
             )
         )
     if "cooldown" in data:
-        limits.append(Limit("invitee", 1, parse_duration(data["cooldown"], where, "cooldown")))
+        limits.append(Limit("invitee", 1, parse_duration(data["cooldown"], where, "cooldown"), cooldown=True))
     guard: Guard | None = None
     if "guard" in data:
         g = data["guard"]

@@ -65,6 +65,10 @@ class Store:
     def config_version_key(self) -> str:
         return self._k("config", "version")
 
+    @property
+    def config_channel(self) -> str:
+        return self._k("config", "changed")
+
     def event_key(self, event_id: str) -> str:
         return self._k("event", event_id)
 
@@ -79,7 +83,8 @@ class Store:
             pipe.set(self._k("config"), blob)
             pipe.set(self._k("config", "digest"), digest)
             pipe.incr(self._k("config", "version"))
-            version = pipe.execute()[-1]
+            pipe.publish(self.config_channel, "changed")  # web processes reload at once
+            version = pipe.execute()[-2]
         return int(version), True
 
     def load_config(self) -> tuple[int, dict[str, Any] | None]:
@@ -669,7 +674,9 @@ for i, it in ipairs(cjson.decode(ARGV[6])) do
     redis.call('EXPIRE', ek .. ':deliveries', ttl)
   elseif redis.call('EXISTS', ek) == 1 then
     status = 'exists'
-  elseif win > 0 and not redis.call('SET', p .. ':dedupe:' .. it.dk, it.id, 'NX', 'PX', win) then
+  elseif win > 0 and not redis.call('SET', p .. ':dedupe:' .. it.dk, it.id, 'NX', 'PX', win)
+      and redis.call('GET', p .. ':dedupe:' .. it.dk) ~= it.id then
+    -- (the same id: this very event, from a run cut short before it was stored)
     status = 'duplicate'
     redis.call('HINCRBY', p .. ':counters', 'duplicates', 1)
   else
@@ -744,6 +751,7 @@ end
 if next(nets) ~= nil then
   redis.call('ZREMRANGEBYSCORE', p .. ':events', '-inf', cutoff)
   redis.call('EXPIRE', p .. ':events', ttl)
+  redis.call('ZREMRANGEBYSCORE', p .. ':suppressed', '-inf', cutoff)
 end
 if any and redis.call('SET', p .. ':wake', '1', 'NX', 'EX', """
     + str(WAKE_TTL)
@@ -796,6 +804,10 @@ def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> 
             "network": "",
         }[lim.per]
         window_ms = lim.window * 1000
+        if lim.cooldown:
+            # Sliding: the key lives `cooldown` from the invitation that let it be set.
+            lims[_limit_key("cool", net, value)] = [_limit_key("cool", net, value), 1, window_ms, lim.reason]
+            continue
         bucket = now_ms // window_ms
         ttl = window_ms - now_ms % window_ms + 60_000
         key = _limit_key("lim", net, lim.per, str(lim.window), value, bucket)

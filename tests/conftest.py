@@ -162,7 +162,12 @@ def target_server() -> Iterator[TargetServer]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        # A worker opens up to 64 connections at once: the default backlog of 5 would leave some
+        # waiting past the worker's timeout, and the retry would be a duplicate.
+        request_queue_size = 128
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from gateway.events import InvitationEvent, make_event, merge_fields
 from gateway.exceptions import (
     CallbackError,
+    Forbidden,
     InvalidCallback,
     Limited,
     PayloadTooLarge,
@@ -64,8 +65,15 @@ class Ingest:
                 if not await self.refresh_config():
                     raise
                 event = self.parse(request, event_type, body, self.live.aliases, client)
+            try:
+                self.auth.check(opens, event.network_id, client, self.live.current)
+            except Forbidden:
+                # A network or an address given to this caller a moment ago: likewise.
+                if not await self.refresh_config():
+                    raise
+                opens = self.auth.networks_of(request, self.live.version, self.live.current)
+                self.auth.check(opens, event.network_id, client, self.live.current)
             config = self.live.current
-            self.auth.check(opens, event.network_id, client, config)
             targets = [t.name for t in config.routes(event.type, event.network_id)]
             status = await self.accepter.accept(event, targets)
         except CallbackError as exc:

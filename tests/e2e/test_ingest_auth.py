@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
 from e2e_support import (
     SETTINGS,
     build_request,
@@ -361,10 +360,6 @@ def test_a_token_removed_at_run_time_is_refused_on_the_next_callback(
     assert len(store_for(redis).recent_events(50)) == 2
 
 
-@pytest.mark.xfail(
-    reason="a web process reads the configuration version only after an accept (or on 401/400): "
-    "a token taken out of the file is accepted once more by each web process"
-)
 def test_a_token_removed_at_run_time_is_refused_on_the_very_next_callback(
     gateway: Gateway, target_server: TargetServer, redis: Redis
 ) -> None:
@@ -374,10 +369,6 @@ def test_a_token_removed_at_run_time_is_refused_on_the_very_next_callback(
     assert_problem(created(base, "alpha", "+15551230002", token=ALPHA_NEXT), 401, "token")
 
 
-@pytest.mark.xfail(
-    reason="endpoint.py refreshes the configuration only on 401 and 400, not on 403: a known token "
-    "newly given another network is refused with 403 until some other callback is accepted"
-)
 def test_a_known_token_given_another_network_at_run_time_opens_it_on_the_next_callback(
     gateway: Gateway, target_server: TargetServer, redis: Redis
 ) -> None:
@@ -435,10 +426,6 @@ def test_allow_from_sees_the_peer_unless_a_trusted_proxy_forwards(
     target_server.wait_for("/t", 5)
 
 
-@pytest.mark.xfail(
-    reason="endpoint.py refreshes the configuration only on 401 and 400, not on 403: an address "
-    "newly allowed at run time is refused until some other callback is accepted"
-)
 def test_an_address_allowed_at_run_time_is_let_in_on_the_next_callback(
     gateway: Gateway, target_server: TargetServer
 ) -> None:

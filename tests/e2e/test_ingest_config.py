@@ -173,10 +173,6 @@ def test_200_callbacks_over_two_web_processes_are_each_delivered_once(
 TOKEN = "config-e2e-token-0123456789"
 
 
-@pytest.mark.xfail(
-    reason="endpoint.py calls refresh_config() on the 401/400 path without catching Redis errors: "
-    "with Redis down, a bad token or a malformed callback gets a 500 instead of its 401/400"
-)
 @pytest.mark.timeout(60)
 def test_with_redis_down_a_bad_callback_still_gets_its_own_answer(
     gateway: Gateway, target_server: TargetServer, tmp_path: Path

@@ -243,7 +243,7 @@ def test_cooldown_per_invitee(gateway: Gateway, target_server: TargetServer, red
     ok(base, "cool", "+15551230001", "johnsnow")
     ok(base, "cool", "+15551230002", "johnsnow")
     settle(base, target_server, redis)
-    assert_suppressed(redis, "cool", 2, "over 1 invitation per 600 s for this invitee")
+    assert_suppressed(redis, "cool", 2, "another invitation to this number less than 600 s ago (cooldown)")
     assert sorted(delivered(target_server, "cool")) == [
         ("+15551230001", "johnsnow"),
         ("+15551230002", "johnsnow"),
