@@ -35,7 +35,8 @@ local HOLD_MS = 3600000 -- after SEND_S: longer than any run
 
 -- Per thread (each wrk thread has its own Lua state): read by done() through thread:get().
 method, base, send_ms, interval_ms = "POST", 0, 10000, 0
-sent = 0            -- requests built
+sent = 0            -- requests sent (wrk's one trial call of request() at start-up excluded)
+made = 0            -- request() calls: the invitee counter
 calls = 0           -- delay() calls before the deadline: one per connection, then one per answer
 held = 0            -- delay() calls after it: connections parked until wrk stops
 t0 = nil            -- the first delay() call (the first connection is up), ms
@@ -56,8 +57,11 @@ end
 local post_headers = { ["Content-Type"] = "application/json" }
 
 function request()
-  sent = sent + 1
-  local invitee = string.format("1555%09d", base + sent)
+  made = made + 1
+  if t0 ~= nil then -- wrk calls request() once before any connection, to check the script
+    sent = sent + 1
+  end
+  local invitee = string.format("1555%09d", base + made)
   if method == "GET" then
     return wrk.format("GET", wrk.path .. "?invitee=" .. invitee .. "&invitor=" .. INVITOR
       .. "&network_id=" .. NETWORK)

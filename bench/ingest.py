@@ -1,512 +1,808 @@
-"""Benchmark: what does the gateway's ingest cost next to bare Starlette and a plain RQ enqueue?
+"""Ingest benchmark: `gateway web` against bare Starlette, both under wrk, in the same run.
 
-Starts a private Redis (gateway.embedded.EmbeddedRedis) and, one after the other, these servers
-on 127.0.0.1, each a single uvicorn process with the arguments of `gateway web`:
+Every figure is set against a baseline measured in the same run: bare Starlette answering 204
+(bench/bare_app.py) under uvicorn with the arguments of `gateway web` (uvloop, httptools, same
+keep-alive, no access log). The gateway is `python -m gateway web` on a private Redis
+(gateway.embedded.EmbeddedRedis), with GATEWAY_OPEN_INGEST=true and one matching target at a
+127.0.0.1 port where nothing listens (no worker runs: nothing is sent), at log level INFO as in
+production (one line per accepted callback) and at WARNING.
 
-* bare Starlette: bench/bare_app.py, one POST route that reads the body and answers 204;
-* `python -m gateway web` with 1 target for network "mynetwork", then with 3 targets. The
-  target URLs point at a port where nothing listens: no worker runs, so nothing is sent.
+Load: wrk -t1 --latency with bench/ingest.lua (one invitation per request, each with its own
+invitee, since the gateway drops identical callbacks as duplicates), GET (query string) and
+JSON POST. wrk runs pinned to one core (taskset -c), the server to the other, Redis beside
+wrk. Rows:
 
-An aiohttp load generator in this process POSTs the JSON invitation callback to each, C requests
-in flight, after a warm-up, and counts every answer that is not a 204. In this process, without
-HTTP, it then times sequential calls of:
+* saturation, 1 process: wrk -c64, each connection sending as soon as it has its answer;
+* half saturation, 1 process: wrk -c16 sending on a fixed schedule of half the rate that the
+  same server reached at saturation in this run: p50 and p99 at a load it can carry;
+* saturation, 2 processes (`--workers 2`, WEB_CONCURRENCY=2): not pinned, against bare
+  Starlette with 2 workers.
 
-* `Queue.enqueue` of a no-op function (JSON serializer) on the same Redis: the plain enqueue that
-  DESIGN.md puts at about 1.3 ms;
-* `gateway.queue.accept` (store the event + enqueue its deliveries, one MULTI/EXEC) with 1 and
-  3 targets, with `make_event` before it: the gateway's request work without HTTP.
+After every run it checks that wrk saw no error and no answer of 400 or above, that nothing was
+in flight when wrk stopped, and for the gateway that Redis holds exactly one new event (ZCARD
+gw:events) and one due delivery per 2xx answer, and no duplicate. It reports Redis commands per
+callback from INFO commandstats (the Lua script's own commands included), and the CPU of the
+server, Redis and wrk from /proc.
 
-Every process it starts is stopped by PID (SIGTERM, then SIGKILL) in a `finally` block. Only
-127.0.0.1 is contacted; every loop is bounded by a count, every wait by a timeout.
+The table is printed and written to bench/results/ingest-<date>.md (-quick.md with --quick).
+Every process started (Redis, servers and their workers, wrk, py-spy) is stopped by PID,
+also on Ctrl-C and SIGTERM. Only 127.0.0.1 is used. Needs wrk: `apt-get install wrk`.
 
-Run: ``.venv/bin/python bench/ingest.py [--requests 3000] [--concurrency 32] [--json out.json]``
+Run: ``.venv/bin/python bench/ingest.py [--quick] [--rounds N] [--profile]``
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
-import os
+import contextlib
+import datetime as dt
+import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-from jobs import noop
 from redis import Redis
-from rq import Queue
-from rq.serializers import JSONSerializer
 from support import (
     BENCH_DIR,
     HOST,
-    Child,
     clean_env,
-    cpu_delta,
     cpu_seconds,
     environment,
     exit_on_sigterm,
-    fmt,
     free_port,
     host_cpu,
     host_delta,
-    latency,
-    load_warnings,
-    per_op_us,
-    redis_commands,
-    report,
+    machine,
     start_http_server,
-    table,
     write_targets_config,
+)
+from wrk_support import (
+    Cores,
+    Profile,
+    ServerTree,
+    WrkResult,
+    choose_cores,
+    command_calls,
+    cpu_delta,
+    find_py_spy,
+    find_wrk,
+    loaded_modules,
+    pin_threads,
+    run_wrk,
+    start_py_spy,
+    summarize_profile,
+    taskset,
+    wrk_version,
 )
 
 from gateway.embedded import EmbeddedRedis
-from gateway.events import INVITATION_CREATED, make_event
-from gateway.queue import accept, make_queue
-from gateway.settings import LiveConfig, Settings
-from gateway.store import Store
-from gateway.targets import load_config
 
-CALLBACK = b'{"invitee":"15551231234","invitor":"johnsnow","network_id":"mynetwork"}'
-FIELDS = {"invitee": "15551231234", "invitor": "johnsnow", "network_id": "mynetwork"}
 PATH = "/invitation_created"
-JSON_HEADERS = {"content-type": "application/json"}
-REQUEST_TIMEOUT_S = 30.0
-DESIGN_ENQUEUE_MS = 1.3  # DESIGN.md, decision 4: "a plain Queue.enqueue costs about 1.3 ms"
-DESIGN_ENQUEUE_SHARE = 0.05  # ... "5% of what bare Starlette serves on the same machine"
-ENQUEUE_QUEUE = "bench-enqueue"
-
-
-@dataclass
-class Result:
-    name: str
-    kind: str  # "http": C concurrent requests; "in-process": sequential calls, no HTTP
-    ops: int
-    concurrency: int
-    seconds: float
-    rate: float
-    mean_ms: float
-    p50_ms: float
-    p99_ms: float
-    not_204: int
-    statuses: dict[str, int]
-    client_cpu_us: float  # this process (the load generator, or the in-process caller)
-    server_cpu_us: float | None  # the uvicorn process
-    redis_cpu_us: float | None
-    redis_commands: float | None  # per op
-    cores_busy: float | None  # (client + server + Redis CPU) / wall time
-    host_cores: float | None  # the whole machine's busy CPU / wall time (others included)
-    steal_cores: float | None  # CPU the hypervisor gave to other guests / wall time
-    check: str = ""
-    x_bare: float = 0.0
-
-
-@dataclass
-class Meter:
-    """CPU time of this process, the server and Redis, and Redis' command count, around a run."""
-
-    redis: Redis
-    redis_pid: int | None
-    server: Child | None = None
-    latencies: list[float] = field(default_factory=list)
-    statuses: collections.Counter[str] = field(default_factory=collections.Counter)
-    wall: float = 0.0
-    cpu: float = 0.0
-    server_cpu: float | None = None
-    redis_cpu: float | None = None
-    commands: int | None = None
-    host: tuple[float, float] | None = None
-
-    @contextmanager
-    def run(self) -> Iterator[None]:
-        self.latencies.clear()
-        self.statuses.clear()
-        host0 = host_cpu()
-        cmd0 = redis_commands(self.redis)
-        srv0 = self.server.cpu_seconds() if self.server else None
-        red0 = cpu_seconds(self.redis_pid)
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        yield
-        self.wall = time.perf_counter() - t0
-        self.cpu = time.process_time() - cpu0
-        self.redis_cpu = cpu_delta(red0, cpu_seconds(self.redis_pid))
-        self.server_cpu = cpu_delta(srv0, self.server.cpu_seconds() if self.server else None)
-        self.commands = redis_commands(self.redis) - cmd0 - 1  # minus the second INFO
-        self.host = host_delta(host0, host_cpu())
-
-    def result(self, name: str, kind: str, concurrency: int, check: str = "") -> Result:
-        n = len(self.latencies)
-        lat = latency(self.latencies)
-        busy = [c for c in (self.cpu, self.server_cpu, self.redis_cpu) if c is not None]
-        good = self.statuses.get("204", 0) if kind == "http" else n
-        return Result(
-            name=name,
-            kind=kind,
-            ops=n,
-            concurrency=concurrency,
-            seconds=self.wall,
-            rate=n / self.wall,
-            mean_ms=lat.mean_ms,
-            p50_ms=lat.p50_ms,
-            p99_ms=lat.p99_ms,
-            not_204=n - good,
-            statuses=dict(self.statuses),
-            client_cpu_us=self.cpu / n * 1e6,
-            server_cpu_us=per_op_us(self.server_cpu, n),
-            redis_cpu_us=per_op_us(self.redis_cpu, n),
-            redis_commands=None if self.commands is None else self.commands / n,
-            cores_busy=sum(busy) / self.wall,
-            host_cores=None if self.host is None else self.host[0] / self.wall,
-            steal_cores=None if self.host is None else self.host[1] / self.wall,
-            check=check,
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP load generator.
-# ---------------------------------------------------------------------------------------------
-
-
-async def _post_many(
-    session: aiohttp.ClientSession,
-    url: str,
-    n: int,
-    concurrency: int,
-    statuses: collections.Counter[str],
-    latencies: list[float] | None,
-) -> None:
-    """`n` POSTs with `concurrency` in flight: that many tasks, each taking the next request."""
-    remaining = n
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            t0 = time.perf_counter()
-            try:
-                async with session.post(url, data=CALLBACK, headers=JSON_HEADERS) as resp:
-                    await resp.read()
-                    status = str(resp.status)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                status = type(exc).__name__
-            if latencies is not None:
-                latencies.append(time.perf_counter() - t0)
-            statuses[status] += 1
-
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
-
-
-def run_http(url: str, n: int, warmup: int, concurrency: int, meter: Meter) -> int:
-    """Warm up, then time `n` POSTs; returns how many warm-up POSTs were answered 204."""
-    warm: collections.Counter[str] = collections.Counter()
-
-    async def main() -> None:
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=concurrency),
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-            trust_env=False,  # no proxy from the environment: 127.0.0.1 only
-        ) as session:
-            await _post_many(session, url, warmup, concurrency, warm, None)
-            with meter.run():
-                await _post_many(session, url, n, concurrency, meter.statuses, meter.latencies)
-
-    asyncio.run(main())
-    return warm["204"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Scenarios.
-# ---------------------------------------------------------------------------------------------
-
-
-def _store(redis: Redis) -> tuple[Store, Queue]:
-    settings = Settings()
-    store = Store(redis, prefix=settings.prefix, retention=settings.retention_days * 86400)
-    return store, make_queue(redis, settings.queue_name)
-
-
-def check_stored(redis: Redis, events: int, targets: int) -> str:
-    """What the gateway left in Redis: one event per 204, `targets` queued jobs per event."""
-    store, queue = _store(redis)
-    stored = len(store.recent_events(limit=events + 1000))
-    queued = queue.count
-    ok = stored == events and queued == events * targets
-    return f"{'ok' if ok else 'MISMATCH'}: {stored}/{events} events, {queued}/{events * targets} jobs"
-
-
-def bench_bare(args: argparse.Namespace, redis: EmbeddedRedis, logs: Path) -> Result:
-    client = Redis.from_url(redis.url)  # for the Redis command count only: bare uses no Redis
-    server: Child | None = None
-    try:
-        server, port = start_http_server(
-            "bare-starlette",
-            lambda port: [
-                sys.executable,
-                str(BENCH_DIR / "bare_app.py"),
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-            ],
-            clean_env({}),
-            logs,
-            PATH,
-        )
-        meter = Meter(client, redis.process.pid if redis.process else None, server)
-        run_http(f"http://{HOST}:{port}{PATH}", args.requests, args.warmup, args.concurrency, meter)
-        return meter.result("bare Starlette, POST -> 204", "http", args.concurrency)
-    finally:
-        if server is not None:
-            server.stop()
-        client.close()
-
-
-def bench_gateway(
-    args: argparse.Namespace, redis: EmbeddedRedis, logs: Path, targets: int, db: int, dead_port: int
-) -> Result:
-    url = f"redis://{HOST}:{redis.port}/{db}"
-    client = Redis.from_url(url)
-    client.flushdb()
-    config = write_targets_config(
-        logs / f"targets-{targets}.toml", targets, f"http://{HOST}:{dead_port}/hook"
-    )
-    env = clean_env({"REDIS_URL": url, "GATEWAY_CONFIG": str(config), "GATEWAY_LOG_LEVEL": args.log_level})
-    server: Child | None = None
-    try:
-        server, port = start_http_server(
-            f"gateway-web-{targets}",
-            lambda port: [sys.executable, "-m", "gateway", "web", "--host", HOST, "--port", str(port)],
-            env,
-            logs,
-            "/healthz",
-        )
-        meter = Meter(client, redis.process.pid if redis.process else None, server)
-        warm_204 = run_http(
-            f"http://{HOST}:{port}{PATH}", args.requests, args.warmup, args.concurrency, meter
-        )
-        accepted = meter.statuses["204"] + warm_204
-        check = check_stored(client, accepted, targets)
-        name = f"gateway web, {targets} target{'s' if targets > 1 else ''}"
-        return meter.result(name, "http", args.concurrency, check)
-    finally:
-        if server is not None:
-            server.stop()
-        client.flushdb()
-        client.close()
-
-
-def _timed_calls(meter: Meter, n: int, warmup: int, call: Callable[[], object]) -> None:
-    for _ in range(warmup):
-        call()
-    with meter.run():
-        for _ in range(n):
-            t0 = time.perf_counter()
-            call()
-            meter.latencies.append(time.perf_counter() - t0)
-
-
-def bench_enqueue(args: argparse.Namespace, redis: EmbeddedRedis, db: int) -> Result:
-    client = Redis.from_url(f"redis://{HOST}:{redis.port}/{db}")
-    client.flushdb()
-    try:
-        queue = Queue(ENQUEUE_QUEUE, connection=client, serializer=JSONSerializer)
-        meter = Meter(client, redis.process.pid if redis.process else None)
-        _timed_calls(meter, args.enqueues, args.warmup, lambda: queue.enqueue(noop))
-        expected = args.enqueues + args.warmup
-        check = f"{'ok' if queue.count == expected else 'MISMATCH'}: {queue.count}/{expected} jobs"
-        return meter.result("Queue.enqueue(noop), JSON serializer", "in-process", 1, check)
-    finally:
-        client.flushdb()
-        client.close()
-
-
-def bench_accept(
-    args: argparse.Namespace, redis: EmbeddedRedis, logs: Path, targets: int, db: int, dead_port: int
-) -> Result:
-    client = Redis.from_url(f"redis://{HOST}:{redis.port}/{db}")
-    client.flushdb()
-    try:
-        store, queue = _store(client)
-        config = load_config(
-            write_targets_config(logs / f"accept-{targets}.toml", targets, f"http://{HOST}:{dead_port}/hook"),
-            {},
-        )
-        store.save_config(config.to_dict())
-        live = LiveConfig(store)
-
-        def call() -> None:
-            event = make_event(FIELDS, INVITATION_CREATED, "json", client=HOST)
-            accept(store, queue, live, event)
-
-        meter = Meter(client, redis.process.pid if redis.process else None)
-        _timed_calls(meter, args.enqueues, args.warmup, call)
-        check = check_stored(client, args.enqueues + args.warmup, targets)
-        name = f"make_event + accept(), {targets} target{'s' if targets > 1 else ''}"
-        return meter.result(name, "in-process", 1, check)
-    finally:
-        client.flushdb()
-        client.close()
-
-
-def run_all(args: argparse.Namespace) -> list[Result]:
-    redis = EmbeddedRedis()
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        logs = Path(tmp)
-        try:
-            redis.start()
-            dead_port = free_port()  # nothing listens there; no worker runs anyway
-            results = [
-                bench_bare(args, redis, logs),
-                bench_gateway(args, redis, logs, 1, 1, dead_port),
-                bench_gateway(args, redis, logs, 3, 2, dead_port),
-                bench_enqueue(args, redis, 3),
-                bench_accept(args, redis, logs, 1, 4, dead_port),
-                bench_accept(args, redis, logs, 3, 5, dead_port),
-            ]
-        finally:
-            redis.stop()
-    bare = results[0].rate
-    for r in results:
-        r.x_bare = r.rate / bare
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
-# Output.
-# ---------------------------------------------------------------------------------------------
-
-
-def ratios(results: list[Result]) -> dict[str, float]:
-    by = {r.name: r for r in results}
-    bare, gw1, gw3 = results[0], results[1], results[2]
-    enq = by["Queue.enqueue(noop), JSON serializer"]
-    acc1, acc3 = results[4], results[5]
-    out = {
-        "gateway_1_target_over_bare": gw1.rate / bare.rate,
-        "gateway_3_targets_over_bare": gw3.rate / bare.rate,
-        "gateway_3_over_gateway_1": gw3.rate / gw1.rate,
-        # Under C concurrent requests, wall time per request is 1/rate (the pipeline is full).
-        "wall_us_per_extra_delivery_http": (1 / gw3.rate - 1 / gw1.rate) / 2 * 1e6,
-        "enqueue_mean_ms": enq.mean_ms,
-        "enqueue_over_design_1_3_ms": enq.mean_ms / DESIGN_ENQUEUE_MS,
-        "enqueues_per_s_over_bare_req_per_s": enq.rate / bare.rate,
-        "accept_1_target_mean_ms": acc1.mean_ms,
-        "accept_3_targets_mean_ms": acc3.mean_ms,
-        "accept_ms_per_extra_delivery": (acc3.mean_ms - acc1.mean_ms) / 2,
-    }
-    if gw1.server_cpu_us is not None and gw3.server_cpu_us is not None:
-        out["server_cpu_us_per_extra_delivery"] = (gw3.server_cpu_us - gw1.server_cpu_us) / 2
-    if gw1.redis_commands is not None and gw3.redis_commands is not None:
-        out["redis_commands_per_extra_delivery"] = (gw3.redis_commands - gw1.redis_commands) / 2
-    if gw1.server_cpu_us is not None and bare.server_cpu_us is not None:
-        out["server_cpu_gateway_1_over_bare"] = gw1.server_cpu_us / bare.server_cpu_us
-    return out
-
-
-def format_table(results: list[Result]) -> str:
-    header = (
-        f"{'scenario':<40} {'kind':<10} {'ops':>5} {'C':>3} {'ops/s':>7} {'mean ms':>8} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'!204':>5} {'cli us':>7} {'srv us':>7} {'rds us':>7} {'cmds':>5} "
-        f"{'cores':>5} {'host':>5} {'x bare':>6}"
-    )
-    rows = (
-        f"{r.name:<40} {r.kind:<10} {r.ops:>5} {r.concurrency:>3} {r.rate:>7.0f} {r.mean_ms:>8.2f} "
-        f"{r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {r.not_204:>5} {r.client_cpu_us:>7.0f} "
-        f"{fmt(r.server_cpu_us):>7} {fmt(r.redis_cpu_us):>7} {fmt(r.redis_commands, '.1f'):>5} "
-        f"{fmt(r.cores_busy, '.2f'):>5} {fmt(r.host_cores, '.2f'):>5} {r.x_bare:>6.3f}"
-        for r in results
-    )
-    return table(header, rows)
-
-
-def format_ratios(results: list[Result], rat: dict[str, float]) -> str:
-    gw1, gw3 = results[1], results[2]
-    lines = [
-        f"gateway (1 target) / bare:   {rat['gateway_1_target_over_bare']:.3f} of bare's req/s",
-        f"gateway (3 targets) / bare:  {rat['gateway_3_targets_over_bare']:.3f} of bare's req/s",
-        f"gateway 3 targets / 1:       {rat['gateway_3_over_gateway_1']:.3f}; each extra enqueued "
-        f"delivery adds {rat['wall_us_per_extra_delivery_http']:.0f} us of wall time per request at "
-        f"C={gw1.concurrency}, {fmt(rat.get('server_cpu_us_per_extra_delivery'))} us of server CPU, "
-        f"{fmt(rat.get('redis_commands_per_extra_delivery'), '.1f')} Redis commands",
-        f"Queue.enqueue:               {rat['enqueue_mean_ms']:.3f} ms per enqueue "
-        f"= {rat['enqueue_over_design_1_3_ms']:.2f} x DESIGN.md's {DESIGN_ENQUEUE_MS} ms; enqueues/s "
-        f"= {rat['enqueues_per_s_over_bare_req_per_s']:.3f} of bare's req/s "
-        f"(DESIGN.md: {DESIGN_ENQUEUE_SHARE:.2f})",
-        f"accept() in-process:         {rat['accept_1_target_mean_ms']:.3f} ms (1 target), "
-        f"{rat['accept_3_targets_mean_ms']:.3f} ms (3 targets): "
-        f"{rat['accept_ms_per_extra_delivery']:.3f} ms per extra delivery",
-        "checks: " + "; ".join(f"{r.name}: {r.check}" for r in results if r.check),
-    ]
-    lines += load_warnings(results)
-    bad = [r for r in results if r.not_204]
-    if bad:
-        lines.append(
-            "WARNING, answers other than 204: "
-            + "; ".join(f"{r.name}: {r.not_204} ({r.statuses})" for r in bad)
-        )
-    if gw3.not_204 == 0 and gw1.not_204 == 0 and all(r.check.startswith("ok") for r in results if r.check):
-        lines.append("every timed request was answered 204 and every accepted event and job is in Redis")
-    return "\n".join(lines)
-
-
-LEGEND = (
-    "kind http = C concurrent POSTs from an aiohttp client in this process (one uvicorn process, "
-    "asyncio loop, h11);\n"
-    "kind in-process = sequential calls from this process, no HTTP.\n"
-    f"The load generator (this process), the server and Redis all share this machine's {os.cpu_count()} "
-    "cores: the client's CPU is taken from the server's.\n"
-    "cli/srv/rds us = CPU microseconds per op of this process / the uvicorn process / Redis; "
-    "cmds = Redis commands per op;\n"
-    "cores = CPU cores kept busy by the three together (client + server + Redis CPU / wall); "
-    "host = cores busy machine-wide\n"
-    "(above cores: something else ran too); x bare = ops/s over bare Starlette's req/s."
+SCRIPT = BENCH_DIR / "ingest.lua"
+RESULTS_DIR = BENCH_DIR / "results"
+PREFIX = "gw"  # the gateway's default GATEWAY_PREFIX
+CONNECTIONS = 64
+PACED_CONNECTIONS = 16
+PACED_SHARE = 0.5  # of the saturation rate
+KEPT_UP = 0.95  # a paced run that achieved less than this share of its schedule fell behind
+METHODS = ("GET", "POST")
+NATIVE = ("uvloop", "httptools")  # must be loaded in every server process
+INVITEES_PER_RUN = 10_000_000  # invitee numbers of one wrk run: 1555 + 9 digits, so <= 100 runs
+TOP_COMMANDS = 8
+OTHER_LOAD_CORES = 0.25  # busy CPU beyond ours worth a warning
+PROFILE_NOTE = (
+    "`py-spy record -p PID -d S -f raw --nonblocking`, pinned beside wrk, while wrk saturates the "
+    "server (runs not in the table): 100 samples a second of the server's busy thread, idle ones left "
+    "out. Own time counts the innermost Python frame: C code (uvloop, httptools, json, the socket) "
+    "counts for the Python function that called it, and `Runner.run` (asyncio/runners.py) is "
+    "uvloop's own loop. Stacks read without pausing the process are sometimes cut short, so "
+    "inclusive shares are lower bounds and parents can be wrong; own time is the reliable part."
 )
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--requests", type=int, default=3000, help="timed POSTs per server (3000)")
-    parser.add_argument("--concurrency", type=int, default=32, help="POSTs in flight (32)")
-    parser.add_argument("--warmup", type=int, default=200, help="untimed POSTs or calls first (200)")
-    parser.add_argument("--enqueues", type=int, default=3000, help="timed in-process calls (3000)")
-    parser.add_argument(
-        "--log-level", default="INFO", help="GATEWAY_LOG_LEVEL of the gateway (INFO, its default)"
+@dataclass(frozen=True, slots=True)
+class Timing:
+    send_s: float  # requests sent during this long; wrk's -d is this rounded up, plus a drain
+    warmup_s: float  # a saturating run of this long, not counted, before each saturation row
+    profile_s: int  # py-spy's -d (--profile)
+
+    def wrk_duration(self, send_s: float) -> int:
+        # wrk takes whole seconds; at least 0.5 s after the window for the answers in flight.
+        return math.ceil(send_s + 0.5)
+
+
+FULL = Timing(send_s=10.0, warmup_s=2.0, profile_s=8)
+QUICK = Timing(send_s=0.5, warmup_s=0.3, profile_s=2)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    key: str
+    label: str
+    gateway: bool
+    workers: int
+    log_level: str = "INFO"
+    db: int = 0
+
+
+@dataclass
+class Row:
+    phase: str
+    spec: ServerSpec
+    method: str
+    connections: int
+    offered: float | None  # requests/s of the fixed schedule; None: saturation
+    wrk: WrkResult
+    server_cpu_s: dict[int, float]
+    redis_cpu_s: float | None
+    host_busy_s: float | None
+    wall_s: float
+    commands: Counter[str]
+    stored: int | None = None
+    due: int | None = None
+    duplicates: int | None = None
+    problems: list[str] = field(default_factory=list)
+    ratio: float | None = None  # rate over bare's, same phase and method (median rows)
+    runs: list[float] = field(default_factory=list)  # rates of every round
+    round_ratios: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.wrk.rate
+
+    @property
+    def answered(self) -> int:
+        return self.wrk.requests
+
+    @property
+    def callbacks_2xx(self) -> int:
+        return self.wrk.requests - self.wrk.errors["status"]
+
+    @property
+    def server_cpu_total(self) -> float:
+        return sum(self.server_cpu_s.values())
+
+    def per_request_us(self, seconds: float | None) -> float | None:
+        return None if seconds is None or self.answered == 0 else seconds / self.answered * 1e6
+
+    @property
+    def server_cores(self) -> float:
+        # The server is busy during the sending window; the drain after it is a few requests.
+        return self.server_cpu_total / self.wrk.window_s
+
+    @property
+    def wrk_cores(self) -> float:
+        return self.wrk.wrk_cpu_s / self.wrk.window_s
+
+    @property
+    def other_cores(self) -> float | None:
+        """Cores kept busy by processes other than ours (server, Redis, wrk) during the run."""
+        if self.host_busy_s is None or self.redis_cpu_s is None:
+            return None
+        ours = self.server_cpu_total + self.redis_cpu_s + self.wrk.wrk_cpu_s
+        return max(0.0, (self.host_busy_s - ours) / self.wall_s)
+
+    @property
+    def evalsha(self) -> int:
+        return self.commands["evalsha"] + self.commands["eval"]
+
+    @property
+    def total_commands(self) -> int:
+        return sum(self.commands.values())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Run:
+    """The state of one benchmark run: Redis, the servers alive, what was measured."""
+
+    args: argparse.Namespace
+    timing: Timing
+    wrk: str
+    cores: Cores
+    tmp: Path
+    redis: EmbeddedRedis
+    dead_url: str
+    rows: list[Row] = field(default_factory=list)
+    profiles: list[str] = field(default_factory=list)
+    natives: dict[str, str] = field(default_factory=dict)
+    wrk_runs: int = 0
+
+    def next_base(self) -> int:
+        self.wrk_runs += 1
+        if self.wrk_runs >= 100:
+            raise RuntimeError("more than 99 wrk runs: invitee numbers would repeat")
+        return self.wrk_runs * INVITEES_PER_RUN
+
+
+# -- servers ---------------------------------------------------------------------------------------
+
+
+def start_server(run: Run, spec: ServerSpec, pin: bool) -> ServerTree:
+    cpus = run.cores.server if pin else ()
+    workers = ["--workers", str(spec.workers)]
+    if spec.gateway:
+        config = write_targets_config(run.tmp / f"targets-{spec.key}.toml", 1, run.dead_url)
+        env = clean_env(
+            {
+                "REDIS_URL": f"redis://{HOST}:{run.redis.port}/{spec.db}",
+                "GATEWAY_CONFIG": str(config),
+                "GATEWAY_LOG_LEVEL": spec.log_level,
+                "GATEWAY_OPEN_INGEST": "true",
+                "GATEWAY_DATA_DIR": str(run.tmp / f"data-{spec.key}"),  # its own spool folder
+            }
+        )
+
+        def cmd(port: int) -> list[str]:
+            args = ["-m", "gateway", "web", "--host", HOST, "--port", str(port), *workers]
+            return taskset(cpus, [sys.executable, *args])
+
+        ready = "/healthz"
+    else:
+        env = clean_env({})
+
+        def cmd(port: int) -> list[str]:
+            args = [str(BENCH_DIR / "bare_app.py"), "--host", HOST, "--port", str(port), *workers]
+            return taskset(cpus, [sys.executable, *args])
+
+        ready = PATH
+    child, port = start_http_server(spec.key, cmd, env, run.tmp, ready)
+    server = ServerTree(spec.label, child, port)
+    try:
+        wait_workers(server, spec)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def wait_workers(server: ServerTree, spec: ServerSpec, timeout: float = 30.0) -> None:
+    """Until every serving process has imported uvloop and httptools (uvicorn's workers start
+    after the master answers nothing: the master only holds the socket), then record them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs = server.workers()
+        if len(procs) == spec.workers and all(loaded_modules(p, NATIVE) == set(NATIVE) for p in procs):
+            time.sleep(0.5 if spec.workers > 1 else 0.0)  # the last one's startup, after its imports
+            return
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"{spec.label}: {spec.workers} process(es) with {' and '.join(NATIVE)} loaded did not "
+        f"appear within {timeout:.0f} s; log tail:\n{server.child.log_tail()}"
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON here")
+
+
+@contextlib.contextmanager
+def servers(run: Run, specs: Sequence[ServerSpec], pin: bool) -> Iterator[dict[str, ServerTree]]:
+    started: dict[str, ServerTree] = {}
+    try:
+        for spec in specs:
+            if spec.gateway:
+                Redis(host=HOST, port=run.redis.port, db=spec.db).flushdb()
+            started[spec.key] = start_server(run, spec, pin)
+            procs = started[spec.key].workers()
+            run.natives[spec.label] = ", ".join(
+                f"{pid}: {'+'.join(sorted(loaded_modules(pid, NATIVE)))}" for pid in procs
+            )
+        yield started
+    finally:
+        for server in reversed(started.values()):
+            server.stop()
+
+
+# -- one wrk run -----------------------------------------------------------------------------------
+
+
+def measure(
+    run: Run,
+    phase: str,
+    spec: ServerSpec,
+    server: ServerTree,
+    method: str,
+    connections: int,
+    send_s: float,
+    offered: float | None = None,
+    note: str = "",
+) -> Row:
+    client = Redis(host=HOST, port=run.redis.port, db=spec.db)
+    try:
+        events0, due0, dup0 = gateway_state(client) if spec.gateway else (None, None, None)
+        redis_pid = run.redis.process.pid if run.redis.process else None
+        stats0 = command_calls(client.info("commandstats"))
+        cpu0, rcpu0, host0 = server.cpu_seconds(), cpu_seconds(redis_pid), host_cpu()
+        t0 = time.monotonic()
+        args = [method, str(run.next_base()), f"{send_s:g}", f"{offered or 0:.3f}"]
+        log = run.tmp / f"wrk-{run.wrk_runs:02d}-{spec.key}-{method}{note}.log"
+        result = run_wrk(
+            run.wrk,
+            f"http://{HOST}:{server.port}{PATH}",
+            SCRIPT,
+            args,
+            connections,
+            run.timing.wrk_duration(send_s),
+            run.cores.client,
+            log,
+            clean_env({}),
+        )
+        wall = time.monotonic() - t0
+        cpu1, rcpu1, host1 = server.cpu_seconds(), cpu_seconds(redis_pid), host_cpu()
+        stats1 = command_calls(client.info("commandstats"))
+        commands = stats1 - stats0
+        commands.pop("info", None)  # our own snapshot (the one before counts in the one after)
+        busy = host_delta(host0, host1)
+        row = Row(
+            phase=phase,
+            spec=spec,
+            method=method,
+            connections=connections,
+            offered=offered,
+            wrk=result,
+            server_cpu_s=cpu_delta(cpu0, cpu1),
+            redis_cpu_s=None if rcpu0 is None or rcpu1 is None else rcpu1 - rcpu0,
+            host_busy_s=None if busy is None else busy[0],
+            wall_s=wall,
+            commands=commands,
+        )
+        if spec.gateway:
+            events1, due1, dup1 = gateway_state(client)
+            assert events0 is not None and due0 is not None and dup0 is not None
+            row.stored, row.due, row.duplicates = events1 - events0, due1 - due0, dup1 - dup0
+        row.problems = check(row)
+        return row
+    finally:
+        client.close()
+
+
+def gateway_state(client: Redis) -> tuple[int, int, int]:
+    """(events stored, deliveries due, duplicates counted): key names as in gateway/store.py."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zcard(f"{PREFIX}:events")
+    pipe.zcard(f"{PREFIX}:due")
+    pipe.hget(f"{PREFIX}:counters", "duplicates")
+    events, due, dups = pipe.execute()
+    return int(events), int(due), int(dups or 0)
+
+
+def check(row: Row) -> list[str]:
+    w = row.wrk
+    problems = []
+    if w.error_count:
+        problems.append(f"wrk errors {w.errors} (status = answers of 400 or above)")
+    if w.sent != w.requests:
+        problems.append(f"{w.sent} sent but {w.requests} answered: requests in flight when wrk stopped")
+    if w.held != row.connections:
+        problems.append(f"{w.held} of {row.connections} connections parked after the window")
+    if w.requests == 0:
+        problems.append("no answer at all")
+    if row.spec.gateway:
+        ok_answers = row.callbacks_2xx
+        if row.stored != ok_answers:
+            problems.append(f"{row.stored} events stored for {ok_answers} 2xx answers")
+        if row.due != ok_answers:
+            problems.append(f"{row.due} deliveries due for {ok_answers} 2xx answers (1 target)")
+        if row.duplicates:
+            problems.append(f"{row.duplicates} callbacks taken as duplicates")
+    return problems
+
+
+def warm_up(run: Run, spec: ServerSpec, server: ServerTree, method: str) -> None:
+    if run.timing.warmup_s > 0:
+        row = measure(run, "warm-up", spec, server, method, CONNECTIONS, run.timing.warmup_s, note="-warmup")
+        if row.problems:
+            raise RuntimeError(f"warm-up of {spec.label} {method} failed: {'; '.join(row.problems)}")
+
+
+def progress(row: Row) -> None:
+    state = "ok" if row.ok else "PROBLEM: " + "; ".join(row.problems)
+    pace = f" at {row.offered:.0f}/s offered" if row.offered else ""
+    p99 = row.wrk.latency_us["p99"] / 1000
+    print(
+        f"  {row.spec.label:<24} {row.method:<4} -c{row.connections}{pace}: {row.rate:,.0f} req/s, "
+        f"p99 {p99:.2f} ms, server {row.server_cores:.2f} cores; {state}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+# -- phases ----------------------------------------------------------------------------------------
+
+BARE_1 = ServerSpec("bare-1", "bare Starlette", gateway=False, workers=1)
+GW_1 = ServerSpec("gw-1-info", "gateway web, INFO", gateway=True, workers=1, log_level="INFO", db=1)
+GW_1_WARN = ServerSpec(
+    "gw-1-warning", "gateway web, WARNING", gateway=True, workers=1, log_level="WARNING", db=2
+)
+BARE_2 = ServerSpec("bare-2", "bare Starlette x2", gateway=False, workers=2)
+GW_2 = ServerSpec("gw-2-info", "gateway web x2, INFO", gateway=True, workers=2, log_level="INFO", db=3)
+
+
+def saturate(run: Run, phase: str, specs: Sequence[ServerSpec], started: dict[str, ServerTree]) -> None:
+    """Each server and method at saturation, `--rounds` times, servers taking turns."""
+    for _ in range(run.args.rounds):
+        for method in METHODS:
+            for spec in specs:
+                server = started[spec.key]
+                warm_up(run, spec, server, method)
+                row = measure(run, phase, spec, server, method, CONNECTIONS, run.timing.send_s)
+                progress(row)
+                run.rows.append(row)
+
+
+def median_row(rows: Sequence[Row]) -> Row:
+    ordered = sorted(rows, key=lambda r: r.rate)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def saturation_rate(run: Run, phase: str, spec: ServerSpec, method: str) -> float:
+    rows = [r for r in run.rows if r.phase == phase and r.spec == spec and r.method == method]
+    return median_row(rows).rate
+
+
+def phase_one_process(run: Run) -> None:
+    specs = [BARE_1, GW_1, GW_1_WARN]
+    pinned = "pinned to CPU " + ",".join(map(str, run.cores.server)) if run.cores.pinned else "not pinned"
+    print(f"1 process per server ({pinned}):", file=sys.stderr, flush=True)
+    with servers(run, specs, pin=True) as started:
+        saturate(run, "saturation", specs, started)
+        for method in METHODS:
+            for spec in (BARE_1, GW_1):
+                rate = PACED_SHARE * saturation_rate(run, "saturation", spec, method)
+                server = started[spec.key]
+                row = measure(
+                    run, "paced", spec, server, method, PACED_CONNECTIONS, run.timing.send_s, offered=rate
+                )
+                progress(row)
+                run.rows.append(row)
+        if run.args.profile:
+            profiles(run, started)
+
+
+def phase_two_processes(run: Run) -> None:
+    specs = [BARE_2, GW_2]
+    print("2 processes per server (--workers 2, not pinned):", file=sys.stderr, flush=True)
+    with servers(run, specs, pin=False) as started:
+        saturate(run, "2 processes", specs, started)
+
+
+def profile(run: Run, spec: ServerSpec, server: ServerTree, method: str) -> tuple[Profile, Row, Path] | None:
+    """A saturating run with py-spy attached to the server (not in the table)."""
+    py_spy = find_py_spy()
+    if py_spy is None:
+        return None
+    report_path = run.args.output or default_output(run.args)
+    out = report_path.with_name(f"{report_path.stem}-pyspy-{spec.key}-{method}.txt")
+    seconds = run.timing.profile_s
+    log = run.tmp / f"py-spy-{spec.key}-{method}.log"
+    spy = start_py_spy(py_spy, server.pid, seconds, out, run.cores.client, log)
+    try:
+        time.sleep(0.5)  # py-spy attaches while wrk connects
+        row = measure(run, "profile", spec, server, method, CONNECTIONS, seconds + 2.0, note="-profile")
+        if spy.wait(30.0) is None:
+            raise RuntimeError("py-spy did not finish")
+    finally:
+        spy.stop()
+    if not out.exists():
+        raise RuntimeError(f"py-spy wrote nothing; its output:\n{spy.log_tail()}")
+    prof = summarize_profile(out, top=1000)
+    print(f"  profile of {spec.label} {method}: {prof.samples} samples -> {out}", file=sys.stderr, flush=True)
+    return prof, row, out
+
+
+def profiles(run: Run, started: dict[str, ServerTree]) -> None:
+    """--profile: bare and gateway (INFO) under py-spy, each method; the comparison in µs/request."""
+    if find_py_spy() is None:
+        run.profiles.append("py-spy not found (pip install py-spy): no profile")
+        return
+    for method in METHODS:
+        bare = profile(run, BARE_1, started[BARE_1.key], method)
+        gateway = profile(run, GW_1, started[GW_1.key], method)
+        if bare is not None and gateway is not None:
+            run.profiles.append(profile_text(method, bare, gateway))
+
+
+def profile_text(method: str, bare: tuple[Profile, Row, Path], gateway: tuple[Profile, Row, Path]) -> str:
+    (bprof, brow, bout), (gprof, grow, gout) = bare, gateway
+    bcpu = brow.per_request_us(brow.server_cpu_total) or 0.0
+    gcpu = grow.per_request_us(grow.server_cpu_total) or 0.0
+
+    def us(shares: Sequence[tuple[str, float]], cpu: float) -> dict[str, float]:
+        return {name: share * cpu for name, share in shares}
+
+    bfiles, gfiles = us(bprof.own_files, bcpu), us(gprof.own_files, gcpu)
+    names = sorted(set(bfiles) | set(gfiles), key=lambda n: -(gfiles.get(n, 0.0) - bfiles.get(n, 0.0)))
+    rows = [
+        f"| {name} | {bfiles.get(name, 0.0):.1f} | {gfiles.get(name, 0.0):.1f} | "
+        f"{gfiles.get(name, 0.0) - bfiles.get(name, 0.0):+.1f} |"
+        for name in names
+        if max(bfiles.get(name, 0.0), gfiles.get(name, 0.0)) >= 2.0
+    ]
+
+    def listing(shares: Sequence[tuple[str, float]], cpu: float, top: int) -> list[str]:
+        return [f"- {share:6.1%}  {share * cpu:5.1f} µs  {name}" for name, share in shares[:top]]
+
+    return "\n".join(
+        [
+            f"### {method}: bare Starlette and gateway web (INFO) under py-spy, wrk -c{CONNECTIONS}",
+            "",
+            f"While sampled: bare {brow.rate:,.0f} req/s, {bcpu:.0f} µs CPU/request, {bprof.samples} "
+            f"samples (other load {fmt(brow.other_cores, '.2f')} cores); gateway {grow.rate:,.0f} req/s, "
+            f"{gcpu:.0f} µs CPU/request, {gprof.samples} samples (other load "
+            f"{fmt(grow.other_cores, '.2f')} cores). "
+            f"Raw stacks: {bout.name}, {gout.name}.",
+            "",
+            "Own time per file in µs of CPU per request (share of samples x the run's CPU per request; "
+            "files with 2 µs or more; gateway minus bare, largest first):",
+            "",
+            "| file | bare µs | gateway µs | difference |",
+            "|---|---:|---:|---:|",
+            *rows,
+            "",
+            "Gateway, own time per function (top 25):",
+            "",
+            *listing(gprof.own, gcpu, 25),
+            "",
+            "Gateway, inclusive time per function (on the stack; entry frames left out; top 30):",
+            "",
+            *listing(gprof.inclusive, gcpu, 30),
+        ]
+    )
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def summarize(run: Run) -> list[Row]:
+    """One row per (phase, server, method): the median of the rounds, with ratios to bare."""
+    out: list[Row] = []
+    keys: list[tuple[str, ServerSpec, str]] = []
+    for r in run.rows:
+        if (r.phase, r.spec, r.method) not in keys:
+            keys.append((r.phase, r.spec, r.method))
+    for phase, spec, method in keys:
+        group = [r for r in run.rows if (r.phase, r.spec, r.method) == (phase, spec, method)]
+        row = median_row(group)
+        row.runs = [r.rate for r in group]
+        out.append(row)
+    for row in out:
+        if row.phase == "paced":
+            continue
+        bare = next(r for r in out if r.phase == row.phase and not r.spec.gateway and r.method == row.method)
+        row.ratio = row.rate / bare.rate
+        mine = [r for r in run.rows if (r.phase, r.spec, r.method) == (row.phase, row.spec, row.method)]
+        theirs = [r for r in run.rows if (r.phase, r.spec, r.method) == (row.phase, bare.spec, row.method)]
+        row.round_ratios = [a.rate / b.rate for a, b in zip(mine, theirs, strict=True)]
+    order = {"saturation": 0, "paced": 1, "2 processes": 2}
+    return sorted(out, key=lambda r: (order.get(r.phase, 9), r.method, r.spec.gateway, r.spec.log_level))
+
+
+def fmt(value: float | None, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def scenario(row: Row) -> str:
+    if row.phase == "paced":
+        return f"{row.spec.label}, ½ saturation"
+    return row.spec.label
+
+
+def load_column(row: Row) -> str:
+    if row.offered is None:
+        return f"-c{row.connections}"
+    return f"-c{row.connections}, {row.offered:,.0f}/s"
+
+
+def table(rows: Sequence[Row]) -> str:
+    head = (
+        "| scenario | method | wrk | req/s | x bare | p50 ms | p99 ms | Redis cmds/callback "
+        "(EVALSHA; all) | server µs CPU/req | server cores | Redis µs CPU/req | wrk cores | other cores "
+        "| check |"
+    )
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lat = r.wrk.latency_us
+        n = r.callbacks_2xx
+        cmds = f"{r.evalsha / n:.3f}; {r.total_commands / n:.2f}" if r.spec.gateway and n else "-"
+        ratio = f"**{r.ratio:.2f}**" if r.ratio is not None and r.spec.gateway else fmt(r.ratio, ".2f")
+        lines.append(
+            f"| {scenario(r)} | {r.method} | {load_column(r)} | {r.rate:,.0f} | {ratio} | "
+            f"{lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {cmds} | "
+            f"{fmt(r.per_request_us(r.server_cpu_total))} | {r.server_cores:.2f} | "
+            f"{fmt(r.per_request_us(r.redis_cpu_s))} | {r.wrk_cores:.2f} | {fmt(r.other_cores, '.2f')} | "
+            f"{'ok' if r.ok else 'FAILED'} |"
+        )
+    return "\n".join(lines)
+
+
+def details(run: Run, rows: Sequence[Row]) -> list[str]:
+    out = []
+    for r in rows:
+        parts = []
+        if r.runs and len(r.runs) > 1:
+            parts.append("rounds " + " / ".join(f"{x:,.0f}" for x in r.runs) + " req/s (median shown)")
+        if r.round_ratios and len(r.round_ratios) > 1:
+            parts.append("x bare per round " + " / ".join(f"{x:.2f}" for x in r.round_ratios))
+        if r.offered is not None:
+            parts.append(
+                f"offered {r.offered:,.0f}/s ({PACED_SHARE:g} x this run's saturation median), "
+                f"achieved {r.rate:,.0f}/s"
+            )
+            if r.rate < KEPT_UP * r.offered:
+                parts.append(
+                    "the server fell behind the schedule (a busy machine, or a noisy saturation figure): "
+                    "these latencies are not at half load"
+                )
+        lat = r.wrk.latency_us
+        parts.append(
+            f"latency mean {lat['mean'] / 1000:.2f}, p90 {lat['p90'] / 1000:.2f}, "
+            f"p99.9 {lat['p99.9'] / 1000:.2f}, max {lat['max'] / 1000:.2f} ms"
+        )
+        if r.spec.gateway and r.callbacks_2xx:
+            n = r.callbacks_2xx
+            top = ", ".join(f"{name} {calls / n:.2f}" for name, calls in r.commands.most_common(TOP_COMMANDS))
+            batch = n / r.evalsha if r.evalsha else 0.0
+            parts.append(f"commands/callback: {top}; {batch:.1f} callbacks per EVALSHA (batch)")
+        if len(r.server_cpu_s) > 1:
+            split = " + ".join(f"{cpu:.2f}" for cpu in r.server_cpu_s.values())
+            parts.append(f"server CPU s per process (master first) {split}")
+        if r.spec.gateway:
+            parts.append(
+                f"{r.stored} events stored, {r.due} deliveries due, for {r.callbacks_2xx} 2xx answers"
+            )
+        else:
+            parts.append(f"{r.answered} answers")
+        parts.append("ok" if r.ok else "FAILED: " + "; ".join(r.problems))
+        out.append(f"- {scenario(r)}, {r.method}, {load_column(r)}: " + "; ".join(parts))
+    return out
+
+
+def ratios_text(rows: Sequence[Row]) -> list[str]:
+    lines = []
+    for r in rows:
+        if not r.spec.gateway or r.ratio is None:
+            continue
+        bare = next(b for b in rows if (b.phase, b.method, b.spec.gateway) == (r.phase, r.method, False))
+        cpu_bare, cpu_mine = bare.per_request_us(bare.server_cpu_total), r.per_request_us(r.server_cpu_total)
+        by_cpu = f"{cpu_bare / cpu_mine:.2f}" if cpu_bare and cpu_mine else "-"
+        lines.append(
+            f"- {r.phase}, {r.method}: {r.spec.label} = **{r.ratio:.2f} x bare** req/s; by server CPU "
+            f"per request (bare's µs / the gateway's): {by_cpu}"
+        )
+    for method in METHODS:
+        paced = {r.spec.gateway: r for r in rows if r.phase == "paced" and r.method == method}
+        if True in paced and False in paced:
+            g, b = paced[True], paced[False]
+            lines.append(
+                f"- ½ saturation, {method}: p99 gateway {g.wrk.latency_us['p99'] / 1000:.2f} ms at "
+                f"{g.offered or 0:,.0f}/s, bare {b.wrk.latency_us['p99'] / 1000:.2f} ms at "
+                f"{b.offered or 0:,.0f}/s"
+            )
+    return lines
+
+
+def default_output(args: argparse.Namespace) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    return RESULTS_DIR / f"ingest-{stamp}{'-quick' if args.quick else ''}.md"
+
+
+def report(run: Run, started_at: str, load_start: str, argv: Sequence[str]) -> str:
+    env = environment()
+    mach = machine()
+    rows = summarize(run)
+    redis_version = "unknown"
+    with contextlib.suppress(Exception):
+        redis_version = str(Redis(host=HOST, port=run.redis.port).info("server").get("valkey_version", "?"))
+    server_cpus, client_cpus = (",".join(map(str, c)) for c in (run.cores.server, run.cores.client))
+    pin = (
+        f"server on CPU {server_cpus} (`taskset -c {server_cpus}`), wrk and Redis on CPU {client_cpus} "
+        f"(`taskset -c {client_cpus}`); the 2-process rows leave the server unpinned (both cores)"
+        if run.cores.pinned
+        else "nothing pinned (fewer than 2 usable cores)"
+    )
+    t = run.timing
+    load_end = mach["loadavg"]
+    lines = [
+        f"# Ingest benchmark, {started_at}",
+        "",
+        f"- Machine: {mach['nproc']} cores (nproc), {mach['cpu_model']}, {mach['platform']}, Python "
+        f"{mach['python']}; load average at start {load_start}, at end {load_end}",
+        f"- Versions: starlette {env.get('starlette')}, uvicorn {env.get('uvicorn')}, uvloop "
+        f"{env.get('uvloop')}, httptools {env.get('httptools')}, redis-py {env.get('redis')}, valkey "
+        f"{redis_version}, {wrk_version(run.wrk)}; gateway {env['gateway_commit']}",
+        f"- Command: `{' '.join(['.venv/bin/python', 'bench/ingest.py', *argv])}`",
+        f"- Pinning: {pin}",
+        f"- wrk: `wrk -t1 -cC -d{t.wrk_duration(t.send_s)}s --latency --timeout 10s -s bench/ingest.lua URL"
+        f" -- METHOD BASE {t.send_s:g} RATE`: requests sent for {t.send_s:g} s, then the connections "
+        f"wait until wrk stops, so none is in flight; req/s = answers in those {t.send_s:g} s / "
+        f"{t.send_s:g} s; a {t.warmup_s:g} s saturating warm-up before each saturation row; "
+        f"{run.args.rounds} round(s)",
+        "- uvloop and httptools loaded (per serving process, from /proc/PID/maps): "
+        + "; ".join(f"{label}: {procs}" for label, procs in run.natives.items()),
+        "",
+        table(rows),
+        "",
+        "req/s: answers per second while sending. x bare: req/s over bare Starlette's (same method, "
+        "same number of processes). p50, p99: wrk's latency (from writing the request to the end of "
+        "the answer). Redis cmds/callback: commands Redis ran per 2xx answer, from INFO commandstats "
+        "(the ingest Lua's own commands counted), EVALSHA alone first. CPU: from /proc over the run, "
+        "per answer; cores = CPU seconds / sending seconds. other cores: the machine's busy CPU "
+        "beyond the server, Redis and wrk (other work on the machine: the higher, the less reliable).",
+        "",
+        "Ratios:",
+        "",
+        *ratios_text(rows),
+        "",
+        "Rows:",
+        "",
+        *details(run, rows),
+    ]
+    if run.profiles:
+        lines += ["", "## Profiles", "", PROFILE_NOTE, "", *run.profiles]
+    busy = [r for r in run.rows if r.other_cores is not None and r.other_cores > OTHER_LOAD_CORES]
+    if busy:
+        worst = max(r.other_cores or 0.0 for r in busy)
+        lines += [
+            "",
+            f"**WARNING: other processes kept more than {OTHER_LOAD_CORES} cores busy during "
+            f"{len(busy)} of {len(run.rows)} runs (up to {worst:.2f} cores; column other cores): "
+            "these figures are not reliable. Run it again on a quiet machine.**",
+        ]
+    failed = [r for r in run.rows if r.problems]
+    if failed:
+        lines += ["", f"**{len(failed)} run(s) failed their checks** (see Rows)."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="0.5 s per run instead of 10 s (a smoke run)")
+    parser.add_argument("--rounds", type=int, default=1, help="saturation runs per row, servers taking turns")
+    parser.add_argument("--profile", action="store_true", help="also profile the gateway with py-spy")
+    parser.add_argument(
+        "--output", type=Path, help="the markdown file (default bench/results/ingest-DATE.md)"
+    )
     args = parser.parse_args(argv)
-    if min(args.requests, args.concurrency, args.enqueues) < 1 or args.warmup < 0:
-        parser.error("--requests, --concurrency and --enqueues must be >= 1, --warmup >= 0")
-    if max(args.requests, args.enqueues) > 100_000:
-        parser.error("--requests and --enqueues are capped at 100000")
+    if not 1 <= args.rounds <= 5:
+        parser.error("--rounds must be 1 to 5")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    wrk = find_wrk()
     exit_on_sigterm()
-    env = environment(
-        {
-            "server": "uvicorn, 1 process, asyncio loop, h11 (gateway web's uvicorn.run arguments)",
-            "gateway_log_level": args.log_level,
-        }
-    )
-    results = run_all(args)
-    rat = ratios(results)
-    header = [
-        f"{env['date']}  python {env['python']}  starlette {env.get('starlette')}  uvicorn "
-        f"{env.get('uvicorn')}  rq {env.get('rq')}  aiohttp {env.get('aiohttp')}  cpus {env['cpu_count']}  "
-        f"gateway {env['gateway_commit']}",
-        f"POST {PATH} {CALLBACK.decode()}  requests {args.requests}  concurrency {args.concurrency}  "
-        f"warm-up {args.warmup}  in-process calls {args.enqueues}  gateway log level {args.log_level}",
-    ]
-    report(args, env, header, results, format_table(results), LEGEND, rat, format_ratios(results, rat))
-    return 0
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    load_start = machine()["loadavg"]
+    timing = QUICK if args.quick else FULL
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        redis = EmbeddedRedis()
+        try:
+            redis.start()
+            assert redis.process is not None
+            cores = choose_cores()
+            pin_threads(redis.process.pid, cores.client)
+            dead_port = free_port()  # nothing listens there; no worker runs anyway
+            run = Run(args, timing, wrk, cores, Path(tmp), redis, f"http://{HOST}:{dead_port}/hook")
+            phase_one_process(run)
+            phase_two_processes(run)
+            text = report(run, started_at, load_start, argv)
+        finally:
+            redis.stop()
+    print(text)
+    output = args.output or default_output(args)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(f"written to {output}", file=sys.stderr)
+    return 0 if all(r.ok for r in run.rows) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
+    sys.exit(130)

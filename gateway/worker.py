@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -199,7 +200,10 @@ class GatewayWorker(SimpleWorker):
     # RQ backs off up to 60 s between reconnects; retries must not wait that long after Redis.
     max_connection_wait_time = 5.0
 
+    stop_asked = False  # a SIGTERM or SIGINT came (RQ keeps the date in Redis, which may be gone)
+
     def request_stop(self, signum: Any, frame: Any) -> None:
+        self.stop_asked = True
         if _runtime is not None:
             _runtime.engine.request_stop()
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
@@ -220,22 +224,50 @@ def run_worker(
     ticker = Ticker(settings, queue)
     ticker.safe_tick()  # a backlog left while no worker ran gets its drain job now
     ticker.start()
-    worker = GatewayWorker(
-        [queue],
-        connection=redis,
-        serializer=JSONSerializer,
-        job_class=GatewayJob,
-        name=name,
-        maintenance_interval=maintenance_interval,
-    )
-    log.info("worker %s on queue %s", worker.name, settings.queue_name)
+    stopping = False
+
+    def stop_while_waiting(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
     try:
-        return bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level="INFO"))
-    except RedisError as exc:
-        # RQ's bookkeeping on the way out (register_death) needs Redis; the deliveries do not:
-        # what this worker held stays leased and is due again when the lease runs out.
-        log.error("worker %s stopped without Redis (%s); exit status 1", worker.name, _why(exc))
-        raise SystemExit(1) from None
+        while True:
+            worker = GatewayWorker(
+                [queue],
+                connection=redis,
+                serializer=JSONSerializer,
+                job_class=GatewayJob,
+                name=name,
+                maintenance_interval=maintenance_interval,
+            )
+            log.info("worker %s on queue %s", worker.name, settings.queue_name)
+            worked = False
+            try:
+                worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level="INFO"))
+            except RedisError as exc:
+                if worker.stop_asked:
+                    # RQ's bookkeeping on the way out (register_death) needs Redis; the deliveries
+                    # do not: what this worker held stays leased and is due again later.
+                    log.error("worker %s stopped without Redis (%s); exit status 1", worker.name, _why(exc))
+                    raise SystemExit(1) from None
+            if worker.stop_asked or burst or max_jobs is not None:
+                return worked
+            # RQ's loop ended on an error (Redis gone mid-job, say). A process manager would
+            # restart the worker, some (Heroku) with a growing delay: wait for Redis here instead.
+            signal.signal(signal.SIGTERM, stop_while_waiting)
+            signal.signal(signal.SIGINT, stop_while_waiting)
+            log.warning(
+                "worker %s: its loop ended (Redis unreachable?); working again once Redis answers",
+                worker.name,
+            )
+            while not stopping:
+                try:
+                    redis.ping()
+                    break
+                except RedisError:
+                    time.sleep(1.0)
+            if stopping:
+                return worked
     finally:
         ticker.stop()
         ticker.join(5)
