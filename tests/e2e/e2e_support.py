@@ -8,9 +8,12 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -149,18 +152,43 @@ def http_call(
         conn.close()
 
 
+# -- the gateway command -----------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_gateway(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway ARGS...` in the project folder, output captured, bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 # -- waiting --------------------------------------------------------------------------------------
 
 
-def wait_until(check: Callable[[], T | None], what: str, timeout: float = 20.0, interval: float = 0.05) -> T:
-    """Call `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+def wait_until(
+    check: Callable[[], T | None],
+    what: str,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Call `check` until it returns something truthy; fail with `what` (and `explain()`)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            more = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{more}")
         time.sleep(interval)
 
 

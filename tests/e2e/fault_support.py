@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from e2e_support import wait_until
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OUTPUT_DIR = PROJECT_ROOT / "test-output" / "faults"
 HANG_MAX = 30.0  # a hanging request is dropped after this long even if the client stays
@@ -339,15 +341,8 @@ def poll(
     interval: float = 0.1,
     explain: Callable[[], str] = str,
 ) -> Any:
-    """Call `check` until it returns something truthy; fail with `what` and `explain()`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{explain()}")
-        time.sleep(interval)
+    """e2e_support.wait_until with the fault tests' argument order."""
+    return wait_until(check, what, timeout, interval, explain)
 
 
 def expected_deliveries(redis: Any, prefix: str = "gw") -> dict[str, dict[str, Any]]:

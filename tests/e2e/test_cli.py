@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from e2e_support import SETTINGS, http_call, store_for, the_event_id, wait_final, wait_until
+from e2e_support import SETTINGS, http_call, run_gateway, store_for, the_event_id, wait_final, wait_until
 
 if TYPE_CHECKING:
     from conftest import Gateway, TargetServer
     from redis import Redis
 
-ROOT = Path(__file__).resolve().parents[2]
 CALLBACK = "/invitation_created/?invitee=15551231234&invitor=johnsnow&network_id=mynetwork"
 
 VALID = (
@@ -34,18 +31,6 @@ post_data = '{"recipient_email": "%invitee%@example.com", "invitation_type": "or
 success_codes = [200, 404]
 """
 )
-
-
-def run_gateway(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_check_accepts_a_valid_file(gateway: Gateway, tmp_path: Path) -> None:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from e2e_support import (
@@ -17,6 +15,7 @@ from e2e_support import (
     build_request,
     http_call,
     raw_exchange,
+    run_gateway,
     store_for,
     wait_until,
     waiting_count,
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from e2e_support import HttpResponse
     from redis import Redis
 
-ROOT = Path(__file__).resolve().parents[2]
 PROBLEM = "application/problem+json"
 # The test's target server listens with a backlog of 5: a burst of connections beyond that may be
 # accepted only after the worker's 10 s timeout, and the delivery is then (rightly) made again.
@@ -107,18 +105,6 @@ def start_web_with(gateway: Gateway, env: dict[str, str], name: str) -> tuple[st
 
     wait_until(healthy, "the web process to answer", timeout=20)
     return base, proc
-
-
-def run_gateway(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def apply(gateway: Gateway, text: str, **env: str) -> None:

@@ -4,15 +4,13 @@ target server; `gateway targets apply` as an operator runs it."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from e2e_support import PREFIX, SETTINGS, http_call, store_for, wait_until, waiting_count
+from e2e_support import PREFIX, SETTINGS, http_call, run_gateway, store_for, wait_until, waiting_count
 
 from gateway.embedded import EmbeddedRedis
 from gateway.networks import token_digest
@@ -21,7 +19,6 @@ if TYPE_CHECKING:
     from conftest import Gateway, TargetServer
     from redis import Redis
 
-ROOT = Path(__file__).resolve().parents[2]
 # The test's target server listens with a backlog of 5: a burst of connections beyond that may be
 # accepted only after the worker's 10 s timeout, and the delivery is then (rightly) made again.
 # Tests that count requests at the target keep the worker to a few connections at once.
@@ -41,18 +38,6 @@ def params(invitee: str, field: str = "invitee") -> str:
 
 def callback(invitee: str, field: str = "invitee") -> str:
     return "/invitation_created?" + params(invitee, field)
-
-
-def run_gateway(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def apply(gateway: Gateway, text: str) -> None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from e2e_support import SETTINGS, http_call, store_for, wait_until
+from e2e_support import SETTINGS, http_call, run_gateway, store_for, wait_until
 from redis import Redis
 
 from gateway.embedded import EmbeddedRedis, free_port
@@ -32,12 +31,6 @@ def config(target_server: TargetServer) -> str:
 def spool_lines(gateway: Gateway) -> int:
     folder = gateway.tmp_path / "data" / "spool"
     return sum(len(p.read_bytes().splitlines()) for p in folder.glob("*.jsonl")) if folder.is_dir() else 0
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], env=env, capture_output=True, text=True, timeout=60
-    )
 
 
 def start_web_on(gateway: Gateway, url: str, name: str, **env: str) -> tuple[str, int]:
@@ -170,22 +163,17 @@ def test_spool_status_and_drain_from_the_cli(gateway: Gateway) -> None:
         assert http_call(base, "GET", callback(n)).status == 204
     os.kill(pid, signal.SIGKILL)
     env = gateway.environ(REDIS_URL=url)
-    status = subprocess.run(
-        [sys.executable, "-m", "gateway", "spool", "status", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    status = run_gateway("spool", "status", "--json", env=env)
     assert status.returncode == 0, status.stderr
     [entry] = json.loads(status.stdout)["files"]
     assert entry["invitations"] == 4 and entry["age_seconds"] >= 0
     # Redis still down: the drain fails with one line, and keeps the spool.
-    failed = run_cli(env, "spool", "drain")
+    failed = run_gateway("spool", "drain", env=env)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
     assert spool_lines(gateway) == 4
     server = EmbeddedRedis(port=port).start()
     try:
-        drained = run_cli(env, "spool", "drain")
+        drained = run_gateway("spool", "drain", env=env)
         assert drained.returncode == 0, drained.stderr
         assert "4 invitations stored, 0 were already stored" in drained.stdout
         assert spool_lines(gateway) == 0
