@@ -13,6 +13,7 @@ from typing import Any
 from ulid import ULID
 
 from gateway.exceptions import InvalidCallback
+from gateway.records import iso_ms
 
 INVITATION_CREATED = "invitation_created"
 INVITATION_ACCEPTED = "invitation_accepted"
@@ -144,6 +145,8 @@ def _check_text(field: str, value: str) -> str:
         raise InvalidCallback(f"{field} is empty", field=field)
     if len(value) > MAX_FIELD_LENGTH:
         raise InvalidCallback(f"{field} is longer than {MAX_FIELD_LENGTH} characters", field=field)
+    if value.isascii() and value.isprintable():
+        return value  # the common case: no control character, surrogate or noncharacter possible
     for ch in value:
         category = unicodedata.category(ch)
         if category == "Cc":
@@ -197,7 +200,7 @@ def make_event(
     invitor = _check_text("invitor", fields["invitor"])
     network_id = _check_text("network_id", fields["network_id"])
     ts = time.time() if now is None else now
-    received = datetime.fromtimestamp(ts, tz=UTC)
+    ms = int(ts * 1000)
     return InvitationEvent(
         id=str(ULID.from_timestamp(ts)),
         type=event_type,
@@ -205,8 +208,8 @@ def make_event(
         invitee_raw=invitee_raw,
         invitor=invitor,
         network_id=network_id,
-        received_at=received.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        received_at_ms=int(ts * 1000),
+        received_at=iso_ms(ms),
+        received_at_ms=ms,
         source_format=source_format,
         client=client,
     )
@@ -232,7 +235,3 @@ def make_alert(message: str, now: float | None = None) -> InvitationEvent:
         source_format="alert",
         message=message,
     )
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -28,6 +28,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from gateway.exceptions import ConfigError
@@ -116,7 +117,7 @@ class NetworkPolicy:
     guard: Guard | None = None
 
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(ipaddress.ip_network(c, strict=False) for c in self.allow_from)
+        return _networks(self.allow_from)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -310,3 +311,8 @@ def prefix_allowed(invitee: str, allowed: Sequence[str]) -> bool:
     """
     digits = invitee.lstrip("+")
     return any(digits.startswith(p[1:]) for p in allowed)
+
+
+@lru_cache(maxsize=1024)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)

@@ -677,7 +677,7 @@ for i, it in ipairs(cjson.decode(ARGV[6])) do
   elseif win > 0 and not redis.call('SET', p .. ':dedupe:' .. it.dk, it.id, 'NX', 'PX', win)
       and redis.call('GET', p .. ':dedupe:' .. it.dk) ~= it.id then
     -- (the same id: this very event, from a run cut short before it was stored)
-    status = 'duplicate'
+    status = 'duplicate:' .. (redis.call('GET', p .. ':dedupe:' .. it.dk) or '')
     redis.call('HINCRBY', p .. ':counters', 'duplicates', 1)
   else
     -- abuse limits: a suppressed invitation is kept, visible and releasable, never delivered
@@ -772,7 +772,8 @@ def ingest_script(client: Redis | aioredis.Redis) -> Any:
     (the prefix guard: {h, c, a keys, min, ratio, hold s, ttl ms, why}), ga ([key, ttl ms]: count
     an accepted invitation)}, or {id, ms, ts, add: true} to add deliveries to a stored event.
     Returns [config version, 1 if a drain job must be queued, status per event (accepted |
-    duplicate | exists | suppressed:REASON), then "held:NETWORK:REASON" per prefix just held].
+    duplicate:ID OF THE FIRST | exists | suppressed:REASON), then "held:NETWORK:REASON" per
+    prefix just held].
     """
     return client.register_script(_LUA_INGEST)
 

@@ -117,9 +117,15 @@ class Accepter:
             await self._spool(batch)
             return
         self._redis_back()
+        accepted = []
         for w, status in zip(batch, results, strict=True):
+            if status == ACCEPTED and w.targets:
+                accepted.append(f"{w.event.id} ({w.event.network_id}: {','.join(w.targets)})")
             if not w.done.done():
                 w.done.set_result(ACCEPTED if status == EXISTS else status)
+        if accepted:
+            # One line for the batch: a line per callback would cost as much CPU as the callback.
+            log.info("accepted %d: %s", len(accepted), " ".join(accepted))
 
     async def commit(self, items: Sequence[tuple[InvitationEvent, list[str]]]) -> list[str]:
         """Store events with their deliveries in one Lua call; the status of each, in order."""

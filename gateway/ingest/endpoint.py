@@ -92,28 +92,16 @@ class Ingest:
             log.warning("suppressed %s %s (network %s): %s", event.type, event.id, event.network_id, reason)
             if self.live.current.limited_status == 429:
                 raise Limited(f"held back and kept, not delivered: {reason}")
-        elif status == DUPLICATE:
+        elif status.startswith(DUPLICATE):
             log.info(
-                "duplicate %s from %s to %s (network %s): not delivered again",
+                "duplicate %s (network %s) of %s: not delivered again",
                 event.type,
-                event.invitor,
-                event.invitee,
                 event.network_id,
+                status[len(DUPLICATE) + 1 :] or "an earlier one",
             )
-        elif status != SPOOLED:
-            if targets:
-                log.info(
-                    "accepted %s %s (network %s, %s) for %s",
-                    event.type,
-                    event.id,
-                    event.network_id,
-                    event.source_format,
-                    ", ".join(targets),
-                )
-            else:
-                log.warning(
-                    "accepted %s %s: no target serves network %r", event.type, event.id, event.network_id
-                )
+        elif status != SPOOLED and not targets:
+            log.warning("accepted %s %s: no target serves network %r", event.type, event.id, event.network_id)
+        # Accepted ones with targets are logged a batch per line by the Accepter.
         return NO_CONTENT
 
     def parse(
