@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import CallbackError, ConfigError
@@ -152,7 +154,7 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
     return IngestParts(redis, aio, store, live, accepter, refresh_config)
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> IngestFastPath:
     """The ASGI application (uvicorn: `gateway.app:create_app --factory`)."""
     settings = settings or Settings.from_env()
     spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes)
@@ -188,6 +190,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
         if settings.open_ingest:
             log.warning("GATEWAY_OPEN_INGEST is set: callbacks without a token are accepted from anyone")
+        # Everything built so far lives as long as the process: keep the cycle collector off it,
+        # and let it run less often (every callback allocates, few make cycles).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
         drainer = asyncio.create_task(accepter.drain_forever())
         # A token, limit or allowlist taken out of the file is gone within a second everywhere,
         # not only once this process next takes a callback.
@@ -214,11 +221,57 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ):
             routes_.append(Route(path, endpoint, methods=["GET", "POST"]))
     routes_.append(Route("/healthz", health, methods=["GET"]))
-    return Starlette(
+    app = Starlette(
         routes=routes_,
         lifespan=lifespan,
         exception_handlers={CallbackError: callback_error, HTTPException: http_error},
     )
+    return IngestFastPath(app, ingest)
+
+
+class IngestFastPath:
+    """The two callback paths straight to the ingest; everything else through Starlette.
+
+    A callback is the hot path: Starlette's router and its two exception middlewares cost about
+    as much CPU per request as uvicorn itself (bench/README.md). The same `Ingest` and the same
+    error mapping (`callback_error`) answer here as under the Starlette routes, which stay for
+    anything this does not take (other methods get Starlette's 405, in the same problem shape).
+    """
+
+    def __init__(self, app: Starlette, ingest: Ingest) -> None:
+        self.app = app
+        self.ingest = ingest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "POST"):
+            event_type, token = _ingest_path(scope["path"])
+            if event_type is not None:
+                if token is not None:
+                    scope["path_params"] = {"token": token}
+                request = Request(scope, receive, send)
+                try:
+                    response = await self.ingest(request, event_type)
+                except CallbackError as exc:
+                    response = await callback_error(request, exc)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+_EVENT_PATHS = {f"/{t}": t for t in (INVITATION_CREATED, INVITATION_ACCEPTED)}
+
+
+def _ingest_path(path: str) -> tuple[str | None, str | None]:
+    """(event type, token) of /invitation_created[/TOKEN][/], else (None, None)."""
+    path = path.removesuffix("/") if len(path) > 1 else path
+    event_type = _EVENT_PATHS.get(path)
+    if event_type is not None:
+        return event_type, None
+    head, _, token = path.rpartition("/")
+    event_type = _EVENT_PATHS.get(head)
+    if event_type is not None and token:
+        return event_type, token
+    return None, None
 
 
 async def _load_config(aio: aioredis.Redis, store: Store) -> tuple[int, dict[str, Any] | None]:

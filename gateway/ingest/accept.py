@@ -249,6 +249,9 @@ class Accepter:
                 continue
             try:
                 await self.client.ping()
+            except Exception:  # noqa: S112 - still down: _flush logged the outage once
+                continue
+            try:
                 await self.drain()
             except Exception as exc:
                 log.warning("spool drain interrupted (%s); trying again", type(exc).__name__)

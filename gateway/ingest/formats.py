@@ -13,6 +13,7 @@ import codecs
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 from lxml import etree
@@ -45,6 +46,7 @@ def parse_content_type(header: str | None) -> tuple[str, dict[str, str]]:
     return media.decode("latin-1").strip().lower(), params
 
 
+@lru_cache(maxsize=64)
 def _codec(charset: str | None) -> str:
     name = (charset or "utf-8").strip().strip('"') or "utf-8"
     try:
