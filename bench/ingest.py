@@ -475,8 +475,9 @@ def profile(run: Run, spec: ServerSpec, server: ServerTree, method: str) -> tupl
     py_spy = find_py_spy()
     if py_spy is None:
         return None
-    report_path = run.args.output or default_output(run.args)
-    out = report_path.with_name(f"{report_path.stem}-pyspy-{spec.key}-{method}.txt")
+    folder = run.args.stacks or run.tmp
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"ingest-pyspy-{spec.key}-{method}.txt"
     seconds = run.timing.profile_s
     log = run.tmp / f"py-spy-{spec.key}-{method}.log"
     spy = start_py_spy(py_spy, server.pid, seconds, out, run.cores.client, log)
@@ -503,10 +504,12 @@ def profiles(run: Run, started: dict[str, ServerTree]) -> None:
         bare = profile(run, BARE_1, started[BARE_1.key], method)
         gateway = profile(run, GW_1, started[GW_1.key], method)
         if bare is not None and gateway is not None:
-            run.profiles.append(profile_text(method, bare, gateway))
+            run.profiles.append(profile_text(run, method, bare, gateway))
 
 
-def profile_text(method: str, bare: tuple[Profile, Row, Path], gateway: tuple[Profile, Row, Path]) -> str:
+def profile_text(
+    run: Run, method: str, bare: tuple[Profile, Row, Path], gateway: tuple[Profile, Row, Path]
+) -> str:
     (bprof, brow, bout), (gprof, grow, gout) = bare, gateway
     bcpu = brow.per_request_us(brow.server_cpu_total) or 0.0
     gcpu = grow.per_request_us(grow.server_cpu_total) or 0.0
@@ -533,8 +536,8 @@ def profile_text(method: str, bare: tuple[Profile, Row, Path], gateway: tuple[Pr
             f"While sampled: bare {brow.rate:,.0f} req/s, {bcpu:.0f} µs CPU/request, {bprof.samples} "
             f"samples (other load {fmt(brow.other_cores, '.2f')} cores); gateway {grow.rate:,.0f} req/s, "
             f"{gcpu:.0f} µs CPU/request, {gprof.samples} samples (other load "
-            f"{fmt(grow.other_cores, '.2f')} cores). "
-            f"Raw stacks: {bout.name}, {gout.name}.",
+            f"{fmt(grow.other_cores, '.2f')} cores)."
+            + (f" Raw stacks: {bout}, {gout}." if run.args.stacks else ""),
             "",
             "Own time per file in µs of CPU per request (share of samples x the run's CPU per request; "
             "files with 2 µs or more; gateway minus bare, largest first):",
@@ -762,7 +765,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="0.5 s per run instead of 10 s (a smoke run)")
     parser.add_argument("--rounds", type=int, default=1, help="saturation runs per row, servers taking turns")
-    parser.add_argument("--profile", action="store_true", help="also profile the gateway with py-spy")
+    parser.add_argument("--profile", action="store_true", help="also profile bare and gateway with py-spy")
+    parser.add_argument("--stacks", type=Path, metavar="DIR", help="--profile: keep py-spy's raw stacks here")
     parser.add_argument(
         "--output", type=Path, help="the markdown file (default bench/results/ingest-DATE.md)"
     )

@@ -718,7 +718,7 @@ for i, it in ipairs(cjson.decode(ARGV[6])) do
       status = 'suppressed:' .. why
       redis.call('HINCRBY', p .. ':counters', 'suppressed', 1)
     end
-    redis.call('SET', ek, it.ev, 'EX', ttl)
+    redis.call('SET', ek, cjson.encode(it.ev), 'EX', ttl)
     if why and #it.ts > 0 then
       local dk = ek .. ':deliveries'
       local st = cjson.encode({status = 'suppressed', attempts = 0, retries = 0, throttles = 0,
@@ -767,7 +767,7 @@ def ingest_script(client: Redis | aioredis.Redis) -> Any:
     """The accept step's Lua: store a batch of events and their deliveries in one call.
 
     ARGV: prefix, now ms, retention s, dedupe window ms (0: off), the pending delivery state
-    JSON, and a JSON list of {id, ev (event JSON), n (network), ms, ts (targets), dk (dedupe
+    JSON, and a JSON list of {id, ev (the event), n (network), ms, ts (targets), dk (dedupe
     key), and the limits: sup (a reason to suppress it), lim ([[key, max, ttl ms, reason]]), g
     (the prefix guard: {h, c, a keys, min, ratio, hold s, ttl ms, why}), ga ([key, ttl ms]: count
     an accepted invitation)}, or {id, ms, ts, add: true} to add deliveries to a stored event.

@@ -6,6 +6,8 @@ import json
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from ulid import ULID
 
 from gateway.events import (
@@ -350,3 +352,23 @@ def test_placeholders() -> None:
         "received_at": "2023-11-14T22:13:20.123Z",
         "message": "johnsnow invited +15551231234 (network mynetwork)",
     }
+
+
+@given(st.integers(min_value=0, max_value=2**48 - 1))
+def test_new_ulid_is_a_ulid_of_that_millisecond(ms: int) -> None:
+    from ulid import ULID
+
+    from gateway.events import new_ulid
+
+    value = new_ulid(ms)
+    parsed = ULID.from_str(value)  # python-ulid, the reference
+    assert str(parsed) == value and len(value) == 26
+    assert parsed.milliseconds == ms
+
+
+def test_new_ulids_differ_and_sort_by_time() -> None:
+    from gateway.events import new_ulid
+
+    ids = [new_ulid(1_700_000_000_000 + n // 10) for n in range(1000)]
+    assert len(set(ids)) == 1000
+    assert [i[:10] for i in ids] == sorted(i[:10] for i in ids)

@@ -133,7 +133,7 @@ class Accepter:
         payload = [
             {
                 "id": ev.id,
-                "ev": _dumps(ev.to_dict()),
+                "ev": ev.to_dict(),  # encoded once, with the batch; the Lua stores it as JSON
                 "n": ev.network_id,
                 "ms": ev.received_at_ms,
                 "ts": targets,
