@@ -41,8 +41,15 @@ def parse_content_type(header: str | None) -> tuple[str, dict[str, str]]:
     """Split a Content-Type header into a lower-case media type and its parameters."""
     if not header:
         return "", {}
+    media, params = _content_type(header)
+    return media, dict(params)
+
+
+@lru_cache(maxsize=256)
+def _content_type(header: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    # A provider's callbacks all carry the same header: parse it once.
     media, options = parse_options_header(header)
-    params = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in options.items()}
+    params = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in options.items())
     return media.decode("latin-1").strip().lower(), params
 
 
