@@ -227,6 +227,9 @@ class Target:
         return data
 
 
+_index: tuple[tuple[Target, ...], dict[str, Target]] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything a provider declares: targets, field aliases and a few settings."""
@@ -249,10 +252,12 @@ class Config:
         return [t for t in self.targets if t.matches(event_type, network_id)]
 
     def target(self, name: str) -> Target | None:
-        for t in self.targets:
-            if t.name == name:
-                return t
-        return None
+        # Looked up for every delivery: a dict kept for the configuration in use, not a scan.
+        global _index
+        index = _index
+        if index is None or index[0] is not self.targets:
+            index = _index = (self.targets, {t.name: t for t in self.targets})
+        return index[1].get(name)
 
     def policies(self) -> dict[str, dict[str, float | int]]:
         """Per target: the minimum spacing of requests in ms and the concurrency cap (0: none)."""

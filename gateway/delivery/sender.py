@@ -193,6 +193,8 @@ def _is_ip_literal(host: str) -> bool:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    if resp.content_length is not None and resp.content_length <= cap:
+        return await resp.read()  # the usual short answer: one await, the connection kept
     chunks: list[bytes] = []
     total = 0
     while total < cap:
