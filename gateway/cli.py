@@ -82,10 +82,13 @@ def web(host: str, port: int, workers: int) -> None:
         host=host,
         port=port,
         workers=workers,
+        # Named, not "auto": a missing wheel fails here instead of falling back to asyncio and h11.
+        loop="uvloop",
+        http="httptools",
         # Above the usual 60 s idle timeout of load balancers, so they never reuse a closed socket.
         timeout_keep_alive=65,
         timeout_graceful_shutdown=20,  # below the 30 s a Procfile host waits before SIGKILL
-        access_log=False,  # one line per accepted invitation comes from gateway.ingest
+        access_log=False,  # accepted invitations are logged by gateway.ingest (no URLs: tokens)
         # X-Forwarded-For is read by the gateway, only from GATEWAY_TRUSTED_PROXIES.
         proxy_headers=False,
         log_config=None,
