@@ -14,7 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -23,6 +23,7 @@ import pytest
 from redis import Redis
 
 from gateway.embedded import EmbeddedRedis, free_port
+from tests.serving import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,22 +163,9 @@ def target_server() -> Iterator[TargetServer]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    class Server(ThreadingHTTPServer):
-        # A worker opens up to 64 connections at once: the default backlog of 5 would leave some
-        # waiting past the worker's timeout, and the retry would be a duplicate.
-        request_queue_size = 128
-
-    server = Server(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as port:
+        state.port = port
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 # -- gateway processes --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -26,6 +26,7 @@ from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
 from gateway.records import delivery_id
 from gateway.store import DeliveryQueue, Store
 from gateway.targets import Config, config_from_dict
+from tests.serving import serving
 
 PREFIX = "gw"
 NETWORK = "net1"
@@ -212,17 +213,9 @@ def forward_proxy() -> Iterator[ForwardProxy]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as port:
+        state.port = port
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 # -- the harness --------------------------------------------------------------------------------
