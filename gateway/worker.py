@@ -268,6 +268,12 @@ def run_worker(
                     time.sleep(1.0)
             if stopping:
                 return worked
+            # Its registration outlived it (Redis kept its data): mark it dead, so that the same
+            # name can register again.
+            try:
+                worker.register_death()  # type: ignore[no-untyped-call]
+            except RedisError:
+                continue
     finally:
         ticker.stop()
         ticker.join(5)

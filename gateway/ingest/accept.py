@@ -111,7 +111,8 @@ class Accepter:
 
     async def _flush(self, batch: list[_Waiting]) -> None:
         try:
-            results = await asyncio.wait_for(self.commit([(w.event, w.targets) for w in batch]), self.bound)
+            async with asyncio.timeout(self.bound):  # no task per batch, unlike wait_for
+                results = await self.commit([(w.event, w.targets) for w in batch])
         except Exception as exc:
             self._redis_failed(exc)
             await self._spool(batch)
