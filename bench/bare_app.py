@@ -2,7 +2,7 @@
 
 GET and POST on /invitation_created: it reads the request body (as the gateway must) and
 answers 204, nothing else. `main` serves it with the keyword arguments that `gateway web`
-passes to `uvicorn.run` (gateway/cli.py), so that the two servers differ only in the
+passes to `uvicorn.run` (gateway/cli/serve.py), so that the two servers differ only in the
 application. `gateway web` leaves `loop` and `http` at uvicorn's "auto", which picks uvloop and
 httptools when they are installed (they are dependencies); here they are named, so that the
 baseline never silently falls back to asyncio and h11. bench/ingest.py checks in /proc that
@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn processes (WEB_CONCURRENCY)")
     args = parser.parse_args(argv)
-    # As `gateway web` at GATEWAY_LOG_LEVEL=INFO (gateway/cli.py `main`).
+    # As `gateway web` at GATEWAY_LOG_LEVEL=INFO (gateway/cli/common.py `main`).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The keyword arguments of gateway/cli.py `web`, with this app instead of the gateway's,
+    # The keyword arguments of gateway/cli/serve.py `web`, with this app instead of the gateway's,
     # and uvicorn's "auto" loop and parser spelled out.
     uvicorn.run(
         "bare_app:create_app",
