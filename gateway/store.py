@@ -838,3 +838,37 @@ def _limit_key(kind: str, *parts: object) -> str:
     # Hashed: numbers are personal data and have no place in key names.
     digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:24]
     return f"{kind}:{digest}"
+
+
+# -- OAuth2 access tokens (gateway/delivery/oauth2.py) -------------------------------------------
+#
+#   {p}:oauth2:{digest}   the access token of one token endpoint and client id (digest: sha256 of
+#                         both), expiring shortly before the token does; shared by every worker
+_LUA_FORGET_IF_SAME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class TokenCache:
+    """Access tokens shared by every worker; for a sync or an asyncio client, like DeliveryQueue."""
+
+    def __init__(self, client: Redis | aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._drop = client.register_script(_LUA_FORGET_IF_SAME)
+
+    def key(self, token_url: str, client_id: str, scope: str) -> str:
+        # Hashed: the URL may carry a tenant, and key names are listed by any Redis client.
+        digest = hashlib.sha256("\x00".join((token_url, client_id, scope)).encode()).hexdigest()[:32]
+        return f"{self.prefix}:oauth2:{digest}"
+
+    def get(self, key: str) -> Any:
+        return self.client.get(key)
+
+    def put(self, key: str, token: str, ttl_ms: int) -> Any:
+        return self.client.set(key, token, px=max(ttl_ms, 1))
+
+    def drop(self, key: str, token: str) -> Any:
+        """Forget `token`, unless another worker has already replaced it."""
+        return self._drop(keys=[key], args=[token])

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.config.options import OPTION_KEYS, OAuth2, options_env_key, options_from_dict, options_to_dict
+from gateway.config.presets import apply_preset
 from gateway.events import DEFAULT_ALIASES, EVENT_TYPES, FIELDS, build_aliases
 from gateway.exceptions import ConfigError
 from gateway.networks import NetworkPolicy, networks_from_dict
@@ -110,6 +112,7 @@ _TARGET_KEYS = frozenset(
         "proxy",
         "pause_after",
         "probe_interval",
+        *OPTION_KEYS,
     }
 )
 _PAUSE_KEYS = frozenset({"failures", "seconds"})
@@ -155,6 +158,14 @@ class Target:
     pause_failures: int = DEFAULT_PAUSE_FAILURES  # 0: never pause automatically
     pause_seconds: int = DEFAULT_PAUSE_SECONDS
     probe_interval: int = DEFAULT_PROBE_INTERVAL
+    # gateway/config/options.py: OAuth2 client credentials, answers that count as delivered
+    # ((status, text the body contains or ""), ...), and a previous signing secret that
+    # signs too until `previous_signing_secret_until` (epoch seconds in `..._expires`).
+    oauth2: OAuth2 | None = None
+    delivered_statuses: tuple[tuple[int, str], ...] = ()
+    previous_signing_secret: str | None = None
+    previous_signing_secret_until: str | None = None
+    previous_signing_secret_expires: float = 0.0
 
     def matches(self, event_type: str, network_id: str) -> bool:
         return event_type in self.events and ("*" in self.networks or network_id in self.networks)
@@ -163,6 +174,10 @@ class Target:
         if self.success_codes is not None:
             return status in self.success_codes
         return 200 <= status < 300
+
+    def delivered_anyway(self, status: int, body: bytes) -> bool:
+        """A failure status that `delivered_statuses` counts as delivered ("already done")."""
+        return any(c == status and (not t or t.encode() in body) for c, t in self.delivered_statuses)
 
     @property
     def body_kind(self) -> BodyKind:
@@ -188,6 +203,10 @@ class Target:
             yield self.signing_secret
         if self.proxy is not None:
             yield self.proxy
+        if self.oauth2 is not None:
+            yield from self.oauth2.templates()
+        if self.previous_signing_secret is not None:
+            yield self.previous_signing_secret
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -224,6 +243,7 @@ class Target:
             data["pause_after"] = {"failures": self.pause_failures, "seconds": self.pause_seconds}
         if self.probe_interval != DEFAULT_PROBE_INTERVAL:
             data["probe_interval"] = self.probe_interval
+        data.update(options_to_dict(self))
         return data
 
 
@@ -421,6 +441,8 @@ def target_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
     if not isinstance(raw_name, str) or not _NAME.fullmatch(raw_name):
         raise ConfigError(f"name must be 1-64 letters, digits, '_' or '-', got {raw_name!r}", None, "name")
     name = raw_name
+    if "preset" in data:
+        data = _with_preset(data)
     unknown = sorted(set(data) - _TARGET_KEYS)
     if unknown:
         raise ConfigError(f"unknown key (known: {', '.join(sorted(_TARGET_KEYS))})", name, unknown[0])
@@ -561,6 +583,7 @@ def target_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
         pause_failures=pause_failures,
         pause_seconds=pause_seconds,
         probe_interval=probe_interval,
+        **options_from_dict(data, name, environ),
     )
     _validate_templates(target, allowed, environ)
     return target
@@ -653,6 +676,8 @@ def _env_key(target: Target, var: str) -> str:
         return "auth"
     if target.proxy and ref in target.proxy:
         return "proxy"
+    if (key := options_env_key(target, ref)) is not None:
+        return key
     return "signing_secret"
 
 
@@ -742,3 +767,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         return config_from_dict(data, environ)
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
+
+
+def _with_preset(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The declaration with its `preset` (templates/presets/NAME.toml) filled in."""
+    return apply_preset(data)

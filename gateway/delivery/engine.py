@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.delivery.oauth2 import TokenError, TokenSource
 from gateway.delivery.request import build_request, classify, retry_delay
 from gateway.delivery.sender import Sender, SendError
 from gateway.events import InvitationEvent, make_alert
@@ -37,7 +38,7 @@ from gateway.records import (
     Outcome,
     split_delivery_id,
 )
-from gateway.store import DeliveryQueue
+from gateway.store import DeliveryQueue, TokenCache
 from gateway.targets import MAX_TIMEOUT, Config, Target
 
 log = logging.getLogger("gateway.delivery")
@@ -108,6 +109,7 @@ class Engine:
         self._stop = False
         self._config = Config()
         self._version = -1  # the configuration version `_config` is; -1: none loaded yet
+        self.tokens = TokenSource(TokenCache(queue.client, queue.prefix), sender.send)  # OAuth2
 
     def request_stop(self) -> None:
         """Stop claiming; requests in flight get `grace` seconds, the rest is handed back."""
@@ -433,8 +435,14 @@ class Engine:
         self, target: Target, event: InvitationEvent, number: int, now: int
     ) -> tuple[Attempt, Outcome, float | None, int | None]:
         """Make one request: (attempt record, DELIVERED | RETRYING | FAILED, Retry-After, status)."""
+        bearer: str | None = None
         try:
-            request = build_request(target, event, self.environ, now=now / 1000)
+            if target.oauth2 is not None:
+                bearer = await self.tokens.token(target, self.environ)
+            request = build_request(target, event, self.environ, now=now / 1000, bearer=bearer)
+        except TokenError as exc:
+            attempt = Attempt(target.name, number, now, Outcome.RETRYING, error=exc.reason)
+            return attempt, Outcome.RETRYING, None, None
         except ConfigError as exc:
             # A ${VAR} missing on this worker: the operator can fix it, so keep trying.
             return (
@@ -455,6 +463,14 @@ class Engine:
             )
         try:
             response = await self.sender.send(request)
+            if response.status == 401 and bearer is not None:
+                # The token was refused (revoked, or expired early): one fresh token, one more try.
+                bearer = await self.tokens.refresh(target, self.environ, bearer)
+                request = build_request(target, event, self.environ, now=now / 1000, bearer=bearer)
+                response = await self.sender.send(request)
+        except TokenError as exc:
+            attempt = Attempt(target.name, number, now, Outcome.RETRYING, error=exc.reason)
+            return attempt, Outcome.RETRYING, None, None
         except SendError as exc:
             outcome = Outcome.FAILED if exc.blocked else Outcome.RETRYING
             return (

@@ -166,7 +166,7 @@ class Sender:
                 timeout=timeout,
                 proxy=proxy,
             ) as resp:
-                body = await _read_capped(resp, self.response_cap)
+                body = await _read_capped(resp, request.response_cap or self.response_cap)
                 return Response(resp.status, dict(resp.headers), body, elapsed())
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, AddressNotAllowed):
