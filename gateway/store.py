@@ -872,3 +872,48 @@ class TokenCache:
     def drop(self, key: str, token: str) -> Any:
         """Forget `token`, unless another worker has already replaced it."""
         return self._drop(keys=[key], args=[token])
+
+
+# -- lookups and test sends (gateway/delivery/lookups.py, gateway/delivery/testsend.py) -----------
+#
+#   {p}:lookup:{digest}      a lookup's values (JSON), for its `cache` seconds (digest: sha256 of
+#                            the rendered request; it carries a phone number)
+#   {p}:test:{id}            a test send asked for by `gateway targets test` (JSON), until a worker
+#                            takes it or the asker stops waiting
+#   {p}:test:{id}:result     what the worker saw (JSON), for TEST_RESULT_TTL seconds
+TEST_RESULT_TTL = 600
+
+
+def lookup_cache_key(prefix: str, digest: str) -> str:
+    return f"{prefix}:lookup:{digest}"
+
+
+def send_test_key(prefix: str, test_id: str) -> str:
+    return f"{prefix}:test:{test_id}"
+
+
+def send_test_result_key(prefix: str, test_id: str) -> str:
+    return f"{prefix}:test:{test_id}:result"
+
+
+def put_send_test(client: Redis, prefix: str, test_id: str, asked: dict[str, Any], ttl: int) -> None:
+    """Store a test send request; it lapses after `ttl` seconds if no worker takes it."""
+    client.set(send_test_key(prefix, test_id), _dumps(asked), ex=max(ttl, 1))
+
+
+def take_send_test(client: Redis, prefix: str, test_id: str) -> dict[str, Any] | None:
+    """The test send request, removed (None: lapsed, or taken by another worker)."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.get(send_test_key(prefix, test_id))
+        pipe.delete(send_test_key(prefix, test_id))
+        raw, _ = pipe.execute()
+    return json.loads(raw) if raw else None
+
+
+def put_send_test_result(client: Redis, prefix: str, test_id: str, result: dict[str, Any]) -> None:
+    client.set(send_test_result_key(prefix, test_id), _dumps(result), ex=TEST_RESULT_TTL)
+
+
+def get_send_test_result(client: Redis, prefix: str, test_id: str) -> dict[str, Any] | None:
+    raw = client.get(send_test_result_key(prefix, test_id))
+    return json.loads(raw) if raw else None
