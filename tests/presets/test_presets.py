@@ -334,3 +334,29 @@ def test_the_four_acrobits_shapes_pass_the_callback_through(redis: Redis, redis_
         assert urlsplit(f"{srv.base}{get.path}").path == "/invitation_created/get"
 
     run(redis, redis_url, body)
+
+
+def test_a_preset_variable_filled_by_a_lookup(redis: Redis, redis_url: str) -> None:
+    # Ramen wants an email the callback lacks: the target's lookup finds it, the preset's
+    # `email` variable names the lookup's placeholder.
+    async def body(h: Harness, srv: AsyncTarget) -> None:
+        srv.script(
+            "/contacts",
+            [(200, {"Content-Type": "application/json"}, b'{"contact": {"email": "a@b.example"}}')],
+        )
+        target = preset(
+            "ramen",
+            "ramen",
+            vars={"api_key": "k", "email": "%crm.email%", "base_url": srv.base},
+            lookups={
+                "crm": {"url": f"{srv.base}/contacts?phone=%invitee%", "fields": {"email": "contact.email"}}
+            },
+        )
+        [ev] = await deliver(h, [target])
+        [lookup] = srv.to("/contacts")
+        assert lookup.query == {"phone": ev.invitee}
+        [hit] = srv.to("/api/v1/invitations")
+        assert hit.json()["recipient_email"] == "a@b.example"
+        assert h.state(ev.id, "ramen")["status"] == "delivered"
+
+    run(redis, redis_url, body)
