@@ -27,7 +27,10 @@ from typing import Any
 from gateway.exceptions import ConfigError
 from gateway.templating import Escape, Template, body_kind, escape_none, escape_url
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "templates" / "presets"
+# The checkout's templates/presets (an editable install, the tests); installed as a plain package,
+# the directory of the same name under the working directory (a Procfile app runs from its root).
+_CHECKOUT = Path(__file__).resolve().parents[2] / "templates" / "presets"
+PRESETS_DIR = _CHECKOUT if _CHECKOUT.is_dir() else Path("templates", "presets").resolve()
 _REF = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _VARIABLE_KEYS = frozenset({"required", "default", "raw", "doc"})
