@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.options import OPTION_KEYS, OAuth2, options_env_key, options_from_dict, options_to_dict
 from gateway.config.presets import apply_preset
-from gateway.delivery.netguard import AllowPrivate, host_refusal, parse_networks, resolved_refusal
+from gateway.delivery.netguard import AllowPrivate, host_refusal, parse_networks, resolved_refusals
 from gateway.events import DEFAULT_ALIASES, EVENT_TYPES, FIELDS, build_aliases
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.networks import NetworkPolicy, networks_from_dict
@@ -1008,21 +1008,26 @@ def _lookup(
 
 
 def private_target_warnings(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Host names that resolve NOW to addresses the policy refuses (DNS can change: a warning)."""
-    warnings = []
+    """Host names that resolve NOW to addresses the policy refuses (DNS can change: a warning).
+
+    Every name is resolved at once, within a few seconds in all.
+    """
     allow = _policy(config.allow_private_targets, environ)
     if allow is True:
         return []
-    for target, key, host in _url_hosts(config, environ):
-        if host_refusal(host, True) is not None or _is_literal(host) or host_refusal(host, False):
-            continue  # literals (and localhost) are checked as errors
-        why = resolved_refusal(host, allow)
-        if why is not None:
-            warnings.append(
-                f"target {target!r}, key {key!r}: {why}; deliveries will be refused unless "
-                "allow_private_targets allows it"
-            )
-    return warnings
+    # Literals (and localhost) are errors, found by the checks above: names only here.
+    named = [
+        (t, k, h)
+        for t, k, h in _url_hosts(config, environ)
+        if not _is_literal(h) and not host_refusal(h, False)
+    ]
+    refusals = resolved_refusals([h for _, _, h in named], allow)
+    return [
+        f"target {target!r}, key {key!r}: {refusals[host]}; deliveries will be refused unless "
+        "allow_private_targets allows it"
+        for target, key, host in named
+        if host in refusals
+    ]
 
 
 def _policy(allow: AllowPrivate, environ: Mapping[str, str] | None) -> AllowPrivate:

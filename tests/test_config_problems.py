@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.delivery.netguard import AddressNotAllowed, check_address, host_refusal, resolved_refusal
+from gateway.delivery.netguard import AddressNotAllowed, check_address, host_refusal, resolved_refusals
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.targets import config_from_dict, load_config, private_target_warnings
 
@@ -169,7 +169,8 @@ def _loopback_name() -> str:
 
 def test_a_name_that_resolves_to_a_private_address_now_is_a_warning(tmp_path: Path) -> None:
     name = _loopback_name()
-    assert resolved_refusal(name, False) is not None
+    assert name in resolved_refusals([name, "no-such-host.invalid"], False)
+    assert resolved_refusals([name], ("127.0.0.0/8", "::1/128")) == {}
     path = tmp_path / "t.toml"
     path.write_text(f'[[targets]]\nname = "crm"\nnetworks = ["n"]\nurl = "http://{name}:8080/"\n')
     config = load_config(path, {})  # not an error: DNS can change
