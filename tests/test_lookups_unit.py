@@ -113,3 +113,21 @@ def test_a_network_list_is_honoured_at_connect_time(target_server: TargetServer)
         allowed.close()
         refused.close()
     assert [r.path for r in target_server.received] == ["/x"]
+
+
+def test_the_readme_lookup_example_loads(tmp_path: Any) -> None:
+    from pathlib import Path
+
+    from gateway.targets import load_config
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in readme.split("```toml")[1:] if "[targets.lookups.crm]" in b).split("```")[0]
+    path = tmp_path / "lookup.toml"
+    path.write_text(block)
+    config = load_config(path, {"RAMEN_API_KEY": "k", "CRM_TOKEN": "t"})
+    [target] = config.targets
+    [lookup] = target.lookups
+    assert lookup.placeholders() == ["crm.email", "crm.name"]
+    assert (lookup.cache, lookup.not_found, lookup.on_not_found) == (3600, (404,), "skip")
+    preview = render_preview(config, "ramen")
+    assert "<crm.email>" in preview["request"]["body"]
