@@ -121,7 +121,8 @@ def feed(args: argparse.Namespace) -> int:
 
     from gateway.events import INVITATION_CREATED, make_event
     from gateway.queue import accept, make_queue
-    from gateway.settings import LiveConfig, Settings
+    from gateway.live import LiveConfig
+    from gateway.settings import Settings
     from gateway.store import Store
 
     host = urlsplit(args.redis_url).hostname

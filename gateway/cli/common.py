@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
-from redis import Redis
 from redis.exceptions import RedisError
 
 from gateway import __version__
@@ -26,18 +25,21 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _settings() -> Settings:
+    """The environment's settings; a bad one (say, REDIS_URL without a scheme) ends in one line."""
     try:
         return Settings.from_env()
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise _UsageLine(str(exc)) from None
 
 
 def _store(settings: Settings) -> Store:
+    """The Store on REDIS_URL, or on the embedded Redis of a running standalone (gateway.wiring)."""
+    from gateway import wiring
+
     try:
-        url = settings.require_redis_url()
+        return wiring.store(settings)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    return Store(Redis.from_url(url), prefix=settings.prefix, retention=settings.retention_days * 86400)
+        raise _UsageLine(str(exc)) from None
 
 
 @click.group()
@@ -342,3 +344,38 @@ _REPLAY_TEXT = {
     "unknown": "unknown (no such delivery, or past retention)",
     "delivered": "already delivered (--force sends it again)",
 }
+
+
+# -- the workers' environment (`targets apply`) ------------------------------------------------------
+
+ENV_REPORT_WAIT = 6.0  # seconds `targets apply` waits for live workers to say which names they have
+
+
+def workers_lacking(
+    store: Store, names: set[str], wait: float = ENV_REPORT_WAIT
+) -> tuple[dict[str, list[str]], int]:
+    """({worker: [names it lacks]}, live workers that reported): asks the workers, waits for them.
+
+    Workers report names only, never values (gateway.worker.Ticker.report_env). A worker that
+    does not answer within `wait` is listed as lacking everything asked.
+    """
+    from gateway.worker import ENV_REPORT_TTL
+
+    if not names:
+        return {}, 0
+    asked_at = _now_ms()
+    store.ask_env_names(names)
+    deadline = time.monotonic() + wait
+    while True:
+        reports = store.worker_env_reports(ENV_REPORT_TTL)
+        fresh = {w: r for w, r in reports.items() if r["at"] >= asked_at and names <= r["asked"]}
+        if len(fresh) == len(reports) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    lacking = {}
+    for worker, report in sorted(reports.items()):
+        if worker not in fresh:
+            lacking[worker] = sorted(names - report["have"]) if names <= report["asked"] else sorted(names)
+        elif names - report["have"]:
+            lacking[worker] = sorted(names - report["have"])
+    return lacking, len(reports)
