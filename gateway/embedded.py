@@ -67,8 +67,8 @@ class EmbeddedRedis:
         return self.process.pid if self.process is not None else None
 
     def exited(self) -> int | None:
-        """The server's exit status once it has exited (None while it runs)."""
-        return self.process.poll() if self.process is not None else None
+        """The server's exit status once it has exited, -1 if not started; None while it runs."""
+        return self.process.poll() if self.process is not None else -1
 
     @property
     def url(self) -> str:

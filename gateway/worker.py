@@ -224,7 +224,11 @@ class GatewayWorker(SimpleWorker):
         self.stop_asked = True
         if _runtime is not None:
             _runtime.engine.request_stop()
-        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+        try:
+            super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+        except RedisError as exc:
+            # Busy, and RQ could not note the stop in Redis: it stops after the batch all the same.
+            log.warning("stop requested while Redis is away (%s); stopping after this batch", _why(exc))
 
 
 def run_worker(
@@ -254,20 +258,27 @@ def run_worker(
     ticker.safe_tick()  # a backlog left while no worker ran gets its drain job now
     ticker.start()
 
+    shown = wiring.shown_url(settings)
+    worked = False
     try:
         while True:
-            worker = GatewayWorker(
-                [queue],
-                connection=redis,
-                serializer=JSONSerializer,
-                job_class=GatewayJob,
-                name=name,
-                maintenance_interval=maintenance_interval,
-            )
-            log.info("worker %s on queue %s", worker.name, settings.queue_name)
-            worked = False
             try:
-                worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level="INFO"))
+                worker = GatewayWorker(
+                    [queue],
+                    connection=redis,
+                    serializer=JSONSerializer,
+                    job_class=GatewayJob,
+                    name=name,
+                    maintenance_interval=maintenance_interval,
+                )
+            except RedisError:
+                # (RQ names its connection when it builds a worker.)
+                if not _wait_for_redis(redis, shown, lambda: stopping):
+                    return worked
+                continue
+            log.info("worker %s on queue %s", worker.name, settings.queue_name)
+            try:
+                worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level="INFO")) or worked
             except RedisError as exc:
                 if worker.stop_asked:
                     # RQ's bookkeeping on the way out (register_death) needs Redis; the deliveries
@@ -284,13 +295,7 @@ def run_worker(
                 "worker %s: its loop ended (Redis unreachable?); working again once Redis answers",
                 worker.name,
             )
-            while not stopping:
-                try:
-                    redis.ping()
-                    break
-                except RedisError:
-                    time.sleep(1.0)
-            if stopping:
+            if not _wait_for_redis(redis, shown, lambda: stopping):
                 return worked
             # Its registration outlived it (Redis kept its data): mark it dead, so that the same
             # name can register again.

@@ -233,9 +233,10 @@ def _supervise_standalone(
             )
             try:
                 server.start()
-            except RuntimeError as exc:
-                return [f"the embedded Redis could not be restarted on port {server.port}: {exc}"]
-            log.warning("the embedded Redis is back on port %d (pid %s)", server.port, server.pid)
+            except RuntimeError as exc:  # counted as another exit on the next turn
+                log.error("the embedded Redis could not be restarted on port %d: %s", server.port, exc)
+            else:
+                log.warning("the embedded Redis is back on port %d (pid %s)", server.port, server.pid)
         time.sleep(0.2)
     return []
 
