@@ -209,7 +209,7 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
-        drainer = asyncio.create_task(accepter.drain_forever())
+        drainer = asyncio.create_task(_drain_after(applier, parts, accepter.drain_forever))
         # A token, limit or allowlist taken out of the file is gone within a second everywhere,
         # not only once this process next takes a callback.
         watcher = asyncio.create_task(_watch_config(aio, store.config_channel, parts.refresh_config))
@@ -327,7 +327,17 @@ def _apply_file(store: Store, path: str) -> None:
     log.info("configuration %s: %d targets, version %d", "loaded" if changed else "unchanged", count, version)
 
 
-async def _apply_when_back(store: Store, path: str, every: float = 2.0) -> None:
+async def _drain_after(
+    applier: asyncio.Task[None] | None, parts: IngestParts, drain: Callable[[], Awaitable[None]]
+) -> None:
+    """Drain the spool, once GATEWAY_CONFIG is applied (spooled callbacks are routed by it)."""
+    if applier is not None:
+        await asyncio.shield(applier)
+        await parts.refresh_config()
+    await drain()
+
+
+async def _apply_when_back(store: Store, path: str, every: float = 0.5) -> None:
     """Apply GATEWAY_CONFIG once Redis answers (it did not at startup)."""
     while True:
         await asyncio.sleep(every)

@@ -42,12 +42,58 @@ def _store(settings: Settings) -> Store:
         raise _UsageLine(str(exc)) from None
 
 
-@click.group()
+class GatewayGroup(click.Group):
+    """The `gateway` group: Redis failing under any command is one line, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RedisError as exc:
+            logging.getLogger("gateway").debug("Redis failed", exc_info=True)
+            raise click.ClickException(f"Redis: {type(exc).__name__}: {exc}") from None
+
+
+@click.group(cls=GatewayGroup)
 @click.version_option(__version__, prog_name="gateway")
 @click.option("--log-level", envvar="GATEWAY_LOG_LEVEL", default="INFO", show_default=True)
 def main(log_level: str) -> None:
     """invitation-gateway: Acrobits invitation callbacks in, deliveries to your targets out."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    install_outage_filter()
+
+
+class OutageLines(logging.Filter):
+    """A record whose exception is Redis (or the network) being away becomes one line.
+
+    RQ, asyncio and uvicorn log such failures with a traceback; during an outage that is a
+    screen of tracebacks per second. The traceback stays when the level is DEBUG; other
+    exceptions (bugs) keep theirs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _is_outage(exc) and not logging.getLogger().isEnabledFor(logging.DEBUG):
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _is_outage(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, RedisError | ConnectionError | TimeoutError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def install_outage_filter() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, OutageLines) for f in handler.filters):
+            handler.addFilter(OutageLines())
 
 
 # -- operator commands: shared pieces ------------------------------------------------------------------
