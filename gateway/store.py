@@ -79,6 +79,7 @@ class Store:
         blob = _dumps(config)
         digest = hashlib.sha256(blob.encode()).hexdigest()
         if self.redis.get(self._k("config", "digest")) == digest.encode():
+            self.redis.set(self._k("marker"), str(now_ms()), nx=True)  # (see redis_lost_data)
             return self.config_version(), False
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self._k("config"), blob)
@@ -205,7 +206,7 @@ class Store:
 
     # -- operations: the data marker, the workers' environment names -------------------------
     #
-    #   {p}:marker              written once by the first gateway process; its absence once a
+    #   {p}:marker              written by every configuration apply; its absence once a
     #                           process has seen it means Redis came back EMPTY
     #   {p}:env:wanted          SET of variable names `targets apply` asks the workers about (10 min)
     #   {p}:env:workers         ZSET worker -> ms of its last report
@@ -221,9 +222,11 @@ class Store:
         """True when this process saw the gateway's marker in Redis and it is gone now.
 
         That is a Redis restarted without persistence (or flushed): the configuration, waiting
-        deliveries and records are gone. The first call on a Redis without the marker writes
-        it. The marker is written again by the next `targets apply` (`save_config`), which
-        clears the condition. Reported at ERROR once per loss by the caller's process.
+        deliveries and records are gone. The marker is written by `save_config` (every
+        `targets apply`, and a web's GATEWAY_CONFIG at its start, even unchanged), never here:
+        a process that starts after the loss must not hide it from those that saw the marker.
+        The next apply clears the condition. Reported at ERROR once per loss by each process
+        that saw the marker.
         """
         ident = _redis_identity(self.redis, self.prefix)
         if self.redis.exists(self.marker_key):
@@ -239,8 +242,6 @@ class Store:
                     "file again (`gateway targets apply FILE`) and give Redis persistence (AOF)"
                 )
             return True
-        self.redis.set(self.marker_key, str(now_ms()), nx=True)
-        _SEEN_MARKER.add(ident)
         return False
 
     def publish_env_names(
