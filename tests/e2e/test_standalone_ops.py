@@ -169,6 +169,9 @@ def test_a_second_standalone_on_the_same_data_directory_exits_at_once(
     assert str(data_dir.resolve()) in lines[0]
     assert f"pid {first.pid}" in lines[0]
     assert first.proc.poll() is None  # the first one is untouched
+    # (Its web listens on 127.0.0.1 only: the default of a local trial.)
+    webs = [p.cmdline() for p in psutil.Process(first.pid).children() if "web" in p.cmdline()]
+    assert len(webs) == 1 and webs[0][webs[0].index("--host") + 1] == "127.0.0.1"
     # Once the first stops, the directory is free again.
     assert first.stop() == 0
     again, _ = _start(gateway, data_dir, "standalone-again")
