@@ -82,8 +82,9 @@ from gateway.delivery.request import build_request
 from gateway.delivery.sender import USER_AGENT
 from gateway.embedded import EmbeddedRedis
 from gateway.events import INVITATION_CREATED, make_event
+from gateway.live import LiveConfig
 from gateway.queue import accept, make_queue
-from gateway.settings import LiveConfig, Settings
+from gateway.settings import Settings
 from gateway.store import DELIVERED, Store
 from gateway.targets import load_config
 

@@ -120,8 +120,9 @@ def feed(args: argparse.Namespace) -> int:
     from redis import Redis
 
     from gateway.events import INVITATION_CREATED, make_event
+    from gateway.live import LiveConfig
     from gateway.queue import accept, make_queue
-    from gateway.settings import LiveConfig, Settings
+    from gateway.settings import Settings
     from gateway.store import Store
 
     host = urlsplit(args.redis_url).hostname

@@ -8,13 +8,14 @@ import gc
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis import Redis
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -23,14 +24,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway import wiring
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import CallbackError, ConfigError
 from gateway.ingest.accept import Accepter
 from gateway.ingest.endpoint import Ingest
 from gateway.ingest.spool import Spool
 from gateway.ingest.tokens import IngestAuth
+from gateway.live import LiveConfig
 from gateway.queue import enqueue_drain, make_queue
-from gateway.settings import LiveConfig, Settings
+from gateway.settings import Settings
 from gateway.store import Store, limit_fields
 from gateway.targets import load_config
 
@@ -66,9 +69,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
-def apply_config_file(store: Store, path: str) -> tuple[int, bool, int]:
-    """Validate the TOML file (environment variables included) and store it for every process."""
-    config = load_config(path, os.environ)
+def apply_config_file(
+    store: Store, path: str, environ: Mapping[str, str] | None = os.environ
+) -> tuple[int, bool, int]:
+    """Validate the TOML file and store it for every process.
+
+    With `environ`, the targets' ${VARS} must be set in it; `None` checks the file's shape only
+    (the web process: the targets' variables are the workers', who report them).
+    """
+    config = load_config(path, environ)
     for target in config.targets:
         # An event must outlive its last retry, or that retry finds nothing to send.
         span = sum(target.retry) + target.timeout * (len(target.retry) + 1)
@@ -103,11 +112,10 @@ class IngestParts:
 
 
 def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
-    url = settings.require_redis_url()
     retention = settings.retention_days * 86400
-    redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30)
-    aio = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
-    store = Store(redis, prefix=settings.prefix, retention=retention)
+    redis = wiring.redis_client(settings)
+    aio = wiring.aio_redis_client(settings)
+    store = wiring.store(settings, redis)
     live = LiveConfig(store)
     queue = make_queue(redis, settings.queue_name)
 
@@ -168,18 +176,24 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
             await aio.ping()
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
+        await parts.refresh_config()  # the version just applied, not the one of the last callback
         return JSONResponse({"status": "ok", "config_version": live.version})
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        applier = None
         if settings.config_path:
-            version, changed, count = await run_in_threadpool(apply_config_file, store, settings.config_path)
-            log.info(
-                "configuration %s: %d targets, version %d",
-                "loaded" if changed else "unchanged",
-                count,
-                version,
-            )
+            try:
+                await run_in_threadpool(_apply_file, store, settings.config_path)
+            except RedisError as exc:
+                # Callbacks are spooled meanwhile; the file is applied once Redis answers.
+                log.error(
+                    "cannot apply %s: Redis does not answer (%s); spooling callbacks, and applying "
+                    "the file once Redis is back",
+                    settings.config_path,
+                    type(exc).__name__,
+                )
+                applier = asyncio.create_task(_apply_when_back(store, settings.config_path))
         try:
             live.install(*await _load_config(aio, store))
         except Exception as exc:
@@ -195,12 +209,15 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
-        drainer = asyncio.create_task(accepter.drain_forever())
+        drainer = asyncio.create_task(_drain_after(applier, parts, accepter.drain_forever))
         # A token, limit or allowlist taken out of the file is gone within a second everywhere,
         # not only once this process next takes a callback.
         watcher = asyncio.create_task(_watch_config(aio, store.config_channel, parts.refresh_config))
+        data_watch = asyncio.create_task(_watch_data(store))
         yield
-        for task in (drainer, watcher):
+        for task in (drainer, watcher, data_watch, applier):
+            if task is None:
+                continue
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -303,6 +320,43 @@ async def _watch_config(
             raise
         except Exception:
             await asyncio.sleep(every)  # Redis away: the accept path spools and logs that
+
+
+def _apply_file(store: Store, path: str) -> None:
+    version, changed, count = apply_config_file(store, path, None)
+    log.info("configuration %s: %d targets, version %d", "loaded" if changed else "unchanged", count, version)
+
+
+async def _drain_after(
+    applier: asyncio.Task[None] | None, parts: IngestParts, drain: Callable[[], Awaitable[None]]
+) -> None:
+    """Drain the spool, once GATEWAY_CONFIG is applied (spooled callbacks are routed by it)."""
+    if applier is not None:
+        await asyncio.shield(applier)
+        await parts.refresh_config()
+    await drain()
+
+
+async def _apply_when_back(store: Store, path: str, every: float = 0.5) -> None:
+    """Apply GATEWAY_CONFIG once Redis answers (it did not at startup)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await run_in_threadpool(_apply_file, store, path)
+            return
+        except RedisError:
+            continue
+        except ConfigError as exc:
+            log.error("cannot apply %s: %s", path, exc)
+            return
+
+
+async def _watch_data(store: Store, every: float = 5.0) -> None:
+    """Notice a Redis that came back empty (Store.redis_lost_data logs it at ERROR)."""
+    while True:
+        with contextlib.suppress(RedisError):  # away: the accept path spools and logs that
+            await run_in_threadpool(store.redis_lost_data)
+        await asyncio.sleep(every)
 
 
 async def _get(aio: aioredis.Redis, key: str) -> bytes | str | None:

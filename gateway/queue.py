@@ -19,8 +19,8 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from gateway.events import InvitationEvent
+from gateway.live import LiveConfig
 from gateway.records import delivery_id
-from gateway.settings import LiveConfig
 from gateway.store import Store
 from gateway.targets import MAX_TIMEOUT, Target
 

@@ -1,20 +1,105 @@
-"""Process settings from the environment, and the live configuration shared through Redis."""
+"""Process settings from the environment, and nothing else (no Redis, no files).
+
+Secrets are wrapped: `Settings.redis_url` is a `RedisURL`, whose repr and str show the URL with
+its password masked, so no repr of the settings and no log line carries it. The live
+configuration shared through Redis is `gateway.live.LiveConfig`; the Redis client is built in
+`gateway.wiring`.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.exceptions import ConfigError
-from gateway.store import Store
-from gateway.targets import Config, config_from_dict
 
-log = logging.getLogger("gateway.settings")
+# What REDIS_URL may start with (redis-py's from_url, and Sentinel as `gateway.wiring` reads it).
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+REDIS_URL_FORMS = (
+    "redis://[user:password@]host:6379/0, rediss://... for TLS, "
+    "redis+sentinel://host:26379,host2:26379/mymaster/0 for Sentinel"
+)
+
+
+class Secret:
+    """A value no repr, str or format shows; `reveal()` gives it to the one place that uses it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def shown(self) -> str:
+        return "**********"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.shown()!r})"
+
+    def __str__(self) -> str:
+        return self.shown()
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"a {type(self).__name__} is not pickled")
+
+
+class RedisURL(Secret):
+    """REDIS_URL: shown (repr, str, logs) with its password masked."""
+
+    __slots__ = ()
+
+    def shown(self) -> str:
+        return mask_url_password(self._value)
+
+
+def mask_url_password(url: str) -> str:
+    """`scheme://user:***@host...`: the URL without its password (for logs and errors)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    masked = f"{user}:***" if colon else "***"
+    return f"{scheme}{sep}{masked}@{hostpart}"
+
+
+def parse_redis_url(raw: str) -> RedisURL:
+    """Check the form of REDIS_URL (a one-line ConfigError naming the expected form)."""
+    text = raw.strip()
+    shown = mask_url_password(text)
+    scheme = text.partition("://")[0].lower() if "://" in text else ""
+    if scheme not in REDIS_SCHEMES:
+        what = f"scheme {scheme!r} is not supported" if scheme else "has no scheme"
+        raise ConfigError(f"{shown!r} {what}: expected {REDIS_URL_FORMS}", None, "REDIS_URL")
+    if scheme.endswith("+sentinel"):
+        parts = urlsplit(text)
+        if not parts.netloc.rpartition("@")[2] or not parts.path.strip("/"):
+            raise ConfigError(
+                f"{shown!r}: a Sentinel URL names its sentinels and the master, "
+                "like redis+sentinel://host:26379,host2:26379/mymaster/0",
+                None,
+                "REDIS_URL",
+            )
+    elif scheme != "unix" and not urlsplit(text).hostname:
+        raise ConfigError(f"{shown!r} names no host: expected {REDIS_URL_FORMS}", None, "REDIS_URL")
+    return RedisURL(text)
 
 
 def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -53,7 +138,7 @@ def _bool(environ: Mapping[str, str], name: str) -> bool:
 class Settings:
     """Everything an operator sets through environment variables (see the README)."""
 
-    redis_url: str | None = None
+    redis_url: RedisURL | None = None  # masked in repr and str: `.reveal()` in gateway.wiring only
     config_path: str | None = None
     prefix: str = "gw"
     queue_name: str = "gateway-deliveries"
@@ -74,7 +159,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         return cls(
-            redis_url=env.get("REDIS_URL") or None,
+            redis_url=parse_redis_url(env["REDIS_URL"]) if env.get("REDIS_URL", "").strip() else None,
             config_path=env.get("GATEWAY_CONFIG") or None,
             prefix=env.get("GATEWAY_PREFIX") or "gw",
             queue_name=env.get("GATEWAY_QUEUE") or "gateway-deliveries",
@@ -97,68 +182,16 @@ class Settings:
         return self.spool_dir or os.path.join(self.data_dir, "spool")
 
     def require_redis_url(self) -> str:
-        if not self.redis_url:
-            raise ConfigError(
-                "is not set: point it at Redis (redis://host:6379/0), or use `gateway standalone`, "
-                "which starts an embedded Redis",
-                None,
-                "REDIS_URL",
-            )
-        return self.redis_url
+        """REDIS_URL, or the embedded server of a running `gateway standalone` (gateway.wiring)."""
+        from gateway.wiring import redis_url
+
+        return redis_url(self)
 
 
-class LiveConfig:
-    """The configuration every process shares, cached per process and reloaded by version.
+def __getattr__(name: str) -> Any:
+    # LiveConfig moved to gateway.live; this keeps `from gateway.settings import LiveConfig` working.
+    if name == "LiveConfig":
+        from gateway.live import LiveConfig
 
-    Processes keep the compiled Config in memory and compare versions: the ingest path reads the
-    version inside its accept pipeline (no extra round trip), a worker once per job. The
-    (version, config) pair is one attribute, so a reader never sees one without the other.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._lock = threading.Lock()
-        self._current: tuple[int, Config] = (-1, Config())
-        self.aliases = Config().alias_table()  # of the current configuration
-
-    @property
-    def version(self) -> int:
-        return self._current[0]
-
-    def snapshot(self) -> tuple[int, Config]:
-        if self._current[0] < 0:
-            self.refresh()
-        return self._current
-
-    def get(self) -> Config:
-        return self.snapshot()[1]
-
-    def refresh(self, seen_version: int | None = None) -> Config:
-        """Reload from Redis if `seen_version` (or Redis' current one) differs from ours.
-
-        A stored configuration this process cannot read (say, a key from a newer release during
-        a rolling deploy) is logged and the last good one kept, so callbacks are still accepted.
-        """
-        if seen_version is not None and seen_version == self._current[0]:
-            return self._current[1]
-        with self._lock:
-            version, data = self._store.load_config()
-            return self.install(version, data)
-
-    def install(self, version: int, data: dict[str, Any] | None) -> Config:
-        """Use the configuration `data` of `version` (loaded by the caller, say asynchronously)."""
-        if version != self._current[0]:
-            try:
-                # Validated when applied; environment variables are the worker's to check.
-                config = config_from_dict(data) if data else Config()
-            except ConfigError as exc:
-                log.error("configuration version %d unreadable, keeping the last: %s", version, exc)
-                config = self._current[1]
-            self.aliases = config.alias_table()
-            self._current = (version, config)
-        return self._current[1]
-
-    @property
-    def current(self) -> Config:
-        """The configuration in hand, without asking Redis."""
-        return self._current[1]
+        return LiveConfig
+    raise AttributeError(name)

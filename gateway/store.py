@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,13 +79,15 @@ class Store:
         blob = _dumps(config)
         digest = hashlib.sha256(blob.encode()).hexdigest()
         if self.redis.get(self._k("config", "digest")) == digest.encode():
+            self.redis.set(self._k("marker"), str(now_ms()), nx=True)  # (see redis_lost_data)
             return self.config_version(), False
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self._k("config"), blob)
             pipe.set(self._k("config", "digest"), digest)
             pipe.incr(self._k("config", "version"))
             pipe.publish(self.config_channel, "changed")  # web processes reload at once
-            version = pipe.execute()[-2]
+            pipe.set(self._k("marker"), str(now_ms()), nx=True)  # (see redis_lost_data)
+            version = pipe.execute()[-3]
         return int(version), True
 
     def load_config(self) -> tuple[int, dict[str, Any] | None]:
@@ -200,6 +203,96 @@ class Store:
             if ev is not None:
                 out.append((ev, self.get_deliveries(eid)))
         return out
+
+    # -- operations: the data marker, the workers' environment names -------------------------
+    #
+    #   {p}:marker              written by every configuration apply; its absence once a
+    #                           process has seen it means Redis came back EMPTY
+    #   {p}:env:wanted          SET of variable names `targets apply` asks the workers about (10 min)
+    #   {p}:env:workers         ZSET worker -> ms of its last report
+    #   {p}:env:worker:{name}   HASH have (JSON names), asked (JSON names), at (ms); expires (TTL)
+    #
+    # Only names are ever written, never values.
+
+    @property
+    def marker_key(self) -> str:
+        return self._k("marker")
+
+    def redis_lost_data(self) -> bool:
+        """True when this process saw the gateway's marker in Redis and it is gone now.
+
+        That is a Redis restarted without persistence (or flushed): the configuration, waiting
+        deliveries and records are gone. The marker is written by `save_config` (every
+        `targets apply`, and a web's GATEWAY_CONFIG at its start, even unchanged), never here:
+        a process that starts after the loss must not hide it from those that saw the marker.
+        The next apply clears the condition. Reported at ERROR once per loss by each process
+        that saw the marker.
+        """
+        ident = _redis_identity(self.redis, self.prefix)
+        if self.redis.exists(self.marker_key):
+            _SEEN_MARKER.add(ident)
+            _LOST_REPORTED.discard(ident)
+            return False
+        if ident in _SEEN_MARKER:
+            if ident not in _LOST_REPORTED:
+                _LOST_REPORTED.add(ident)
+                _log.error(
+                    "Redis came back EMPTY (restarted without persistence, or flushed): the "
+                    "configuration, waiting deliveries and records are gone; apply the targets "
+                    "file again (`gateway targets apply FILE`) and give Redis persistence (AOF)"
+                )
+            return True
+        return False
+
+    def publish_env_names(
+        self, worker: str, referenced: Iterable[str], environ: Mapping[str, str], ttl: int
+    ) -> None:
+        """A worker's report: which of the names the targets use (or `apply` asks about) it has."""
+        asked = set(referenced) | {_text(n) for n in self.redis.smembers(self._k("env", "wanted"))}
+        have = sorted(n for n in asked if environ.get(n))
+        now = now_ms()
+        key = self._k("env", "worker", worker)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"have": _dumps(have), "asked": _dumps(sorted(asked)), "at": now})
+            pipe.expire(key, ttl)
+            pipe.zadd(self._k("env", "workers"), {worker: now})
+            pipe.zremrangebyscore(self._k("env", "workers"), 0, now - ttl * 1000)
+            pipe.execute()
+
+    def ask_env_names(self, names: Iterable[str], seconds: int = 600) -> None:
+        """Ask every live worker whether it has `names` (they answer within a few seconds)."""
+        names = list(names)
+        if names:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(self._k("env", "wanted"), *names)
+                pipe.expire(self._k("env", "wanted"), seconds)
+                pipe.execute()
+
+    def worker_env_reports(self, ttl: int) -> dict[str, dict[str, Any]]:
+        """Live workers' reports: name -> {have: set, asked: set, at: ms}."""
+        since = now_ms() - ttl * 1000
+        names = [_text(n) for n in self.redis.zrangebyscore(self._k("env", "workers"), since, "+inf")]
+        out: dict[str, dict[str, Any]] = {}
+        for name in names:
+            raw = self.redis.hgetall(self._k("env", "worker", name))
+            if raw:
+                data = {_text(k): _text(v) for k, v in raw.items()}
+                out[name] = {
+                    "have": set(json.loads(data.get("have", "[]"))),
+                    "asked": set(json.loads(data.get("asked", "[]"))),
+                    "at": int(data.get("at", 0)),
+                }
+        return out
+
+
+_log = logging.getLogger("gateway.store")
+_SEEN_MARKER: set[tuple[str, str]] = set()  # (Redis identity, prefix) whose marker this process saw
+_LOST_REPORTED: set[tuple[str, str]] = set()
+
+
+def _redis_identity(client: Any, prefix: str) -> tuple[str, str]:
+    kw = client.connection_pool.connection_kwargs
+    return (f"{kw.get('host') or kw.get('path')}:{kw.get('port')}/{kw.get('db', 0)}", prefix)
 
 
 def _text(value: Any) -> str:

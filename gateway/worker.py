@@ -16,30 +16,38 @@ meanwhile: a Redis restart (with its data), a dead worker, hours without traffic
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
+from gateway import wiring
 from gateway.delivery.engine import Engine, EngineSettings, now_ms
 from gateway.delivery.sender import Sender
+from gateway.live import LiveConfig
 from gateway.queue import DRAIN_BUDGET, GatewayJob, enqueue_drain, make_queue
-from gateway.settings import LiveConfig, Settings
-from gateway.store import DeliveryQueue, Store
+from gateway.settings import Settings
 from gateway.targets import Config
 
 log = logging.getLogger("gateway.worker")
 
 TICK = 1.0  # seconds between two looks at the waiting set
+ENV_REPORT_TICKS = 2  # a worker reports its environment names every 2 ticks...
+ENV_REPORT_TTL = 15  # ...and counts as gone 15 s after its last report
+STARTUP_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # waits between tries while Redis is away at start
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -54,17 +62,15 @@ class Runtime:
     """What a worker process keeps across jobs: event loop, HTTP pool, Redis clients, config."""
 
     def __init__(self, settings: Settings, queue: Queue) -> None:
-        url = settings.require_redis_url()
         self.settings = settings
         self.queue = queue
-        retention = settings.retention_days * 86400
-        self.live = LiveConfig(Store(queue.connection, prefix=settings.prefix, retention=retention))
-        self.waiting = DeliveryQueue(queue.connection, settings.prefix, retention)
+        self.live = LiveConfig(wiring.store(settings, queue.connection))
+        self.waiting = wiring.delivery_queue(settings, queue.connection)
         self.loop = _new_loop()
         self.sender = Sender()
-        self._aio = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=3)
+        self._aio = wiring.aio_redis_client(settings, socket_timeout=10)
         self.engine = Engine(
-            DeliveryQueue(self._aio, settings.prefix, retention),
+            wiring.delivery_queue(settings, self._aio),
             self.sender,
             self.config_for,
             os.environ,
@@ -131,13 +137,13 @@ def current_runtime() -> Runtime:
 class Ticker(threading.Thread):
     """Once a second: queue a drain job when something is due, probe paused targets, unpark."""
 
-    def __init__(self, settings: Settings, queue: Queue, interval: float = TICK) -> None:
+    def __init__(self, settings: Settings, queue: Queue, interval: float = TICK, name: str = "") -> None:
         super().__init__(name="gateway-ticker", daemon=True)
-        url = settings.require_redis_url()
-        self.redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
-        retention = settings.retention_days * 86400
-        self.waiting = DeliveryQueue(self.redis, settings.prefix, retention)
-        self.live = LiveConfig(Store(self.redis, prefix=settings.prefix, retention=retention))
+        self.redis = wiring.redis_client(settings)
+        self.waiting = wiring.delivery_queue(settings, self.redis)
+        self.store = wiring.store(settings, self.redis)
+        self.live = LiveConfig(self.store)
+        self.worker_name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.queue = make_queue(self.redis, queue.name)
         self.interval = interval
         self._halt = threading.Event()
@@ -158,10 +164,11 @@ class Ticker(threading.Thread):
         except RedisError as exc:
             if self._down_since is None:
                 self._down_since = time.monotonic()
-                log.warning("Redis unreachable (%s); retrying every %g s", type(exc).__name__, self.interval)
+                log.warning("Redis unreachable (%s); retrying every %g s", _why(exc), self.interval)
             return
-        except Exception:
-            log.exception("ticker failed; trying again in %g s", self.interval)
+        except Exception as exc:
+            log.error("ticker failed (%s); trying again in %g s", _why(exc), self.interval)
+            log.debug("ticker failure", exc_info=True)
             return
         if self._down_since is not None:
             log.warning("Redis reachable again after %.0f s", time.monotonic() - self._down_since)
@@ -192,6 +199,17 @@ class Ticker(threading.Thread):
                 enqueue_drain(self.queue)
         if self._count % 60 == 1:
             self.waiting.trim_dead(now)
+        if self._count % ENV_REPORT_TICKS == 1:
+            self.report_env(config)
+        if self._count % 5 == 1:
+            self.store.redis_lost_data()  # logs at ERROR once when Redis came back empty
+
+    def report_env(self, config: Config) -> None:
+        """Publish the names (never the values) of the targets' variables this worker has."""
+        referenced: set[str] = set()
+        for target in config.targets:
+            referenced |= target.env_names()
+        self.store.publish_env_names(self.worker_name, referenced, os.environ, ENV_REPORT_TTL)
 
 
 class GatewayWorker(SimpleWorker):
@@ -206,7 +224,11 @@ class GatewayWorker(SimpleWorker):
         self.stop_asked = True
         if _runtime is not None:
             _runtime.engine.request_stop()
-        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+        try:
+            super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+        except RedisError as exc:
+            # Busy, and RQ could not note the stop in Redis: it stops after the batch all the same.
+            log.warning("stop requested while Redis is away (%s); stopping after this batch", _why(exc))
 
 
 def run_worker(
@@ -218,32 +240,45 @@ def run_worker(
 ) -> bool:
     """Work the queue until stopped. SIGTERM: in-flight sends finish or are handed back in 20 s."""
     global _runtime
-    redis = Redis.from_url(settings.require_redis_url())
-    queue = make_queue(redis, settings.queue_name)
-    _runtime = Runtime(settings, queue)
-    ticker = Ticker(settings, queue)
-    ticker.safe_tick()  # a backlog left while no worker ran gets its drain job now
-    ticker.start()
     stopping = False
 
     def stop_while_waiting(signum: int, frame: Any) -> None:
         nonlocal stopping
         stopping = True
 
+    # RQ's blocking dequeue sets its own, longer socket timeout on this client.
+    redis = wiring.redis_client(settings, socket_timeout=None)
+    signal.signal(signal.SIGTERM, stop_while_waiting)
+    signal.signal(signal.SIGINT, stop_while_waiting)
+    if not _wait_for_redis(redis, wiring.shown_url(settings), lambda: stopping):
+        return False
+    queue = make_queue(redis, settings.queue_name)
+    _runtime = Runtime(settings, queue)
+    ticker = Ticker(settings, queue, name=name or "")
+    ticker.safe_tick()  # a backlog left while no worker ran gets its drain job now
+    ticker.start()
+
+    shown = wiring.shown_url(settings)
+    worked = False
     try:
         while True:
-            worker = GatewayWorker(
-                [queue],
-                connection=redis,
-                serializer=JSONSerializer,
-                job_class=GatewayJob,
-                name=name,
-                maintenance_interval=maintenance_interval,
-            )
-            log.info("worker %s on queue %s", worker.name, settings.queue_name)
-            worked = False
             try:
-                worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level="INFO"))
+                worker = GatewayWorker(
+                    [queue],
+                    connection=redis,
+                    serializer=JSONSerializer,
+                    job_class=GatewayJob,
+                    name=name,
+                    maintenance_interval=maintenance_interval,
+                )
+            except RedisError:
+                # (RQ names its connection when it builds a worker.)
+                if not _wait_for_redis(redis, shown, lambda: stopping):
+                    return worked
+                continue
+            log.info("worker %s on queue %s", worker.name, settings.queue_name)
+            try:
+                worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level="INFO")) or worked
             except RedisError as exc:
                 if worker.stop_asked:
                     # RQ's bookkeeping on the way out (register_death) needs Redis; the deliveries
@@ -260,13 +295,7 @@ def run_worker(
                 "worker %s: its loop ended (Redis unreachable?); working again once Redis answers",
                 worker.name,
             )
-            while not stopping:
-                try:
-                    redis.ping()
-                    break
-                except RedisError:
-                    time.sleep(1.0)
-            if stopping:
+            if not _wait_for_redis(redis, shown, lambda: stopping):
                 return worked
             # Its registration outlived it (Redis kept its data): mark it dead, so that the same
             # name can register again.
@@ -281,5 +310,93 @@ def run_worker(
         _runtime = None
 
 
+def _wait_for_redis(redis: Redis, shown: str, stopping: Callable[[], bool]) -> bool:
+    """Until Redis answers (True) or a stop signal (False): one line per try, waits doubling to 30 s.
+
+    A worker started before Redis (or during an outage) waits rather than exits: a process
+    manager would only restart it, some (Heroku) with a growing delay of their own.
+    """
+    for attempt in itertools.count():
+        try:
+            redis.ping()
+        except RedisError as exc:
+            wait = STARTUP_BACKOFF[min(attempt, len(STARTUP_BACKOFF) - 1)]
+            log.warning("Redis at %s does not answer (%s); trying again in %g s", shown, _why(exc), wait)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if stopping():
+                    log.info("stopped while waiting for Redis")
+                    return False
+                time.sleep(0.1)
+            continue
+        if attempt:
+            log.warning("Redis at %s answers; starting", shown)
+        return True
+    return False  # pragma: no cover - itertools.count() does not end
+
+
 def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+# -- `gateway worker --processes N` ------------------------------------------------------------------
+
+STOP_DEADLINE = 25.0  # seconds the supervisor gives its workers after SIGTERM (a host's limit: 30)
+
+
+def supervise_workers(count: int, name: str | None, maintenance_interval: int) -> int:
+    """Run `count` worker processes; restart one that dies; SIGTERM stops all within 25 s.
+
+    A worker that dies soon after its start is restarted after a wait that doubles (up to 30 s),
+    so a worker that cannot run does not spin. Returns the exit status for the supervisor.
+    """
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    base = [sys.executable, "-m", "gateway", "worker", "--maintenance-interval", str(maintenance_interval)]
+    prefix = name or f"{socket.gethostname()}-{os.getpid()}"
+    slots: list[subprocess.Popen[bytes] | None] = [None] * count
+    started = [0.0] * count
+    delay = [0.0] * count
+    not_before = [0.0] * count
+    try:
+        while not stopping:
+            now = time.monotonic()
+            for i in range(count):
+                proc = slots[i]
+                if proc is not None and proc.poll() is not None:
+                    lived = now - started[i]
+                    delay[i] = 0.0 if lived > 60 else min(max(delay[i] * 2, 1.0), 30.0)
+                    log.error(
+                        "worker process %d (%s.%d) exited with status %s; restarting it in %g s",
+                        proc.pid,
+                        prefix,
+                        i,
+                        proc.returncode,
+                        delay[i],
+                    )
+                    slots[i] = None
+                    not_before[i] = now + delay[i]
+                if slots[i] is None and now >= not_before[i]:
+                    slots[i] = subprocess.Popen([*base, "--name", f"{prefix}.{i}"])
+                    started[i] = now
+            time.sleep(0.2)
+    finally:
+        live = [p for p in slots if p is not None and p.poll() is None]
+        for p in live:
+            os.kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_DEADLINE
+        for p in live:
+            try:
+                p.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.error("worker process %d did not stop within %g s; killing it", p.pid, STOP_DEADLINE)
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+    log.info("all %d worker processes stopped", count)
+    return 0

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
-from redis import Redis
 from redis.exceptions import RedisError
 
 from gateway import __version__
@@ -26,26 +25,75 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _settings() -> Settings:
+    """The environment's settings; a bad one (say, REDIS_URL without a scheme) ends in one line."""
     try:
         return Settings.from_env()
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise _UsageLine(str(exc)) from None
 
 
 def _store(settings: Settings) -> Store:
+    """The Store on REDIS_URL, or on the embedded Redis of a running standalone (gateway.wiring)."""
+    from gateway import wiring
+
     try:
-        url = settings.require_redis_url()
+        return wiring.store(settings)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    return Store(Redis.from_url(url), prefix=settings.prefix, retention=settings.retention_days * 86400)
+        raise _UsageLine(str(exc)) from None
 
 
-@click.group()
+class GatewayGroup(click.Group):
+    """The `gateway` group: Redis failing under any command is one line, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RedisError as exc:
+            logging.getLogger("gateway").debug("Redis failed", exc_info=True)
+            raise click.ClickException(f"Redis: {type(exc).__name__}: {exc}") from None
+
+
+@click.group(cls=GatewayGroup)
 @click.version_option(__version__, prog_name="gateway")
 @click.option("--log-level", envvar="GATEWAY_LOG_LEVEL", default="INFO", show_default=True)
 def main(log_level: str) -> None:
     """invitation-gateway: Acrobits invitation callbacks in, deliveries to your targets out."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    install_outage_filter()
+
+
+class OutageLines(logging.Filter):
+    """A record whose exception is Redis (or the network) being away becomes one line.
+
+    RQ, asyncio and uvicorn log such failures with a traceback; during an outage that is a
+    screen of tracebacks per second. The traceback stays when the level is DEBUG; other
+    exceptions (bugs) keep theirs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _is_outage(exc) and not logging.getLogger().isEnabledFor(logging.DEBUG):
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _is_outage(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, RedisError | ConnectionError | TimeoutError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def install_outage_filter() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, OutageLines) for f in handler.filters):
+            handler.addFilter(OutageLines())
 
 
 # -- operator commands: shared pieces ------------------------------------------------------------------
@@ -342,3 +390,38 @@ _REPLAY_TEXT = {
     "unknown": "unknown (no such delivery, or past retention)",
     "delivered": "already delivered (--force sends it again)",
 }
+
+
+# -- the workers' environment (`targets apply`) ------------------------------------------------------
+
+ENV_REPORT_WAIT = 6.0  # seconds `targets apply` waits for live workers to say which names they have
+
+
+def workers_lacking(
+    store: Store, names: set[str], wait: float = ENV_REPORT_WAIT
+) -> tuple[dict[str, list[str]], int]:
+    """({worker: [names it lacks]}, live workers that reported): asks the workers, waits for them.
+
+    Workers report names only, never values (gateway.worker.Ticker.report_env). A worker that
+    does not answer within `wait` is listed as lacking everything asked.
+    """
+    from gateway.worker import ENV_REPORT_TTL
+
+    if not names:
+        return {}, 0
+    asked_at = _now_ms()
+    store.ask_env_names(names)
+    deadline = time.monotonic() + wait
+    while True:
+        reports = store.worker_env_reports(ENV_REPORT_TTL)
+        fresh = {w: r for w, r in reports.items() if r["at"] >= asked_at and names <= r["asked"]}
+        if len(fresh) == len(reports) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    lacking = {}
+    for worker, report in sorted(reports.items()):
+        if worker not in fresh:
+            lacking[worker] = sorted(names - report["have"]) if names <= report["asked"] else sorted(names)
+        elif names - report["have"]:
+            lacking[worker] = sorted(names - report["have"])
+    return lacking, len(reports)

@@ -157,17 +157,50 @@ def targets() -> None:
 
 @targets.command("apply")
 @click.argument("path")
-def targets_apply(path: str) -> None:
-    """Validate FILE and load it into Redis; every process picks it up without a restart."""
-    from gateway.app import apply_config_file
+@click.option(
+    "--strict", is_flag=True, help="Refuse the file when a live worker lacks a variable the targets use."
+)
+def targets_apply(path: str, strict: bool) -> None:
+    """Validate FILE and load it into Redis; every process picks it up without a restart.
 
+    The targets' ${VARS} are checked where they are used: live workers report which of the
+    names they have (never the values), and each one lacking a name is named here.
+    """
+    from gateway.app import apply_config_file
+    from gateway.cli.common import workers_lacking
+
+    store = _store(_settings())
     try:
-        version, changed, count = apply_config_file(_store(_settings()), path)
+        config = load_config(path, None)
+    except ConfigError as exc:
+        _echo_problems(exc)
+        sys.exit(1)
+    names: set[str] = set()
+    for target in config.targets:
+        names |= target.env_names()
+    lacking, live = workers_lacking(store, names)
+    for worker, missing in lacking.items():
+        level = "error" if strict else "warning"
+        click.echo(
+            f"{level}: worker {worker} lacks {', '.join(missing)}: its deliveries using them fail", err=True
+        )
+    if names and not live:
+        click.echo(
+            f"warning: no live worker reported its environment; each needs {', '.join(sorted(names))}",
+            err=True,
+        )
+    if strict and lacking:
+        click.echo(
+            "error: not applied (--strict): set the variables on those workers and restart them", err=True
+        )
+        sys.exit(1)
+    try:
+        version, changed, count = apply_config_file(store, path, None)
     except ConfigError as exc:
         _echo_problems(exc)
         sys.exit(1)
     click.echo(f"{count} targets {'applied' if changed else 'unchanged'} (version {version})")
-    for warning in private_target_warnings(load_config(path, os.environ), os.environ):
+    for warning in private_target_warnings(config, os.environ):
         click.echo(f"warning: {warning}", err=True)
 
 

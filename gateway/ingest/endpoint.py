@@ -28,7 +28,7 @@ from gateway.exceptions import (
 from gateway.ingest.accept import DUPLICATE, SPOOLED, SUPPRESSED, Accepter
 from gateway.ingest.formats import decode_body, decode_query
 from gateway.ingest.tokens import IngestAuth
-from gateway.settings import LiveConfig
+from gateway.live import LiveConfig
 
 log = logging.getLogger("gateway.ingest")
 
