@@ -20,9 +20,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.admin.api import admin_api
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import CallbackError, ConfigError
 from gateway.ingest.accept import Accepter
@@ -221,6 +222,7 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         ):
             routes_.append(Route(path, endpoint, methods=["GET", "POST"]))
     routes_.append(Route("/healthz", health, methods=["GET"]))
+    routes_.append(Mount("/api/v1", app=admin_api(store, settings.queue_name)))
     app = Starlette(
         routes=routes_,
         lifespan=lifespan,

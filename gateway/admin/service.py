@@ -14,8 +14,8 @@ Events
         any of its deliveries is in), since_ms, until_ms. `next_cursor` (opaque) continues the
         list; None at the end. A page may hold fewer than `limit` items and still have a cursor
         (the search looked at SCAN_BUDGET events).
-    get_event(p, event_id) -> dict: the event and `deliveries`, a list with each delivery's state,
-        its target's health and its `attempts`, oldest first.
+    get_event(p, event_id) -> dict: the event and `deliveries`, a list with each delivery's state
+        (`attempt_count`, ...), its target's health and its `attempts` (a list), oldest first.
     get_delivery(p, delivery_id) -> dict: one delivery with its event and attempts.
 Targets (each with `source` "file" | "api", `health`, secrets shown as REDACTED)
     list_targets(p) -> list[dict]; get_target(p, name) -> dict
@@ -280,7 +280,7 @@ class Service:
             {
                 "delivery_id": f"{event_id}-{name}",
                 "target": name,
-                **_delivery_json(Delivery.from_dict(state)),
+                **_delivery_json(Delivery.from_dict(state), counted=True),
                 "target_health": _health_json(self.dq.health(name)),
                 "attempts": by_target.get(name, []),
             }
@@ -300,7 +300,7 @@ class Service:
         return {
             "delivery_id": delivery_id,
             "target": name,
-            **_delivery_json(state),
+            **_delivery_json(state, counted=True),
             "event": _event_json(event),
             "target_health": _health_json(self.dq.health(name)),
             "attempts": attempts,
@@ -648,10 +648,13 @@ def _event_summary(event: InvitationEvent, deliveries: Mapping[str, Mapping[str,
     }
 
 
-def _delivery_json(state: Delivery) -> dict[str, Any]:
+def _delivery_json(state: Delivery, counted: bool = False) -> dict[str, Any]:
+    """A delivery's state; `counted`: its `attempts` count as `attempt_count` (the list is `attempts`)."""
     data = state.to_dict()
     for key in ("updated_at", "next_attempt_at"):
         data[key] = iso_ms(data[key]) if data[key] else None
+    if counted:
+        data["attempt_count"] = data.pop("attempts")
     return data
 
 
