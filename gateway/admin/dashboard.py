@@ -461,6 +461,7 @@ class Pages:
                 "id": d["delivery_id"],
                 "replayable": d.get("status") in ("failed", "expired"),
                 "timeline": d.get("attempts", []),
+                "attempt_count": len(d.get("attempts", [])),
             }
             for d in data["deliveries"]
         ]
