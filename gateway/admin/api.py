@@ -179,9 +179,9 @@ def _failed_filter_from(data: Any) -> FailedFilter:
         return frozenset(value)
 
     def when(key: str) -> int | None:
-        value = f.get(key)
-        if value is None:
+        if key not in f:
             return None
+        value = f[key]
         if not isinstance(value, str):
             raise Invalid("must be an ISO 8601 date-time", key)
         try:
@@ -191,7 +191,7 @@ def _failed_filter_from(data: Any) -> FailedFilter:
         return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
 
     for key in ("event", "error"):
-        if f.get(key) is not None and not isinstance(f[key], str):
+        if key in f and not isinstance(f[key], str):
             raise Invalid("must be a string", key)
     return FailedFilter(
         targets=names("target"),
@@ -270,7 +270,7 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
         p = _principal(request)
         body = _object(await _body(request, required=False))
         reason = body.get("reason")
-        if reason is not None and not isinstance(reason, str):
+        if "reason" in body and not isinstance(reason, str):
             raise Invalid("must be a string", "reason")
         return JSONResponse(await call(service.pause_target, p, request.path_params["name"], reason))
 

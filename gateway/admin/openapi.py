@@ -101,9 +101,9 @@ _TARGET_FIELDS: dict[str, Any] = {
         "description": 'Network ids served; ["*"] for all (operator keys only).',
     },
     "events": {"type": "array", "items": {"type": "string", "enum": _EVENT_TYPES}, "minItems": 1},
-    "url": {"type": "string", "description": "URL template with %placeholders%."},
+    "url": {"type": "string", "pattern": "^https?://", "description": "URL template with %placeholders%."},
     "post_data": {"type": "string", "description": "Body template; none means GET."},
-    "content_type": {"type": "string"},
+    "content_type": {"type": "string", "minLength": 1},
     "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE"]},
     "headers": {"type": "object", "additionalProperties": {"type": "string"}},
     "auth": {
@@ -139,6 +139,16 @@ _TARGET_FIELDS: dict[str, Any] = {
 
 _TARGET_DECLARATION = {
     "type": "object",
+    "examples": [
+        {
+            "name": "crm",
+            "networks": ["net-1"],
+            "url": "https://crm.example.com/invitations",
+            "post_data": '{"phone": "%invitee%", "from": "%invitor%"}',
+            "content_type": "application/json",
+            "retry": [5, 300],
+        }
+    ],
     "required": ["name", "networks", "url"],
     "additionalProperties": False,
     "properties": {
