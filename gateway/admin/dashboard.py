@@ -18,12 +18,14 @@ every form carries the session's CSRF token, checked on every POST.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import logging
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -273,9 +275,10 @@ def _safe_back(request: Request, back: str | None, default: str) -> str:
 class Pages:
     """The route handlers. Each data call runs in a thread (redis-py is synchronous)."""
 
-    def __init__(self, dash: Dashboard, service: Service) -> None:
+    def __init__(self, dash: Dashboard, service: Service, queue_name: str) -> None:
         self.dash = dash
         self.service = service
+        self.queue_name = queue_name
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await run_in_threadpool(fn, *args, **kwargs)
@@ -498,6 +501,7 @@ class Pages:
         creating: bool,
         target: Mapping[str, Any] | None = None,
         status_code: int = 200,
+        test: Mapping[str, Any] | None = None,
     ) -> Response:
         read_only = None
         preview = None
@@ -520,8 +524,8 @@ class Pages:
             health=health,
             read_only=read_only,
             preview=preview,
-            can_test=False,
-            test=None,
+            can_test=_testsends() is not None,
+            test=test,
             test_unavailable=TEST_UNAVAILABLE,
             networks=sorted(p.networks or ()),
             event_types=EVENT_TYPES,
@@ -551,8 +555,34 @@ class Pages:
         )
 
     async def edit_target(self, request: Request, session: Session, p: Principal) -> Response:
-        target = await self.call(self.service.get_target, p, request.path_params["name"])
-        return self._form_page(request, session, p, form_from_declaration(target), {}, False, target)
+        name = request.path_params["name"]
+        target = await self.call(self.service.get_target, p, name)
+        test = None
+        test_id = request.query_params.get("test")
+        sends = _testsends()
+        if test_id and sends is not None:
+            result = await self.call(sends.wait_test_result, self.dash.store, test_id, 0)
+            if result is None:
+                test = {"pending": True, "outcome": "waiting", "error": "waiting for a worker to send it"}
+            elif result.get("target") == name:  # a test id of another target shows nothing
+                test = test_view(result)
+        return self._form_page(
+            request, session, p, form_from_declaration(target), {}, False, target, test=test
+        )
+
+    async def test_target(self, request: Request, session: Session, p: Principal) -> Response:
+        """Ask a worker to send a sample event now; show its result (waiting a little for it)."""
+        name = request.path_params["name"]
+        await self.call(self.service.get_target, p, name)  # 404 for a target the key may not see
+        sends = _testsends()
+        if sends is None:
+            return self.dash.redirect(
+                request, f"/targets/{quote(name)}", session.with_flash("error", TEST_UNAVAILABLE)
+            )
+        test_id = await self.call(sends.request_test, self.dash.store, name, self.queue_name)
+        # Most tests are back within a second or two; a slower one shows when the page is reloaded.
+        await self.call(sends.wait_test_result, self.dash.store, test_id, TEST_WAIT)
+        return self.dash.redirect(request, f"/targets/{quote(name)}?test={test_id}#test")
 
     async def update_target(self, request: Request, session: Session, p: Principal) -> Response:
         name = request.path_params["name"]
@@ -664,9 +694,51 @@ class Pages:
 
 FAILURES_SHOWN = 200  # the failures page lists (and "replay all shown" replays) at most this many
 TEST_UNAVAILABLE = (
-    "Sending a test from here is not built yet: below is the exact request a sample event renders "
-    "(secrets masked). Send a real callback, or use `gateway deliveries show`, to see an attempt."
+    "Test sends need gateway.testsends (the worker side of `gateway targets test`), which this "
+    "installation lacks: below is the exact request a sample event renders, secrets masked."
 )
+TEST_WAIT = 8.0  # seconds the "send test" POST waits for the worker before showing the page
+
+
+def _testsends() -> ModuleType | None:
+    """`gateway.testsends` (request_test, wait_test_result) where this installation has it."""
+    try:
+        return importlib.import_module("gateway.testsends")
+    except ImportError:
+        return None
+
+
+def test_view(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A worker's test result (secrets already redacted by the worker) as the page shows it."""
+    req = result.get("request") or {}
+    resp = result.get("response") or {}
+    request_text = None
+    if req:
+        lines = [f"{req.get('method', '')} {req.get('url', '')}"]
+        lines += [f"{k}: {v}" for k, v in req.get("headers") or []]
+        if req.get("body"):
+            lines += ["", str(req["body"])]
+        request_text = "\n".join(lines)
+    response_text = None
+    if resp:
+        lines = [f"HTTP {resp.get('status', '')}"]
+        lines += [f"{k}: {v}" for k, v in resp.get("headers") or []]
+        if resp.get("body"):
+            lines += ["", str(resp["body"])]
+        response_text = "\n".join(lines)
+    return {
+        "pending": False,
+        "outcome": result.get("outcome", "failed"),
+        "status_code": resp.get("status"),
+        "latency_ms": result.get("latency_ms"),
+        "error": result.get("error"),
+        "request": request_text,
+        "response": response_text,
+        "at": result.get("at"),
+        "worker": result.get("worker"),
+    }
+
+
 _SAMPLE_SECRET = "whsec_" + "A" * 32  # stands in for a masked signing secret in the preview
 
 
@@ -732,7 +804,7 @@ def create_dashboard(
 ) -> ASGIApp:
     """The dashboard's ASGI app, to be mounted at /dashboard."""
     dash = Dashboard(store, session_secret(os.environ if environ is None else environ), trusted_proxies)
-    pages = Pages(dash, Service(store, queue_name))
+    pages = Pages(dash, Service(store, queue_name), queue_name)
     p = pages.page
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -759,6 +831,7 @@ def create_dashboard(
         Route("/targets/{name}/pause", p(pages.pause_target), methods=["POST"]),
         Route("/targets/{name}/resume", p(pages.resume_target), methods=["POST"]),
         Route("/targets/{name}/delete", p(pages.delete_target), methods=["POST"]),
+        Route("/targets/{name}/test", p(pages.test_target), methods=["POST"]),
         Route("/failures", p(pages.failures), methods=["GET"]),
         Route("/failures/replay", p(pages.replay), methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=TEMPLATES_DIR / "static"), name="static"),

@@ -8,7 +8,7 @@ document.addEventListener("submit", function (ev) {
 document.addEventListener("DOMContentLoaded", function () {
   // A test still waiting for the worker: look again a few times, then stop.
   var pending = document.querySelector("[data-refresh]");
-  if (!pending) return;
+  if (!pending) { sessionStorage.removeItem("gw-refresh"); return; }
   var tries = Number(sessionStorage.getItem("gw-refresh") || "0");
   if (tries >= 10) { sessionStorage.removeItem("gw-refresh"); return; }
   sessionStorage.setItem("gw-refresh", String(tries + 1));
