@@ -22,6 +22,10 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _link(operation: str, parameter: str, pointer: str) -> dict[str, Any]:
+    return {"operationId": operation, "parameters": {parameter: f"$response.body#{pointer}"}}
+
+
 def _problems(*codes: int) -> dict[str, Any]:
     return {str(c): {"$ref": f"#/components/responses/{_PROBLEM_NAMES[c]}"} for c in codes}
 
@@ -351,7 +355,10 @@ SPEC: dict[str, Any] = {
                     _LIMIT,
                 ],
                 "responses": {
-                    "200": _json(_page(_ref("EventSummary")), "A page of events."),
+                    "200": {
+                        **_json(_page(_ref("EventSummary")), "A page of events."),
+                        "links": {"event": _link("getEvent", "event_id", "/items/0/id")},
+                    },
                     **_problems(401, 422),
                 },
             }
@@ -405,6 +412,16 @@ SPEC: dict[str, Any] = {
                         **_TARGET_OK,
                         "description": "Made.",
                         "headers": {"Location": {"schema": {"type": "string"}}},
+                        "links": {
+                            op: _link(op, "name", "/name")
+                            for op in (
+                                "getTarget",
+                                "updateTarget",
+                                "pauseTarget",
+                                "resumeTarget",
+                                "deleteTarget",
+                            )
+                        },
                     },
                     **_problems(400, 401, 409, 422),
                 },
@@ -461,7 +478,13 @@ SPEC: dict[str, Any] = {
                 "summary": "Dead letters (failed or expired deliveries), newest first.",
                 "parameters": [*_FAILED_FILTERS, _CURSOR, _LIMIT],
                 "responses": {
-                    "200": _json(_page(_ref("DeadLetter")), "A page of dead letters."),
+                    "200": {
+                        **_json(_page(_ref("DeadLetter")), "A page of dead letters."),
+                        "links": {
+                            "delivery": _link("getDelivery", "delivery_id", "/items/0/delivery_id"),
+                            "replay": _link("replayDelivery", "delivery_id", "/items/0/delivery_id"),
+                        },
+                    },
                     **_problems(401, 422),
                 },
             }
