@@ -10,6 +10,7 @@ GatewayError
 │   ├── Limited               429: kept but held back by a limit (only with limited_status = 429)
 │   └── StoreUnavailable      503: Redis could not take the invitation
 ├── ConfigError               a broken target or setting, found at load time
+│   └── ConfigErrors          several of them, every problem of a file at once
 └── DeliveryError             one delivery attempt did not succeed
     ├── RetryableDelivery     try again later (connection error, timeout, 408, 429, 5xx)
     └── PermanentDelivery     do not try again (other 4xx, a template that cannot render)
@@ -82,6 +83,30 @@ class ConfigError(GatewayError):
         self.reason = reason
         self.target = target
         self.key = key
+
+
+class ConfigErrors(ConfigError):
+    """Every problem found in one configuration, each a ConfigError naming its target and key.
+
+    Its attributes (reason, target, key) are the first problem's; its text lists them all, one
+    per line, each prefixed with `source` (the file) when given.
+    """
+
+    def __init__(self, errors: list[ConfigError], source: str | None = None) -> None:
+        assert errors, "ConfigErrors needs at least one error"
+        first = errors[0]
+        super().__init__(first.reason, first.target, first.key)
+        self.errors = list(errors)
+        self.source = source
+        self.args = ("\n".join(self.lines()),)
+
+    def lines(self) -> list[str]:
+        return [f"{self.source}: {e}" if self.source else str(e) for e in self.errors]
+
+
+def config_problems(exc: ConfigError) -> list[ConfigError]:
+    """The single problems an error holds (itself, or each of several)."""
+    return list(exc.errors) if isinstance(exc, ConfigErrors) else [exc]
 
 
 class DeliveryError(GatewayError):

@@ -29,7 +29,8 @@ __all__ = ["accept", "delivery_id", "enqueue_drain", "make_queue"]
 log = logging.getLogger("gateway.queue")
 
 DRAIN = "gateway.jobs.drain"
-ALLOWED_FUNCTIONS = frozenset({DRAIN})
+TEST_SEND = "gateway.jobs.test_send"  # `gateway targets test`: one sample request, now
+ALLOWED_FUNCTIONS = frozenset({DRAIN, TEST_SEND})
 # A drain job claims for DRAIN_BUDGET seconds, then waits for what it has in flight (at most the
 # longest target timeout); RQ's own timeout sits above both.
 DRAIN_BUDGET = 15.0
@@ -62,6 +63,19 @@ def enqueue_drain(queue: Queue) -> Job:
         failure_ttl=86400,
         retry=CRASH_RETRY,
         description="deliver what is due",
+    )
+
+
+def enqueue_test_send(queue: Queue, test_id: str, wait: int) -> Job:
+    """Queue a test send; a worker that has not started it within `wait` seconds drops it."""
+    return queue.enqueue(
+        TEST_SEND,
+        test_id,
+        job_timeout=int(2 * MAX_TIMEOUT) + 30,  # its lookups, then its request
+        ttl=max(wait, 1),
+        result_ttl=0,  # the result is written under its own key
+        failure_ttl=3600,
+        description="test send",
     )
 
 

@@ -927,3 +927,82 @@ def _limit_key(kind: str, *parts: object) -> str:
     # Hashed: numbers are personal data and have no place in key names.
     digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:24]
     return f"{kind}:{digest}"
+
+
+# -- OAuth2 access tokens (gateway/delivery/oauth2.py) -------------------------------------------
+#
+#   {p}:oauth2:{digest}   the access token of one token endpoint and client id (digest: sha256 of
+#                         both), expiring shortly before the token does; shared by every worker
+_LUA_FORGET_IF_SAME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class TokenCache:
+    """Access tokens shared by every worker; for a sync or an asyncio client, like DeliveryQueue."""
+
+    def __init__(self, client: Redis | aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._drop = client.register_script(_LUA_FORGET_IF_SAME)
+
+    def key(self, token_url: str, client_id: str, scope: str) -> str:
+        # Hashed: the URL may carry a tenant, and key names are listed by any Redis client.
+        digest = hashlib.sha256("\x00".join((token_url, client_id, scope)).encode()).hexdigest()[:32]
+        return f"{self.prefix}:oauth2:{digest}"
+
+    def get(self, key: str) -> Any:
+        return self.client.get(key)
+
+    def put(self, key: str, token: str, ttl_ms: int) -> Any:
+        return self.client.set(key, token, px=max(ttl_ms, 1))
+
+    def drop(self, key: str, token: str) -> Any:
+        """Forget `token`, unless another worker has already replaced it."""
+        return self._drop(keys=[key], args=[token])
+
+
+# -- lookups and test sends (gateway/delivery/lookups.py, gateway/delivery/testsend.py) -----------
+#
+#   {p}:lookup:{digest}      a lookup's values (JSON), for its `cache` seconds (digest: sha256 of
+#                            the rendered request; it carries a phone number)
+#   {p}:test:{id}            a test send asked for by `gateway targets test` (JSON), until a worker
+#                            takes it or the asker stops waiting
+#   {p}:test:{id}:result     what the worker saw (JSON), for TEST_RESULT_TTL seconds
+TEST_RESULT_TTL = 600
+
+
+def lookup_cache_key(prefix: str, digest: str) -> str:
+    return f"{prefix}:lookup:{digest}"
+
+
+def send_test_key(prefix: str, test_id: str) -> str:
+    return f"{prefix}:test:{test_id}"
+
+
+def send_test_result_key(prefix: str, test_id: str) -> str:
+    return f"{prefix}:test:{test_id}:result"
+
+
+def put_send_test(client: Redis, prefix: str, test_id: str, asked: dict[str, Any], ttl: int) -> None:
+    """Store a test send request; it lapses after `ttl` seconds if no worker takes it."""
+    client.set(send_test_key(prefix, test_id), _dumps(asked), ex=max(ttl, 1))
+
+
+def take_send_test(client: Redis, prefix: str, test_id: str) -> dict[str, Any] | None:
+    """The test send request, removed (None: lapsed, or taken by another worker)."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.get(send_test_key(prefix, test_id))
+        pipe.delete(send_test_key(prefix, test_id))
+        raw, _ = pipe.execute()
+    return json.loads(raw) if raw else None
+
+
+def put_send_test_result(client: Redis, prefix: str, test_id: str, result: dict[str, Any]) -> None:
+    client.set(send_test_result_key(prefix, test_id), _dumps(result), ex=TEST_RESULT_TTL)
+
+
+def get_send_test_result(client: Redis, prefix: str, test_id: str) -> dict[str, Any] | None:
+    raw = client.get(send_test_result_key(prefix, test_id))
+    return json.loads(raw) if raw else None

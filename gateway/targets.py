@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.config.options import OPTION_KEYS, OAuth2, options_env_key, options_from_dict, options_to_dict
+from gateway.config.presets import apply_preset
+from gateway.delivery.netguard import AllowPrivate, host_refusal, parse_networks, resolved_refusals
 from gateway.events import DEFAULT_ALIASES, EVENT_TYPES, FIELDS, build_aliases
-from gateway.exceptions import ConfigError
+from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.networks import NetworkPolicy, networks_from_dict
 from gateway.templating import (
     FORM_KIND,
@@ -110,9 +115,21 @@ _TARGET_KEYS = frozenset(
         "proxy",
         "pause_after",
         "probe_interval",
+        *OPTION_KEYS,
+        "lookups",
     }
 )
 _PAUSE_KEYS = frozenset({"failures", "seconds"})
+# Lookups: `[targets.lookups.NAME]`, its values `%NAME.field%`.
+_LOOKUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_JSON_PATH = re.compile(r"[A-Za-z0-9_$@-]+(\.[A-Za-z0-9_$@-]+)*")  # contact.email, results.0.email
+_LOOKUP_REQUEST_KEYS = frozenset(
+    {"url", "method", "headers", "auth", "post_data", "content_type", "timeout", "proxy"}
+)
+_LOOKUP_KEYS = _LOOKUP_REQUEST_KEYS | {"fields", "cache", "not_found", "on_not_found"}
+_ON_NOT_FOUND = ("retry", "skip", "fail")
+DEFAULT_LOOKUP_CACHE = 3600  # seconds an answer is kept (in Redis, across workers)
+MAX_LOOKUP_CACHE = 30 * 86400
 _SETTINGS_KEYS = frozenset({"allow_private_targets", "alert_target", "limited_status"})
 
 
@@ -155,6 +172,15 @@ class Target:
     pause_failures: int = DEFAULT_PAUSE_FAILURES  # 0: never pause automatically
     pause_seconds: int = DEFAULT_PAUSE_SECONDS
     probe_interval: int = DEFAULT_PROBE_INTERVAL
+    # gateway/config/options.py: OAuth2 client credentials, answers that count as delivered
+    # ((status, text the body contains or ""), ...), and a previous signing secret that
+    # signs too until `previous_signing_secret_until` (epoch seconds in `..._expires`).
+    oauth2: OAuth2 | None = None
+    delivered_statuses: tuple[tuple[int, str], ...] = ()
+    previous_signing_secret: str | None = None
+    previous_signing_secret_until: str | None = None
+    previous_signing_secret_expires: float = 0.0
+    lookups: tuple[Lookup, ...] = ()  # fields the callback lacks, fetched before each request
 
     def matches(self, event_type: str, network_id: str) -> bool:
         return event_type in self.events and ("*" in self.networks or network_id in self.networks)
@@ -164,6 +190,10 @@ class Target:
             return status in self.success_codes
         return 200 <= status < 300
 
+    def delivered_anyway(self, status: int, body: bytes) -> bool:
+        """A failure status that `delivered_statuses` counts as delivered ("already done")."""
+        return any(c == status and (not t or t.encode() in body) for c, t in self.delivered_statuses)
+
     @property
     def body_kind(self) -> BodyKind:
         kind = body_kind(self.content_type)
@@ -171,6 +201,13 @@ class Target:
         return kind
 
     def env_names(self) -> set[str]:
+        """Every ${VAR} the target's requests use, its lookups' included."""
+        names = self.own_env_names()
+        for lookup in self.lookups:
+            names |= lookup.request.env_names()
+        return names
+
+    def own_env_names(self) -> set[str]:
         names: set[str] = set()
         for text in self._templates():
             names |= Template.parse(text).env_names()
@@ -188,6 +225,10 @@ class Target:
             yield self.signing_secret
         if self.proxy is not None:
             yield self.proxy
+        if self.oauth2 is not None:
+            yield from self.oauth2.templates()
+        if self.previous_signing_secret is not None:
+            yield self.previous_signing_secret
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -224,6 +265,39 @@ class Target:
             data["pause_after"] = {"failures": self.pause_failures, "seconds": self.pause_seconds}
         if self.probe_interval != DEFAULT_PROBE_INTERVAL:
             data["probe_interval"] = self.probe_interval
+        data.update(options_to_dict(self))
+        if self.lookups:
+            data["lookups"] = {lk.name: lk.to_dict() for lk in self.lookups}
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """An HTTP request made before a target's, whose JSON answer fills `%NAME.field%` values.
+
+    `request` is a target in all but name (url, method, headers, auth, post_data, content_type,
+    timeout, proxy): the same templating, escaping and address policy.
+    """
+
+    name: str
+    request: Target
+    fields: tuple[tuple[str, str], ...]  # placeholder field -> JSON path ("contact.email")
+    cache: int = DEFAULT_LOOKUP_CACHE  # seconds; 0: asked every time
+    not_found: tuple[int, ...] = (404,)  # statuses that mean "no such record"
+    on_not_found: str = "retry"  # retry | skip (the target, for this event) | fail
+
+    def placeholders(self) -> list[str]:
+        return [f"{self.name}.{f}" for f, _ in self.fields]
+
+    def to_dict(self) -> dict[str, Any]:
+        request = self.request.to_dict()
+        data: dict[str, Any] = {k: v for k, v in request.items() if k in _LOOKUP_REQUEST_KEYS}
+        if data.get("headers") == {}:
+            del data["headers"]
+        data["fields"] = dict(self.fields)
+        data["cache"] = self.cache
+        data["not_found"] = list(self.not_found)
+        data["on_not_found"] = self.on_not_found
         return data
 
 
@@ -236,7 +310,8 @@ class Config:
 
     targets: tuple[Target, ...] = ()
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    allow_private_targets: bool = False
+    # True, False, or the private networks targets may be on ("10.1.2.0/24", "fd00::/8")
+    allow_private_targets: AllowPrivate = False
     alert_target: str | None = None  # the target that receives alerts (e.g. "target paused")
     networks: Mapping[str, NetworkPolicy] = field(default_factory=dict)
     limited_status: int = 204  # the answer to a callback held back by a limit (204 or 429)
@@ -270,7 +345,10 @@ class Config:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        settings: dict[str, Any] = {"allow_private_targets": self.allow_private_targets}
+        allow = self.allow_private_targets
+        settings: dict[str, Any] = {
+            "allow_private_targets": allow if isinstance(allow, bool) else list(allow)
+        }
         if self.alert_target is not None:
             settings["alert_target"] = self.alert_target
         if self.limited_status != 204:
@@ -415,129 +493,224 @@ def _check_secret(secret: str, target: str, expanded: bool = False) -> None:
         raise ConfigError("must decode to 24 to 64 bytes", target, "signing_secret")
 
 
-def target_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Target:
-    """Validate one target declaration. With `environ`, `${VAR}` references must be set in it."""
+class _Problems:
+    """Collects configuration problems, so that one run reports every one of them."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+        self.keys: set[str] = set()  # the (target, key)s that failed, so later checks skip them
+
+    @contextmanager
+    def check(self, *keys: str) -> Iterator[None]:
+        try:
+            yield
+        except ConfigError as exc:
+            found = config_problems(exc)
+            self.errors.extend(found)
+            self.keys.update(keys)
+            self.keys.update(e.key or "" for e in found)
+
+    def failed(self, *keys: str) -> bool:
+        return any(k in self.keys for k in keys)
+
+    def raise_any(self, source: str | None = None) -> None:
+        if len(self.errors) == 1 and source is None:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigErrors(self.errors, source)
+
+
+def target_from_dict(
+    data: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    addresses: AllowPrivate | None = None,
+) -> Target:
+    """Validate one target declaration. With `environ`, `${VAR}` references must be set in it.
+
+    With `addresses` (the allow_private_targets policy), a URL whose host as written (an IP
+    literal, localhost) that policy refuses is an error. Every problem is reported at once: one
+    ConfigError, or ConfigErrors listing them all.
+    """
     raw_name = data.get("name")
     if not isinstance(raw_name, str) or not _NAME.fullmatch(raw_name):
         raise ConfigError(f"name must be 1-64 letters, digits, '_' or '-', got {raw_name!r}", None, "name")
     name = raw_name
-    unknown = sorted(set(data) - _TARGET_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown key (known: {', '.join(sorted(_TARGET_KEYS))})", name, unknown[0])
-    if "networks" not in data:
-        raise ConfigError(
-            'is required: the network ids this target serves, or ["*"] for all', name, "networks"
+    if "preset" in data:
+        data = _with_preset(data)
+    problems = _Problems()
+    for key in sorted(set(data) - _TARGET_KEYS):
+        problems.errors.append(
+            ConfigError(f"unknown key (known: {', '.join(sorted(_TARGET_KEYS))})", name, key)
         )
-    networks = _str_list(data["networks"], name, "networks")
-    events = _str_list(data.get("events", list(EVENT_TYPES)), name, "events")
-    for ev in events:
-        if ev not in EVENT_TYPES:
-            raise ConfigError(f"unknown event {ev!r} (known: {', '.join(EVENT_TYPES)})", name, "events")
+    networks: tuple[str, ...] = ("*",)
+    with problems.check("networks"):
+        if "networks" not in data:
+            raise ConfigError(
+                'is required: the network ids this target serves, or ["*"] for all', name, "networks"
+            )
+        networks = _str_list(data["networks"], name, "networks")
+    events: tuple[str, ...] = EVENT_TYPES
+    with problems.check("events"):
+        events = _str_list(data.get("events", list(EVENT_TYPES)), name, "events")
+        for ev in events:
+            if ev not in EVENT_TYPES:
+                raise ConfigError(f"unknown event {ev!r} (known: {', '.join(EVENT_TYPES)})", name, "events")
 
-    variables = data.get("vars", {})
-    if not isinstance(variables, dict) or not all(
-        isinstance(k, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) and isinstance(v, str)
-        for k, v in variables.items()
-    ):
-        raise ConfigError('must be a table of name = "text"', name, "vars")
-    hexlike = sorted(k for k in variables if re.fullmatch(r"[0-9A-Fa-f]{2}", k))
-    if hexlike:
-        raise ConfigError(
-            f"{hexlike[0]!r} reads as percent-encoding (%{hexlike[0]}%); rename it", name, "vars"
-        )
-    clash = sorted(set(variables) & EVENT_PLACEHOLDERS)
-    if clash:
-        raise ConfigError(f"{clash[0]!r} is an event value and cannot be redefined", name, "vars")
-    allowed = set(EVENT_PLACEHOLDERS) | set(variables)
+    variables: dict[str, str] = {}
+    with problems.check("vars"):
+        raw_vars = data.get("vars", {})
+        if not isinstance(raw_vars, dict) or not all(
+            isinstance(k, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) and isinstance(v, str)
+            for k, v in raw_vars.items()
+        ):
+            raise ConfigError('must be a table of name = "text"', name, "vars")
+        hexlike = sorted(k for k in raw_vars if re.fullmatch(r"[0-9A-Fa-f]{2}", k))
+        if hexlike:
+            raise ConfigError(
+                f"{hexlike[0]!r} reads as percent-encoding (%{hexlike[0]}%); rename it", name, "vars"
+            )
+        clash = sorted(set(raw_vars) & EVENT_PLACEHOLDERS)
+        if clash:
+            raise ConfigError(f"{clash[0]!r} is an event value and cannot be redefined", name, "vars")
+        variables = dict(raw_vars)
 
-    url = _string(data.get("url"), name, "url")
+    lookups: tuple[Lookup, ...] = ()
+    with problems.check("lookups"):
+        if "lookups" in data:
+            lookups = _lookups(data["lookups"], name, variables, environ, addresses)
+    allowed = set(EVENT_PLACEHOLDERS) | set(variables) | _lookup_placeholders(lookups)
+
+    url = "https://invalid.invalid/"
+    with problems.check("url"):
+        url = _string(data.get("url"), name, "url")
     post_data = data.get("post_data")
-    if post_data is not None and not isinstance(post_data, str):
-        raise ConfigError("must be a string", name, "post_data")
+    with problems.check("post_data"):
+        if post_data is not None and not isinstance(post_data, str):
+            post_data = None
+            raise ConfigError("must be a string", name, "post_data")
     if post_data == "":
         post_data = None  # as in Acrobits: empty post data means GET
-    content_type = _string(data.get("content_type", DEFAULT_CONTENT_TYPE), name, "content_type")
-    if body_kind(content_type) is None:
-        raise ConfigError(
-            "must be application/x-www-form-urlencoded, application/json (or +json), "
-            f"application/xml, text/xml (or +xml) or text/plain, got {content_type!r}",
-            name,
-            "content_type",
-        )
-    method = _string(data.get("method", "POST" if post_data is not None else "GET"), name, "method").upper()
-    if method not in _METHODS:
-        raise ConfigError(f"must be one of {', '.join(sorted(_METHODS))}, got {method!r}", name, "method")
-    if post_data is not None and method == "GET":
-        raise ConfigError("a GET request cannot carry post_data: remove one of them", name, "method")
+    content_type = DEFAULT_CONTENT_TYPE
+    with problems.check("content_type", "post_data"):
+        content_type = _string(data.get("content_type", DEFAULT_CONTENT_TYPE), name, "content_type")
+        if body_kind(content_type) is None:
+            bad, content_type = content_type, DEFAULT_CONTENT_TYPE
+            raise ConfigError(
+                "must be application/x-www-form-urlencoded, application/json (or +json), "
+                f"application/xml, text/xml (or +xml) or text/plain, got {bad!r}",
+                name,
+                "content_type",
+            )
+    method = "POST" if post_data is not None else "GET"
+    with problems.check("method"):
+        method = _string(data.get("method", method), name, "method").upper()
+        if method not in _METHODS:
+            raise ConfigError(f"must be one of {', '.join(sorted(_METHODS))}, got {method!r}", name, "method")
+        if post_data is not None and method == "GET":
+            raise ConfigError("a GET request cannot carry post_data: remove one of them", name, "method")
 
+    headers: list[tuple[str, str]] = []
     headers_raw = data.get("headers", {})
     if not isinstance(headers_raw, dict):
-        raise ConfigError('must be a table of Header-Name = "value"', name, "headers")
-    headers: list[tuple[str, str]] = []
+        problems.errors.append(ConfigError('must be a table of Header-Name = "value"', name, "headers"))
+        headers_raw = {}
     for hname, hvalue in headers_raw.items():
-        if not _HEADER_NAME.fullmatch(hname) or not isinstance(hvalue, str):
-            raise ConfigError(f"header {hname!r} must be a valid name with a string value", name, "headers")
-        if hname.lower() in _RESERVED_HEADERS:
-            raise ConfigError(f"header {hname!r} is set by the gateway", name, "headers")
-        if any(c in hvalue for c in "\r\n\0"):
-            raise ConfigError(f"header {hname!r} contains a line break", name, "headers")
-        headers.append((hname, hvalue))
+        with problems.check(f"headers.{hname}"):
+            if not _HEADER_NAME.fullmatch(hname) or not isinstance(hvalue, str):
+                raise ConfigError(
+                    f"header {hname!r} must be a valid name with a string value", name, "headers"
+                )
+            if hname.lower() in _RESERVED_HEADERS:
+                raise ConfigError(f"header {hname!r} is set by the gateway", name, "headers")
+            if any(c in hvalue for c in "\r\n\0"):
+                raise ConfigError(f"header {hname!r} contains a line break", name, "headers")
+            headers.append((hname, hvalue))
 
     auth: tuple[str, str] | None = None
-    if "auth" in data:
-        a = data["auth"]
-        if not isinstance(a, dict) or set(a) != {"username", "password"}:
-            raise ConfigError('must be { username = "...", password = "..." } (HTTP Basic)', name, "auth")
-        auth = (_string(a["username"], name, "auth"), _string(a["password"], name, "auth"))
+    with problems.check("auth"):
+        if "auth" in data:
+            a = data["auth"]
+            if not isinstance(a, dict) or set(a) != {"username", "password"}:
+                raise ConfigError('must be { username = "...", password = "..." } (HTTP Basic)', name, "auth")
+            auth = (_string(a["username"], name, "auth"), _string(a["password"], name, "auth"))
 
     secret = data.get("signing_secret")
-    if secret is not None:
-        _check_secret(_string(secret, name, "signing_secret"), name)
+    with problems.check("signing_secret"):
+        if secret is not None:
+            checked, secret = secret, None
+            _check_secret(_string(checked, name, "signing_secret"), name)
+            secret = checked
 
     success_codes: tuple[int, ...] | None = None
-    if "success_codes" in data:
-        codes = data["success_codes"]
+    with problems.check("success_codes"):
+        if "success_codes" in data:
+            codes = data["success_codes"]
+            if (
+                not isinstance(codes, list)
+                or not codes
+                or not all(isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in codes)
+            ):
+                raise ConfigError("must be a non-empty list of HTTP status codes", name, "success_codes")
+            success_codes = tuple(codes)
+
+    timeout: float = DEFAULT_TIMEOUT
+    with problems.check("timeout"):
+        raw_timeout = data.get("timeout", DEFAULT_TIMEOUT)
         if (
-            not isinstance(codes, list)
-            or not codes
-            or not all(isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in codes)
+            isinstance(raw_timeout, bool)
+            or not isinstance(raw_timeout, int | float)
+            or not 0 < raw_timeout <= MAX_TIMEOUT
         ):
-            raise ConfigError("must be a non-empty list of HTTP status codes", name, "success_codes")
-        success_codes = tuple(codes)
+            raise ConfigError(
+                f"must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}", name, "timeout"
+            )
+        timeout = float(raw_timeout)
 
-    timeout = data.get("timeout", DEFAULT_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT:
-        raise ConfigError(f"must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}", name, "timeout")
+    retry: tuple[int, ...] = DEFAULT_RETRY
+    with problems.check("retry"):
+        raw_retry = data.get("retry", list(DEFAULT_RETRY))
+        if not isinstance(raw_retry, list) or not all(
+            isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 7 * 86400 for r in raw_retry
+        ):
+            raise ConfigError(
+                "must be a list of whole seconds between retries, e.g. [5, 300, 1800]", name, "retry"
+            )
+        if len(raw_retry) > 25:
+            raise ConfigError("allows at most 25 retries", name, "retry")
+        retry = tuple(raw_retry)
 
-    retry = data.get("retry", list(DEFAULT_RETRY))
-    if not isinstance(retry, list) or not all(
-        isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 7 * 86400 for r in retry
-    ):
-        raise ConfigError(
-            "must be a list of whole seconds between retries, e.g. [5, 300, 1800]", name, "retry"
-        )
-    if len(retry) > 25:
-        raise ConfigError("allows at most 25 retries", name, "retry")
-
-    rate = _rate(data["rate"], name) if "rate" in data else None
-    concurrency = _concurrency(data["concurrency"], name) if "concurrency" in data else None
+    rate = None
+    with problems.check("rate"):
+        rate = _rate(data["rate"], name) if "rate" in data else None
+    concurrency = None
+    with problems.check("concurrency"):
+        concurrency = _concurrency(data["concurrency"], name) if "concurrency" in data else None
     expire_after = None
-    if "expire_after" in data:
-        expire_after = _duration(data["expire_after"], name, "expire_after", MAX_EXPIRE_AFTER)
+    with problems.check("expire_after"):
+        if "expire_after" in data:
+            expire_after = _duration(data["expire_after"], name, "expire_after", MAX_EXPIRE_AFTER)
     proxy = data.get("proxy")
-    if proxy is not None:
-        _check_proxy(_string(proxy, name, "proxy"), name)
-    pause_failures, pause_seconds = _pause_after(
-        data.get("pause_after", {"failures": DEFAULT_PAUSE_FAILURES, "seconds": DEFAULT_PAUSE_SECONDS}), name
-    )
-    probe_interval = _bounded(
-        data.get("probe_interval", DEFAULT_PROBE_INTERVAL),
-        1,
-        MAX_PROBE_INTERVAL,
-        "whole seconds",
-        name,
-        "probe_interval",
-    )
+    with problems.check("proxy"):
+        if proxy is not None:
+            checked, proxy = proxy, None
+            _check_proxy(_string(checked, name, "proxy"), name)
+            proxy = checked
+    pause_failures, pause_seconds = DEFAULT_PAUSE_FAILURES, DEFAULT_PAUSE_SECONDS
+    with problems.check("pause_after"):
+        pause_failures, pause_seconds = _pause_after(
+            data.get("pause_after", {"failures": DEFAULT_PAUSE_FAILURES, "seconds": DEFAULT_PAUSE_SECONDS}),
+            name,
+        )
+    probe_interval = DEFAULT_PROBE_INTERVAL
+    with problems.check("probe_interval"):
+        probe_interval = _bounded(
+            data.get("probe_interval", DEFAULT_PROBE_INTERVAL),
+            1,
+            MAX_PROBE_INTERVAL,
+            "whole seconds",
+            name,
+            "probe_interval",
+        )
 
     target = Target(
         name=name,
@@ -551,8 +724,8 @@ def target_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
         auth=auth,
         signing_secret=secret,
         success_codes=success_codes,
-        timeout=float(timeout),
-        retry=tuple(retry),
+        timeout=timeout,
+        retry=retry,
         vars=tuple(variables.items()),
         rate=rate,
         concurrency=concurrency,
@@ -561,29 +734,106 @@ def target_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
         pause_failures=pause_failures,
         pause_seconds=pause_seconds,
         probe_interval=probe_interval,
+        **options_from_dict(data, name, environ),
+        lookups=lookups,
     )
-    _validate_templates(target, allowed, environ)
+    _validate_templates(target, allowed, environ, problems)
+    _check_lookup_time(target, problems)
+    if addresses is not None and not problems.failed("url"):
+        with problems.check():
+            _check_address(target, environ, addresses)
+    problems.raise_any()
     return target
 
 
-def _validate_templates(target: Target, allowed: set[str], environ: Mapping[str, str] | None) -> None:
-    """Render every template with hostile values; each must parse and keep every value intact."""
+def _validate_templates(
+    target: Target, allowed: set[str], environ: Mapping[str, str] | None, problems: _Problems
+) -> None:
+    """Render every template with hostile values; each must parse and keep every value intact.
+
+    A template whose key already failed is left out; every other problem is collected.
+    """
     name = target.name
     if environ is not None:
-        missing = sorted(n for n in target.env_names() if n not in environ)
-        if missing:
-            raise ConfigError(
-                f"environment variable {missing[0]} is not set", name, _env_key(target, missing[0])
+        # Every missing variable at once, each with the key that uses it (a lookup's own are
+        # reported by its own check).
+        for var in sorted(n for n in target.own_env_names() if n not in environ):
+            problems.errors.append(
+                ConfigError(f"environment variable {var} is not set", name, _env_key(target, var))
             )
     # Real secrets are not needed to check the shape: a plain token stands in for each.
-    fake_env = {n: "envvalue" for n in target.env_names()}
-    # A distinct hostile value per placeholder, so each one is checked on its own.
-    values = {n: f"{HOSTILE} {n}" for n in EVENT_PLACEHOLDERS}
+    fake_env = {n: "envvalue" for n in target.own_env_names()}
+    # Values from outside (the phone, a lookup's answer): a distinct hostile value for each, so
+    # each one is checked on its own.
+    untrusted = EVENT_PLACEHOLDERS | _lookup_placeholders(target.lookups)
+    values = {n: f"{HOSTILE} {n}" for n in untrusted}
     values.update((k, v if v else "") for k, v in target.vars)
 
+    if not problems.failed("url", "vars", "lookups"):
+        with problems.check("url"):
+            _validate_url(target, allowed, values, untrusted, fake_env)
+
+    if target.post_data is not None and not problems.failed("post_data", "vars", "lookups"):
+        with problems.check("post_data"):
+            body_t = Template.parse(target.post_data)
+            _check_placeholders(body_t, allowed, name, "post_data")
+            kind = target.body_kind
+            rendered = body_t.render(values, kind.escape, fake_env)
+            try:
+                strings = parse_body(kind, rendered)
+            except ValueError as exc:
+                hint = " (put each placeholder inside a JSON string)" if kind.name == "json" else ""
+                raise ConfigError(
+                    f"does not render as {target.content_type} with hostile values: {exc}{hint}",
+                    name,
+                    "post_data",
+                ) from None
+            for ph in sorted(body_t.placeholders() & untrusted):
+                if not any(values[ph] in s for s in strings):
+                    raise ConfigError(
+                        f"%{ph}% does not come back intact when the {kind.name} body is parsed",
+                        name,
+                        "post_data",
+                    )
+            if kind is FORM_KIND and "=" not in rendered:
+                raise ConfigError("a form body must be name=value pairs joined by &", name, "post_data")
+
+    for hname, hvalue in target.headers:
+        with problems.check():
+            _check_placeholders(Template.parse(hvalue), allowed, name, f"headers.{hname}")
+    for part in target.auth or ():
+        with problems.check():
+            _check_placeholders(Template.parse(part), allowed, name, "auth")
+    if target.signing_secret is not None:
+        with problems.check():
+            secret_t = Template.parse(target.signing_secret)
+            _check_placeholders(secret_t, set(), name, "signing_secret")
+            if environ is not None and secret_t.env_names() <= set(environ) and secret_t.env_names():
+                _check_secret(secret_t.render({}, escape_header, environ), name, expanded=True)
+    if target.proxy is not None:
+        with problems.check():
+            # Only ${ENV} here: an invitation must not choose the proxy.
+            proxy_t = Template.parse(target.proxy)
+            if proxy_t.placeholders():
+                ph = sorted(proxy_t.placeholders())[0]
+                raise ConfigError(
+                    f"cannot use %{ph}%: only ${{ENV_VAR}} references are allowed", name, "proxy"
+                )
+            if environ is not None and proxy_t.env_names() and proxy_t.env_names() <= set(environ):
+                _check_proxy(proxy_t.render({}, escape_none, environ), name, expanded=True)
+
+
+def _validate_url(
+    target: Target,
+    allowed: set[str],
+    values: Mapping[str, str],
+    untrusted: frozenset[str],
+    fake_env: Mapping[str, str],
+) -> None:
+    name = target.name
     url_t = Template.parse(target.url)
     _check_placeholders(url_t, allowed, name, "url")
-    benign = {**values, **{n: "x" for n in EVENT_PLACEHOLDERS}}
+    benign = {**values, **{n: "x" for n in untrusted}}
     plain_url = url_t.render(benign, escape_url, fake_env)
     parts = urlsplit(plain_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -595,49 +845,43 @@ def _validate_templates(target: Target, allowed: set[str], environ: Mapping[str,
     if (hostile_parts.scheme, hostile_parts.netloc) != (parts.scheme, parts.netloc):
         raise ConfigError("a placeholder in the host part lets an invitation choose the server", name, "url")
     pieces = url_strings(hostile_url)
-    for ph in url_t.placeholders() & EVENT_PLACEHOLDERS:
+    for ph in sorted(url_t.placeholders() & untrusted):
         if not any(values[ph] in p for p in pieces):
             raise ConfigError(f"%{ph}% does not survive URL encoding where it stands", name, "url")
 
-    if target.post_data is not None:
-        body_t = Template.parse(target.post_data)
-        _check_placeholders(body_t, allowed, name, "post_data")
-        kind = target.body_kind
-        rendered = body_t.render(values, kind.escape, fake_env)
-        try:
-            strings = parse_body(kind, rendered)
-        except ValueError as exc:
-            hint = " (put each placeholder inside a JSON string)" if kind.name == "json" else ""
-            raise ConfigError(
-                f"does not render as {target.content_type} with hostile values: {exc}{hint}",
-                name,
-                "post_data",
-            ) from None
-        for ph in body_t.placeholders() & EVENT_PLACEHOLDERS:
-            if not any(values[ph] in s for s in strings):
-                raise ConfigError(
-                    f"%{ph}% does not come back intact when the {kind.name} body is parsed", name, "post_data"
-                )
-        if kind is FORM_KIND and "=" not in rendered:
-            raise ConfigError("a form body must be name=value pairs joined by &", name, "post_data")
 
-    for hname, hvalue in target.headers:
-        _check_placeholders(Template.parse(hvalue), allowed, name, f"headers.{hname}")
-    for part in target.auth or ():
-        _check_placeholders(Template.parse(part), allowed, name, "auth")
-    if target.signing_secret is not None:
-        secret_t = Template.parse(target.signing_secret)
-        _check_placeholders(secret_t, set(), name, "signing_secret")
-        if environ is not None and secret_t.env_names():
-            _check_secret(secret_t.render({}, escape_header, environ), name, expanded=True)
-    if target.proxy is not None:
-        # Only ${ENV} here: an invitation must not choose the proxy.
-        proxy_t = Template.parse(target.proxy)
-        if proxy_t.placeholders():
-            ph = sorted(proxy_t.placeholders())[0]
-            raise ConfigError(f"cannot use %{ph}%: only ${{ENV_VAR}} references are allowed", name, "proxy")
-        if environ is not None and proxy_t.env_names():
-            _check_proxy(proxy_t.render({}, escape_none, environ), name, expanded=True)
+def _check_lookup_time(target: Target, problems: _Problems) -> None:
+    """Lookups and the request together within MAX_TIMEOUT: the worker's lease is sized by it."""
+    total = target.timeout + sum(lk.request.timeout for lk in target.lookups)
+    if target.lookups and total > MAX_TIMEOUT:
+        problems.errors.append(
+            ConfigError(
+                f"the lookups' timeouts and the target's add up to {total:g} s, more than "
+                f"{MAX_TIMEOUT:g} s: lower some",
+                target.name,
+                "lookups",
+            )
+        )
+
+
+def _check_address(target: Target, environ: Mapping[str, str] | None, addresses: AllowPrivate) -> None:
+    """Refuse a URL on a literal loopback or private address (or localhost) the policy refuses."""
+    host = _host_of(target.url, environ)
+    refusal = host_refusal(host, addresses) if host else None
+    if refusal is not None:
+        raise ConfigError(refusal, target.name, "url")
+
+
+def _host_of(url: str, environ: Mapping[str, str] | None) -> str | None:
+    """The host of a URL template (None when a ${VAR} in it is not known here)."""
+    url_t = Template.parse(url)
+    if url_t.env_names() and (environ is None or not url_t.env_names() <= set(environ)):
+        return None
+    sample = {n: "x" for n in url_t.placeholders()}
+    try:
+        return urlsplit(url_t.render(sample, escape_url, environ or {})).hostname
+    except (ConfigError, ValueError):
+        return None
 
 
 def _env_key(target: Target, var: str) -> str:
@@ -653,63 +897,238 @@ def _env_key(target: Target, var: str) -> str:
         return "auth"
     if target.proxy and ref in target.proxy:
         return "proxy"
+    if (key := options_env_key(target, ref)) is not None:
+        return key
+    for lookup in target.lookups:
+        if var in lookup.request.env_names():
+            return f"lookups.{lookup.name}.{_env_key(lookup.request, var)}"
     return "signing_secret"
 
 
-def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    unknown = sorted(set(data) - {"settings", "aliases", "targets", "networks"})
-    if unknown:
+# -- lookups: fields the callback lacks, fetched from the provider's own service -------------------
+
+
+def _lookup_placeholders(lookups: Iterable[Lookup]) -> frozenset[str]:
+    return frozenset(f"{lk.name}.{field}" for lk in lookups for field, _ in lk.fields)
+
+
+def _lookups(
+    value: object,
+    target: str,
+    variables: Mapping[str, str],
+    environ: Mapping[str, str] | None,
+    addresses: AllowPrivate | None,
+) -> tuple[Lookup, ...]:
+    if not isinstance(value, dict) or not value:
         raise ConfigError(
-            "unknown top-level key (known: settings, aliases, targets, networks)", None, unknown[0]
+            "must be a table of lookups: [targets.lookups.NAME] with a url and "
+            'fields = { email = "contact.email" }',
+            target,
+            "lookups",
         )
-    networks = networks_from_dict(data.get("networks", {}), environ)
-    raw_settings = data.get("settings", {})
-    limited_status = raw_settings.get("limited_status", 204) if isinstance(raw_settings, dict) else 204
-    if isinstance(limited_status, bool) or limited_status not in (204, 429):
-        raise ConfigError(f"must be 204 or 429, got {limited_status!r}", None, "settings.limited_status")
+    problems = _Problems()
+    found = []
+    for lname, ldata in value.items():
+        with problems.check():
+            found.append(_lookup(lname, ldata, target, variables, environ, addresses))
+    problems.raise_any()
+    return tuple(found)
+
+
+def _lookup(
+    lname: str,
+    data: object,
+    target: str,
+    variables: Mapping[str, str],
+    environ: Mapping[str, str] | None,
+    addresses: AllowPrivate | None,
+) -> Lookup:
+    key = f"lookups.{lname}"
+    if not _LOOKUP_NAME.fullmatch(lname):
+        raise ConfigError("a lookup's name must be a letter or _, then letters, digits or _", target, key)
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table with url and fields", target, key)
+    problems = _Problems()
+    for unknown in sorted(set(data) - _LOOKUP_KEYS):
+        problems.errors.append(
+            ConfigError(f"unknown key (known: {', '.join(sorted(_LOOKUP_KEYS))})", target, f"{key}.{unknown}")
+        )
+    fields: list[tuple[str, str]] = []
+    with problems.check():
+        raw = data.get("fields")
+        if (
+            not isinstance(raw, dict)
+            or not raw
+            or not all(isinstance(k, str) and _LOOKUP_NAME.fullmatch(k) for k in raw)
+            or not all(isinstance(v, str) and _JSON_PATH.fullmatch(v) for v in raw.values())
+        ):
+            raise ConfigError(
+                'must be a table of placeholder = "json.path", e.g. { email = "contact.email", '
+                'name = "results.0.name" }',
+                target,
+                f"{key}.fields",
+            )
+        fields = list(raw.items())
+    cache = DEFAULT_LOOKUP_CACHE
+    with problems.check():
+        raw_cache = data.get("cache", DEFAULT_LOOKUP_CACHE)
+        cache = 0 if raw_cache == 0 else _duration(raw_cache, target, f"{key}.cache", MAX_LOOKUP_CACHE)
+    not_found: tuple[int, ...] = (404,)
+    with problems.check():
+        raw_nf = data.get("not_found", [404])
+        if not isinstance(raw_nf, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in raw_nf
+        ):
+            raise ConfigError(
+                "must be a list of HTTP status codes meaning 'no such record'", target, f"{key}.not_found"
+            )
+        not_found = tuple(raw_nf)
+    on_not_found = "retry"
+    with problems.check():
+        on_not_found = data.get("on_not_found", "retry")
+        if on_not_found not in _ON_NOT_FOUND:
+            raise ConfigError(
+                f"must be one of {', '.join(_ON_NOT_FOUND)}, got {on_not_found!r}",
+                target,
+                f"{key}.on_not_found",
+            )
+    request: Target | None = None
+    with problems.check():
+        sub = {k: v for k, v in data.items() if k in _LOOKUP_REQUEST_KEYS}
+        sub.update(name=target, networks=["*"], vars=dict(variables))
+        try:
+            request = target_from_dict(sub, environ, addresses)
+        except ConfigError as exc:
+            raise ConfigErrors(
+                [ConfigError(e.reason, target, f"{key}.{e.key}") for e in config_problems(exc)]
+            ) from None
+    problems.raise_any()
+    assert request is not None
+    return Lookup(lname, request, tuple(fields), cache, not_found, on_not_found)
+
+
+def private_target_warnings(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Host names that resolve NOW to addresses the policy refuses (DNS can change: a warning).
+
+    Every name is resolved at once, within a few seconds in all.
+    """
+    allow = _policy(config.allow_private_targets, environ)
+    if allow is True:
+        return []
+    # Literals (and localhost) are errors, found by the checks above: names only here.
+    named = [
+        (t, k, h)
+        for t, k, h in _url_hosts(config, environ)
+        if not _is_literal(h) and not host_refusal(h, False)
+    ]
+    refusals = resolved_refusals([h for _, _, h in named], allow)
+    return [
+        f"target {target!r}, key {key!r}: {refusals[host]}; deliveries will be refused unless "
+        "allow_private_targets allows it"
+        for target, key, host in named
+        if host in refusals
+    ]
+
+
+def _policy(allow: AllowPrivate, environ: Mapping[str, str] | None) -> AllowPrivate:
+    """The file's setting, or true when GATEWAY_ALLOW_PRIVATE_TARGETS says so (as on workers)."""
+    flag = (environ or {}).get("GATEWAY_ALLOW_PRIVATE_TARGETS", "").strip().lower()
+    return True if flag in ("1", "true", "yes", "on") else allow
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _url_hosts(config: Config, environ: Mapping[str, str] | None) -> Iterator[tuple[str, str, str]]:
+    for target in config.targets:
+        requests = [(target, "url")] + [(lk.request, f"lookups.{lk.name}.url") for lk in target.lookups]
+        for request, key in requests:
+            host = _host_of(request.url, environ)
+            if host:
+                yield target.name, key, host
+
+
+def config_from_dict(
+    data: Mapping[str, Any], environ: Mapping[str, str] | None = None, check_addresses: bool = False
+) -> Config:
+    """Validate a whole configuration; every problem at once (ConfigErrors when several).
+
+    `check_addresses` refuses target URLs on literal private addresses (a file being checked or
+    applied; what Redis holds was checked when applied).
+    """
+    problems = _Problems()
+    for key in sorted(set(data) - {"settings", "aliases", "targets", "networks"}):
+        problems.errors.append(
+            ConfigError("unknown top-level key (known: settings, aliases, targets, networks)", None, key)
+        )
+    networks: Mapping[str, NetworkPolicy] = {}
+    with problems.check():
+        networks = networks_from_dict(data.get("networks", {}), environ)
     settings = data.get("settings", {})
     if not isinstance(settings, dict):
-        raise ConfigError("must be a table", None, "settings")
-    bad = sorted(set(settings) - _SETTINGS_KEYS)
-    if bad:
-        raise ConfigError(
-            f"unknown setting (known: {', '.join(sorted(_SETTINGS_KEYS))})", None, f"settings.{bad[0]}"
+        problems.errors.append(ConfigError("must be a table", None, "settings"))
+        settings = {}
+    limited_status = settings.get("limited_status", 204)
+    if isinstance(limited_status, bool) or limited_status not in (204, 429):
+        problems.errors.append(
+            ConfigError(f"must be 204 or 429, got {limited_status!r}", None, "settings.limited_status")
         )
-    allow_private = settings.get("allow_private_targets", False)
-    if not isinstance(allow_private, bool):
-        raise ConfigError("must be true or false", None, "settings.allow_private_targets")
+        limited_status = 204
+    for bad in sorted(set(settings) - _SETTINGS_KEYS):
+        problems.errors.append(
+            ConfigError(
+                f"unknown setting (known: {', '.join(sorted(_SETTINGS_KEYS))})", None, f"settings.{bad}"
+            )
+        )
+    allow_private: AllowPrivate = False
+    with problems.check():
+        allow_private = _allow_private(settings.get("allow_private_targets", False))
+    addresses = _policy(allow_private, environ) if check_addresses else None
     alert_target = settings.get("alert_target")
     if alert_target is not None and (not isinstance(alert_target, str) or not alert_target):
-        raise ConfigError(
-            f"must be the name of a declared target, got {alert_target!r}", None, "settings.alert_target"
+        problems.errors.append(
+            ConfigError(
+                f"must be the name of a declared target, got {alert_target!r}", None, "settings.alert_target"
+            )
         )
+        alert_target = None
 
     aliases_raw = data.get("aliases", {})
     aliases: dict[str, tuple[str, ...]] = {}
-    if not isinstance(aliases_raw, dict):
-        raise ConfigError('must be a table of field = ["name", ...]', None, "aliases")
-    for fname, names in aliases_raw.items():
-        if fname not in FIELDS:
-            raise ConfigError(f"unknown field (known: {', '.join(FIELDS)})", None, f"aliases.{fname}")
-        aliases[fname] = _str_list(names, "", f"aliases.{fname}") if names else ()
-    _check_alias_clash(aliases)
+    with problems.check():
+        if not isinstance(aliases_raw, dict):
+            raise ConfigError('must be a table of field = ["name", ...]', None, "aliases")
+        for fname, names in aliases_raw.items():
+            if fname not in FIELDS:
+                raise ConfigError(f"unknown field (known: {', '.join(FIELDS)})", None, f"aliases.{fname}")
+            aliases[fname] = _str_list(names, "", f"aliases.{fname}") if names else ()
+        _check_alias_clash(aliases)
 
     raw_targets = data.get("targets", [])
     if not isinstance(raw_targets, list):
-        raise ConfigError("must be an array of tables ([[targets]])", None, "targets")
+        problems.errors.append(ConfigError("must be an array of tables ([[targets]])", None, "targets"))
+        raw_targets = []
     targets: list[Target] = []
     seen: set[str] = set()
     for i, raw in enumerate(raw_targets):
-        if not isinstance(raw, dict):
-            raise ConfigError("must be a table", None, f"targets[{i}]")
-        t = target_from_dict(raw, environ)
-        if t.name in seen:
-            raise ConfigError("is declared twice", t.name, "name")
-        seen.add(t.name)
-        targets.append(t)
+        with problems.check():
+            if not isinstance(raw, dict):
+                raise ConfigError("must be a table", None, f"targets[{i}]")
+            if raw.get("name") in seen:
+                raise ConfigError("is declared twice", raw["name"], "name")
+            if isinstance(raw.get("name"), str):
+                seen.add(raw["name"])
+            targets.append(target_from_dict(raw, environ, addresses))
     if alert_target is not None and alert_target not in seen:
-        raise ConfigError(f"{alert_target!r} names no declared target", None, "settings.alert_target")
-    return Config(
+        problems.errors.append(
+            ConfigError(f"{alert_target!r} names no declared target", None, "settings.alert_target")
+        )
+    config = Config(
         targets=tuple(targets),
         aliases=aliases,
         allow_private_targets=allow_private,
@@ -717,6 +1136,18 @@ def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None 
         networks=networks,
         limited_status=limited_status,
     )
+    problems.raise_any()
+    return config
+
+
+def _allow_private(value: object) -> AllowPrivate:
+    if isinstance(value, bool):
+        return value
+    try:
+        networks = parse_networks(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc), None, "settings.allow_private_targets") from None
+    return networks or False
 
 
 def _check_alias_clash(aliases: Mapping[str, Sequence[str]]) -> None:
@@ -729,7 +1160,10 @@ def _check_alias_clash(aliases: Mapping[str, Sequence[str]]) -> None:
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a TOML configuration file; every error names the file."""
+    """Read and validate a TOML configuration file; every error names the file.
+
+    All the problems of the file at once: a ConfigErrors (one line each) when there are several.
+    """
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -739,6 +1173,11 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p} is not valid TOML: {exc}") from None
     try:
-        return config_from_dict(data, environ)
+        return config_from_dict(data, environ, check_addresses=True)
     except ConfigError as exc:
-        raise ConfigError(f"{p}: {exc}") from None
+        raise ConfigErrors(config_problems(exc), str(p)) from None
+
+
+def _with_preset(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The declaration with its `preset` (templates/presets/NAME.toml) filled in."""
+    return apply_preset(data)

@@ -26,7 +26,11 @@ Escape = Callable[[str], str]
 
 # `%C3%A9` in a URL is percent-encoding, not a placeholder named C3: a name of two hex digits
 # followed by `%` is never read as one.
-_TOKEN = re.compile(r"%(?![0-9A-Fa-f]{2}%)([A-Za-z_][A-Za-z0-9_]*)%|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A lookup's values are `%lookupname.field%`: one dot at most.
+_TOKEN = re.compile(
+    r"%(?![0-9A-Fa-f]{2}%)([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)%"
+    r"|\$\{([A-Za-z_][A-Za-z0-9_]*)\}"
+)
 
 # Rendered into every template at load time: if a template survives these, it survives a phone.
 HOSTILE = '"quo\'te" & <b>x</b> +1 555/../12?a=1&b=2#h;%41 \\ ]]> ü€😀'

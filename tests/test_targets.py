@@ -714,7 +714,9 @@ def test_the_example_targets_file_loads_and_renders() -> None:
         assert request.body is not None
         if target.content_type == "application/json":
             strings = json.dumps(json.loads(request.body))
-            assert "+15551231234" in strings and "o'brien" in strings
+            assert "+15551231234" in strings
+            # Ramen's preset sends no name of the inviter (the callback has none of the invitee).
+            assert "o'brien" in strings or target.name == "ramen"
         else:
             form = dict(parse_qsl(request.body.decode()))
             assert form["To"] == "+15551231234"

@@ -24,10 +24,10 @@ from gateway.cli.common import (
     main,
 )
 from gateway.events import make_alert
-from gateway.exceptions import ConfigError
+from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.settings import Settings
 from gateway.store import Store
-from gateway.targets import Config, load_config
+from gateway.targets import Config, load_config, private_target_warnings
 
 
 @main.command()
@@ -40,14 +40,26 @@ def check(path: str | None, no_env: bool) -> None:
     try:
         config = load_config(path, None if no_env else os.environ)
     except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _echo_problems(exc)
         sys.exit(1)
     for t in config.targets:
         what = f"{t.method} {t.content_type}" if t.post_data is not None else t.method
         click.echo(f"ok  {t.name:<20} {what:<45} networks={','.join(t.networks)} events={','.join(t.events)}")
     for warning in ingest_warnings(config, _settings()):
         click.echo(f"warning: {warning}", err=True)
+    for warning in private_target_warnings(config, os.environ):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"{path}: {len(config.targets)} targets, valid")
+
+
+def _echo_problems(exc: ConfigError) -> None:
+    """Every problem on its own line (each names its target and key), then how many."""
+    problems = config_problems(exc)
+    lines = exc.lines() if isinstance(exc, ConfigErrors) else [str(exc)]
+    for line in lines:
+        click.echo(f"error: {line}", err=True)
+    if len(problems) > 1:
+        click.echo(f"{len(problems)} problems", err=True)
 
 
 def ingest_warnings(config: Config, settings: Settings) -> list[str]:
@@ -84,9 +96,11 @@ def targets_apply(path: str) -> None:
     try:
         version, changed, count = apply_config_file(_store(_settings()), path)
     except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _echo_problems(exc)
         sys.exit(1)
     click.echo(f"{count} targets {'applied' if changed else 'unchanged'} (version {version})")
+    for warning in private_target_warnings(load_config(path, os.environ), os.environ):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @targets.command("list", cls=OperatorCommand)
@@ -208,3 +222,148 @@ def _alert(store: Store, about: str, message: str) -> None:
 
 
 # -- dead letters, replay, one delivery ---------------------------------------------------------------
+
+
+# -- targets validate / test: the request a target sends, shown or sent by a worker ------------------
+
+
+def _exchange_lines(request: dict[str, Any] | None, prefix: str = "") -> list[str]:
+    if request is None:
+        return []
+    lines = [f"{prefix}{request['method']} {request['url']}"]
+    lines += [f"{prefix}{name}: {value}" for name, value in request["headers"]]
+    if request.get("proxy"):
+        lines.append(f"{prefix}(through proxy {request['proxy']})")
+    if request.get("body") is not None:
+        lines += ["", *(f"{prefix}{line}" for line in request["body"].splitlines() or [""])]
+    return lines
+
+
+def _preview_config(path: str | None) -> Config:
+    if path:
+        try:
+            return load_config(path, None)
+        except ConfigError as exc:
+            _echo_problems(exc)
+            sys.exit(1)
+    from gateway.targets import config_from_dict
+
+    _, data = _store(_settings()).load_config()
+    return config_from_dict(data or {})
+
+
+@targets.command("validate", cls=OperatorCommand)
+@click.argument("name")
+@click.option("--file", "path", default=None, metavar="FILE", help="Read FILE instead of the loaded targets.")
+@click.option("--json", "as_json", is_flag=True, help="The preview as JSON.")
+def targets_validate(name: str, path: str | None, as_json: bool) -> None:
+    """Show the exact request NAME sends for a sample invitation, secrets redacted (nothing is sent)."""
+    from gateway.delivery.testsend import UnknownTarget, render_preview
+
+    config = _preview_config(path)
+    try:
+        preview = render_preview(config, name, os.environ)
+    except UnknownTarget as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    if as_json:
+        _echo_json(preview)
+        return
+    event = preview["event"]
+    click.echo(
+        f"target {name}, for a sample {event['type']}: invitee {event['invitee']}, "
+        f"invitor {event['invitor']}, network {event['network_id']}"
+    )
+    for lname, lookup in preview["lookups"].items():
+        fields = ", ".join(f"%{lname}.{f}% <- {p}" for f, p in lookup["fields"].items())
+        click.echo(f"\nlookup {lname} (first; {fields}; not found: {lookup['on_not_found']}):")
+        for line in _exchange_lines(lookup["request"], "  "):
+            click.echo(line)
+    click.echo("\nrequest:")
+    for line in _exchange_lines(preview["request"], "  "):
+        click.echo(line)
+    success = preview["success_codes"]
+    click.echo(f"\nsuccess: {success if isinstance(success, str) else ', '.join(map(str, success))}")
+    missing = [n for n, present in preview.get("env", {}).items() if not present]
+    if preview.get("env"):
+        click.echo(
+            f"${{VARS}}: {', '.join(preview['env'])}"
+            + (
+                f" (not set here: {', '.join(missing)}; the workers need them)"
+                if missing
+                else " (all set here)"
+            )
+        )
+
+
+@targets.command("test", cls=OperatorCommand)
+@click.argument("name")
+@click.option(
+    "--wait", type=click.IntRange(1, 600), default=30, show_default=True, help="Seconds to wait for a worker."
+)
+@click.option("--invitee", default=None, help="The sample's invitee (default +15551231234).")
+@click.option("--invitor", default=None, help="The sample's invitor (default johnsnow).")
+@click.option("--network", default=None, help="The sample's network id (default: the target's first).")
+@click.option("--json", "as_json", is_flag=True, help="The worker's result as JSON.")
+def targets_test(
+    name: str, wait: int, invitee: str | None, invitor: str | None, network: str | None, as_json: bool
+) -> None:
+    """Have a worker send a sample invitation to NAME now and show the exchange (secrets redacted).
+
+    The worker's environment, DNS, network and address policy are what is tested. Exit status 0
+    when the target answered with success, 1 otherwise (or when no worker answered in time).
+    """
+    from gateway.testsends import UnknownTarget, request_test, wait_test_result
+
+    settings = _settings()
+    store = _store(settings)
+    fields = {k: v for k, v in (("invitee", invitee), ("invitor", invitor), ("network_id", network)) if v}
+    try:
+        test_id = request_test(store, name, settings.queue_name, wait, fields)
+    except UnknownTarget as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    if not as_json:
+        click.echo(
+            f"test {test_id}: asked a worker to send a sample invitation to {name}; waiting up to {wait} s"
+        )
+    result = wait_test_result(store, test_id, wait)
+    if result is None:
+        message = (
+            f"no worker answered within {wait} s: is a `gateway worker` running on queue "
+            f"{settings.queue_name!r} with this REDIS_URL? (the test lapses unsent)"
+        )
+        if as_json:
+            _echo_json({"test_id": test_id, "target": name, "outcome": "no-worker", "error": message})
+        click.echo(f"error: {message}", err=True)
+        sys.exit(1)
+    if as_json:
+        _echo_json(result)
+    else:
+        _echo_test_result(result)
+    sys.exit(0 if result["outcome"] == "delivered" else 1)
+
+
+def _echo_test_result(result: dict[str, Any]) -> None:
+    click.echo(f"worker {result['worker']} at {result['at']}")
+    for lname, lookup in result["lookups"].items():
+        if "error" in lookup:
+            click.echo(f"lookup {lname}: {lookup['error']}")
+        else:
+            found = ", ".join(f"%{k}% = {v}" for k, v in lookup["values"].items())
+            click.echo(f"lookup {lname}: {found}")
+    if result["request"] is not None:
+        click.echo("\nrequest:")
+        for line in _exchange_lines(result["request"], "  "):
+            click.echo(line)
+    response = result["response"]
+    if response is not None:
+        click.echo(f"\nresponse: HTTP {response['status']} in {result['latency_ms']:.0f} ms")
+        for hname, value in response["headers"]:
+            click.echo(f"  {hname}: {value}")
+        if response["body"]:
+            click.echo("")
+            for line in response["body"].splitlines():
+                click.echo(f"  {line}")
+    elif result["latency_ms"] is not None:
+        click.echo(f"\nno response after {result['latency_ms']:.0f} ms")
+    verdict = result["outcome"] + (f": {result['error']}" if result["error"] else "")
+    click.echo(f"\noutcome: {verdict}")

@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.delivery.lookups import LookupFailure, Lookups
+from gateway.delivery.oauth2 import TokenError, TokenSource
 from gateway.delivery.request import build_request, classify, retry_delay
 from gateway.delivery.sender import Sender, SendError
 from gateway.events import InvitationEvent, make_alert
@@ -37,7 +39,7 @@ from gateway.records import (
     Outcome,
     split_delivery_id,
 )
-from gateway.store import DeliveryQueue
+from gateway.store import DeliveryQueue, TokenCache
 from gateway.targets import MAX_TIMEOUT, Config, Target
 
 log = logging.getLogger("gateway.delivery")
@@ -108,6 +110,8 @@ class Engine:
         self._stop = False
         self._config = Config()
         self._version = -1  # the configuration version `_config` is; -1: none loaded yet
+        self.tokens = TokenSource(TokenCache(queue.client, queue.prefix), sender.send)  # OAuth2
+        self.lookups = Lookups(sender.send, environ, queue.client, queue.prefix)  # %NAME.field%
 
     def request_stop(self) -> None:
         """Stop claiming; requests in flight get `grace` seconds, the rest is handed back."""
@@ -389,6 +393,8 @@ class Engine:
         if outcome is Outcome.DELIVERED:
             record["h"] = "ok"
             return finish(Outcome.DELIVERED, DeliveryStatus.DELIVERED, attempt, waiting=None)
+        if outcome is Outcome.SKIPPED:  # a lookup found nothing and says skip (lookups.py)
+            return finish(Outcome.SKIPPED, DeliveryStatus.SKIPPED, attempt, waiting=None)
         if status_code == 410:
             record["h"] = "gone"
             record["park"] = True
@@ -433,8 +439,21 @@ class Engine:
         self, target: Target, event: InvitationEvent, number: int, now: int
     ) -> tuple[Attempt, Outcome, float | None, int | None]:
         """Make one request: (attempt record, DELIVERED | RETRYING | FAILED, Retry-After, status)."""
+        found: dict[str, str] | None = None  # the lookups' %NAME.field% values (lookups.py)
+        if target.lookups:
+            try:
+                found = await self.lookups.values(target, event)
+            except LookupFailure as exc:
+                attempt = Attempt(target.name, number, now, exc.outcome, error=exc.reason)
+                return attempt, exc.outcome, None, None
+        bearer: str | None = None
         try:
-            request = build_request(target, event, self.environ, now=now / 1000)
+            if target.oauth2 is not None:
+                bearer = await self.tokens.token(target, self.environ)
+            request = build_request(target, event, self.environ, now=now / 1000, extra=found, bearer=bearer)
+        except TokenError as exc:
+            attempt = Attempt(target.name, number, now, Outcome.RETRYING, error=exc.reason)
+            return attempt, Outcome.RETRYING, None, None
         except ConfigError as exc:
             # A ${VAR} missing on this worker: the operator can fix it, so keep trying.
             return (
@@ -455,6 +474,16 @@ class Engine:
             )
         try:
             response = await self.sender.send(request)
+            if response.status == 401 and bearer is not None:
+                # The token was refused (revoked, or expired early): one fresh token, one more try.
+                bearer = await self.tokens.refresh(target, self.environ, bearer)
+                request = build_request(
+                    target, event, self.environ, now=now / 1000, extra=found, bearer=bearer
+                )
+                response = await self.sender.send(request)
+        except TokenError as exc:
+            attempt = Attempt(target.name, number, now, Outcome.RETRYING, error=exc.reason)
+            return attempt, Outcome.RETRYING, None, None
         except SendError as exc:
             outcome = Outcome.FAILED if exc.blocked else Outcome.RETRYING
             return (

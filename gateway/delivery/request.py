@@ -39,6 +39,7 @@ class OutboundRequest:
     body: bytes | None
     timeout: float
     proxy: str | None = None
+    response_cap: int | None = None  # bytes of the answer read; None: the Sender's
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +68,11 @@ def build_request(
     environ: Mapping[str, str],
     now: float | None = None,
     extra: Mapping[str, str] | None = None,
+    bearer: str | None = None,
 ) -> OutboundRequest:
     """Render the target's request for this event. Raises ConfigError for a missing ${VAR}.
 
-    `extra` overrides event values (an alert's `%message%`).
+    `extra` overrides event values (an alert's `%message%`); `bearer` is an OAuth2 token.
     """
     did = delivery_id(event.id, target.name)
     values = {**event.placeholders(), **(extra or {}), "delivery_id": did, **dict(target.vars)}
@@ -88,17 +90,36 @@ def build_request(
         password = _template(target.auth[1]).render(values, escape_header, environ)
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         headers.append(("Authorization", f"Basic {token}"))
+    if bearer is not None:
+        headers.append(("Authorization", f"Bearer {bearer}"))
     if target.signing_secret is not None:
         secret = _template(target.signing_secret).render(values, escape_header, environ)
         ts = int(time.time() if now is None else now)
         headers += [
             ("webhook-id", did),
             ("webhook-timestamp", str(ts)),
-            ("webhook-signature", sign(secret, did, ts, body or b"")),
+            ("webhook-signature", _signatures(target, secret, values, environ, did, ts, body or b"")),
         ]
     return OutboundRequest(
         target.method, url, tuple(headers), body, target.timeout, proxy_for(target, environ)
     )
+
+
+def _signatures(
+    target: Target,
+    secret: str,
+    values: Mapping[str, str],
+    environ: Mapping[str, str],
+    did: str,
+    ts: int,
+    body: bytes,
+) -> str:
+    """The new secret's signature, and during a rotation the previous secret's after it."""
+    signature = sign(secret, did, ts, body)
+    if target.previous_signing_secret is not None and ts < target.previous_signing_secret_expires:
+        previous = _template(target.previous_signing_secret).render(values, escape_header, environ)
+        signature += " " + sign(previous, did, ts, body)
+    return signature
 
 
 def proxy_for(target: Target, environ: Mapping[str, str]) -> str | None:
@@ -129,6 +150,8 @@ def classify(target: Target, response: Response, now: float) -> None:
     status = response.status
     if target.is_success(status):
         return
+    if target.delivered_statuses and target.delivered_anyway(status, response.body):
+        return  # "already done" (Ramen's 404 already invited, HubSpot's 409)
     reason = f"HTTP {status}"
     headers = {name.lower(): value for name, value in response.headers.items()}
     if status in RETRYABLE_STATUSES or status >= 500:

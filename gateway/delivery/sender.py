@@ -24,7 +24,7 @@ from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from gateway import __version__
-from gateway.delivery.netguard import AddressNotAllowed, check_address
+from gateway.delivery.netguard import AddressNotAllowed, AllowPrivate, check_address
 from gateway.delivery.request import OutboundRequest, Response
 
 log = logging.getLogger("gateway.sender")
@@ -64,16 +64,16 @@ class Sender:
     """Sends requests concurrently over one pool; `open` and every call run on one event loop."""
 
     def __init__(
-        self, allow_private: bool = False, response_cap: int = RESPONSE_CAP, limit: int = 256
+        self, allow_private: AllowPrivate = False, response_cap: int = RESPONSE_CAP, limit: int = 256
     ) -> None:
-        self.allow_private = allow_private
+        self.allow_private: AllowPrivate = allow_private
         self.response_cap = response_cap
         self.proxy_hosts: set[str] = set()
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
         self._resolver: _VettingResolver | None = None
         # Per IP literal and policy: the refusal, or None when allowed (parsed once, not per send).
-        self._literals: dict[tuple[str, bool], str | None] = {}
+        self._literals: dict[tuple[str, AllowPrivate], str | None] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def open(self) -> None:
@@ -166,7 +166,7 @@ class Sender:
                 timeout=timeout,
                 proxy=proxy,
             ) as resp:
-                body = await _read_capped(resp, self.response_cap)
+                body = await _read_capped(resp, request.response_cap or self.response_cap)
                 return Response(resp.status, dict(resp.headers), body, elapsed())
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, AddressNotAllowed):
