@@ -28,11 +28,14 @@ from gateway.admin import AdminError, Invalid
 from gateway.admin.keys import KeyAuthBackend, Principal
 from gateway.admin.openapi import SPEC
 from gateway.admin.service import MAX_LIMIT, EventFilter, FailedFilter, Page, Service
+from gateway.events import EVENT_TYPES
 from gateway.store import Store
 
 log = logging.getLogger("gateway.admin")
 
 PROBLEM = "application/problem+json"
+TEST_WAIT = 30  # seconds a test send waits for a worker, by default
+MAX_TEST_WAIT = 60
 _BEARER = 'Bearer realm="invitation-gateway admin API"'
 
 
@@ -278,6 +281,29 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
         p = _principal(request)
         return JSONResponse(await call(service.resume_target, p, request.path_params["name"]))
 
+    async def validate(request: Request) -> Response:
+        p = _principal(request)
+        raw = await _body(request, required=False)
+        declaration = None if raw == {} else _object(raw)
+        return JSONResponse(await call(service.validate_target, p, request.path_params["name"], declaration))
+
+    async def test(request: Request) -> Response:
+        p = _principal(request)
+        body = _object(await _body(request, required=False))
+        unknown = sorted(set(body) - {"wait", "invitee", "invitor", "network_id", "event"})
+        if unknown:
+            raise Invalid("unknown key (known: wait, invitee, invitor, network_id, event)", unknown[0])
+        wait = body.get("wait", TEST_WAIT)
+        if isinstance(wait, bool) or not isinstance(wait, int) or not 1 <= wait <= MAX_TEST_WAIT:
+            raise Invalid(f"must be whole seconds from 1 to {MAX_TEST_WAIT}", "wait")
+        fields = {k: v for k, v in body.items() if k != "wait"}
+        for key, value in fields.items():
+            if not isinstance(value, str) or not value:
+                raise Invalid("must be a non-empty string", key)
+        if "event" in fields and fields["event"] not in EVENT_TYPES:
+            raise Invalid(f"must be one of {', '.join(EVENT_TYPES)}", "event")
+        return JSONResponse(await call(service.test_target, p, request.path_params["name"], wait, fields))
+
     async def failed(request: Request) -> Response:
         p = _principal(request)
         filters = _failed_filter(request)
@@ -358,6 +384,8 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
         Route("/targets/{name}", target, methods=["GET", "PUT", "DELETE"]),
         Route("/targets/{name}/pause", pause, methods=["POST"]),
         Route("/targets/{name}/resume", resume, methods=["POST"]),
+        Route("/targets/{name}/validate", validate, methods=["POST"]),
+        Route("/targets/{name}/test", test, methods=["POST"]),
         Route("/deliveries/failed", failed, methods=["GET"]),
         Route("/deliveries/replay", replay, methods=["POST"]),
         Route("/deliveries/{delivery_id}", delivery, methods=["GET"]),

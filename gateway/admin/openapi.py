@@ -472,6 +472,55 @@ SPEC: dict[str, Any] = {
                 "responses": {"200": _STATE_CHANGE, **_problems(401, 404)},
             },
         },
+        "/targets/{name}/validate": {
+            "parameters": [_TARGET_NAME],
+            "post": {
+                "operationId": "validateTarget",
+                "summary": "The exact request the target sends for a sample invitation, secrets redacted.",
+                "description": (
+                    "Nothing is sent. With a body, that declaration is validated (as create and update "
+                    "would) and shown instead of the stored target; it is not saved."
+                ),
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("TargetDeclaration")}},
+                },
+                "responses": {"200": _json(_ref("Preview"), "The request."), **_problems(400, 401, 404, 422)},
+            },
+        },
+        "/targets/{name}/test": {
+            "parameters": [_TARGET_NAME],
+            "post": {
+                "operationId": "testTarget",
+                "summary": "A worker sends a sample invitation to the target now; the exchange comes back.",
+                "description": (
+                    "Waits up to `wait` seconds for a worker: `completed` is false when none answered "
+                    "(the request then lapses unsent)."
+                ),
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "wait": {"type": "integer", "minimum": 1, "maximum": 60, "default": 30},
+                                    "invitee": {"type": "string", "minLength": 1},
+                                    "invitor": {"type": "string", "minLength": 1},
+                                    "network_id": {"type": "string", "minLength": 1},
+                                    "event": {"type": "string", "enum": _EVENT_TYPES},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("TestResult"), "The exchange."),
+                    **_problems(400, 401, 404, 422),
+                },
+            },
+        },
         "/deliveries/failed": {
             "get": {
                 "operationId": "listFailedDeliveries",
@@ -761,6 +810,64 @@ SPEC: dict[str, Any] = {
                 },
             },
             "Key": _KEY,
+            "Request": {
+                "type": ["object", "null"],
+                "required": ["method", "url", "headers", "body"],
+                "properties": {
+                    "method": {"type": "string"},
+                    "url": {"type": "string"},
+                    "headers": {
+                        "type": "array",
+                        "items": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
+                    },
+                    "body": _NULLABLE_STR,
+                    "timeout": {"type": "number"},
+                    "proxy": _NULLABLE_STR,
+                },
+            },
+            "Preview": {
+                "type": "object",
+                "required": ["target", "event", "lookups", "request", "success_codes"],
+                "properties": {
+                    "target": {"type": "string"},
+                    "event": {"type": "object"},
+                    "lookups": {"type": "object"},
+                    "request": _ref("Request"),
+                    "success_codes": {"type": ["array", "string"], "items": {"type": "integer"}},
+                },
+            },
+            "TestResult": {
+                "type": "object",
+                "required": ["test_id", "target", "completed", "result", "detail"],
+                "properties": {
+                    "test_id": {"type": "string"},
+                    "target": {"type": "string"},
+                    "completed": {"type": "boolean"},
+                    "detail": _NULLABLE_STR,
+                    "result": {
+                        "type": ["object", "null"],
+                        "required": ["target", "worker", "at", "request", "response", "outcome", "error"],
+                        "properties": {
+                            "target": {"type": "string"},
+                            "worker": {"type": "string"},
+                            "at": {"type": "string", "format": "date-time"},
+                            "lookups": {"type": "object"},
+                            "request": _ref("Request"),
+                            "response": {
+                                "type": ["object", "null"],
+                                "properties": {
+                                    "status": {"type": "integer"},
+                                    "headers": {"type": "array", "items": {"type": "array"}},
+                                    "body": {"type": "string"},
+                                },
+                            },
+                            "latency_ms": {"type": ["number", "null"]},
+                            "outcome": {"type": "string"},
+                            "error": _NULLABLE_STR,
+                        },
+                    },
+                },
+            },
         },
     },
 }

@@ -23,6 +23,11 @@ Targets (each with `source` "file" | "api", `health`, secrets shown as REDACTED)
         a secret given as REDACTED keeps the stored one); delete_target(p, name) -> None
     pause_target(p, name, reason=None) -> dict; resume_target(p, name) -> dict
         ({"target", "before", "state", "held_deliveries"})
+    validate_target(p, name, declaration=None) -> dict: the exact request for a sample event
+        (gateway.delivery.testsend.render_preview), secrets redacted, nothing sent; with a
+        declaration, that one (validated, not saved)
+    test_target(p, name, wait=30, fields=None) -> dict: a worker sends a sample event now
+        ({"test_id", "target", "completed", "result" (the exchange) | None, "detail"})
 Deliveries
     failed_deliveries(p, FailedFilter(...), cursor=None, limit=50) -> Page: dead letters, newest
         first (delivery_id, failed_at, target, network, event, event_id, status, attempts,
@@ -443,6 +448,69 @@ class Service:
         if self.dq.set_wake():
             enqueue_drain(make_queue(self.store.redis, self.queue_name))
 
+    def validate_target(self, p: Principal, name: str, declaration: Any = None) -> dict[str, Any]:
+        """The exact request the target sends for a sample invitation, secrets redacted; nothing sent.
+
+        With `declaration`, that declaration (validated as create/update would, not saved) in
+        place of the stored target of that name (which need not exist yet).
+        """
+        from gateway.delivery.testsend import UnknownTarget, render_preview
+
+        targets, _, config = self._config()
+        if declaration is None:
+            current, _ = self._target(p, name)
+        else:
+            if not isinstance(declaration, dict):
+                raise Invalid("a target is a JSON object", None)
+            declaration = {**declaration}
+            declaration.setdefault("name", name)
+            if declaration["name"] != name:
+                raise Invalid(f"the declaration's name is not {name!r}", "name")
+            existing = next((t for t in targets if t.get("name") == name), None)
+            if existing is not None:
+                existing, _ = self._target(p, name)  # NotFound unless the key may see it
+                declaration = unredact(declaration, existing)
+            current = self._validated(p, declaration, config)
+            others = [t for t in config.get("targets", []) if t.get("name") != name]
+            config = {**config, "targets": [*others, current]}
+        try:
+            preview = render_preview(config_from_dict(config), name)
+        except UnknownTarget:
+            raise NotFound(f"no target {name}") from None
+        except ConfigError as exc:
+            raise Invalid(exc.reason, exc.key or "name") from None
+        return dict(scrub(preview, secret_values(current)))
+
+    def test_target(
+        self, p: Principal, name: str, wait: float = 30, fields: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Have a worker send a sample invitation to the target now; the exchange, secrets redacted.
+
+        Waits up to `wait` seconds: `completed` False (and `result` None) when no worker answered
+        (the request then lapses unsent). `fields` may set invitee, invitor, network_id, event.
+        """
+        from gateway.testsends import UnknownTarget, request_test, wait_test_result
+
+        current, _ = self._target(p, name)
+        fields = dict(fields or {})
+        network = fields.get("network_id")
+        if network is not None and not p.can_see(network):
+            raise Invalid(f"network {network!r} is not one of this key's", "network_id")
+        try:
+            test_id = request_test(self.store, name, self.queue_name, max(1, int(wait)), fields)
+        except UnknownTarget:
+            raise NotFound(f"no target {name}") from None
+        result = wait_test_result(self.store, test_id, wait)
+        return {
+            "test_id": test_id,
+            "target": name,
+            "completed": result is not None,
+            "result": scrub(result, secret_values(current)) if result is not None else None,
+            "detail": None
+            if result is not None
+            else f"no worker answered within {wait:g} s (the request lapses unsent): is a worker running?",
+        }
+
     # -- deliveries -------------------------------------------------------------------------------
     def _dead_letters(
         self, p: Principal, f: FailedFilter, after: tuple[int, str] | None
@@ -677,8 +745,13 @@ def _env_field(data: Mapping[str, Any], var: str) -> str:
     return "name"
 
 
-def _secret_name(name: str) -> bool:
-    return bool(_SECRETISH.search(name))
+def _secret_key(key: str) -> bool:
+    """A key whose string value is a secret: a password, a token, an API key header (not a URL)."""
+    return bool(_SECRETISH.search(key)) and not key.endswith(("_url", "_until"))
+
+
+def _is_env_ref(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", value) is not None
 
 
 def _hide_url_password(url: str) -> str:
@@ -686,40 +759,83 @@ def _hide_url_password(url: str) -> str:
 
 
 def redact(target: Mapping[str, Any]) -> dict[str, Any]:
-    """A target's declaration with its secrets replaced by REDACTED (an ${ENV} reference stays)."""
-    out = dict(target)
+    """A target's declaration with its secrets replaced by REDACTED (an ${ENV} reference stays).
 
-    def hide(value: Any) -> Any:
-        return (
-            value
-            if isinstance(value, str) and re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", value)
-            else REDACTED
-        )
+    Secrets: string values under a secret-sounding key (password, signing_secret, client_secret,
+    an Authorization or X-Api-Key header, a vars entry named like a key or token), at any depth
+    (auth, headers, vars, oauth2, lookups), and the password in a proxy URL.
+    """
 
-    if isinstance(out.get("auth"), dict):
-        out["auth"] = {**out["auth"], "password": hide(out["auth"].get("password"))}
-    if out.get("signing_secret") is not None:
-        out["signing_secret"] = hide(out["signing_secret"])
-    if isinstance(out.get("proxy"), str):
-        out["proxy"] = _hide_url_password(out["proxy"])
-    for key in ("headers", "vars"):
-        if isinstance(out.get(key), dict):
-            out[key] = {k: hide(v) if _secret_name(k) else v for k, v in out[key].items()}
+    def walk(value: Any, key: str) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, key) for v in value]
+        if isinstance(value, str):
+            if key == "proxy":
+                return _hide_url_password(value)
+            if _secret_key(key) and not _is_env_ref(value):
+                return REDACTED
+        return value
+
+    out: dict[str, Any] = walk(dict(target), "")
     return out
 
 
 def unredact(data: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
-    """`data` with each REDACTED value replaced by the current target's (an update keeps it)."""
-    out = dict(data)
-    if isinstance(out.get("auth"), dict) and out["auth"].get("password") == REDACTED:
-        out["auth"] = {**out["auth"], "password": (current.get("auth") or {}).get("password")}
-    if out.get("signing_secret") == REDACTED:
-        out["signing_secret"] = current.get("signing_secret")
-    proxy, old_proxy = out.get("proxy"), current.get("proxy")
-    if isinstance(proxy, str) and isinstance(old_proxy, str) and proxy == _hide_url_password(old_proxy):
-        out["proxy"] = old_proxy
-    for key in ("headers", "vars"):
-        if isinstance(out.get(key), dict):
-            old = current.get(key) or {}
-            out[key] = {k: old.get(k, v) if v == REDACTED else v for k, v in out[key].items()}
+    """`data` with each REDACTED value replaced by the current target's at the same place."""
+
+    def walk(new: Any, old: Any) -> Any:
+        if new == REDACTED:
+            return old
+        if (
+            isinstance(new, str)
+            and REDACTED in new
+            and isinstance(old, str)
+            and new == _hide_url_password(old)
+        ):
+            return old
+        if isinstance(new, dict):
+            olds = old if isinstance(old, dict) else {}
+            return {k: walk(v, olds.get(k)) for k, v in new.items()}
+        return new
+
+    out: dict[str, Any] = walk(dict(data), dict(current))
     return out
+
+
+def secret_values(target: Mapping[str, Any]) -> list[str]:
+    """The literal secrets of a declaration (what `redact` hides), longest first."""
+    found: list[str] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, str(k))
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, str) and len(value) >= 3 and _secret_key(key) and not _is_env_ref(value):
+            found.append(value)
+        elif isinstance(value, str) and key == "proxy":
+            match = re.search(r"://[^/:@]*:([^@/]*)@", value)
+            if match and len(match[1]) >= 3:
+                found.append(match[1])
+
+    walk(dict(target), "")
+    return sorted(set(found), key=len, reverse=True)
+
+
+def scrub(data: Any, secrets: Sequence[str]) -> Any:
+    """`data` (JSON-like) with every occurrence of each secret replaced by REDACTED."""
+    if not secrets:
+        return data
+    if isinstance(data, str):
+        for secret in secrets:
+            data = data.replace(secret, REDACTED)
+        return data
+    if isinstance(data, dict):
+        return {k: scrub(v, secrets) for k, v in data.items()}
+    if isinstance(data, list):
+        return [scrub(v, secrets) for v in data]
+    return data

@@ -167,3 +167,46 @@ def test_the_openapi_document_is_served(deployment: Deployment) -> None:
     r = httpx.get(deployment.base + "/api/v1/openapi.json")
     assert r.status_code == 200 and r.json() == json.loads(json.dumps(SPEC))
     assert r.json()["openapi"].startswith("3.")
+
+
+@pytest.mark.timeout(120)
+def test_validate_and_test_a_target(deployment: Deployment, target_server: TargetServer) -> None:
+    d = deployment
+    acme = d.client("acme")
+    declaration = {
+        "name": "acme-hook",
+        "networks": ["net-acme"],
+        "url": f"{target_server.url}/hook?to=%invitee%",
+        "post_data": '{"who": "%invitor%"}',
+        "content_type": "application/json",
+        "headers": {"X-Api-Key": "literal-secret-123"},
+        "auth": {"username": "me", "password": "pass-456"},
+    }
+    # A declaration not saved yet: shown, not stored.
+    preview = acme.post("/targets/acme-hook/validate", json=declaration)
+    assert preview.status_code == 200, preview.text
+    request = preview.json()["request"]
+    assert request["method"] == "POST" and request["url"].startswith(f"{target_server.url}/hook?to=%2B")
+    assert json.loads(request["body"]) == {"who": preview.json()["event"]["invitor"]}
+    assert "literal-secret-123" not in preview.text and "pass-456" not in preview.text
+    problem(acme.get("/targets/acme-hook"), 404)
+    bad = problem(
+        acme.post("/targets/acme-hook/validate", json={**declaration, "post_data": '{"who": %invitor%}'}), 422
+    )
+    assert bad["field"] == "post_data"
+    # Saved, then validated and tested as stored.
+    assert acme.post("/targets", json=declaration).status_code == 201
+    stored = acme.post("/targets/acme-hook/validate")
+    assert stored.status_code == 200 and "literal-secret-123" not in stored.text
+    target_server.script("/hook", [(200, {"Content-Type": "text/plain"}, b"hello back")])
+    tested = acme.post("/targets/acme-hook/test", json={"invitee": "+15550009999", "wait": 30})
+    assert tested.status_code == 200, tested.text
+    body = tested.json()
+    assert body["completed"] is True and body["result"]["outcome"] == "delivered", body
+    assert body["result"]["response"]["status"] == 200 and body["result"]["response"]["body"] == "hello back"
+    assert "literal-secret-123" not in tested.text and "pass-456" not in tested.text
+    [sent] = target_server.wait_for("/hook", 1)
+    assert sent.headers["x-api-key"] == "literal-secret-123"  # the real one went out
+    assert dict(sent.query)["to"] == "+15550009999"
+    # Another network's sample: refused.
+    problem(acme.post("/targets/acme-hook/test", json={"network_id": "net-globex"}), 422)

@@ -81,6 +81,14 @@ def test_a_provider_key_never_reaches_another_providers_data(
         not_found(c.delete(f"/targets/{name}"))
         not_found(c.post(f"/targets/{name}/pause", json={"reason": "mine now"}))
         not_found(c.post(f"/targets/{name}/resume"))
+        not_found(c.post(f"/targets/{name}/validate"))
+        not_found(
+            c.post(
+                f"/targets/{name}/validate",
+                json={"name": name, "networks": [PROVIDERS[me][0]], "url": "https://a.example"},
+            )
+        )
+        not_found(c.post(f"/targets/{name}/test", json={"wait": 1}))
     r = c.get("/targets")
     assert {t["name"] for t in r.json()["items"]} == {PROVIDERS[me][1], f"{me}-api"}
     answers.append(r)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from gateway.admin.openapi import SPEC
 from tests.admin.api_support import Deployment, deploy
 from tests.conftest import Gateway, TargetServer
 
@@ -75,7 +76,9 @@ def test_the_api_conforms_to_its_openapi_document(deployment: Deployment, tmp_pa
         timeout=RUN_SECONDS,
         check=False,
         env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        cwd=tmp_path,  # its .schemathesis/ cache stays in the test folder
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    assert "Operations:" in output and "17 selected" in output, output
+    operations = sum(1 for item in SPEC["paths"].values() for method in item if method != "parameters")
+    assert f"{operations - 1} selected / {operations} total" in output, output
