@@ -18,14 +18,12 @@ every form carries the session's CSRF token, checked on every POST.
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import logging
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -45,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.admin import AdminError, Conflict, Invalid, NotFound
 from gateway.admin.charts import Bucket, activity_chart
 from gateway.admin.forms import (
+    FORM_KEYS,
     SECRET_FIELDS,
     TEXT_FIELDS,
     declaration_from_form,
@@ -53,13 +52,11 @@ from gateway.admin.forms import (
     validate,
 )
 from gateway.admin.keys import Principal, authenticate, get_key
-from gateway.admin.service import _SECRETISH, REDACTED, STATES, EventFilter, FailedFilter, Service
+from gateway.admin.service import REDACTED, STATES, EventFilter, FailedFilter, Service
 from gateway.admin.service import Page as ResultPage
 from gateway.admin.sessions import COOKIE_NAME, MAX_AGE, Session, SessionCodec, session_secret
 from gateway.cli.common import When
-from gateway.delivery.request import build_request
-from gateway.events import EVENT_TYPES, make_event
-from gateway.exceptions import ConfigError
+from gateway.events import EVENT_TYPES
 from gateway.store import Store
 from gateway.targets import target_from_dict
 
@@ -510,7 +507,7 @@ class Pages:
             health = {**target["health"], "state_label": _state_label(target["health"])}
             if target.get("source") == "file":
                 read_only = "Declared in the configuration file: change it there (`gateway targets apply`)."
-            preview = request_preview(target)
+            preview = self._preview(p, target["name"])
         return self.dash.render(
             request,
             "target_form.html",
@@ -523,14 +520,21 @@ class Pages:
             creating=creating,
             health=health,
             read_only=read_only,
+            kept=sorted(k for k in target or {} if k not in FORM_KEYS and k not in ("source", "health")),
             preview=preview,
-            can_test=_testsends() is not None,
             test=test,
-            test_unavailable=TEST_UNAVAILABLE,
             networks=sorted(p.networks or ()),
             event_types=EVENT_TYPES,
             methods=("GET", "POST", "PUT", "PATCH", "DELETE"),
         )
+
+    def _preview(self, p: Principal, name: str) -> str | None:
+        """The request a sample event renders for the target (secrets hidden); None if it cannot."""
+        try:
+            return request_text(self.service.validate_target(p, name)["request"])
+        except AdminError:
+            log.info("no preview for target %s", name, exc_info=True)
+            return None
 
     async def new_target(self, request: Request, session: Session, p: Principal) -> Response:
         form: dict[str, Any] = {"events": list(EVENT_TYPES)}
@@ -555,41 +559,27 @@ class Pages:
         )
 
     async def edit_target(self, request: Request, session: Session, p: Principal) -> Response:
-        name = request.path_params["name"]
-        target = await self.call(self.service.get_target, p, name)
-        test = None
-        test_id = request.query_params.get("test")
-        sends = _testsends()
-        if test_id and sends is not None:
-            result = await self.call(sends.wait_test_result, self.dash.store, test_id, 0)
-            if result is None:
-                test = {"pending": True, "outcome": "waiting", "error": "waiting for a worker to send it"}
-            elif result.get("target") == name:  # a test id of another target shows nothing
-                test = test_view(result)
-        return self._form_page(
-            request, session, p, form_from_declaration(target), {}, False, target, test=test
-        )
+        target = await self.call(self.service.get_target, p, request.path_params["name"])
+        return self._form_page(request, session, p, form_from_declaration(target), {}, False, target)
 
     async def test_target(self, request: Request, session: Session, p: Principal) -> Response:
-        """Ask a worker to send a sample event now; show its result (waiting a little for it)."""
+        """Have a worker send a sample event now, and show the exchange (or that none came)."""
         name = request.path_params["name"]
-        await self.call(self.service.get_target, p, name)  # 404 for a target the key may not see
-        sends = _testsends()
-        if sends is None:
-            return self.dash.redirect(
-                request, f"/targets/{quote(name)}", session.with_flash("error", TEST_UNAVAILABLE)
-            )
-        test_id = await self.call(sends.request_test, self.dash.store, name, self.queue_name)
-        # Most tests are back within a second or two; a slower one shows when the page is reloaded.
-        await self.call(sends.wait_test_result, self.dash.store, test_id, TEST_WAIT)
-        return self.dash.redirect(request, f"/targets/{quote(name)}?test={test_id}#test")
+        outcome = await self.call(self.service.test_target, p, name, TEST_WAIT)
+        target = await self.call(self.service.get_target, p, name)
+        if outcome["completed"]:
+            test = test_view(outcome["result"])
+        else:
+            test = {"outcome": "no answer", "error": outcome["detail"]}
+        form = form_from_declaration(target)
+        return self._form_page(request, session, p, form, {}, False, target, test=test)
 
     async def update_target(self, request: Request, session: Session, p: Principal) -> Response:
         name = request.path_params["name"]
         target = await self.call(self.service.get_target, p, name)
         form = {**await _form_fields(request), "name": name}
         data, errors = declaration_from_form(form, existing=target)
-        validate(data, errors, check=_check_redacted)
+        validate(data, errors, check=_check_edit)
         if not errors:
             try:
                 await self.call(self.service.update_target, p, name, data)
@@ -693,32 +683,13 @@ class Pages:
 
 
 FAILURES_SHOWN = 200  # the failures page lists (and "replay all shown" replays) at most this many
-TEST_UNAVAILABLE = (
-    "Test sends need gateway.testsends (the worker side of `gateway targets test`), which this "
-    "installation lacks: below is the exact request a sample event renders, secrets masked."
-)
-TEST_WAIT = 8.0  # seconds the "send test" POST waits for the worker before showing the page
-
-
-def _testsends() -> ModuleType | None:
-    """`gateway.testsends` (request_test, wait_test_result) where this installation has it."""
-    try:
-        return importlib.import_module("gateway.testsends")
-    except ImportError:
-        return None
+TEST_WAIT = 15.0  # seconds "Send test" waits for a worker (it lapses unsent after that)
 
 
 def test_view(result: Mapping[str, Any]) -> dict[str, Any]:
     """A worker's test result (secrets already redacted by the worker) as the page shows it."""
     req = result.get("request") or {}
     resp = result.get("response") or {}
-    request_text = None
-    if req:
-        lines = [f"{req.get('method', '')} {req.get('url', '')}"]
-        lines += [f"{k}: {v}" for k, v in req.get("headers") or []]
-        if req.get("body"):
-            lines += ["", str(req["body"])]
-        request_text = "\n".join(lines)
     response_text = None
     if resp:
         lines = [f"HTTP {resp.get('status', '')}"]
@@ -727,61 +698,35 @@ def test_view(result: Mapping[str, Any]) -> dict[str, Any]:
             lines += ["", str(resp["body"])]
         response_text = "\n".join(lines)
     return {
-        "pending": False,
         "outcome": result.get("outcome", "failed"),
         "status_code": resp.get("status"),
         "latency_ms": result.get("latency_ms"),
         "error": result.get("error"),
-        "request": request_text,
+        "request": request_text(req) if req else None,
         "response": response_text,
         "at": result.get("at"),
         "worker": result.get("worker"),
     }
 
 
-_SAMPLE_SECRET = "whsec_" + "A" * 32  # stands in for a masked signing secret in the preview
+_SAMPLE_SECRET = "whsec_" + "A" * 32  # stands in for a masked signing secret in a local check
 
 
-def request_preview(target: Mapping[str, Any]) -> str | None:
-    """The request a sample event renders for this (redacted) target, as text; None if it cannot."""
-    declaration = {k: v for k, v in target.items() if k not in ("source", "health")}
-    if declaration.get("signing_secret") is not None:
-        declaration["signing_secret"] = _SAMPLE_SECRET
-    try:
-        t = target_from_dict(declaration)
-        network = next((n for n in t.networks if n != "*"), "mynetwork")
-        event = make_event(
-            {"invitee": "+15551231234", "invitor": "johnsnow", "network_id": network},
-            t.events[0],
-            "json",
-        )
-        req = build_request(t, event, _Unset())
-    except (ConfigError, ValueError):
-        log.info("no preview for target %s", target.get("name"), exc_info=True)
-        return None
-    lines = [f"{req.method} {req.url}"]
-    for name, value in req.headers:
-        if name.lower() == "webhook-signature":
-            value = "v1,(signed with the target's secret when sent)"
-        elif name.lower() == "authorization" or _SECRETISH.search(name):
-            value = REDACTED
-        lines.append(f"{name}: {value}")
-    if req.body:
-        lines += ["", req.body.decode("utf-8", "replace")]
+def request_text(req: Mapping[str, Any]) -> str:
+    """A request as the worker reports it (secrets already hidden), in HTTP's own layout."""
+    lines = [f"{req.get('method', '')} {req.get('url', '')}"]
+    lines += [f"{k}: {v}" for k, v in req.get("headers") or []]
+    if req.get("body"):
+        lines += ["", str(req["body"])]
     return "\n".join(lines)
 
 
-class _Unset(dict[str, str]):
-    """An environment in which `${NAME}` renders as itself: the preview shows the reference."""
-
-    def __missing__(self, key: str) -> str:
-        return "${" + key + "}"
-
-
-def _check_redacted(data: Mapping[str, Any]) -> object:
-    """The target check for an edit: a masked signing secret is the stored one, valid."""
+def _check_edit(data: Mapping[str, Any]) -> object:
+    """The target check for an edit: the form's own keys (the rest was checked when stored), a
+    masked signing secret standing for the stored one."""
+    data = {k: v for k, v in data.items() if k in FORM_KEYS}
     if data.get("signing_secret") == REDACTED:
-        data = {**data, "signing_secret": _SAMPLE_SECRET}
+        data["signing_secret"] = _SAMPLE_SECRET
     return target_from_dict(data)
 
 

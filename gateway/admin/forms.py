@@ -40,6 +40,32 @@ TEXT_FIELDS = (
     "proxy",
 )
 SECRET_FIELDS = ("auth_password", "signing_secret")  # never sent back to the browser
+# The declaration keys the form edits. Others (a preset, lookups, oauth2, ...) are kept as stored
+# when a target is edited here, and changed through the API or the file.
+FORM_KEYS = frozenset(
+    {
+        "name",
+        "networks",
+        "events",
+        "url",
+        "method",
+        "content_type",
+        "post_data",
+        "headers",
+        "auth",
+        "signing_secret",
+        "vars",
+        "success_codes",
+        "timeout",
+        "retry",
+        "rate",
+        "concurrency",
+        "expire_after",
+        "pause_after",
+        "probe_interval",
+        "proxy",
+    }
+)
 
 # The configuration key a ConfigError names -> the form field its message goes next to.
 _FIELD_OF_KEY = {"auth": "auth_username", "pause_after": "pause_failures"}
@@ -161,6 +187,9 @@ def declaration_from_form(
             "failures": 10 if failures is None else failures,
             "seconds": 60 if seconds is None else seconds,
         }
+    for key, value in (existing or {}).items():
+        if key not in FORM_KEYS and key not in ("source", "health"):
+            data[key] = value
     return data, errors
 
 
