@@ -7,9 +7,18 @@ Colours come from CSS classes in dashboard.css, so a dark theme changes them in 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from html import escape
+from html import escape as _escape
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def escape(text: str) -> str:
+    """Escaped for SVG text and attributes; control characters (not allowed in XML) dropped."""
+    return _escape(_CONTROL.sub("", text))
+
 
 # Stacked from the bottom, in this order; the class names are styled in dashboard.css.
 SERIES = ("delivered", "failed", "waiting")
@@ -58,9 +67,11 @@ def activity_chart(buckets: Sequence[Bucket], width: int = 240, height: int = 48
         # An invisible full-height rectangle so the tooltip shows over an empty hour too.
         parts.append(f'<rect class="slot" x="{x:.2f}" y="0" width="{bar:.2f}" height="{height}"/>')
         for series in SERIES:
-            h = b.value(series) * scale
-            if h <= 0:
+            count = b.value(series)
+            if count <= 0:
                 continue
+            # Half a pixel at least: one failure among thousands of deliveries still shows.
+            h = max(count * scale, 0.5)
             y -= h
             parts.append(
                 f'<rect class="{series}" x="{x:.2f}" y="{y:.2f}" width="{bar:.2f}" height="{h:.2f}"/>'

@@ -88,7 +88,9 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        static = scope["path"].startswith("/static/")
+        # Under a Mount the path keeps its prefix (/dashboard/static/...); root_path is the prefix.
+        path, root = scope["path"], scope.get("root_path", "")
+        static = path.removeprefix(root).startswith("/static/")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -330,6 +332,8 @@ class Pages:
                 return await handler(request, session, principal)
             except NotFound as exc:
                 return self.error(request, session, principal, 404, "Not found", exc.detail)
+            except AdminError as exc:  # a Conflict or Invalid the page did not expect
+                return self.error(request, session, principal, exc.status_code, exc.title, exc.detail)
 
         return endpoint
 

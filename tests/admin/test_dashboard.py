@@ -47,6 +47,11 @@ def test_sign_in_cookie_flags_and_sign_out(deployment: Deployment) -> None:
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY"
+    # The stylesheet and script come from the app itself, cacheable.
+    css = httpx.get(base + "/static/dashboard.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert "no-store" not in css.headers.get("cache-control", "")
+    assert httpx.get(base + "/static/dashboard.js").status_code == 200
 
     with httpx.Client(base_url=base, follow_redirects=False) as client:
         token = csrf_of(client.get("/login").text)
