@@ -75,9 +75,10 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 def shot(driver: Any, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     # The whole page, not only the window: the body's height decides.
-    height = driver.execute_script("return document.documentElement.scrollHeight")
     width = driver.get_window_size()["width"]
-    driver.set_window_size(width, max(600, min(int(height) + 120, 4000)))
+    driver.set_window_size(width, 600)
+    height = driver.execute_script("return document.body.scrollHeight")
+    driver.set_window_size(width, max(600, min(int(height) + 140, 4000)))
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
@@ -161,6 +162,7 @@ def test_dashboard_in_a_browser(
     wait_until(lambda: "invitee=%2B15550003333" in browser.current_url, "the search's results")
     rows = browser.find_elements(By.CSS_SELECTOR, "table.list tbody tr")
     assert len(rows) == 1 and "carol" in rows[0].text
+    shot(browser, "03a-events-search")
     rows[0].find_element(By.TAG_NAME, "a").click()
 
     def delivered() -> bool:
@@ -202,6 +204,7 @@ def test_dashboard_in_a_browser(
     browser.get(root + "/targets")
     browser.find_element(By.CSS_SELECTOR, "#target-acme-hook button").click()
     wait_until(lambda: "acme-hook paused" in text_of(browser), "the pause's summary")
+    shot(browser, "04b-targets")
     browser.find_element(By.LINK_TEXT, "Overview").click()
     card = browser.find_element(By.ID, "target-acme-hook")
     assert "paused (by hand)" in card.text
