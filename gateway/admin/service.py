@@ -59,7 +59,6 @@ from typing import Any
 
 from gateway.admin import Conflict, Invalid, NotFound, keys
 from gateway.admin.keys import Principal
-from gateway.cli.common import DeadLetter, DeadLetterFilter
 from gateway.events import ALERT_EVENT, EVENT_TYPES, InvitationEvent, make_alert
 from gateway.exceptions import ConfigError
 from gateway.records import DEAD, Delivery, DeliveryStatus, iso_ms, split_delivery_id
@@ -74,7 +73,16 @@ OVERVIEW_BUDGET = 50_000  # events the 24-hour overview counts at most
 REPLAY_MAX = 10_000  # deliveries one replay_failed call replays at most
 _CHUNK = 500
 _SECRETISH = re.compile(r"(?i)auth|key|token|secret|passw|cookie|signature|credential")
-_WAITING = frozenset({DeliveryStatus.PENDING, DeliveryStatus.RETRYING})
+_STATUS = re.compile(rb'"status":\s*"([a-z]+)"')
+_COUNTED = ("received", "delivered", "failed", "waiting", "suppressed")
+_KINDS = {
+    b"delivered": "delivered",
+    b"failed": "failed",
+    b"expired": "failed",
+    b"suppressed": "suppressed",
+    b"pending": "waiting",
+    b"retrying": "waiting",
+}
 EVENT_TYPE_CHOICES = (*EVENT_TYPES, ALERT_EVENT)
 STATES = tuple(s.value for s in DeliveryStatus)
 
@@ -111,6 +119,32 @@ class EventFilter:
             and (self.invitor is None or event.invitor == self.invitor)
             and (self.state is None or any(d.get("status") == self.state for d in deliveries.values()))
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A failed or expired delivery (what `gateway deliveries failed` lists, in the same JSON)."""
+
+    delivery_id: str
+    failed_at_ms: int
+    target: str
+    event: InvitationEvent
+    delivery: Delivery
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "delivery_id": self.delivery_id,
+            "failed_at": iso_ms(self.failed_at_ms),
+            "target": self.target,
+            "network": self.event.network_id,
+            "event": self.event.type,
+            "event_id": self.event.id,
+            "status": str(self.delivery.status),
+            "attempts": self.delivery.attempts,
+            "replays": self.delivery.replays,
+            "last_status_code": self.delivery.last_status_code,
+            "last_error": self.delivery.last_error,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,7 +560,6 @@ class Service:
         ]
         # Newest first, and in a stable order within a millisecond (the cursor relies on it).
         rows.sort(key=lambda row: (row[1], row[0]), reverse=True)
-        select = DeadLetterFilter(networks=frozenset(nets), event=f.event, error=f.error)
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             for (did, ms), (event, state) in zip(
@@ -539,9 +572,12 @@ class Service:
                     or not self._sees_event(p, event)
                 ):
                     continue
-                letter = DeadLetter(did, ms, did.partition("-")[2], event, state)
-                if select.matches(letter):
-                    yield letter
+                if (
+                    (not nets or event.network_id in nets)
+                    and (f.event is None or event.type == f.event)
+                    and (f.error is None or f.error.lower() in (state.last_error or "").lower())
+                ):
+                    yield DeadLetter(did, ms, did.partition("-")[2], event, state)
 
     def failed_deliveries(
         self, p: Principal, filters: FailedFilter | None = None, cursor: str | None = None, limit: int = 50
@@ -588,25 +624,15 @@ class Service:
         end = (now // hour + 1) * hour  # the buckets end with the current hour
         start = end - 24 * hour
         visible = {t["name"]: t for t in self.list_targets(p)}
-        counts: dict[str, dict[str, Any]] = {}
-
-        def row(name: str) -> dict[str, Any]:
-            if name not in counts:
-                counts[name] = {
-                    "received": 0,
-                    "delivered": 0,
-                    "failed": 0,
-                    "waiting": 0,
-                    "suppressed": 0,
-                    "hours": [Counter() for _ in range(24)],
-                }
-            return counts[name]
-
-        for name in visible:
-            row(name)
+        # (target, hour, kind) -> deliveries. The indexes already hold only what the key may see
+        # (a provider's are its networks'; alerts are in the global one only), so only the
+        # deliveries are read, and only their status out of each JSON value: this is the
+        # dashboard's front page, over every event of a day.
+        tally: Counter[tuple[bytes, int, str]] = Counter()
         ids = self._event_ids(p, None, None, start)
         looked = 0
         truncated = False
+        r = self.store.redis
         while True:
             chunk = [item for _, item in zip(range(_CHUNK), ids, strict=False)]
             if not chunk:
@@ -615,34 +641,24 @@ class Service:
                 truncated = True
                 break
             looked += len(chunk)
-            for (ms, _), (event, deliveries) in zip(
-                chunk, self._load_events([e for _, e in chunk]), strict=True
-            ):
-                if event is None or not self._sees_event(p, event):
-                    continue
+            with r.pipeline(transaction=False) as pipe:
+                for _, eid in chunk:
+                    pipe.hgetall(self.store.event_key(eid) + ":deliveries")
+                states = pipe.execute()
+            for (ms, _), deliveries in zip(chunk, states, strict=True):
                 bucket = min(23, max(0, (ms - start) // hour))
-                for name, state in deliveries.items():
-                    r = row(name)
-                    status = state.get("status")
-                    kind = (
-                        "delivered"
-                        if status == DeliveryStatus.DELIVERED
-                        else "failed"
-                        if status in DEAD
-                        else "suppressed"
-                        if status == DeliveryStatus.SUPPRESSED
-                        else "waiting"
-                        if status in _WAITING
-                        else None
-                    )
-                    r["received"] += 1
-                    r["hours"][bucket]["received"] += 1
+                for name, raw in deliveries.items():
+                    tally[(name, bucket, "received")] += 1
+                    found = _STATUS.search(raw)
+                    kind = _KINDS.get(found[1]) if found else None
                     if kind is not None:
-                        r[kind] += 1
-                        r["hours"][bucket][kind] += 1
+                        tally[(name, bucket, kind)] += 1
+        counts: dict[str, list[Counter[str]]] = {name: [Counter() for _ in range(24)] for name in visible}
+        for (name, bucket, kind), n in tally.items():
+            counts.setdefault(_text(name), [Counter() for _ in range(24)])[bucket][kind] += n
         targets = []
         for name in sorted(counts):
-            r = counts[name]
+            hours = counts[name]
             t = visible.get(name)
             health = t["health"] if t else _health_json(self.dq.health(name))
             targets.append(
@@ -651,14 +667,14 @@ class Service:
                     "configured": t is not None,
                     "state": health["state"],
                     "paused": health["state"] in ("paused", "disabled"),
-                    **{k: r[k] for k in ("received", "delivered", "failed", "waiting", "suppressed")},
+                    **{k: sum(h[k] for h in hours) for k in _COUNTED},
                     "hours": [
                         {
                             "start": iso_ms(start + i * hour),
                             "start_ms": start + i * hour,
-                            **{k: h[k] for k in ("received", "delivered", "failed", "waiting", "suppressed")},
+                            **{k: h[k] for k in _COUNTED},
                         }
-                        for i, h in enumerate(r["hours"])
+                        for i, h in enumerate(hours)
                     ],
                 }
             )
