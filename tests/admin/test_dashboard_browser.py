@@ -213,11 +213,13 @@ def test_dashboard_in_a_browser(
 
     # On a phone's width the navigation and the tables still fit.
     browser.set_window_size(390, 844)
+    for path in ("/", "/events", f"/events/{d.acme_event}", "/targets", "/targets/acme-hook", "/failures"):
+        browser.get(root + path)
+        overflow = browser.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 1, f"{path} scrolls sideways by {overflow}px on a phone"
     browser.get(root + "/")
-    overflow = browser.execute_script(
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
-    )
-    assert overflow <= 1, f"the overview scrolls sideways by {overflow}px on a phone"
     shot(browser, "06-overview-phone")
     browser.get(root + "/failures")
     shot(browser, "07-failures-phone")
