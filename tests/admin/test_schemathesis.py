@@ -80,5 +80,11 @@ def test_the_api_conforms_to_its_openapi_document(deployment: Deployment, tmp_pa
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    operations = sum(1 for item in SPEC["paths"].values() for method in item if method != "parameters")
+    # Every operation but the document's own (which schemathesis does not count) and revokeKey.
+    operations = sum(
+        1
+        for path, item in SPEC["paths"].items()
+        for method in item
+        if method != "parameters" and path != "/openapi.json"
+    )
     assert f"{operations - 1} selected / {operations} total" in output, output
