@@ -21,13 +21,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import click
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.applications import Starlette
@@ -55,7 +57,6 @@ from gateway.admin.keys import Principal, authenticate, get_key
 from gateway.admin.service import REDACTED, STATES, EventFilter, FailedFilter, Service
 from gateway.admin.service import Page as ResultPage
 from gateway.admin.sessions import COOKIE_NAME, MAX_AGE, Session, SessionCodec, session_secret
-from gateway.cli.common import When
 from gateway.events import EVENT_TYPES
 from gateway.store import Store
 from gateway.targets import target_from_dict
@@ -230,15 +231,28 @@ Handler = Callable[[Request, Session, Principal], Awaitable[Response]]
 # -- the pages ---------------------------------------------------------------------------------------
 
 
-def _when(text: str, field: str) -> int | None:
-    """A time filter as typed (2h, 7d, 2026-11-26, ISO 8601): epoch ms, or Invalid naming it."""
+_AGO = re.compile(r"([0-9]{1,9})\s*(s|m|h|d|w)")
+_AGO_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _when(text: str, field: str, now: float | None = None) -> int | None:
+    """A time filter as typed, as the CLI takes it: a duration ago (30m, 2h, 7d) or ISO 8601
+    (UTC when it names no offset). Epoch ms, or Invalid naming the field."""
     text = text.strip()
     if not text:
         return None
+    ago = _AGO.fullmatch(text)
+    if ago:
+        return int(((time.time() if now is None else now) - int(ago[1]) * _AGO_UNITS[ago[2]]) * 1000)
     try:
-        return When().convert(text, None, None)
-    except click.BadParameter as exc:
-        raise Invalid(exc.message, field) from None
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise Invalid(
+            f"{text!r} is neither a duration ago (30m, 2h, 7d) nor ISO 8601 (2026-11-26T12:00:00Z)", field
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
 
 
 def _state_label(health: Mapping[str, Any] | None, configured: bool = True) -> str:

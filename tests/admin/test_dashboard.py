@@ -132,6 +132,9 @@ def test_a_provider_sees_only_its_networks(deployment: Deployment, redis: Redis)
         assert "No events match." in client.get("/events", params={"invitee": "+15550002222"}).text
         assert "No events match." in client.get("/events", params={"network": "globex"}).text
         assert client.get(f"/events/{deployment.acme_event}").status_code == 200
+        bad = html.unescape(client.get("/events", params={"since": "yesterday"}).text)
+        assert "since: 'yesterday' is neither a duration ago" in bad
+        assert "15550001111" in client.get("/events", params={"since": "1h", "state": "failed"}).text
         other = client.get(f"/events/{deployment.globex_event}")
         assert other.status_code == 404 and "15550002222" not in other.text
         # Targets: globex's target is not listed, and its page, pause and resume are 404s.

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.admin import Invalid
 from gateway.admin.charts import Bucket, activity_chart
+from gateway.admin.dashboard import _when
 from gateway.admin.forms import declaration_from_form, form_from_declaration, validate
 from gateway.admin.sessions import Session, SessionCodec, session_secret
 from gateway.exceptions import ConfigError
@@ -133,3 +135,15 @@ def test_the_chart_is_well_formed_svg_whatever_the_counts(counts: list[tuple[int
     ]
     assert all(0 < h <= 48 for h in heights)
     assert "style=" not in svg and "<script" not in svg  # nothing the page's CSP would refuse
+
+
+def test_time_filters_read_as_the_cli_reads_them() -> None:
+    now = 1_800_000_000.0
+    assert _when("", "since") is None
+    assert _when("2h", "since", now) == int((now - 7200) * 1000)
+    assert _when("7d", "since", now) == int((now - 7 * 86400) * 1000)
+    assert _when("2026-11-26", "since") == 1795651200000  # UTC when no offset is given
+    assert _when("2026-11-26T02:00:00+02:00", "since") == 1795651200000
+    with pytest.raises(Invalid, match="neither a duration") as caught:
+        _when("yesterday", "until")
+    assert caught.value.field == "until"
