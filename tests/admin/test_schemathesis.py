@@ -1,4 +1,5 @@
-"""schemathesis (a tool nobody here wrote) against the live /api/v1/openapi.json, with an operator key.
+"""schemathesis (a tool nobody here wrote) against the live /api/v1/openapi.json, with an operator key
+and with a provider key.
 
 A real `gateway web` and `gateway worker` with two providers' events and dead letters, so that
 the links in the document (an event list to its events, dead letters to their deliveries, a made
@@ -42,13 +43,14 @@ def deployment(gateway: Gateway, redis: Redis, target_server: TargetServer) -> I
 
 
 @pytest.mark.timeout(RUN_SECONDS + 60)
-def test_the_api_conforms_to_its_openapi_document(deployment: Deployment, tmp_path: Path) -> None:
+@pytest.mark.parametrize("who", ["operator", "acme"])
+def test_the_api_conforms_to_its_openapi_document(deployment: Deployment, tmp_path: Path, who: str) -> None:
     d = deployment
     args = [
         "run",
         f"{d.base}/api/v1/openapi.json",
         "--header",
-        f"Authorization: Bearer {d.keys['operator']}",
+        f"Authorization: Bearer {d.keys[who]}",
         "--phases",
         "examples,coverage,fuzzing,stateful",
         "--max-examples",
