@@ -35,5 +35,13 @@ class Conflict(AdminError):
 
 
 class Invalid(AdminError):
+    """A bad value; `problems` lists every one found (field, reason), the first as `field`/`detail`."""
+
     status_code = 422
     title = "Invalid value"
+
+    def __init__(
+        self, detail: str, field: str | None = None, problems: list[tuple[str | None, str]] | None = None
+    ) -> None:
+        super().__init__(detail, field)
+        self.problems = problems or [(field, detail)]

@@ -39,11 +39,17 @@ MAX_TEST_WAIT = 60
 _BEARER = 'Bearer realm="invitation-gateway admin API"'
 
 
-def _problem(status: int, title: str, detail: str, field: str | None = None) -> Response:
+def _problem(
+    status: int,
+    title: str,
+    detail: str,
+    field: str | None = None,
+    problems: list[tuple[str | None, str]] | None = None,
+) -> Response:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    if field is not None:
+    if field is not None or problems:
         body["field"] = field
-        body["invalid-params"] = [{"name": field, "reason": detail}]
+        body["invalid-params"] = [{"name": n, "reason": r} for n, r in (problems or [(field, detail)])]
     response = Response(json.dumps(body), status_code=status, media_type=PROBLEM)
     if status == 401:
         response.headers["WWW-Authenticate"] = _BEARER
@@ -52,7 +58,7 @@ def _problem(status: int, title: str, detail: str, field: str | None = None) -> 
 
 async def _admin_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AdminError)
-    return _problem(exc.status_code, exc.title, exc.detail, exc.field)
+    return _problem(exc.status_code, exc.title, exc.detail, exc.field, getattr(exc, "problems", None))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

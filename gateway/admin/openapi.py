@@ -139,6 +139,29 @@ _TARGET_FIELDS: dict[str, Any] = {
         },
     },
     "probe_interval": {"type": "integer", "minimum": 1, "maximum": 3600},
+    "preset": {
+        "type": "string",
+        "description": "A preset of templates/presets/; `vars` gives its variables.",
+    },
+    "oauth2": {
+        "type": "object",
+        "required": ["token_url", "client_id", "client_secret"],
+        "additionalProperties": False,
+        "properties": {k: {"type": "string"} for k in ("token_url", "client_id", "client_secret", "scope")},
+    },
+    "delivered_statuses": {
+        "type": ["array", "object"],
+        "items": {"type": "integer", "minimum": 300, "maximum": 599},
+        "additionalProperties": {"type": "string"},
+        "description": 'Answers that count as delivered: [409], or {"404": "text the body contains"}.',
+    },
+    "previous_signing_secret": {"type": "string", "description": "During a rotation, with its end:"},
+    "previous_signing_secret_until": {"type": "string", "format": "date-time"},
+    "lookups": {
+        "type": "object",
+        "additionalProperties": {"type": "object"},
+        "description": "Lookups by name (README, Lookups): url, fields, cache, not_found, on_not_found, ...",
+    },
 }
 
 _TARGET_DECLARATION = {

@@ -60,7 +60,7 @@ from typing import Any
 from gateway.admin import Conflict, Invalid, NotFound, keys
 from gateway.admin.keys import Principal
 from gateway.events import ALERT_EVENT, EVENT_TYPES, InvitationEvent, make_alert
-from gateway.exceptions import ConfigError
+from gateway.exceptions import ConfigError, config_problems
 from gateway.records import DEAD, Delivery, DeliveryStatus, iso_ms, split_delivery_id
 from gateway.store import DeliveryQueue, Store
 from gateway.targets import config_from_dict, target_from_dict
@@ -381,7 +381,7 @@ class Service:
         try:
             target = target_from_dict(data)
         except ConfigError as exc:
-            raise Invalid(exc.reason, exc.key or "name") from None
+            raise _invalid(exc) from None
         refs = sorted(target.env_names())
         if refs:
             # The web process's environment holds the operator's secrets: a target made through
@@ -410,7 +410,7 @@ class Service:
         try:
             config_from_dict({**config, "targets": [*others, stored]})
         except ConfigError as exc:
-            raise Invalid(exc.reason, exc.key or "name") from None
+            raise _invalid(exc) from None
         return stored
 
     def create_target(self, p: Principal, data: Any) -> dict[str, Any]:
@@ -512,7 +512,7 @@ class Service:
         except UnknownTarget:
             raise NotFound(f"no target {name}") from None
         except ConfigError as exc:
-            raise Invalid(exc.reason, exc.key or "name") from None
+            raise _invalid(exc) from None
         return dict(scrub(preview, secret_values(current)))
 
     def test_target(
@@ -751,6 +751,12 @@ def _attempt_json(attempt: Mapping[str, Any]) -> dict[str, Any]:
 
 def _health_json(health: Mapping[str, Any]) -> dict[str, Any]:
     return {**health, "since": iso_ms(health["since"]) if health.get("since") is not None else None}
+
+
+def _invalid(exc: ConfigError) -> Invalid:
+    """Every problem of a target's validation, each naming its key."""
+    problems: list[tuple[str | None, str]] = [(e.key or "name", e.reason) for e in config_problems(exc)]
+    return Invalid(exc.reason, exc.key or "name", problems)
 
 
 def _env_field(data: Mapping[str, Any], var: str) -> str:

@@ -73,6 +73,10 @@ def test_events_targets_deliveries_and_replay(
         acme.post("/targets", json={"name": "x", "networks": ["net-acme"], "url": "https://x/?a=%nope%"}), 422
     )
     assert bad["field"] == "url" and "%nope%" in bad["detail"]
+    # Every problem at once, each naming its key.
+    worse = {"name": "x", "networks": ["net-acme"], "url": "https://x/?a=%nope%", "timeout": 0, "retry": [-1]}
+    many = problem(acme.post("/targets", json=worse), 422)
+    assert {p["name"] for p in many["invalid-params"]} >= {"url", "timeout", "retry"}, many
     target_server.script("/sms", [200])
     target_server.script("/acme", [200])  # this one reaches acme-crm as well
     send_callback(d.base, "net-acme", "+15550003333")
