@@ -73,6 +73,10 @@ OVERVIEW_BUDGET = 50_000  # events the 24-hour overview counts at most
 REPLAY_MAX = 10_000  # deliveries one replay_failed call replays at most
 _CHUNK = 500
 _SECRETISH = re.compile(r"(?i)auth|key|token|secret|passw|cookie|signature|credential")
+# What ids look like (ULIDs; target names): anything else is not looked up, so that no id can
+# name another Redis key (`EVENT:deliveries` would).
+_EVENT_ID = re.compile(r"[0-9A-Za-z]{1,64}")
+_DELIVERY_ID = re.compile(r"[0-9A-Za-z]{1,64}-[A-Za-z0-9_-]{1,64}")
 _STATUS = re.compile(rb'"status":\s*"([a-z]+)"')
 _COUNTED = ("received", "delivered", "failed", "waiting", "suppressed")
 _KINDS = {
@@ -216,7 +220,7 @@ class Service:
         return p.can_see(event.network_id)
 
     def _event(self, p: Principal, event_id: str) -> InvitationEvent:
-        event = self.store.get_event(event_id) if event_id else None
+        event = self.store.get_event(event_id) if _EVENT_ID.fullmatch(event_id) else None
         if event is None or not self._sees_event(p, event):
             raise NotFound(f"no event {event_id}")
         return event
@@ -328,10 +332,9 @@ class Service:
         return {"event": _event_json(event), "deliveries": deliveries}
 
     def get_delivery(self, p: Principal, delivery_id: str) -> dict[str, Any]:
-        try:
-            event_id, name = split_delivery_id(delivery_id)
-        except ValueError:
-            raise NotFound(f"no delivery {delivery_id}") from None
+        if not _DELIVERY_ID.fullmatch(delivery_id):
+            raise NotFound(f"no delivery {delivery_id}")
+        event_id, name = split_delivery_id(delivery_id)
         [(event, state)] = self.store.get_many_deliveries([delivery_id])
         if event is None or state is None or not self._sees_event(p, event):
             raise NotFound(f"no delivery {delivery_id}")
@@ -596,7 +599,8 @@ class Service:
         ids = list(dict.fromkeys(delivery_ids))
         if len(ids) > REPLAY_MAX:
             raise Invalid(f"at most {REPLAY_MAX} at once", "delivery_ids")
-        results: dict[str, str] = {}
+        results = {did: "unknown" for did in ids if not _DELIVERY_ID.fullmatch(did)}
+        ids = [did for did in ids if did not in results]
         loaded = self.store.get_many_deliveries(ids)
         for did, (event, state) in zip(ids, loaded, strict=True):
             if event is None or state is None or not self._sees_event(p, event):

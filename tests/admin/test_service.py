@@ -163,3 +163,13 @@ def test_keys_are_the_operators(service: Service) -> None:
         service.list_keys(ACME)
     made, secret = service.create_key(OPERATOR, "acme", ["net-a"])
     assert secret.startswith("gwk_") and service.revoke_key(OPERATOR, made["id"])["revoked"]
+
+
+def test_ids_never_name_other_redis_keys(service: Service) -> None:
+    eid = add_event(service.store, "net-a", "+420601110008", ["file-a"])
+    for bad in (f"{eid}:deliveries", f"{eid}:attempts", "", "a b"):
+        with pytest.raises(NotFound):
+            service.get_event(OPERATOR, bad)
+        with pytest.raises(NotFound):
+            service.get_delivery(OPERATOR, f"{bad}-file-a")
+    assert service.replay(OPERATOR, [f"{eid}:deliveries-file-a"]) == {f"{eid}:deliveries-file-a": "unknown"}
