@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.options import OPTION_KEYS, OAuth2, options_env_key, options_from_dict, options_to_dict
 from gateway.config.presets import apply_preset
-from gateway.delivery.netguard import AllowPrivate, host_refusal, parse_networks, resolved_refusals
+from gateway.delivery.netguard import AllowPrivate, host_refusal, parse_networks
 from gateway.events import DEFAULT_ALIASES, EVENT_TYPES, FIELDS, build_aliases
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.networks import NetworkPolicy, networks_from_dict
@@ -1007,36 +1007,13 @@ def _lookup(
     return Lookup(lname, request, tuple(fields), cache, not_found, on_not_found)
 
 
-def private_target_warnings(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Host names that resolve NOW to addresses the policy refuses (DNS can change: a warning).
-
-    Every name is resolved at once, within a few seconds in all.
-    """
-    allow = _policy(config.allow_private_targets, environ)
-    if allow is True:
-        return []
-    # Literals (and localhost) are errors, found by the checks above: names only here.
-    named = [
-        (t, k, h)
-        for t, k, h in _url_hosts(config, environ)
-        if not _is_literal(h) and not host_refusal(h, False)
-    ]
-    refusals = resolved_refusals([h for _, _, h in named], allow)
-    return [
-        f"target {target!r}, key {key!r}: {refusals[host]}; deliveries will be refused unless "
-        "allow_private_targets allows it"
-        for target, key, host in named
-        if host in refusals
-    ]
-
-
-def _policy(allow: AllowPrivate, environ: Mapping[str, str] | None) -> AllowPrivate:
+def address_policy(allow: AllowPrivate, environ: Mapping[str, str] | None) -> AllowPrivate:
     """The file's setting, or true when GATEWAY_ALLOW_PRIVATE_TARGETS says so (as on workers)."""
     flag = (environ or {}).get("GATEWAY_ALLOW_PRIVATE_TARGETS", "").strip().lower()
     return True if flag in ("1", "true", "yes", "on") else allow
 
 
-def _is_literal(host: str) -> bool:
+def is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
     except ValueError:
@@ -1044,7 +1021,8 @@ def _is_literal(host: str) -> bool:
     return True
 
 
-def _url_hosts(config: Config, environ: Mapping[str, str] | None) -> Iterator[tuple[str, str, str]]:
+def target_hosts(config: Config, environ: Mapping[str, str] | None) -> Iterator[tuple[str, str, str]]:
+    """(target, key, host) of every target and lookup URL whose host is known here."""
     for target in config.targets:
         requests = [(target, "url")] + [(lk.request, f"lookups.{lk.name}.url") for lk in target.lookups]
         for request, key in requests:
@@ -1088,7 +1066,7 @@ def config_from_dict(
     allow_private: AllowPrivate = False
     with problems.check():
         allow_private = _allow_private(settings.get("allow_private_targets", False))
-    addresses = _policy(allow_private, environ) if check_addresses else None
+    addresses = address_policy(allow_private, environ) if check_addresses else None
     alert_target = settings.get("alert_target")
     if alert_target is not None and (not isinstance(alert_target, str) or not alert_target):
         problems.errors.append(

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.delivery.netguard import AddressNotAllowed, check_address, host_refusal, resolved_refusals
+from gateway.cli.config import private_target_warnings, resolved_refusals
+from gateway.delivery.netguard import AddressNotAllowed, check_address, host_refusal
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
-from gateway.targets import config_from_dict, load_config, private_target_warnings
+from gateway.targets import config_from_dict, load_config
 
 SEVERAL = """
 [settings]

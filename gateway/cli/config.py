@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import click
@@ -23,11 +27,12 @@ from gateway.cli.common import (
     _wake,
     main,
 )
+from gateway.delivery.netguard import AddressNotAllowed, AllowPrivate, check_address, host_refusal
 from gateway.events import make_alert
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.settings import Settings
 from gateway.store import Store
-from gateway.targets import Config, load_config, private_target_warnings
+from gateway.targets import Config, address_policy, is_ip_literal, load_config, target_hosts
 
 
 @main.command()
@@ -50,6 +55,69 @@ def check(path: str | None, no_env: bool) -> None:
     for warning in private_target_warnings(config, os.environ):
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"{path}: {len(config.targets)} targets, valid")
+
+
+def private_target_warnings(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Host names that resolve NOW to addresses the policy refuses (DNS can change: a warning).
+
+    Every name is resolved at once, within a few seconds in all. (Literal addresses and
+    localhost are errors of the configuration itself, found by load_config.)
+    """
+    allow = address_policy(config.allow_private_targets, environ)
+    if allow is True:
+        return []
+    named = [
+        (t, k, h)
+        for t, k, h in target_hosts(config, environ)
+        if not is_ip_literal(h) and not host_refusal(h, False)
+    ]
+    refusals = resolved_refusals([h for _, _, h in named], allow)
+    return [
+        f"target {target!r}, key {key!r}: {refusals[host]}; deliveries will be refused unless "
+        "allow_private_targets allows it"
+        for target, key, host in named
+        if host in refusals
+    ]
+
+
+def resolved_refusals(
+    hosts: Iterable[str], allow_private: AllowPrivate, timeout: float = 3.0
+) -> dict[str, str]:
+    """Resolve `hosts` now, at once: why each one's addresses would be refused (if they would).
+
+    A name that does not resolve is left out (the connect-time check has the last word). Bounded
+    by `timeout` in all (getaddrinfo has no timeout of its own): a resolver thread still waiting
+    then is a daemon, and ends with its lookup.
+    """
+    found: dict[str, list[str]] = {}
+
+    def resolve(host: str) -> None:
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return
+        found[host] = sorted({str(info[4][0]) for info in infos})
+
+    threads = [
+        threading.Thread(target=resolve, args=(h,), name="gateway-resolve", daemon=True)
+        for h in sorted(set(hosts))
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+    refusals = {}
+    for host, addresses in list(found.items()):
+        refused = []
+        for address in addresses:
+            try:
+                check_address(address, allow_private)
+            except AddressNotAllowed:
+                refused.append(address)
+        if refused:
+            refusals[host] = f"{host} resolves now to {', '.join(refused)} (private, loopback or reserved)"
+    return refusals
 
 
 def _echo_problems(exc: ConfigError) -> None:

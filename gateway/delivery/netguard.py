@@ -9,10 +9,6 @@ sender checks them with the same function.
 from __future__ import annotations
 
 import ipaddress
-import socket
-import threading
-import time
-from collections.abc import Iterable
 from functools import lru_cache
 
 # Not "global" in any useful sense even where `is_global` says so, or reachable only inside a
@@ -120,43 +116,3 @@ def host_refusal(host: str, allow_private: AllowPrivate) -> str | None:
         except AddressNotAllowed as exc:
             return str(exc)
     return None
-
-
-def resolved_refusals(
-    hosts: Iterable[str], allow_private: AllowPrivate, timeout: float = 3.0
-) -> dict[str, str]:
-    """Resolve `hosts` now, at once: why each one's addresses would be refused (if they would).
-
-    A name that does not resolve is left out (the connect-time check has the last word). Bounded
-    by `timeout` in all (getaddrinfo has no timeout of its own): a resolver thread still waiting
-    then is a daemon, and ends with its lookup.
-    """
-    found: dict[str, list[str]] = {}
-
-    def resolve(host: str) -> None:
-        try:
-            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            return
-        found[host] = sorted({str(info[4][0]) for info in infos})
-
-    threads = [
-        threading.Thread(target=resolve, args=(h,), name="gateway-resolve", daemon=True)
-        for h in sorted(set(hosts))
-    ]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(deadline - time.monotonic(), 0.0))
-    refusals = {}
-    for host, addresses in list(found.items()):
-        refused = []
-        for address in addresses:
-            try:
-                check_address(address, allow_private)
-            except AddressNotAllowed:
-                refused.append(address)
-        if refused:
-            refusals[host] = f"{host} resolves now to {', '.join(refused)} (private, loopback or reserved)"
-    return refusals
