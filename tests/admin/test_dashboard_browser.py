@@ -66,6 +66,8 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     service = Service(executable_path=driver_path, log_output=str(tmp_path / "chromedriver.log"))
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(30)
+    # A click that submits a form returns before the next page is there: look for up to 10 s.
+    driver.implicitly_wait(10)
     try:
         yield driver
     finally:
