@@ -120,12 +120,10 @@ class Dashboard:
         store: Store,
         secret: bytes,
         trusted_proxies: tuple[str, ...] = (),
-        wake: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.codec = SessionCodec(secret)
         self.trusted = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxies)
-        self.wake = wake or (lambda: None)
         self.env = Environment(
             loader=FileSystemLoader(TEMPLATES_DIR),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -325,7 +323,7 @@ class Pages:
     async def _checked_form(self, request: Request) -> tuple[Session, FormData]:
         """The POSTed form, if it carries the session's CSRF token; else 403."""
         session = self.dash.session_of(request)
-        form = await request.form(max_files=0, max_fields=20_000)
+        form = await request.form(max_files=0, max_fields=2_000)  # 200 ids to replay at most
         token = form.get("csrf")
         if session is None or not session.csrf_ok(token if isinstance(token, str) else None):
             raise CsrfRefused()
@@ -568,7 +566,7 @@ class Pages:
             try:
                 await self.call(self.service.create_target, p, data)
             except AdminError as exc:
-                errors[field_of(exc.field)] = exc.detail
+                _add_problems(errors, exc)
         if errors:
             return self._form_page(request, session, p, form, errors, creating=True, status_code=422)
         name = data["name"]
@@ -604,7 +602,7 @@ class Pages:
             except NotFound:
                 raise
             except AdminError as exc:
-                errors[field_of(exc.field)] = exc.detail
+                _add_problems(errors, exc)
         if errors:
             return self._form_page(request, session, p, form, errors, False, target, status_code=422)
         return self.dash.redirect(
@@ -746,6 +744,13 @@ def _check_edit(data: Mapping[str, Any]) -> object:
     if data.get("signing_secret") == REDACTED:
         data["signing_secret"] = _SAMPLE_SECRET
     return target_from_dict(data)
+
+
+def _add_problems(errors: dict[str, str], exc: AdminError) -> None:
+    """The service's refusal next to the fields it names (Invalid lists every problem)."""
+    problems = exc.problems if isinstance(exc, Invalid) else [(exc.field, exc.detail)]
+    for field, reason in problems:
+        errors.setdefault(field_of(field), reason)
 
 
 async def _form_fields(request: Request) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.events import EVENT_TYPES
-from gateway.exceptions import ConfigError
+from gateway.exceptions import ConfigError, config_problems
 from gateway.targets import target_from_dict
 
 TEXT_FIELDS = (
@@ -198,27 +198,30 @@ def validate(
     errors: FormErrors | None = None,
     check: Callable[[Mapping[str, Any]], object] = target_from_dict,
 ) -> FormErrors:
-    """Every field's first problem: `check` again and again, each faulty key set aside."""
+    """Every field's first problem, each under its form field ("_" for none).
+
+    The check reports what it can at once; some problems (a bad name) stop it early, so it is
+    asked again with the faulty keys set aside until it passes or finds nothing new.
+    """
     errors = FormErrors() if errors is None else errors
     probe = dict(data)
-    seen: set[str] = set()
+    seen: set[str | None] = set()
     for _ in range(_MAX_ROUNDS):
         try:
             check(probe)
             break
         except ConfigError as exc:
-            key = exc.key
-            if key is None or key in seen:
-                errors.setdefault(field_of(key), exc.reason if key else str(exc))
-                break
-            seen.add(key)
-            errors.setdefault(field_of(key), exc.reason)
-            if key in _STAND_INS:
-                probe[key] = _STAND_INS[key]
-            elif key in probe:
-                del probe[key]
-            else:
-                break
+            problems = config_problems(exc)
+        new = [p for p in problems if p.key not in seen]
+        for problem in new:
+            errors.setdefault(field_of(problem.key), problem.reason if problem.key else str(problem))
+            seen.add(problem.key)
+            if problem.key in _STAND_INS:
+                probe[problem.key] = _STAND_INS[problem.key]
+            elif problem.key is not None:
+                probe.pop(problem.key, None)
+        if not new or all(p.key is None for p in new):
+            break
     return errors
 
 
