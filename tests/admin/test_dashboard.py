@@ -6,6 +6,7 @@ A real `gateway web` and `gateway worker`, real Redis, a real loopback target; h
 from __future__ import annotations
 
 import html
+import re
 import time
 from contextlib import closing
 
@@ -18,6 +19,7 @@ from gateway.admin.sessions import COOKIE_NAME, Session, SessionCodec
 from gateway.store import Store
 from tests.admin.dashboard_support import SESSION_SECRET, Deployment, csrf_of, deploy, sign_in
 from tests.conftest import Gateway, TargetServer
+from tests.e2e.e2e_support import wait_until
 
 
 @pytest.fixture
@@ -251,3 +253,26 @@ def test_forged_expired_and_revoked_sessions_end(deployment: Deployment, redis: 
         assert client.get("/").status_code == 200
         revoke_key(Store(redis), key_id)
         assert client.get("/").status_code == 303
+
+
+def test_events_page_through_older_ones(deployment: Deployment, redis: Redis) -> None:
+    store = Store(redis)
+    for n in range(55):
+        r = httpx.get(
+            deployment.base + "/invitation_created",
+            params={"invitee": f"1555000{n:04d}", "invitor": "pager", "network_id": "acme"},
+        )
+        assert r.status_code == 204
+    wait_until(lambda: len(store.recent_events(100, network="acme")) >= 56, "the events stored")
+    client, _ = sign_in(deployment.base, deployment.acme_key)
+    with closing(client):
+        first = client.get("/events", params={"invitor": "pager"})
+        rows = first.text.count('<tr>\n      <td data-label="Received">')
+        assert rows == 50
+        link = re.search(r'href="(/dashboard/events\?[^"]+)">Older events', first.text)
+        assert link, "no link to older events"
+        second = client.get(html.unescape(link[1]).removeprefix("/dashboard"))
+        assert second.text.count('<td data-label="Received">') == 5
+        assert "Older events" not in second.text
+        shown = set(re.findall(r"1555000\d{4}", first.text + second.text))
+        assert len(shown) == 55
