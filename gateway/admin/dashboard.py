@@ -18,6 +18,7 @@ every form carries the session's CSRF token, checked on every POST.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import os
@@ -64,7 +65,17 @@ from gateway.targets import target_from_dict
 log = logging.getLogger("gateway.admin.dashboard")
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "dashboard"
-ASSET_VERSION = "1"
+
+
+def _asset_version() -> str:
+    """A digest of the static files, in their URLs: a changed stylesheet is fetched anew."""
+    digest = hashlib.sha256()
+    for path in sorted((TEMPLATES_DIR / "static").iterdir()):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+ASSET_VERSION = _asset_version()
 
 # Pages hold personal data (phone numbers): never cached, never framed, no inline script.
 SECURITY_HEADERS = [

@@ -226,6 +226,15 @@ def test_dashboard_in_a_browser(
     browser.get(root + "/failures")
     shot(browser, "07-failures-phone")
 
+    # The same pages in a dark colour scheme (prefers-color-scheme: dark).
+    browser.set_window_size(1280, 900)
+    browser.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
+    )
+    browser.get(f"{root}/events/{d.acme_event}")
+    shot(browser, "08-event-dark")
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+
     # Sign out: the pages send to the sign-in form again.
     browser.set_window_size(1280, 900)
     browser.get(root + "/")
