@@ -3,7 +3,8 @@
 Build one `Service(store, queue_name)` per process; every method takes the Principal first and
 filters by its networks. Anything outside them answers exactly as if it did not exist
 (`NotFound`, an empty page, "unknown"), never with another provider's data. Errors:
-`gateway.admin.NotFound` (404), `Conflict` (409), `Invalid` (422, naming the field). All
+`gateway.admin.NotFound` (404), `Conflict` (409), `Invalid` (422: `field`, and `problems`,
+every (field, reason) found at once). All
 methods are synchronous (redis-py): call them from a thread (`run_in_threadpool`) in async code.
 Times are ISO 8601 UTC strings (`...Z`), with `_ms` twins where a chart needs numbers.
 
