@@ -21,10 +21,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import wiring
+from gateway.admin.api import admin_api
+from gateway.admin.dashboard import create_dashboard
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import CallbackError, ConfigError
 from gateway.ingest.accept import Accepter
@@ -225,7 +227,7 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         await aio.aclose()
         redis.close()
 
-    routes_ = []
+    routes_: list[BaseRoute] = []
     for event_type in (INVITATION_CREATED, INVITATION_ACCEPTED):
         endpoint = _endpoint(ingest, event_type)
         # The URL is all that tells the two events apart (the payloads are the same).
@@ -238,6 +240,9 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         ):
             routes_.append(Route(path, endpoint, methods=["GET", "POST"]))
     routes_.append(Route("/healthz", health, methods=["GET"]))
+    routes_.append(Mount("/api/v1", app=admin_api(store, settings.queue_name)))
+    dashboard = create_dashboard(store, settings.queue_name, settings.trusted_proxies)
+    routes_.append(Mount("/dashboard", app=dashboard, name="dashboard"))
     app = Starlette(
         routes=routes_,
         lifespan=lifespan,

@@ -6,11 +6,16 @@ per-event key expires after the retention period (invitee numbers are personal d
     {p}:config                 JSON of the applied configuration (targets, aliases, settings)
     {p}:config:version         INCR'd on every change; processes reload when it moves
     {p}:config:digest          sha256 of the JSON, so re-applying the same file is a no-op
+    {p}:config:file            JSON of the configuration file as last applied
+    {p}:config:api             HASH target name -> JSON of a target made through the admin API
     {p}:event:{id}             JSON of the InvitationEvent
     {p}:event:{id}:deliveries  HASH target -> JSON delivery state
     {p}:event:{id}:attempts    LIST of JSON attempt records, oldest first
     {p}:events                 ZSET of event ids by receive time (ms)
     {p}:events:net:{network}   ZSET of that network's event ids
+    {p}:apikey:{id}            HASH of an admin API key (gateway.admin.keys): name, networks,
+                               hash (sha256 of the key), created_at, last_used_at, revoked
+    {p}:apikeys                ZSET of API key ids by creation time (ms)
 
 and the delivery queue, described with its Lua scripts below.
 """
@@ -73,21 +78,100 @@ class Store:
     def event_key(self, event_id: str) -> str:
         return self._k("event", event_id)
 
+    # -- admin API keys (gateway.admin.keys); never expire: they hold no personal data --------
+    def api_key_key(self, key_id: str) -> str:
+        return self._k("apikey", key_id)
+
+    @property
+    def api_keys_index(self) -> str:
+        return self._k("apikeys")
+
     # -- configuration ----------------------------------------------------------------------
     def save_config(self, config: dict[str, Any]) -> tuple[int, bool]:
-        """Store the configuration; returns (version, changed). The same content is a no-op."""
-        blob = _dumps(config)
-        digest = hashlib.sha256(blob.encode()).hexdigest()
-        if self.redis.get(self._k("config", "digest")) == digest.encode():
-            self.redis.set(self._k("marker"), str(now_ms()), nx=True)  # (see redis_lost_data)
-            return self.config_version(), False
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._k("config"), blob)
-            pipe.set(self._k("config", "digest"), digest)
-            pipe.incr(self._k("config", "version"))
-            pipe.publish(self.config_channel, "changed")  # web processes reload at once
+        """Store the configuration file's content; returns (version, changed).
+
+        What every process loads ({p}:config) is the file's configuration plus the targets made
+        through the admin API whose names the file does not declare: on a clash the file wins and
+        the API-made target is deleted. The same content again is a no-op.
+        """
+        return self._write_config(file_config=config)
+
+    def api_targets(self) -> dict[str, dict[str, Any]]:
+        """The targets made through the admin API, by name."""
+        return {_text(k): json.loads(v) for k, v in self.redis.hgetall(self._k("config", "api")).items()}
+
+    def save_api_target(self, target: dict[str, Any], replace: str | None = None) -> tuple[int, bool]:
+        """Add or change an API-made target (validated by the caller) for every process.
+
+        `replace`: the name of the API-made target this one replaces (a rename), or None.
+        """
+        return self._write_config(api_set=target, api_delete=replace)
+
+    def delete_api_target(self, name: str) -> tuple[int, bool]:
+        return self._write_config(api_delete=name)
+
+    def _write_config(
+        self,
+        file_config: dict[str, Any] | None = None,
+        api_set: dict[str, Any] | None = None,
+        api_delete: str | None = None,
+    ) -> tuple[int, bool]:
+        fk, ak, ck, dk, vk = (
+            self._k("config", "file"),
+            self._k("config", "api"),
+            self._k("config"),
+            self._k("config", "digest"),
+            self._k("config", "version"),
+        )
+
+        def write(pipe: Pipeline) -> tuple[int, bool]:
+            # WATCHed: a concurrent `targets apply` or API change makes this run again.
+            if file_config is not None:
+                file_part = file_config
+            else:
+                # Before the first API-made target, {p}:config is the file's configuration.
+                blob = pipe.get(fk) or pipe.get(ck)
+                file_part = json.loads(blob) if blob else {}
+            api = {_text(k): json.loads(v) for k, v in pipe.hgetall(ak).items()}
+            if api_delete is not None:
+                api.pop(api_delete, None)
+            if api_set is not None:
+                api[api_set["name"]] = api_set
+            file_targets = list(file_part.get("targets", []))
+            declared = {t.get("name") for t in file_targets}
+            shadowed = sorted(declared & api.keys())
+            merged = {
+                **file_part,
+                "targets": file_targets + [api[n] for n in sorted(api) if n not in declared],
+            }
+            blob = _dumps(merged)
+            digest = hashlib.sha256(blob.encode()).hexdigest()
+            changed = pipe.get(dk) != digest.encode()
+            pipe.multi()
+            pipe.set(fk, _dumps(file_part))
+            if api_delete is not None or shadowed:
+                pipe.hdel(ak, *{*shadowed, *([api_delete] if api_delete is not None else [])})
+            if api_set is not None and api_set["name"] not in declared:
+                pipe.hset(ak, api_set["name"], _dumps(api_set))
             pipe.set(self._k("marker"), str(now_ms()), nx=True)  # (see redis_lost_data)
-            version = pipe.execute()[-3]
+            if changed:
+                pipe.set(ck, blob)
+                pipe.set(dk, digest)
+                pipe.incr(vk)
+                pipe.publish(self.config_channel, "changed")  # web processes reload at once
+            results = pipe.execute()
+            return (int(results[-2]), True) if changed else (-1, False)
+
+        version, changed = self.redis.transaction(  # type: ignore[misc]
+            write,  # type: ignore[arg-type]
+            fk,
+            ak,
+            ck,
+            dk,
+            value_from_callable=True,
+        )
+        if not changed:
+            return self.config_version(), False
         return int(version), True
 
     def load_config(self) -> tuple[int, dict[str, Any] | None]:
@@ -191,6 +275,10 @@ class Store:
             pipe.expire(ek + ":attempts", self.retention)
             pipe.expire(ek + ":deliveries", self.retention)
             pipe.execute()
+
+    def event_index(self, network: str | None = None) -> str:
+        """The ZSET of event ids by receive time (ms): every event's, or one network's."""
+        return self._k("events", "net", network) if network is not None else self._k("events")
 
     def recent_events(self, limit: int = 20, network: str | None = None) -> list[str]:
         index = self._k("events", "net", network) if network else self._k("events")

@@ -282,19 +282,25 @@ def targets_list(as_json: bool) -> None:
 @targets.command("pause", cls=OperatorCommand)
 @click.argument("name")
 @click.option("--reason", default=None, help="Why, shown by `gateway targets list`.")
-def targets_pause(name: str, reason: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The state before and after, as JSON (as the API).")
+def targets_pause(name: str, reason: str | None, as_json: bool) -> None:
     """Hold every delivery to NAME until `gateway targets resume NAME` (no probes meanwhile)."""
     store = _store(_settings())
     _require_target(store, name, allow_unconfigured=False)
     before = _delivery_queue(store).pause(name, _now_ms(), reason or "paused by hand")
     was = "" if before == "active" else f" (was {before})"
     _alert(store, name, f"target {name} paused by hand: {reason or 'no reason given'}")
+    if as_json:
+        held = _delivery_queue(store).health(name)["held_deliveries"]
+        _echo_json({"target": name, "before": before, "state": "paused", "held_deliveries": held})
+        return
     click.echo(f"{name} paused{was}; its deliveries wait until `gateway targets resume {name}`")
 
 
 @targets.command("resume", cls=OperatorCommand)
 @click.argument("name")
-def targets_resume(name: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The state before and after, as JSON (as the API).")
+def targets_resume(name: str, as_json: bool) -> None:
     """Send NAME's held deliveries now; also re-enables a target disabled by 410 Gone."""
     settings = _settings()
     store = _store(settings)
@@ -304,6 +310,11 @@ def targets_resume(name: str) -> None:
     before = dq.resume(name, _now_ms())
     _wake(store, settings)
     held = health["held_deliveries"]
+    if as_json:
+        if before != "active":
+            _alert(store, name, f"target {name} resumed by hand (was {before})")
+        _echo_json({"target": name, "before": before, "state": "active", "held_deliveries": held})
+        return
     due = f"{held} held {'delivery is' if held == 1 else 'deliveries are'} due now"
     if before == "active":
         click.echo(f"{name} was not paused; {due}" if held else f"{name} was not paused; nothing was held")

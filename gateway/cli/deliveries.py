@@ -193,7 +193,12 @@ def deliveries_show(delivery_id: str, as_json: bool) -> None:
 @dead_letter_filters(default_limit=0)
 @click.option("--force", is_flag=True, help="Send a delivery again even if it was delivered.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before replaying more than one.")
-def replay(delivery_ids: tuple[str, ...], failed: bool, force: bool, yes: bool, **filters: Any) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help='{"results": {id: result}, "counts": {...}} (as the API).'
+)
+def replay(
+    delivery_ids: tuple[str, ...], failed: bool, force: bool, yes: bool, as_json: bool, **filters: Any
+) -> None:
     """Send deliveries again: the ids given, or with --failed the dead letters the filters select.
 
     A replayed delivery starts afresh (its target's whole retry schedule) and keeps its id, so
@@ -217,6 +222,9 @@ def replay(delivery_ids: tuple[str, ...], failed: bool, force: bool, yes: bool, 
     else:
         ids = [d.delivery_id for d in select_dead_letters(store, dq, selection)]
         if not ids:
+            if as_json:
+                _echo_json({"results": {}, "counts": {}})
+                return
             click.echo("no dead letters match; nothing to replay")
             return
     if len(ids) > 1 and not yes:
@@ -235,6 +243,12 @@ def replay(delivery_ids: tuple[str, ...], failed: bool, force: bool, yes: bool, 
             except ValueError:
                 results[did] = "unknown"
     counts = Counter(results.values())
+    if as_json:
+        if counts["replayed"]:
+            _wake(store, settings)
+        _echo_json({"results": results, "counts": dict(counts)})
+        bad = any(r == "unknown" or r == "delivered" or r not in _REPLAY_RESULTS for r in results.values())
+        sys.exit(1 if bad else 0)
     odd = {did: r for did, r in results.items() if r not in _REPLAY_RESULTS}
     problems = [(did, r) for did, r in results.items() if r in ("unknown", "delivered") or did in odd]
     for did, r in problems[:20]:

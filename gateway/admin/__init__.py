@@ -1,0 +1,47 @@
+"""The admin side: API keys (keys.py), the data the API and the dashboard share (service.py),
+the JSON API under /api/v1 (api.py) and the dashboard.
+
+Its errors, which api.py turns into application/problem+json:
+
+    AdminError
+     ├── NotFound   404: no such thing, or not one the key may see (the two are not told apart)
+     ├── Conflict   409: a name already taken, a file-declared target changed through the API
+     └── Invalid    422: a bad value, naming the field
+"""
+
+from __future__ import annotations
+
+from gateway.exceptions import GatewayError
+
+
+class AdminError(GatewayError):
+    status_code = 400
+    title = "Bad request"
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class NotFound(AdminError):
+    status_code = 404
+    title = "Not found"
+
+
+class Conflict(AdminError):
+    status_code = 409
+    title = "Conflict"
+
+
+class Invalid(AdminError):
+    """A bad value; `problems` lists every one found (field, reason), the first as `field`/`detail`."""
+
+    status_code = 422
+    title = "Invalid value"
+
+    def __init__(
+        self, detail: str, field: str | None = None, problems: list[tuple[str | None, str]] | None = None
+    ) -> None:
+        super().__init__(detail, field)
+        self.problems = problems or [(field, detail)]

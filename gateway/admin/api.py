@@ -1,0 +1,416 @@
+"""The admin JSON API under /api/v1, described by `openapi.SPEC` (served at /api/v1/openapi.json).
+
+Every request but the spec's carries `Authorization: Bearer gwk_...` (keys.py). What a key may
+see is the Service's business (service.py); here requests become Service calls and errors become
+application/problem+json (RFC 9457): 400 unreadable body, 401 no or bad key, 403 an operator
+endpoint with a provider key, 404 unknown or not the key's, 409 conflict, 422 a bad value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.authentication import AuthenticationError, has_required_scope
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.admin import AdminError, Invalid
+from gateway.admin.keys import KeyAuthBackend, Principal
+from gateway.admin.openapi import SPEC
+from gateway.admin.service import MAX_LIMIT, EventFilter, FailedFilter, Page, Service
+from gateway.events import EVENT_TYPES
+from gateway.store import Store
+
+log = logging.getLogger("gateway.admin")
+
+PROBLEM = "application/problem+json"
+TEST_WAIT = 30  # seconds a test send waits for a worker, by default
+MAX_TEST_WAIT = 60
+_BEARER = 'Bearer realm="invitation-gateway admin API"'
+
+
+def _problem(
+    status: int,
+    title: str,
+    detail: str,
+    field: str | None = None,
+    problems: list[tuple[str | None, str]] | None = None,
+) -> Response:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if field is not None or problems:
+        body["field"] = field
+        body["invalid-params"] = [{"name": n, "reason": r} for n, r in (problems or [(field, detail)])]
+    response = Response(json.dumps(body), status_code=status, media_type=PROBLEM)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = _BEARER
+    return response
+
+
+async def _admin_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AdminError)
+    return _problem(exc.status_code, exc.title, exc.detail, exc.field, getattr(exc, "problems", None))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    response = _problem(exc.status_code, exc.detail, f"{request.method} {request.url.path}: {exc.detail}")
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
+    return _problem(401, "Unauthorized", str(exc))
+
+
+def _principal(request: Request) -> Principal:
+    if not has_required_scope(request, ["provider"]) or not isinstance(request.user, Principal):
+        raise HTTPException(401, "Unauthorized", headers={"WWW-Authenticate": _BEARER})
+    return request.user
+
+
+def _operator(request: Request) -> Principal:
+    principal = _principal(request)
+    if not has_required_scope(request, ["operator"]):
+        raise HTTPException(403, "Forbidden: keys are managed with an operator key")
+    return principal
+
+
+# -- reading parameters -------------------------------------------------------------------------
+
+
+def _query(request: Request, name: str) -> str | None:
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise Invalid("give it once", name)
+    return values[0] if values else None
+
+
+def _query_list(request: Request, name: str) -> frozenset[str]:
+    return frozenset(v for v in request.query_params.getlist(name) if v)
+
+
+def _time(request: Request, name: str) -> int | None:
+    """An ISO 8601 date-time (UTC when it names no offset), as epoch ms."""
+    text = _query(request, name)
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text.strip().upper())
+    except ValueError:
+        raise Invalid(
+            f"must be an ISO 8601 date-time like 2026-05-01T12:00:00Z, got {text!r}", name
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        return int(when.timestamp() * 1000)
+    except (OverflowError, OSError, ValueError):
+        raise Invalid(f"out of range: {text!r}", name) from None
+
+
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = _query(request, name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise Invalid(f"must be a whole number, got {text!r}", name) from None
+    if not low <= value <= high:
+        raise Invalid(f"must be {low} to {high}, got {value}", name)
+    return value
+
+
+def _bool(request: Request, name: str) -> bool:
+    text = _query(request, name)
+    if text is None or text.lower() in ("false", "0"):
+        return False
+    if text.lower() in ("true", "1"):
+        return True
+    raise Invalid(f"must be true or false, got {text!r}", name)
+
+
+async def _body(request: Request, required: bool = True) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        if required:
+            raise AdminError("a JSON body is required")
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise AdminError("the body is not JSON") from None
+
+
+def _object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise Invalid("the body must be a JSON object", "body")
+    return data
+
+
+def _page(page: Page) -> JSONResponse:
+    return JSONResponse({"items": page.items, "next_cursor": page.next_cursor})
+
+
+def _failed_filter(request: Request) -> FailedFilter:
+    return FailedFilter(
+        targets=_query_list(request, "target"),
+        networks=_query_list(request, "network"),
+        event=_query(request, "event") or None,
+        since_ms=_time(request, "since"),
+        until_ms=_time(request, "until"),
+        error=_query(request, "error") or None,
+    )
+
+
+def _failed_filter_from(data: Any) -> FailedFilter:
+    """The `failed` selection of a replay body: the filters of GET /deliveries/failed."""
+    f = _object(data)
+    unknown = sorted(set(f) - {"target", "network", "event", "since", "until", "error"})
+    if unknown:
+        raise Invalid("unknown filter (known: target, network, event, since, until, error)", unknown[0])
+
+    def names(key: str) -> frozenset[str]:
+        value = f.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise Invalid("must be a list of strings", key)
+        return frozenset(value)
+
+    def when(key: str) -> int | None:
+        if key not in f:
+            return None
+        value = f[key]
+        if not isinstance(value, str):
+            raise Invalid("must be an ISO 8601 date-time", key)
+        try:
+            parsed = datetime.fromisoformat(value.upper())
+        except ValueError:
+            raise Invalid(f"must be an ISO 8601 date-time, got {value!r}", key) from None
+        return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
+
+    for key in ("event", "error"):
+        if key in f and not isinstance(f[key], str):
+            raise Invalid("must be a string", key)
+    return FailedFilter(
+        targets=names("target"),
+        networks=names("network"),
+        event=f.get("event") or None,
+        since_ms=when("since"),
+        until_ms=when("until"),
+        error=f.get("error") or None,
+    )
+
+
+# -- the API ------------------------------------------------------------------------------------
+
+
+def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette:
+    """The ASGI app to mount at /api/v1."""
+    service = Service(store, queue_name)
+
+    def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return run_in_threadpool(fn, *args, **kwargs)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(SPEC)
+
+    async def me(request: Request) -> Response:
+        p = _principal(request)
+        return JSONResponse(
+            {
+                "id": p.key_id,
+                "name": p.name,
+                "kind": "operator" if p.is_operator else "provider",
+                "networks": None if p.networks is None else sorted(p.networks),
+            }
+        )
+
+    async def events(request: Request) -> Response:
+        p = _principal(request)
+        filters = EventFilter(
+            network=_query(request, "network") or None,
+            type=_query(request, "type") or None,
+            invitee=_query(request, "invitee") or None,
+            invitor=_query(request, "invitor") or None,
+            state=_query(request, "state") or None,
+            since_ms=_time(request, "since"),
+            until_ms=_time(request, "until"),
+        )
+        limit = _int(request, "limit", 50, 1, MAX_LIMIT)
+        return _page(await call(service.list_events, p, filters, _query(request, "cursor"), limit))
+
+    async def event(request: Request) -> Response:
+        p = _principal(request)
+        return JSONResponse(await call(service.get_event, p, request.path_params["event_id"]))
+
+    async def targets(request: Request) -> Response:
+        p = _principal(request)
+        if request.method == "POST":
+            data = await _body(request)
+            made = await call(service.create_target, p, data)
+            return JSONResponse(
+                made, status_code=201, headers={"Location": f"/api/v1/targets/{made['name']}"}
+            )
+        return JSONResponse({"items": await call(service.list_targets, p)})
+
+    async def target(request: Request) -> Response:
+        p = _principal(request)
+        name = request.path_params["name"]
+        if request.method == "PUT":
+            data = await _body(request)
+            return JSONResponse(await call(service.update_target, p, name, data))
+        if request.method == "DELETE":
+            await call(service.delete_target, p, name)
+            return Response(status_code=204)
+        return JSONResponse(await call(service.get_target, p, name))
+
+    async def pause(request: Request) -> Response:
+        p = _principal(request)
+        body = _object(await _body(request, required=False))
+        reason = body.get("reason")
+        if "reason" in body and not isinstance(reason, str):
+            raise Invalid("must be a string", "reason")
+        return JSONResponse(await call(service.pause_target, p, request.path_params["name"], reason))
+
+    async def resume(request: Request) -> Response:
+        p = _principal(request)
+        return JSONResponse(await call(service.resume_target, p, request.path_params["name"]))
+
+    async def validate(request: Request) -> Response:
+        p = _principal(request)
+        raw = await _body(request, required=False)
+        declaration = None if raw == {} else _object(raw)
+        return JSONResponse(await call(service.validate_target, p, request.path_params["name"], declaration))
+
+    async def test(request: Request) -> Response:
+        p = _principal(request)
+        body = _object(await _body(request, required=False))
+        unknown = sorted(set(body) - {"wait", "invitee", "invitor", "network_id", "event"})
+        if unknown:
+            raise Invalid("unknown key (known: wait, invitee, invitor, network_id, event)", unknown[0])
+        wait = body.get("wait", TEST_WAIT)
+        if isinstance(wait, bool) or not isinstance(wait, int) or not 1 <= wait <= MAX_TEST_WAIT:
+            raise Invalid(f"must be whole seconds from 1 to {MAX_TEST_WAIT}", "wait")
+        fields = {k: v for k, v in body.items() if k != "wait"}
+        for key, value in fields.items():
+            if not isinstance(value, str) or not value:
+                raise Invalid("must be a non-empty string", key)
+        if "event" in fields and fields["event"] not in EVENT_TYPES:
+            raise Invalid(f"must be one of {', '.join(EVENT_TYPES)}", "event")
+        return JSONResponse(await call(service.test_target, p, request.path_params["name"], wait, fields))
+
+    async def failed(request: Request) -> Response:
+        p = _principal(request)
+        filters = _failed_filter(request)
+        limit = _int(request, "limit", 50, 1, MAX_LIMIT)
+        return _page(await call(service.failed_deliveries, p, filters, _query(request, "cursor"), limit))
+
+    async def delivery(request: Request) -> Response:
+        p = _principal(request)
+        return JSONResponse(await call(service.get_delivery, p, request.path_params["delivery_id"]))
+
+    async def replay_one(request: Request) -> Response:
+        p = _principal(request)
+        did = request.path_params["delivery_id"]
+        force = _bool(request, "force")
+        # Not found (or not the key's) before anything is replayed.
+        await call(service.get_delivery, p, did)
+        results = await call(service.replay, p, [did], force)
+        return JSONResponse(_replay_json(results))
+
+    async def replay(request: Request) -> Response:
+        p = _principal(request)
+        body = _object(await _body(request))
+        unknown = sorted(set(body) - {"delivery_ids", "failed", "force"})
+        if unknown:
+            raise Invalid("unknown key (known: delivery_ids, failed, force)", unknown[0])
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise Invalid("must be true or false", "force")
+        if ("delivery_ids" in body) == ("failed" in body):
+            raise Invalid(
+                "give delivery_ids or failed (a selection of dead letters), not both", "delivery_ids"
+            )
+        if "delivery_ids" in body:
+            ids = body["delivery_ids"]
+            if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+                raise Invalid("must be a non-empty list of delivery ids", "delivery_ids")
+            results = await call(service.replay, p, ids, force)
+        else:
+            results = await call(service.replay_failed, p, _failed_filter_from(body["failed"]), force)
+        return JSONResponse(_replay_json(results))
+
+    async def overview(request: Request) -> Response:
+        p = _principal(request)
+        return JSONResponse(await call(service.overview, p))
+
+    async def keys_(request: Request) -> Response:
+        p = _operator(request)
+        if request.method == "POST":
+            body = _object(await _body(request))
+            unknown = sorted(set(body) - {"name", "networks"})
+            if unknown:
+                raise Invalid("unknown key (known: name, networks)", unknown[0])
+            name = body.get("name")
+            if not isinstance(name, str):
+                raise Invalid("must be a string", "name")
+            networks = body.get("networks")
+            if networks is not None and (
+                not isinstance(networks, list) or not all(isinstance(n, str) for n in networks)
+            ):
+                raise Invalid("must be a list of network ids, or null for an operator key", "networks")
+            made, secret = await call(service.create_key, p, name, networks)
+            log.info("admin API key %s (%s) made by key %s", made["id"], made["name"], p.key_id)
+            return JSONResponse({**made, "key": secret}, status_code=201)
+        return JSONResponse({"items": await call(service.list_keys, p)})
+
+    async def key(request: Request) -> Response:
+        p = _operator(request)
+        revoked = await call(service.revoke_key, p, request.path_params["key_id"])
+        log.info("admin API key %s revoked by key %s", revoked["id"], p.key_id)
+        return JSONResponse(revoked)
+
+    routes = [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/me", me, methods=["GET"]),
+        Route("/events", events, methods=["GET"]),
+        Route("/events/{event_id}", event, methods=["GET"]),
+        Route("/targets", targets, methods=["GET", "POST"]),
+        Route("/targets/{name}", target, methods=["GET", "PUT", "DELETE"]),
+        Route("/targets/{name}/pause", pause, methods=["POST"]),
+        Route("/targets/{name}/resume", resume, methods=["POST"]),
+        Route("/targets/{name}/validate", validate, methods=["POST"]),
+        Route("/targets/{name}/test", test, methods=["POST"]),
+        Route("/deliveries/failed", failed, methods=["GET"]),
+        Route("/deliveries/replay", replay, methods=["POST"]),
+        Route("/deliveries/{delivery_id}", delivery, methods=["GET"]),
+        Route("/deliveries/{delivery_id}/replay", replay_one, methods=["POST"]),
+        Route("/overview", overview, methods=["GET"]),
+        Route("/keys", keys_, methods=["GET", "POST"]),
+        Route("/keys/{key_id}", key, methods=["DELETE"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(AuthenticationMiddleware, backend=KeyAuthBackend(store), on_error=_auth_error),
+        ],
+        exception_handlers={AdminError: _admin_error, HTTPException: _http_error},
+    )
+
+
+def _replay_json(results: dict[str, str]) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for r in results.values():
+        counts[r] = counts.get(r, 0) + 1
+    return {"results": results, "counts": counts}
