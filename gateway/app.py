@@ -29,14 +29,18 @@ from gateway.ingest.accept import Accepter
 from gateway.ingest.endpoint import Ingest
 from gateway.ingest.spool import Spool
 from gateway.ingest.tokens import IngestAuth
+from gateway.logs import ensure_logging
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import HEARTBEAT_SECONDS, IngestMetrics, flush_commands, render, spool_depth
 from gateway.queue import enqueue_drain, make_queue
 from gateway.settings import LiveConfig, Settings
-from gateway.store import Store, limit_fields
+from gateway.store import OpsKeys, Store, limit_fields, now_ms
 from gateway.targets import load_config
 
 log = logging.getLogger("gateway.app")
 
 PROBLEM = "application/problem+json"
+SPOOL_READY_MARGIN = 0.1  # /readyz fails once the spool has less than this share of its bound left
 
 
 def problem(status: int, title: str, detail: str, field: str | None = None) -> Response:
@@ -156,19 +160,100 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
 
 def create_app(settings: Settings | None = None) -> IngestFastPath:
     """The ASGI application (uvicorn: `gateway.app:create_app --factory`)."""
+    ensure_logging()
     settings = settings or Settings.from_env()
     spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes)
     parts = ingest_parts(settings, spool)
     redis, aio, store, live, accepter = parts.redis, parts.aio, parts.store, parts.live, parts.accepter
     auth = IngestAuth(settings.open_ingest, settings.trusted_proxies, os.environ)
-    ingest = Ingest(live, accepter, settings.max_body, parts.refresh_config, auth)
+    ingest_metrics = IngestMetrics()
+    ingest = Ingest(live, accepter, settings.max_body, parts.refresh_config, auth, ingest_metrics)
+    ops = OpsKeys(settings.prefix)
+    tally = ingest_metrics.tally
 
     async def health(request: Request) -> Response:
+        """The process is up (200 even without Redis: callbacks then go to the spool)."""
         try:
-            await aio.ping()
+            async with asyncio.timeout(2):
+                await aio.ping()
+            redis_state = "ok"
         except Exception as exc:
-            return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
-        return JSONResponse({"status": "ok", "config_version": live.version})
+            redis_state = f"unreachable ({type(exc).__name__})"
+        return JSONResponse({"status": "ok", "redis": redis_state, "config_version": live.version})
+
+    async def flush_metrics() -> None:
+        """This process' counts into the Redis hash every process adds to (kept if Redis is away)."""
+        data = tally.take()
+        if not data:
+            return
+        try:
+            async with aio.pipeline(transaction=False) as pipe:
+                flush_commands(pipe, ops.metrics, data)
+                await pipe.execute()
+        except Exception:
+            tally.put_back(data)
+            raise
+
+    async def ready(request: Request) -> Response:
+        """For a load balancer: Redis answers, a worker is alive, the spool has room."""
+        checks: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(2):
+                async with aio.pipeline(transaction=False) as pipe:
+                    pipe.ping()
+                    ops.read_alive(pipe, now_ms(), HEARTBEAT_SECONDS * 1000)
+                    _, alive = await pipe.execute()
+            checks["redis"] = "ok"
+            checks["workers"] = (
+                f"{alive} alive" if alive else f"no worker has written a heartbeat in {HEARTBEAT_SECONDS} s"
+            )
+        except Exception as exc:
+            checks["redis"] = f"unreachable ({type(exc).__name__})"
+            checks["workers"] = "unknown (Redis unreachable)"
+            alive = 0
+        room = spool.max_bytes - spool.size()
+        full = room < spool.max_bytes * SPOOL_READY_MARGIN
+        checks["spool"] = f"{spool.size()} of {spool.max_bytes} bytes" + (" (full)" if full else "")
+        failed = [
+            name
+            for name, bad in (("redis", checks["redis"] != "ok"), ("workers", not alive), ("spool", full))
+            if bad
+        ]
+        body = {"status": "unavailable" if failed else "ok", "failed": failed, "checks": checks}
+        return JSONResponse(body, status_code=503 if failed else 200)
+
+    async def metrics(request: Request) -> Response:
+        """Prometheus text: counters summed over every process through Redis, gauges read now."""
+        now = now_ms()
+        gauges: dict[str, float] = {}
+        counts: Any = None
+        held: dict[str, tuple[str, int]] = {}
+        try:
+            async with asyncio.timeout(3):
+                await flush_metrics()  # this process' latest counts too
+                async with aio.pipeline(transaction=False) as pipe:
+                    ops.read_gauges(pipe, now, HEARTBEAT_SECONDS * 1000)
+                    counts, due, later, dead, held_names, alive = await pipe.execute()
+                names = sorted(_text(n) for n in held_names)
+                if names:
+                    async with aio.pipeline(transaction=False) as pipe:
+                        ops.read_held(pipe, names)
+                        raw = await pipe.execute()
+                    for i, name in enumerate(names):
+                        held[name] = (_text(raw[2 * i] or b"paused"), int(raw[2 * i + 1]))
+            gauges.update(
+                gateway_redis_up=1,
+                gateway_queue_due=due,
+                gateway_queue_scheduled=later,
+                gateway_dead_letters=dead,
+                gateway_targets_paused=len(names),
+                gateway_workers_alive=alive,
+            )
+        except Exception:
+            gauges["gateway_redis_up"] = 0
+        files, size = await asyncio.to_thread(spool_depth, spool.directory)
+        gauges.update(gateway_spool_files=files, gateway_spool_bytes=size)
+        return Response(render(counts, gauges, held), media_type=METRICS_CONTENT_TYPE)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -199,8 +284,11 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         # A token, limit or allowlist taken out of the file is gone within a second everywhere,
         # not only once this process next takes a callback.
         watcher = asyncio.create_task(_watch_config(aio, store.config_channel, parts.refresh_config))
+        flusher = asyncio.create_task(_every(1.0, flush_metrics))
         yield
-        for task in (drainer, watcher):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(flush_metrics(), 2)
+        for task in (drainer, watcher, flusher):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -221,6 +309,8 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         ):
             routes_.append(Route(path, endpoint, methods=["GET", "POST"]))
     routes_.append(Route("/healthz", health, methods=["GET"]))
+    routes_.append(Route("/readyz", ready, methods=["GET"]))
+    routes_.append(Route("/metrics", metrics, methods=["GET"]))
     app = Starlette(
         routes=routes_,
         lifespan=lifespan,
@@ -303,6 +393,18 @@ async def _watch_config(
             raise
         except Exception:
             await asyncio.sleep(every)  # Redis away: the accept path spools and logs that
+
+
+async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+    """Run `job` every `seconds` until cancelled; a failure waits for the next turn."""
+    while True:
+        await asyncio.sleep(seconds)
+        with contextlib.suppress(Exception):
+            await job()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _get(aio: aioredis.Redis, key: str) -> bytes | str | None:

@@ -838,3 +838,47 @@ def _limit_key(kind: str, *parts: object) -> str:
     # Hashed: numbers are personal data and have no place in key names.
     digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:24]
     return f"{kind}:{digest}"
+
+
+# -- operations: summed metrics, workers' heartbeats, the gauges a scrape reads -----------------------
+#
+#   metrics      HASH "name\x1flabel..." -> count: every process adds its counts once a second
+#   heartbeats   ZSET worker (host:pid) -> ms its ticker last wrote
+
+
+class OpsKeys:
+    """What `/metrics` and `/readyz` read, and what processes write for them."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.metrics = f"{prefix}:metrics"
+        self.heartbeats = f"{prefix}:heartbeats"
+        self.due = f"{prefix}:due"
+        self.dead = f"{prefix}:dead"
+        self.held = f"{prefix}:held"
+
+    def beat(self, pipe: Any, name: str, now: int) -> None:
+        """Queue a worker's heartbeat (and forget workers silent for a day)."""
+        pipe.zadd(self.heartbeats, {name: now})
+        pipe.zremrangebyscore(self.heartbeats, "-inf", now - 86_400_000)
+
+    def gone(self, pipe: Any, name: str) -> None:
+        pipe.zrem(self.heartbeats, name)
+
+    def read_alive(self, pipe: Any, now: int, window_ms: int) -> None:
+        pipe.zcount(self.heartbeats, now - window_ms, "+inf")
+
+    def read_gauges(self, pipe: Any, now: int, window_ms: int) -> None:
+        """Queue, in order: metrics hash, due now, due later, dead letters, held targets, alive."""
+        pipe.hgetall(self.metrics)
+        pipe.zcount(self.due, "-inf", now)
+        pipe.zcount(self.due, f"({now}", "+inf")
+        pipe.zcard(self.dead)
+        pipe.smembers(self.held)
+        self.read_alive(pipe, now, window_ms)
+
+    def read_held(self, pipe: Any, targets: Iterable[str]) -> None:
+        """Queue, per target: its health state, its parked deliveries."""
+        for target in targets:
+            pipe.hget(f"{self.prefix}:target:{target}", "state")
+            pipe.zcard(f"{self.prefix}:parked:{target}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from gateway import __version__
 from gateway.events import EVENT_TYPES, InvitationEvent
 from gateway.exceptions import ConfigError
+from gateway.logs import setup_logging
 from gateway.records import DEAD, Delivery, iso_ms
 from gateway.settings import Settings
 from gateway.store import DeliveryQueue, Store
@@ -43,9 +44,28 @@ def _store(settings: Settings) -> Store:
 @click.group()
 @click.version_option(__version__, prog_name="gateway")
 @click.option("--log-level", envvar="GATEWAY_LOG_LEVEL", default="INFO", show_default=True)
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    envvar="GATEWAY_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    help="json: one JSON object per line.",
+)
+@click.option(
+    "--log-mask/--no-log-mask",
+    envvar="GATEWAY_LOG_MASK",
+    default=True,
+    show_default=True,
+    help="Mask phone numbers in logs (+4477****1234).",
+)
+def main(log_level: str, log_format: str, log_mask: bool) -> None:
     """invitation-gateway: Acrobits invitation callbacks in, deliveries to your targets out."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    setup_logging(log_level, log_format.lower(), log_mask)
+    # uvicorn's worker processes (WEB_CONCURRENCY > 1) start bare and read these again.
+    os.environ["GATEWAY_LOG_LEVEL"] = log_level
+    os.environ["GATEWAY_LOG_FORMAT"] = log_format.lower()
+    os.environ["GATEWAY_LOG_MASK"] = "true" if log_mask else "false"
 
 
 # -- operator commands: shared pieces ------------------------------------------------------------------

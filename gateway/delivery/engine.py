@@ -30,6 +30,8 @@ from gateway.delivery.request import build_request, classify, retry_delay
 from gateway.delivery.sender import Sender, SendError
 from gateway.events import InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
+from gateway.logs import DeliveryBatch
+from gateway.metrics import Tally, count_deliveries
 from gateway.records import (
     Attempt,
     Delivery,
@@ -83,6 +85,7 @@ class _Result:
     target: str | None = None
     dead_reason: str | None = None
     line: str | None = None  # what the log says of it
+    seconds: float | None = None  # the request's duration, for the metrics
 
 
 class Engine:
@@ -108,6 +111,7 @@ class Engine:
         self._stop = False
         self._config = Config()
         self._version = -1  # the configuration version `_config` is; -1: none loaded yet
+        self.tally: Tally | None = None  # delivery metrics, counted a group at a time
 
     def request_stop(self) -> None:
         """Stop claiming; requests in flight get `grace` seconds, the rest is handed back."""
@@ -254,7 +258,10 @@ class Engine:
                 log.info("%s", r.line)
         if delivered:
             # One line for a group: a line per request would cost as much CPU as the request.
-            log.info("delivered %d: %s", len(delivered), " ".join(delivered))
+            log.info("delivered %d: %s", len(delivered), DeliveryBatch("delivered", delivered))
+        if self.tally is not None:
+            done = [(r.target, r.outcome, r.seconds) for r in results if r.target and r.outcome]
+            count_deliveries(self.tally, done)
         flat = [_text(c) for c in changes]
         for i in range(0, len(flat), 3):
             await self._target_changed(flat[i], flat[i + 1], flat[i + 2])
@@ -369,6 +376,7 @@ class Engine:
                 (error or outcome.value) if dead and attempt is not None else None,
                 # Delivered ones are logged a group per line (see _complete); the rest one each.
                 f"delivery {did} attempt {number}: {outcome.value}" + (f" ({error})" if error else ""),
+                attempt.latency_ms / 1000 if attempt is not None and attempt.latency_ms is not None else None,
             )
 
         if target is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from time import perf_counter
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -25,9 +26,10 @@ from gateway.exceptions import (
     StoreUnavailable,
     Unauthorized,
 )
-from gateway.ingest.accept import DUPLICATE, SPOOLED, SUPPRESSED, Accepter
+from gateway.ingest.accept import ACCEPTED, DUPLICATE, SPOOLED, SUPPRESSED, Accepter
 from gateway.ingest.formats import decode_body, decode_query
 from gateway.ingest.tokens import IngestAuth
+from gateway.metrics import IngestMetrics
 from gateway.settings import LiveConfig
 
 log = logging.getLogger("gateway.ingest")
@@ -44,8 +46,10 @@ class Ingest:
     # Reloads the configuration if it changed in Redis; True if it did.
     refresh_config: Callable[[], Awaitable[bool]]
     auth: IngestAuth
+    metrics: IngestMetrics | None = None
 
     async def __call__(self, request: Request, event_type: str) -> Response:
+        started = perf_counter()
         body = b""
         try:
             client = self.auth.client_address(request)
@@ -77,6 +81,8 @@ class Ingest:
             targets = [t.name for t in config.routes(event.type, event.network_id)]
             status = await self.accepter.accept(event, targets)
         except CallbackError as exc:
+            if self.metrics is not None:
+                self.metrics.rejected(event_type, "unknown", exc.status_code, perf_counter() - started)
             if not isinstance(exc, StoreUnavailable):
                 log.warning(
                     "rejected %s from %s: %s; content-type=%r body=%r",
@@ -87,6 +93,9 @@ class Ingest:
                     body[:LOGGED_BODY],
                 )
             raise
+        if self.metrics is not None:
+            outcome = status if status in (ACCEPTED, SPOOLED) else status.partition(":")[0]
+            self.metrics.callback(event_type, event.source_format, outcome, perf_counter() - started)
         if status.startswith(SUPPRESSED):
             reason = status[len(SUPPRESSED) :]
             log.warning("suppressed %s %s (network %s): %s", event.type, event.id, event.network_id, reason)
