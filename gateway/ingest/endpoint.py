@@ -25,6 +25,7 @@ from gateway.exceptions import (
     PayloadTooLarge,
     StoreUnavailable,
     Unauthorized,
+    UnsupportedBody,
 )
 from gateway.ingest.accept import ACCEPTED, DUPLICATE, SPOOLED, SUPPRESSED, Accepter
 from gateway.ingest.formats import decode_body, decode_query
@@ -119,12 +120,35 @@ class Ingest:
         """Decode and normalize (pure)."""
         query = decode_query(request.scope.get("query_string", b""))
         if request.method == "POST":
-            decoded = decode_body(request.headers.get("content-type"), body)
+            try:
+                decoded = decode_body(request.headers.get("content-type"), body)
+            except CallbackError:
+                _refuse_encoding(request)
+                raise
             pairs, source = decoded.pairs, decoded.source_format
         else:
             pairs, source = [], "query"
         fields = merge_fields(query, pairs, aliases)
-        return make_event(fields, event_type, source, client=client)
+        try:
+            return make_event(fields, event_type, source, client=client)
+        except InvalidCallback:
+            if body:
+                _refuse_encoding(request)
+            raise
+
+
+def _refuse_encoding(request: Request) -> None:
+    """A compressed body reads as garbage: say so (415) rather than what the garbage lacks.
+
+    Looked at only once a body failed (no header lookup per callback). Compressed bodies are
+    refused rather than inflated: Acrobits never compresses, and inflating invites zip bombs.
+    """
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding and encoding != "identity":
+        raise UnsupportedBody(
+            f"Content-Encoding {encoding} is not supported: send the body uncompressed",
+            field="Content-Encoding",
+        )
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -135,7 +159,7 @@ async def read_capped(request: Request, limit: int) -> bytes:
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes", "body")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -145,7 +169,7 @@ async def read_capped(request: Request, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes", "body")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
