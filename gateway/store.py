@@ -189,9 +189,12 @@ class Store:
             pipe.expire(ek + ":deliveries", self.retention)
             pipe.execute()
 
-    def recent_events(self, limit: int = 20, network: str | None = None) -> list[str]:
+    def recent_events(self, limit: int = 20, network: str | None = None, offset: int = 0) -> list[str]:
+        """Event ids, newest first: `limit` of them after the `offset` newest."""
+        if limit <= 0:
+            return []
         index = self._k("events", "net", network) if network else self._k("events")
-        return [_text(m) for m in self.redis.zrevrange(index, 0, max(limit, 1) - 1)]
+        return [_text(m) for m in self.redis.zrevrange(index, offset, offset + limit - 1)]
 
     def events_with_deliveries(self, ids: Sequence[str]) -> list[tuple[InvitationEvent, dict[str, Any]]]:
         out = []
