@@ -64,7 +64,10 @@ async def callback_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    response = problem(exc.status_code, exc.detail, f"{request.method} {request.url.path}: {exc.detail}")
+    # scope["path"], not request.url: building the URL decodes the query string as UTF-8, and a
+    # query of other bytes would turn this 404 or 405 into a 500.
+    where = f"{request.method} {request.scope.get('path', '?')}"
+    response = problem(exc.status_code, exc.detail, f"{where}: {exc.detail}")
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
     return response
@@ -89,6 +92,10 @@ def apply_config_file(store: Store, path: str) -> tuple[int, bool, int]:
 
 def _endpoint(ingest: Ingest, event_type: str) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        if request.method != "GET" and request.method != "POST":
+            # Starlette adds HEAD to a GET route; a HEAD (a link checker, a monitor) must not
+            # store an invitation.
+            raise HTTPException(405, headers={"Allow": "GET, POST"})
         return await ingest(request, event_type)
 
     return endpoint

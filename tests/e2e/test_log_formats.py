@@ -49,7 +49,7 @@ def test_json_logs_one_object_per_line_masked(gateway: Gateway, target_server: T
 
 @pytest.mark.timeout(90)
 def test_text_logs_unmasked_when_asked(gateway: Gateway, target_server: TargetServer) -> None:
-    web, worker = run(gateway, target_server, GATEWAY_LOG_MASK="false")
+    web, _ = run(gateway, target_server, GATEWAY_LOG_MASK="false")
     text = web.output()
     rejected = next(line for line in text.splitlines() if "rejected" in line)
     assert f"%2B{NUMBER}" in rejected
