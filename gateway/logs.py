@@ -54,6 +54,14 @@ def mask_numbers(text: str) -> str:
     return _NUMBER.sub(_mask_match, text)
 
 
+# Ingest tokens, wherever a URL or a header might be logged (by this code or a library's).
+_TOKEN = re.compile(r"(?i)(\btoken=|\bbearer\s+|/invitation_(?:created|accepted)/)([^/?&#\s'\"]+)")
+
+
+def mask_tokens(text: str) -> str:
+    return _TOKEN.sub(lambda m: m.group(1) + "****", text)
+
+
 class EventBatch:
     """Accepted events (event id, network, targets): a line each when formatted."""
 
@@ -139,6 +147,9 @@ class _Base(logging.Formatter):
 
     def _message(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
+        lowered = message.lower()
+        if "token" in lowered or "bearer" in lowered or "/invitation_" in lowered:
+            message = mask_tokens(message)  # always: a secret, not personal data
         if self.mask and not record.__dict__.get("unmasked") and any(c.isdigit() for c in message):
             message = mask_numbers(message)
         return message

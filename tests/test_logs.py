@@ -83,6 +83,20 @@ def test_text_lines_a_line_per_event_and_masking() -> None:
     assert "+447700901234" in TextFormatter(mask=True).format(kept)
 
 
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("GET /invitation_created/s3cr3t?invitee=1", "GET /invitation_created/****?invitee=1"),
+        ("GET /invitation_accepted/s3cr3t/ HTTP/1.1", "GET /invitation_accepted/****/ HTTP/1.1"),
+        ("url /x?token=abc&b=1", "url /x?token=****&b=1"),
+        ("authorization: Bearer abc.def", "authorization: Bearer ****"),
+    ],
+)
+def test_tokens_are_always_masked(text: str, masked: str) -> None:
+    for mask in (True, False):
+        assert TextFormatter(mask=mask).format(record("%s", text)).endswith(masked)
+
+
 def test_log_settings() -> None:
     assert log_settings({}) == ("INFO", "text", True)
     assert log_settings({"GATEWAY_LOG_FORMAT": "JSON", "GATEWAY_LOG_MASK": "off"}) == ("INFO", "json", False)
