@@ -14,11 +14,9 @@ from the spool folder of the machine that answers the scrape.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
-import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -283,11 +281,3 @@ def render(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Snapshot(counts, gauges, held))
     return generate_latest(registry)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
