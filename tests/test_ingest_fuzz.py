@@ -270,7 +270,7 @@ def spooled(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.glob("*.jsonl")) if directory.is_dir() else 0
 
 
-@pytest.mark.timeout(max(120, EXAMPLES // 4))  # the long run: about 4 cases a second at worst
+@pytest.mark.timeout(max(120, EXAMPLES // 2))  # the long run: 2 cases a second at worst
 def test_the_ingest_never_fails_and_always_explains(app: App, redis: Redis, tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     STATS.clear()
