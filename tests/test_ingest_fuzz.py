@@ -41,7 +41,15 @@ INGEST_PATHS = [
     "/invitation_created/sometoken",
     "/invitation_accepted/x/",
 ]
-OTHER_PATHS = ["/healthz", "/nothing", "/invitation_created/a/b", "/%69nvitation_created", "//"]
+OTHER_PATHS = [
+    "/healthz",
+    "/nothing",
+    "/invitation_created/a/b",
+    "/%69nvitation_created",
+    "//",
+    "/invitation_créé",
+    "/invitation_created/" + "t" * 300,
+]
 METHODS = ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "BREW"]
 CONTENT_TYPES = [
     None,
@@ -139,10 +147,10 @@ header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=2
 
 @st.composite
 def requests(draw: st.DrawFn) -> dict[str, Any]:
-    method = draw(st.one_of(st.sampled_from(["GET", "POST"]), st.sampled_from(METHODS)))
-    ingest = st.sampled_from(INGEST_PATHS)
-    anything = st.text(max_size=20).map("/".__add__)
-    path = draw(st.one_of(ingest, ingest, ingest, st.sampled_from(OTHER_PATHS), anything))
+    method = draw(st.sampled_from(["GET", "POST"] * 3 + METHODS))
+    # Mostly the ingest (a single sampled_from: hypothesis' mutations of a one_of drift towards
+    # its noisiest branch, and the router's 404 for random paths is not what is fuzzed here).
+    path = draw(st.sampled_from(INGEST_PATHS * 4 + OTHER_PATHS))
     query = draw(st.one_of(fields().map(form), st.just(b""), fields().map(form), st.binary(max_size=80)))
     body = draw(bodies()) if method != "GET" or draw(st.booleans()) else b""
     headers: list[tuple[bytes, bytes]] = [(b"host", b"gateway.test")]
