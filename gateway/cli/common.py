@@ -23,8 +23,6 @@ from gateway.records import DEAD, Delivery, iso_ms
 from gateway.settings import Settings
 from gateway.store import DeliveryQueue, Store
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 
 def _settings() -> Settings:
     try:
