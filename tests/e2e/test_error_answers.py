@@ -106,6 +106,9 @@ def test_other_methods_and_paths_are_problems_too(web: str) -> None:
     )
     assert resp.status == 405
     assert (resp.header("content-type") or "").startswith("application/problem+json")
+    # HEAD (a monitor, a link checker) must not store an invitation.
+    head = http_call(web, "HEAD", "/invitation_created?invitee=%2B447700900123&invitor=a&network_id=n")
+    assert head.status == 405 and head.headers["allow"] == "GET, POST"
     resp2 = http_call(web, "GET", "/nothing-here")
     assert resp2.status == 404
     assert resp2.headers["content-type"].startswith("application/problem+json")
