@@ -34,14 +34,18 @@ from gateway.ingest.endpoint import Ingest
 from gateway.ingest.spool import Spool
 from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig
+from gateway.logs import ensure_logging
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import HEARTBEAT_SECONDS, IngestMetrics, flush_commands, render, spool_depth
 from gateway.queue import enqueue_drain, make_queue
 from gateway.settings import Settings
-from gateway.store import Store, limit_fields
+from gateway.store import OpsKeys, Store, limit_fields, now_ms
 from gateway.targets import load_config
 
 log = logging.getLogger("gateway.app")
 
 PROBLEM = "application/problem+json"
+SPOOL_READY_MARGIN = 0.1  # /readyz fails once the spool has less than this share of its bound left
 
 
 def problem(status: int, title: str, detail: str, field: str | None = None) -> Response:
@@ -65,7 +69,10 @@ async def callback_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    response = problem(exc.status_code, exc.detail, f"{request.method} {request.url.path}: {exc.detail}")
+    # scope["path"], not request.url: building the URL decodes the query string as UTF-8, and a
+    # query of other bytes would turn this 404 or 405 into a 500.
+    where = f"{request.method} {request.scope.get('path', '?')}"
+    response = problem(exc.status_code, exc.detail, f"{where}: {exc.detail}")
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
     return response
@@ -96,6 +103,10 @@ def apply_config_file(
 
 def _endpoint(ingest: Ingest, event_type: str) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        if request.method != "GET" and request.method != "POST":
+            # Starlette adds HEAD to a GET route; a HEAD (a link checker, a monitor) must not
+            # store an invitation.
+            raise HTTPException(405, headers={"Allow": "GET, POST"})
         return await ingest(request, event_type)
 
     return endpoint
@@ -166,20 +177,103 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
 
 def create_app(settings: Settings | None = None) -> IngestFastPath:
     """The ASGI application (uvicorn: `gateway.app:create_app --factory`)."""
+    ensure_logging()
     settings = settings or Settings.from_env()
     spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes)
     parts = ingest_parts(settings, spool)
     redis, aio, store, live, accepter = parts.redis, parts.aio, parts.store, parts.live, parts.accepter
     auth = IngestAuth(settings.open_ingest, settings.trusted_proxies, os.environ)
-    ingest = Ingest(live, accepter, settings.max_body, parts.refresh_config, auth)
+    ingest_metrics = IngestMetrics()
+    ingest = Ingest(live, accepter, settings.max_body, parts.refresh_config, auth, ingest_metrics)
+    ops = OpsKeys(settings.prefix)
+    tally = ingest_metrics.tally
 
     async def health(request: Request) -> Response:
+        """The process is up (200 even without Redis: callbacks then go to the spool)."""
         try:
-            await aio.ping()
+            async with asyncio.timeout(2):
+                await aio.ping()
+            redis_state = "ok"
         except Exception as exc:
-            return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
-        await parts.refresh_config()  # the version just applied, not the one of the last callback
-        return JSONResponse({"status": "ok", "config_version": live.version})
+            redis_state = f"unreachable ({type(exc).__name__})"
+        if redis_state == "ok":
+            with contextlib.suppress(Exception):
+                await parts.refresh_config()  # the version just applied, not the last callback's
+        return JSONResponse({"status": "ok", "redis": redis_state, "config_version": live.version})
+
+    async def flush_metrics() -> None:
+        """This process' counts into the Redis hash every process adds to (kept if Redis is away)."""
+        data = tally.take()
+        if not data:
+            return
+        try:
+            async with aio.pipeline(transaction=False) as pipe:
+                flush_commands(pipe, ops.metrics, data)
+                await pipe.execute()
+        except Exception:
+            tally.put_back(data)
+            raise
+
+    async def ready(request: Request) -> Response:
+        """For a load balancer: Redis answers, a worker is alive, the spool has room."""
+        checks: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(2):
+                async with aio.pipeline(transaction=False) as pipe:
+                    pipe.ping()
+                    ops.read_alive(pipe, now_ms(), HEARTBEAT_SECONDS * 1000)
+                    _, alive = await pipe.execute()
+            checks["redis"] = "ok"
+            checks["workers"] = (
+                f"{alive} alive" if alive else f"no worker has written a heartbeat in {HEARTBEAT_SECONDS} s"
+            )
+        except Exception as exc:
+            checks["redis"] = f"unreachable ({type(exc).__name__})"
+            checks["workers"] = "unknown (Redis unreachable)"
+            alive = 0
+        room = spool.max_bytes - spool.size()
+        full = room < spool.max_bytes * SPOOL_READY_MARGIN
+        checks["spool"] = f"{spool.size()} of {spool.max_bytes} bytes" + (" (full)" if full else "")
+        failed = [
+            name
+            for name, bad in (("redis", checks["redis"] != "ok"), ("workers", not alive), ("spool", full))
+            if bad
+        ]
+        body = {"status": "unavailable" if failed else "ok", "failed": failed, "checks": checks}
+        return JSONResponse(body, status_code=503 if failed else 200)
+
+    async def metrics(request: Request) -> Response:
+        """Prometheus text: counters summed over every process through Redis, gauges read now."""
+        now = now_ms()
+        gauges: dict[str, float] = {}
+        counts: Any = None
+        held: dict[str, tuple[str, int]] = {}
+        try:
+            async with asyncio.timeout(3):
+                await flush_metrics()  # this process' latest counts too
+                async with aio.pipeline(transaction=False) as pipe:
+                    ops.read_gauges(pipe, now, HEARTBEAT_SECONDS * 1000)
+                    counts, due, later, dead, held_names, alive = await pipe.execute()
+                names = sorted(_text(n) for n in held_names)
+                if names:
+                    async with aio.pipeline(transaction=False) as pipe:
+                        ops.read_held(pipe, names)
+                        raw = await pipe.execute()
+                    for i, name in enumerate(names):
+                        held[name] = (_text(raw[2 * i] or b"paused"), int(raw[2 * i + 1]))
+            gauges.update(
+                gateway_redis_up=1,
+                gateway_queue_due=due,
+                gateway_queue_scheduled=later,
+                gateway_dead_letters=dead,
+                gateway_targets_paused=len(names),
+                gateway_workers_alive=alive,
+            )
+        except Exception:
+            gauges["gateway_redis_up"] = 0
+        files, size = await asyncio.to_thread(spool_depth, spool.directory)
+        gauges.update(gateway_spool_files=files, gateway_spool_bytes=size)
+        return Response(render(counts, gauges, held), media_type=METRICS_CONTENT_TYPE)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -216,8 +310,11 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         # not only once this process next takes a callback.
         watcher = asyncio.create_task(_watch_config(aio, store.config_channel, parts.refresh_config))
         data_watch = asyncio.create_task(_watch_data(store))
+        flusher = asyncio.create_task(_every(1.0, flush_metrics))
         yield
-        for task in (drainer, watcher, data_watch, applier):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(flush_metrics(), 2)
+        for task in (drainer, watcher, data_watch, flusher, applier):
             if task is None:
                 continue
             task.cancel()
@@ -240,6 +337,8 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         ):
             routes_.append(Route(path, endpoint, methods=["GET", "POST"]))
     routes_.append(Route("/healthz", health, methods=["GET"]))
+    routes_.append(Route("/readyz", ready, methods=["GET"]))
+    routes_.append(Route("/metrics", metrics, methods=["GET"]))
     routes_.append(Mount("/api/v1", app=admin_api(store, settings.queue_name)))
     dashboard = create_dashboard(store, settings.queue_name, settings.trusted_proxies)
     routes_.append(Mount("/dashboard", app=dashboard, name="dashboard"))
@@ -362,6 +461,18 @@ async def _watch_data(store: Store, every: float = 5.0) -> None:
         with contextlib.suppress(RedisError):  # away: the accept path spools and logs that
             await run_in_threadpool(store.redis_lost_data)
         await asyncio.sleep(every)
+
+
+async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+    """Run `job` every `seconds` until cancelled; a failure waits for the next turn."""
+    while True:
+        await asyncio.sleep(seconds)
+        with contextlib.suppress(Exception):
+            await job()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _get(aio: aioredis.Redis, key: str) -> bytes | str | None:

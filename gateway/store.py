@@ -280,9 +280,12 @@ class Store:
         """The ZSET of event ids by receive time (ms): every event's, or one network's."""
         return self._k("events", "net", network) if network is not None else self._k("events")
 
-    def recent_events(self, limit: int = 20, network: str | None = None) -> list[str]:
+    def recent_events(self, limit: int = 20, network: str | None = None, offset: int = 0) -> list[str]:
+        """Event ids, newest first: `limit` of them after the `offset` newest."""
+        if limit <= 0:
+            return []
         index = self._k("events", "net", network) if network else self._k("events")
-        return [_text(m) for m in self.redis.zrevrange(index, 0, max(limit, 1) - 1)]
+        return [_text(m) for m in self.redis.zrevrange(index, offset, offset + limit - 1)]
 
     def events_with_deliveries(self, ids: Sequence[str]) -> list[tuple[InvitationEvent, dict[str, Any]]]:
         out = []
@@ -1098,3 +1101,47 @@ def put_send_test_result(client: Redis, prefix: str, test_id: str, result: dict[
 def get_send_test_result(client: Redis, prefix: str, test_id: str) -> dict[str, Any] | None:
     raw = client.get(send_test_result_key(prefix, test_id))
     return json.loads(raw) if raw else None
+
+
+# -- operations: summed metrics, workers' heartbeats, the gauges a scrape reads -----------------------
+#
+#   metrics      HASH "name\x1flabel..." -> count: every process adds its counts once a second
+#   heartbeats   ZSET worker (host:pid) -> ms its ticker last wrote
+
+
+class OpsKeys:
+    """What `/metrics` and `/readyz` read, and what processes write for them."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.metrics = f"{prefix}:metrics"
+        self.heartbeats = f"{prefix}:heartbeats"
+        self.due = f"{prefix}:due"
+        self.dead = f"{prefix}:dead"
+        self.held = f"{prefix}:held"
+
+    def beat(self, pipe: Any, name: str, now: int) -> None:
+        """Queue a worker's heartbeat (and forget workers silent for a day)."""
+        pipe.zadd(self.heartbeats, {name: now})
+        pipe.zremrangebyscore(self.heartbeats, "-inf", now - 86_400_000)
+
+    def gone(self, pipe: Any, name: str) -> None:
+        pipe.zrem(self.heartbeats, name)
+
+    def read_alive(self, pipe: Any, now: int, window_ms: int) -> None:
+        pipe.zcount(self.heartbeats, now - window_ms, "+inf")
+
+    def read_gauges(self, pipe: Any, now: int, window_ms: int) -> None:
+        """Queue, in order: metrics hash, due now, due later, dead letters, held targets, alive."""
+        pipe.hgetall(self.metrics)
+        pipe.zcount(self.due, "-inf", now)
+        pipe.zcount(self.due, f"({now}", "+inf")
+        pipe.zcard(self.dead)
+        pipe.smembers(self.held)
+        self.read_alive(pipe, now, window_ms)
+
+    def read_held(self, pipe: Any, targets: Iterable[str]) -> None:
+        """Queue, per target: its health state, its parked deliveries."""
+        for target in targets:
+            pipe.hget(f"{self.prefix}:target:{target}", "state")
+            pipe.zcard(f"{self.prefix}:parked:{target}")

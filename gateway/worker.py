@@ -38,8 +38,10 @@ from gateway import wiring
 from gateway.delivery.engine import Engine, EngineSettings, now_ms
 from gateway.delivery.sender import Sender
 from gateway.live import LiveConfig
+from gateway.metrics import Tally, flush_commands, worker_name
 from gateway.queue import DRAIN_BUDGET, GatewayJob, enqueue_drain, make_queue
 from gateway.settings import Settings
+from gateway.store import OpsKeys
 from gateway.targets import Config
 
 log = logging.getLogger("gateway.worker")
@@ -81,6 +83,7 @@ class Runtime:
             ),
             on_backlog=self._backlog,
         )
+        self.engine.tally = Tally()  # the ticker adds it to Redis once a second
 
     def config_for(self, version: int) -> Config:
         return self.live.refresh(version)
@@ -137,8 +140,18 @@ def current_runtime() -> Runtime:
 class Ticker(threading.Thread):
     """Once a second: queue a drain job when something is due, probe paused targets, unpark."""
 
-    def __init__(self, settings: Settings, queue: Queue, interval: float = TICK, name: str = "") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        queue: Queue,
+        interval: float = TICK,
+        name: str = "",
+        tally: Tally | None = None,
+    ) -> None:
         super().__init__(name="gateway-ticker", daemon=True)
+        self.ops = OpsKeys(settings.prefix)
+        self.tally = tally
+        self.name_ = worker_name()
         self.redis = wiring.redis_client(settings)
         self.waiting = wiring.delivery_queue(settings, self.redis)
         self.store = wiring.store(settings, self.redis)
@@ -149,6 +162,7 @@ class Ticker(threading.Thread):
         self._halt = threading.Event()
         self._count = 0
         self._down_since: float | None = None
+        self._flushing: dict[tuple[str, ...], float] = {}
 
     def stop(self) -> None:
         self._halt.set()
@@ -156,12 +170,37 @@ class Ticker(threading.Thread):
     def run(self) -> None:
         while not self._halt.wait(self.interval):
             self.safe_tick()
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                self.beat(pipe, final=True)
+                pipe.execute()
+        except RedisError:
+            pass  # its heartbeat simply grows old
         self.redis.close()
+
+    def beat(self, pipe: Any, final: bool = False) -> None:
+        """Queue the heartbeat (/readyz) and this worker's counts since the last one (/metrics)."""
+        if final:
+            self.ops.gone(pipe, self.name_)
+        else:
+            self.ops.beat(pipe, self.name_, now_ms())
+        if self.tally is not None:
+            data = self.tally.take()
+            self._flushing = data
+            flush_commands(pipe, self.ops.metrics, data)
 
     def safe_tick(self) -> None:
         try:
+            self._flushing = {}
+            with self.redis.pipeline(transaction=False) as pipe:
+                self.beat(pipe)
+                pipe.execute()
+            self._flushing = {}
             self.tick()
         except RedisError as exc:
+            if self._flushing and self.tally is not None:
+                self.tally.put_back(self._flushing)  # counted at the next tick that reaches Redis
+                self._flushing = {}
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 log.warning("Redis unreachable (%s); retrying every %g s", _why(exc), self.interval)
@@ -254,7 +293,7 @@ def run_worker(
         return False
     queue = make_queue(redis, settings.queue_name)
     _runtime = Runtime(settings, queue)
-    ticker = Ticker(settings, queue, name=name or "")
+    ticker = Ticker(settings, queue, name=name or "", tally=_runtime.engine.tally)
     ticker.safe_tick()  # a backlog left while no worker ran gets its drain job now
     ticker.start()
 

@@ -134,7 +134,7 @@ def test_decode_json_non_text_values_become_the_marker(value: str) -> None:
 
 @pytest.mark.parametrize("raw", [b"[]", b'["invitee", "1"]', b'"invitee"', b"15551231234", b"null", b"true"])
 def test_decode_json_not_an_object(raw: bytes) -> None:
-    with pytest.raises(InvalidCallback, match="must be an object"):
+    with pytest.raises(InvalidCallback, match="must be a JSON object"):
         decode_json(raw)
 
 

@@ -55,7 +55,7 @@ from gateway.admin.forms import (
     validate,
 )
 from gateway.admin.keys import Principal, authenticate, get_key
-from gateway.admin.service import REDACTED, STATES, EventFilter, FailedFilter, Service
+from gateway.admin.service import REDACTED, STATE_FILTERS, EventFilter, FailedFilter, Service
 from gateway.admin.service import Page as ResultPage
 from gateway.admin.sessions import COOKIE_NAME, MAX_AGE, Session, SessionCodec, session_secret
 from gateway.events import EVENT_TYPES
@@ -468,7 +468,7 @@ class Pages:
             events=events,
             next_url=next_url,
             networks=networks,
-            states=STATES,
+            states=STATE_FILTERS,
             filter_error=filter_error,
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
-from gateway.admin.service import EVENT_TYPE_CHOICES, MAX_LIMIT, STATES
+from gateway.admin.service import EVENT_TYPE_CHOICES, MAX_LIMIT, STATE_FILTERS, STATES
 
 _EVENT_TYPES = ["invitation_created", "invitation_accepted"]
 
@@ -369,8 +369,8 @@ SPEC: dict[str, Any] = {
                     _param(
                         "state",
                         "query",
-                        {"type": "string", "enum": list(STATES)},
-                        "A delivery in this state.",
+                        {"type": "string", "enum": list(STATE_FILTERS)},
+                        "A delivery in this state (waiting: pending or retrying).",
                     ),
                     _param("since", "query", _DATETIME, "Received at or after."),
                     _param("until", "query", _DATETIME, "Received at or before."),

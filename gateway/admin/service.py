@@ -90,6 +90,9 @@ _KINDS = {
 }
 EVENT_TYPE_CHOICES = (*EVENT_TYPES, ALERT_EVENT)
 STATES = tuple(s.value for s in DeliveryStatus)
+# What an event filter takes: a delivery status, or `waiting` (pending or retrying: not finished).
+STATE_FILTERS = (*STATES, "waiting")
+_WAITING_STATES = frozenset({DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,16 +116,21 @@ class EventFilter:
             raise Invalid(
                 f"unknown event type {self.type!r} (known: {', '.join(EVENT_TYPE_CHOICES)})", "type"
             )
-        if self.state is not None and self.state not in STATES:
-            raise Invalid(f"unknown delivery state {self.state!r} (known: {', '.join(STATES)})", "state")
+        if self.state is not None and self.state not in STATE_FILTERS:
+            raise Invalid(
+                f"unknown delivery state {self.state!r} (known: {', '.join(STATE_FILTERS)})", "state"
+            )
         _check_range(self.since_ms, self.until_ms)
+
+    def _state_matches(self, status: Any) -> bool:
+        return status in _WAITING_STATES if self.state == "waiting" else status == self.state
 
     def matches(self, event: InvitationEvent, deliveries: Mapping[str, Mapping[str, Any]]) -> bool:
         return (
             (self.type is None or event.type == self.type)
             and (self.invitee is None or self.invitee in (event.invitee, event.invitee_raw))
             and (self.invitor is None or event.invitor == self.invitor)
-            and (self.state is None or any(d.get("status") == self.state for d in deliveries.values()))
+            and (self.state is None or any(self._state_matches(d.get("status")) for d in deliveries.values()))
         )
 
 

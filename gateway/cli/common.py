@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -17,11 +18,10 @@ from redis.exceptions import RedisError
 from gateway import __version__
 from gateway.events import EVENT_TYPES, InvitationEvent
 from gateway.exceptions import ConfigError
+from gateway.logs import setup_logging
 from gateway.records import DEAD, Delivery, iso_ms
 from gateway.settings import Settings
 from gateway.store import DeliveryQueue, Store
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _settings() -> Settings:
@@ -56,44 +56,28 @@ class GatewayGroup(click.Group):
 @click.group(cls=GatewayGroup)
 @click.version_option(__version__, prog_name="gateway")
 @click.option("--log-level", envvar="GATEWAY_LOG_LEVEL", default="INFO", show_default=True)
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    envvar="GATEWAY_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    help="json: one JSON object per line.",
+)
+@click.option(
+    "--log-mask/--no-log-mask",
+    envvar="GATEWAY_LOG_MASK",
+    default=True,
+    show_default=True,
+    help="Mask phone numbers in logs (+4477****1234).",
+)
+def main(log_level: str, log_format: str, log_mask: bool) -> None:
     """invitation-gateway: Acrobits invitation callbacks in, deliveries to your targets out."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
-    install_outage_filter()
-
-
-class OutageLines(logging.Filter):
-    """A record whose exception is Redis (or the network) being away becomes one line.
-
-    RQ, asyncio and uvicorn log such failures with a traceback; during an outage that is a
-    screen of tracebacks per second. The traceback stays when the level is DEBUG; other
-    exceptions (bugs) keep theirs.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and _is_outage(exc) and not logging.getLogger().isEnabledFor(logging.DEBUG):
-            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
-            record.args = None
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-def _is_outage(exc: BaseException | None) -> bool:
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, RedisError | ConnectionError | TimeoutError):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
-
-
-def install_outage_filter() -> None:
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, OutageLines) for f in handler.filters):
-            handler.addFilter(OutageLines())
+    setup_logging(log_level, log_format.lower(), log_mask)
+    # uvicorn's worker processes (WEB_CONCURRENCY > 1) start bare and read these again.
+    os.environ["GATEWAY_LOG_LEVEL"] = log_level
+    os.environ["GATEWAY_LOG_FORMAT"] = log_format.lower()
+    os.environ["GATEWAY_LOG_MASK"] = "true" if log_mask else "false"
 
 
 # -- operator commands: shared pieces ------------------------------------------------------------------

@@ -32,6 +32,8 @@ from gateway.delivery.request import build_request, classify, retry_delay
 from gateway.delivery.sender import Sender, SendError
 from gateway.events import InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
+from gateway.logs import DeliveryBatch
+from gateway.metrics import Tally, count_deliveries
 from gateway.records import (
     Attempt,
     Delivery,
@@ -85,6 +87,7 @@ class _Result:
     target: str | None = None
     dead_reason: str | None = None
     line: str | None = None  # what the log says of it
+    seconds: float | None = None  # the request's duration, for the metrics
 
 
 class Engine:
@@ -112,6 +115,7 @@ class Engine:
         self._version = -1  # the configuration version `_config` is; -1: none loaded yet
         self.tokens = TokenSource(TokenCache(queue.client, queue.prefix), sender.send)  # OAuth2
         self.lookups = Lookups(sender.send, environ, queue.client, queue.prefix)  # %NAME.field%
+        self.tally: Tally | None = None  # delivery metrics, counted a group at a time
 
     def request_stop(self) -> None:
         """Stop claiming; requests in flight get `grace` seconds, the rest is handed back."""
@@ -258,7 +262,10 @@ class Engine:
                 log.info("%s", r.line)
         if delivered:
             # One line for a group: a line per request would cost as much CPU as the request.
-            log.info("delivered %d: %s", len(delivered), " ".join(delivered))
+            log.info("delivered %d: %s", len(delivered), DeliveryBatch("delivered", delivered))
+        if self.tally is not None:
+            done = [(r.target, r.outcome, r.seconds) for r in results if r.target and r.outcome]
+            count_deliveries(self.tally, done)
         flat = [_text(c) for c in changes]
         for i in range(0, len(flat), 3):
             await self._target_changed(flat[i], flat[i + 1], flat[i + 2])
@@ -373,6 +380,7 @@ class Engine:
                 (error or outcome.value) if dead and attempt is not None else None,
                 # Delivered ones are logged a group per line (see _complete); the rest one each.
                 f"delivery {did} attempt {number}: {outcome.value}" + (f" ({error})" if error else ""),
+                attempt.latency_ms / 1000 if attempt is not None and attempt.latency_ms is not None else None,
             )
 
         if target is None:

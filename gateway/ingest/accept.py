@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from gateway.events import InvitationEvent
 from gateway.exceptions import StoreUnavailable
 from gateway.ingest.spool import Spool, SpoolFull, claim_orphan, read_lines
+from gateway.logs import EventBatch
 from gateway.records import Delivery
 from gateway.store import ingest_script
 
@@ -121,12 +122,12 @@ class Accepter:
         accepted = []
         for w, status in zip(batch, results, strict=True):
             if status == ACCEPTED and w.targets:
-                accepted.append(f"{w.event.id} ({w.event.network_id}: {','.join(w.targets)})")
+                accepted.append((w.event.id, w.event.network_id, w.targets))
             if not w.done.done():
                 w.done.set_result(ACCEPTED if status == EXISTS else status)
         if accepted:
             # One line for the batch: a line per callback would cost as much CPU as the callback.
-            log.info("accepted %d: %s", len(accepted), " ".join(accepted))
+            log.info("accepted %d: %s", len(accepted), EventBatch("accepted", accepted))
 
     async def commit(self, items: Sequence[tuple[InvitationEvent, list[str]]]) -> list[str]:
         """Store events with their deliveries in one Lua call; the status of each, in order."""
@@ -185,7 +186,14 @@ class Accepter:
         except (SpoolFull, OSError) as exc:
             for w in batch:
                 # The last resort: the invitation in full, so that an operator can still recover it.
-                log.error("NOT STORED (%s): %s %s", exc, w.event.type, _dumps({"event": w.event.to_dict()}))
+                # Unmasked (GATEWAY_LOG_MASK): this line is the invitation's only copy.
+                log.error(
+                    "NOT STORED (%s): %s %s",
+                    exc,
+                    w.event.type,
+                    _dumps({"event": w.event.to_dict()}),
+                    extra={"unmasked": True},
+                )
                 if not w.done.done():
                     w.done.set_exception(
                         StoreUnavailable("cannot store the invitation: Redis is unreachable")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from time import perf_counter
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -24,11 +25,13 @@ from gateway.exceptions import (
     PayloadTooLarge,
     StoreUnavailable,
     Unauthorized,
+    UnsupportedBody,
 )
-from gateway.ingest.accept import DUPLICATE, SPOOLED, SUPPRESSED, Accepter
+from gateway.ingest.accept import ACCEPTED, DUPLICATE, SPOOLED, SUPPRESSED, Accepter
 from gateway.ingest.formats import decode_body, decode_query
 from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig
+from gateway.metrics import IngestMetrics
 
 log = logging.getLogger("gateway.ingest")
 
@@ -44,8 +47,10 @@ class Ingest:
     # Reloads the configuration if it changed in Redis; True if it did.
     refresh_config: Callable[[], Awaitable[bool]]
     auth: IngestAuth
+    metrics: IngestMetrics | None = None
 
     async def __call__(self, request: Request, event_type: str) -> Response:
+        started = perf_counter()
         body = b""
         try:
             client = self.auth.client_address(request)
@@ -77,6 +82,8 @@ class Ingest:
             targets = [t.name for t in config.routes(event.type, event.network_id)]
             status = await self.accepter.accept(event, targets)
         except CallbackError as exc:
+            if self.metrics is not None:
+                self.metrics.rejected(event_type, "unknown", exc.status_code, perf_counter() - started)
             if not isinstance(exc, StoreUnavailable):
                 log.warning(
                     "rejected %s from %s: %s; content-type=%r body=%r",
@@ -87,6 +94,9 @@ class Ingest:
                     body[:LOGGED_BODY],
                 )
             raise
+        if self.metrics is not None:
+            outcome = status if status in (ACCEPTED, SPOOLED) else status.partition(":")[0]
+            self.metrics.callback(event_type, event.source_format, outcome, perf_counter() - started)
         if status.startswith(SUPPRESSED):
             reason = status[len(SUPPRESSED) :]
             log.warning("suppressed %s %s (network %s): %s", event.type, event.id, event.network_id, reason)
@@ -110,12 +120,35 @@ class Ingest:
         """Decode and normalize (pure)."""
         query = decode_query(request.scope.get("query_string", b""))
         if request.method == "POST":
-            decoded = decode_body(request.headers.get("content-type"), body)
+            try:
+                decoded = decode_body(request.headers.get("content-type"), body)
+            except CallbackError:
+                _refuse_encoding(request)
+                raise
             pairs, source = decoded.pairs, decoded.source_format
         else:
             pairs, source = [], "query"
         fields = merge_fields(query, pairs, aliases)
-        return make_event(fields, event_type, source, client=client)
+        try:
+            return make_event(fields, event_type, source, client=client)
+        except InvalidCallback:
+            if body:
+                _refuse_encoding(request)
+            raise
+
+
+def _refuse_encoding(request: Request) -> None:
+    """A compressed body reads as garbage: say so (415) rather than what the garbage lacks.
+
+    Looked at only once a body failed (no header lookup per callback). Compressed bodies are
+    refused rather than inflated: Acrobits never compresses, and inflating invites zip bombs.
+    """
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding and encoding != "identity":
+        raise UnsupportedBody(
+            f"Content-Encoding {encoding} is not supported: send the body uncompressed",
+            field="Content-Encoding",
+        )
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -126,7 +159,7 @@ async def read_capped(request: Request, limit: int) -> bytes:
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes", "body")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -136,7 +169,7 @@ async def read_capped(request: Request, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes", "body")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

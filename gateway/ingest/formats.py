@@ -28,6 +28,10 @@ Pairs = list[tuple[str, str]]
 FORM = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
 JSON_TYPES = frozenset({"application/json", "text/json"})
+# Bodies no Contacts server sends and no decoder here reads: refused with 415, not guessed at.
+BINARY_TYPES = frozenset({"application/octet-stream", "application/gzip", "application/zip"})
+BINARY_FAMILIES = ("image/", "audio/", "video/", "font/")
+GZIP_MAGIC = b"\x1f\x8b"
 XML_TYPES = frozenset({"application/xml", "text/xml"})
 
 
@@ -95,6 +99,10 @@ class _JSONObject(list[tuple[str, object]]):
     """A JSON object kept as its (name, value) pairs, duplicates included."""
 
 
+# What a top-level JSON value that is not an object is (numbers are str: parse_int=str).
+_JSON_KINDS = {list: "an array", str: "a string or a number", bool: "true or false", type(None): "null"}
+
+
 def decode_json(data: bytes, charset: str | None = None) -> Pairs:
     """A flat JSON object; numbers keep their decimal text (15551231234 stays "15551231234").
 
@@ -110,13 +118,13 @@ def decode_json(data: bytes, charset: str | None = None) -> Pairs:
         )
     except json.JSONDecodeError as exc:
         raise InvalidCallback(
-            f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", field="body"
         ) from None
     except RecursionError:
-        raise InvalidCallback("JSON body is nested too deeply") from None
+        raise InvalidCallback("JSON body is nested too deeply", field="body") from None
     if not isinstance(obj, _JSONObject):
-        kind = "array" if isinstance(obj, list) else type(obj).__name__
-        raise InvalidCallback(f"JSON body must be an object, got {kind}")
+        kind = _JSON_KINDS.get(type(obj), type(obj).__name__)
+        raise InvalidCallback(f"body must be a JSON object, got {kind}", field="body")
     # parse_int/parse_float made every number a str already; anything else is kept as a
     # marker so that a known field holding it gets a precise error from pick_fields.
     return [(name, value if isinstance(value, str) else NOT_TEXT) for name, value in obj]
@@ -142,16 +150,16 @@ def decode_xml(data: bytes, charset: str | None = None) -> Pairs:
     if body.startswith(codecs.BOM_UTF8):
         body = body[len(codecs.BOM_UTF8) :].lstrip()
     if b"<!DOCTYPE" in body.upper()[:4096] or b"<!ENTITY" in body.upper():
-        raise InvalidCallback("XML body must not contain a DOCTYPE or entity declarations")
+        raise InvalidCallback("XML body must not contain a DOCTYPE or entity declarations", field="body")
     if charset and not body.startswith(b"<?xml"):
         # No declaration: the charset parameter is the only word on the encoding.
         body = _text(body, charset, "body").encode("utf-8")
     try:
         root = etree.fromstring(body, parser=_xml_parser())
     except etree.XMLSyntaxError as exc:
-        raise InvalidCallback(f"body is not well-formed XML: {exc}") from None
+        raise InvalidCallback(f"body is not well-formed XML: {exc}", field="body") from None
     if root.getroottree().docinfo.doctype:  # type: ignore[union-attr]
-        raise InvalidCallback("XML body must not contain a DOCTYPE or entity declarations")
+        raise InvalidCallback("XML body must not contain a DOCTYPE or entity declarations", field="body")
     pairs: Pairs = []
     for child in root:
         if not isinstance(child.tag, str):
@@ -220,7 +228,7 @@ def decode_multipart(data: bytes, params: dict[str, str]) -> Pairs:
         parser.write(data)
         parser.finalize()
     except FormParserError as exc:
-        raise InvalidCallback(f"body is not valid multipart/form-data: {exc}") from None
+        raise InvalidCallback(f"body is not valid multipart/form-data: {exc}", field="body") from None
     return pairs
 
 
@@ -229,11 +237,26 @@ def sniff(data: bytes) -> str | None:
     head = data[:4096].lstrip()
     if head.startswith(codecs.BOM_UTF8):
         head = head[len(codecs.BOM_UTF8) :].lstrip()
-    if head.startswith(b"{"):
+    if head.startswith((b"{", b"[")):
         return "json"
     if head.startswith(b"<"):
         return "xml"
     return None
+
+
+def _is_text(data: bytes) -> bool:
+    """UTF-8 text without control characters other than tab and line breaks."""
+    if data.translate(None, _TEXT_BYTES):
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# Bytes text may hold: tab, CR, LF, printable ASCII and everything from 0x80 (UTF-8 checked apart).
+_TEXT_BYTES = bytes([9, 10, 13, *range(32, 127), *range(128, 256)])
 
 
 def _looks_like_form(data: bytes) -> bool:
@@ -245,6 +268,18 @@ def decode_body(content_type: str | None, data: bytes) -> DecodedBody:
     if not data.strip():
         return DecodedBody([], "query")
     media, params = parse_content_type(content_type)
+    if data.startswith(GZIP_MAGIC):
+        raise UnsupportedBody(
+            "body is gzip-compressed: Content-Encoding is not supported, send the body uncompressed",
+            field="Content-Encoding",
+        )
+    if (media in BINARY_TYPES or media.startswith(BINARY_FAMILIES)) and not _is_text(data):
+        # (A form, JSON or XML body under a binary label is read: the label is a hint.)
+        raise UnsupportedBody(
+            f"cannot read a binary {media} body: send application/x-www-form-urlencoded, "
+            "multipart/form-data, application/json or application/xml",
+            field="Content-Type",
+        )
     charset = params.get("charset")
     sniffed = sniff(data)
     if media == MULTIPART and sniffed is None:

@@ -74,7 +74,7 @@ def test_redis_gone_after_start_spools_then_drains_and_delivers_once(
         resp = http_call(base, "GET", callback(n))
         assert resp.status == 204, (resp.status, resp.body, gateway.logs())
     assert spool_lines(gateway) == 20
-    assert http_call(base, "GET", "/healthz").status == 503
+    assert http_call(base, "GET", "/readyz").status == 503
     # Redis comes back (same port, same data): the spool drains by itself and all is delivered.
     server = EmbeddedRedis(data_dir=tmp_path / "redis", port=port).start()
     try:
@@ -95,7 +95,7 @@ def test_no_redis_at_startup_spools_and_drains_when_it_appears(gateway: Gateway,
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     base, _ = start_web_on(gateway, url, "web-no-redis")
-    assert http_call(base, "GET", "/healthz").status == 503
+    assert http_call(base, "GET", "/readyz").status == 503
     for n in range(5):
         assert http_call(base, "GET", callback(n)).status == 204, gateway.logs()
     # The POST shapes too.
