@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.delivery.request import build_request, classify, retry_delay
+from gateway.delivery.request import RequestPlan, build_request, classify, retry_delay
 from gateway.delivery.sender import Sender, SendError
 from gateway.events import InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
@@ -45,7 +45,12 @@ log = logging.getLogger("gateway.delivery")
 MAX_THROTTLES = 50  # 429s a delivery waits out before they start to use up its retries
 THROTTLE_BACKOFF_CAP = 300  # seconds, for a 429 without Retry-After
 IDLE_WAIT_MS = 2000  # with nothing in hand, wait for a delivery due this soon rather than stop
-_PENDING = json.dumps(Delivery().to_dict(), separators=(",", ":"), ensure_ascii=False)  # as stored
+# One encoder for every record (json.dumps with options builds a new JSONEncoder per call).
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.JSONDecoder().decode
+_PENDING = _dumps(Delivery().to_dict())  # a new delivery's state, as stored at ingest
+_NEW = Delivery()
+_DELIVERED = Outcome.DELIVERED.value
 GROUP = 16  # completions recorded together, when that many are in flight
 GROUP_WAIT = 0.003  # seconds to let them gather (a delivery's record waits at most this long)
 DEAD_ALERT_EVERY = 600  # seconds between two "deliveries failed for good" alerts per target
@@ -108,6 +113,9 @@ class Engine:
         self._stop = False
         self._config = Config()
         self._version = -1  # the configuration version `_config` is; -1: none loaded yet
+        # Per target name, its request with the static parts worked out, for `_config`
+        # (None: making it failed; such a target's request is built, and fails, each time).
+        self._plans: dict[str, RequestPlan | None] = {}
 
     def request_stop(self) -> None:
         """Stop claiming; requests in flight get `grace` seconds, the rest is handed back."""
@@ -152,10 +160,11 @@ class Engine:
                 if len(claimed) == free and self.on_backlog is not None:
                     await self.on_backlog()  # more is waiting: let other workers help
                 in_hand = set(tasks.values())
+                events: dict[str, InvitationEvent] = {}  # each event decoded once per claim
                 for did, event_json, state_json, flag in claimed:
                     if did in in_hand:
                         continue  # still being sent by this engine (its lease was renewed)
-                    task = asyncio.create_task(self._deliver(did, event_json, state_json, flag))
+                    task = loop.create_task(self._deliver(did, event_json, state_json, flag, events))
                     task.add_done_callback(on_done)
                     tasks[task] = did
                 if not claimed and not tasks:
@@ -211,7 +220,10 @@ class Engine:
             policies = self._config.policies()
             raw = await self.queue.claim(now_ms(), self._lease_ms(), limit, policies, self._version)
             version = int(raw[1])
-            self._config = self.config_for(version)
+            config = self.config_for(version)
+            if config is not self._config:
+                self._plans = {}
+            self._config = config
             self._version = version
             self.sender.allow_private = self.settings.allow_private or self._config.allow_private_targets
             if _text(raw[0]) != "stale":
@@ -248,7 +260,7 @@ class Engine:
         for r in results:
             if r.outcome is not None:
                 stats.count(r.outcome)
-            if r.outcome == Outcome.DELIVERED.value:
+            if r.outcome == _DELIVERED:
                 delivered.append(r.record["d"])
             elif r.line is not None:
                 log.info("%s", r.line)
@@ -313,7 +325,9 @@ class Engine:
             log.error("could not queue the alert %r: %s", message, _why(exc))
 
     # -- one delivery -------------------------------------------------------------------------------
-    async def _deliver(self, did: str, event_json: str, state_json: str, flag: str) -> _Result:
+    async def _deliver(
+        self, did: str, event_json: str, state_json: str, flag: str, events: dict[str, InvitationEvent]
+    ) -> _Result:
         event_id, name = split_delivery_id(did)
         config = self._config
         target = config.target(name)
@@ -328,13 +342,15 @@ class Engine:
         if not event_json:
             log.warning("delivery %s: its event is gone (past retention?); dropped", did)
             return _Result(record)
-        if not state_json or state_json == _PENDING:
-            state = Delivery()  # as stored at ingest: no need to decode it
-        else:
-            state = Delivery.from_dict(json.loads(state_json))
+        # A new delivery's state is as stored at ingest: no need to decode it.
+        pending = not state_json or state_json == _PENDING
+        state = _NEW if pending else Delivery.from_dict(_loads(state_json))
         if state.is_final:
             return _Result(record)  # a second claim of a finished delivery: never send twice
-        event = InvitationEvent.from_dict(json.loads(event_json))
+        event = events.get(event_json)
+        if event is None:
+            # For 10 or 100 targets per network, the same event comes with each of its deliveries.
+            event = events[event_json] = InvitationEvent.from_dict(_loads(event_json))
         now = now_ms()
         number = state.attempts + 1
 
@@ -347,27 +363,28 @@ class Engine:
         ) -> _Result:
             new = state.to_dict()  # a dict, not Delivery.but(): this runs for every delivery
             new.update(changes)
-            new["status"] = status.value
+            new["status"] = status
             new["updated_at"] = now_ms()
             new["next_attempt_at"] = due
             if attempt is not None:
                 new["attempts"] = state.attempts + 1
                 new["last_status_code"] = attempt.status_code
                 new["last_error"] = attempt.error
-                record["a"] = json.dumps(attempt.to_dict(), separators=(",", ":"), ensure_ascii=False)
-            record["s"] = json.dumps(new, separators=(",", ":"), ensure_ascii=False)
+                record["a"] = _dumps(attempt.to_dict())
+            record["s"] = _dumps(new)
             if due is not None:
                 record["due"] = due
             dead = status in (DeliveryStatus.FAILED, DeliveryStatus.EXPIRED)
             if dead:
                 record["dead"] = True
             error = attempt.error if attempt is not None else None
+            if outcome is Outcome.DELIVERED:
+                return _Result(record, _DELIVERED, name)  # logged a group per line (_complete)
             return _Result(
                 record,
                 outcome.value,
                 name,
                 (error or outcome.value) if dead and attempt is not None else None,
-                # Delivered ones are logged a group per line (see _complete); the rest one each.
                 f"delivery {did} attempt {number}: {outcome.value}" + (f" ({error})" if error else ""),
             )
 
@@ -434,7 +451,17 @@ class Engine:
     ) -> tuple[Attempt, Outcome, float | None, int | None]:
         """Make one request: (attempt record, DELIVERED | RETRYING | FAILED, Retry-After, status)."""
         try:
-            request = build_request(target, event, self.environ, now=now / 1000)
+            plan = self._plans.get(target.name, _NO_PLAN)
+            if plan is _NO_PLAN:
+                try:
+                    plan = RequestPlan(target, self.environ)
+                except Exception:
+                    plan = None  # build_request below raises the reason, for each delivery
+                self._plans[target.name] = plan
+            if isinstance(plan, RequestPlan):
+                request = plan.render(event, now / 1000)
+            else:
+                request = build_request(target, event, self.environ, now=now / 1000)
         except ConfigError as exc:
             # A ${VAR} missing on this worker: the operator can fix it, so keep trying.
             return (
@@ -484,6 +511,9 @@ class Engine:
         except PermanentDelivery as exc:
             return _with(attempt, Outcome.FAILED, exc.reason), Outcome.FAILED, None, response.status
         return attempt, Outcome.DELIVERED, None, response.status
+
+
+_NO_PLAN: Any = object()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
