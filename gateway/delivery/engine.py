@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from json.encoder import encode_basestring as _json_string
 from typing import Any
 
 from gateway.delivery.request import RequestPlan, build_request, classify, retry_delay
@@ -35,6 +36,7 @@ from gateway.records import (
     Delivery,
     DeliveryStatus,
     Outcome,
+    iso_ms,
     split_delivery_id,
 )
 from gateway.store import DeliveryQueue
@@ -49,7 +51,20 @@ IDLE_WAIT_MS = 2000  # with nothing in hand, wait for a delivery due this soon r
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.JSONDecoder().decode
 _PENDING = _dumps(Delivery().to_dict())  # a new delivery's state, as stored at ingest
+# ... or with its `updated_at` set (Store.write_event): the same state for the engine.
+_PENDING_HEAD, _PENDING_TAIL = _PENDING.split('"updated_at":0')
+_PENDING_HEAD += '"updated_at":'
 _NEW = Delivery()
+# A new delivery delivered at its first attempt: the state and attempt record finish() would
+# encode, as format strings (the usual case, worth not building and encoding two dicts).
+_DELIVERED_STATE = (
+    '{"status":"delivered","attempts":1,"retries":0,"throttles":0,"replays":0,'
+    '"last_status_code":%d,"last_error":null,"updated_at":%d,"next_attempt_at":null,"waiting":null}'
+)
+_DELIVERED_ATTEMPT = (
+    '{"target":%s,"attempt":1,"at_ms":%d,"outcome":"delivered","status_code":%d,'
+    '"latency_ms":%s,"error":null,"response":%s,"at":"%s"}'
+)
 _DELIVERED = Outcome.DELIVERED.value
 GROUP = 16  # completions recorded together, when that many are in flight
 GROUP_WAIT = 0.003  # seconds to let them gather (a delivery's record waits at most this long)
@@ -343,14 +358,13 @@ class Engine:
             log.warning("delivery %s: its event is gone (past retention?); dropped", did)
             return _Result(record)
         # A new delivery's state is as stored at ingest: no need to decode it.
-        pending = not state_json or state_json == _PENDING
-        state = _NEW if pending else Delivery.from_dict(_loads(state_json))
+        state = _NEW if _is_new(state_json) else Delivery.from_dict(_loads(state_json))
         if state.is_final:
             return _Result(record)  # a second claim of a finished delivery: never send twice
         event = events.get(event_json)
         if event is None:
             # For 10 or 100 targets per network, the same event comes with each of its deliveries.
-            event = events[event_json] = InvitationEvent.from_dict(_loads(event_json))
+            event = events[event_json] = _event(event_json)
         now = now_ms()
         number = state.attempts + 1
 
@@ -361,6 +375,11 @@ class Engine:
             due: int | None = None,
             **changes: Any,
         ) -> _Result:
+            if outcome is Outcome.DELIVERED and state is _NEW and attempt is not None:
+                fast = _first_delivered(attempt, now_ms())
+                if fast is not None:
+                    record["a"], record["s"] = fast
+                    return _Result(record, _DELIVERED, name)  # logged a group per line (_complete)
             new = state.to_dict()  # a dict, not Delivery.but(): this runs for every delivery
             new.update(changes)
             new["status"] = status
@@ -514,6 +533,52 @@ class Engine:
 
 
 _NO_PLAN: Any = object()
+
+
+def _first_delivered(attempt: Attempt, updated_at: int) -> tuple[str, str] | None:
+    """The attempt record and state of a new delivery delivered at its first attempt, encoded as
+    finish() would encode them (None when a value is not of the usual type: finish() does it)."""
+    latency = attempt.latency_ms
+    if not (
+        type(attempt.status_code) is int
+        and type(latency) is float
+        and math.isfinite(latency)
+        and type(attempt.response) is str
+        and attempt.error is None
+        and attempt.attempt == 1
+    ):
+        return None
+    return (
+        _DELIVERED_ATTEMPT
+        % (
+            _json_string(attempt.target),
+            attempt.at_ms,
+            attempt.status_code,
+            repr(latency),
+            _json_string(attempt.response),
+            iso_ms(attempt.at_ms),
+        ),
+        _DELIVERED_STATE % (attempt.status_code, updated_at),
+    )
+
+
+def _is_new(state_json: str) -> bool:
+    """A delivery's state as ingest stores it: pending, never tried (`updated_at` aside)."""
+    if not state_json or state_json == _PENDING:
+        return True
+    return (
+        state_json.startswith(_PENDING_HEAD)
+        and state_json.endswith(_PENDING_TAIL)
+        and state_json[len(_PENDING_HEAD) : -len(_PENDING_TAIL)].isdigit()
+    )
+
+
+def _event(event_json: str) -> InvitationEvent:
+    data = _loads(event_json)
+    try:
+        return InvitationEvent(**data)  # as stored by to_dict: every key a field
+    except TypeError:
+        return InvitationEvent.from_dict(data)  # keys missing or unknown: from_dict copes
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

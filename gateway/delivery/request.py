@@ -102,7 +102,7 @@ class RequestPlan:
         self.target = target
         constants = dict(target.vars)  # they override the event's values and %delivery_id%
         self._url = _compile(target.url, escape_url, constants, environ)
-        self._body: tuple[_Part, ...] | None = None
+        self._body: _Compiled | None = None
         headers: list[tuple[str, str]] = []
         if target.post_data is not None:
             kind = target.body_kind
@@ -113,13 +113,13 @@ class RequestPlan:
         self._extra_headers = tuple(
             (name, _compile(value, escape_header, constants, environ)) for name, value in target.headers
         )
-        self._auth: tuple[tuple[_Part, ...], tuple[_Part, ...]] | None = None
+        self._auth: tuple[_Compiled, _Compiled] | None = None
         if target.auth is not None:
             self._auth = (
                 _compile(target.auth[0], escape_header, constants, environ),
                 _compile(target.auth[1], escape_header, constants, environ),
             )
-        self._secret: tuple[_Part, ...] | None = None
+        self._secret: _Compiled | None = None
         if target.signing_secret is not None:
             self._secret = _compile(target.signing_secret, escape_header, constants, environ)
         self.proxy = proxy_for(target, environ)
@@ -133,20 +133,20 @@ class RequestPlan:
         if extra:
             values.update(extra)
         values["delivery_id"] = did
-        url = _render(self._url, values)
+        url = self._url.render(values)
         headers: list[tuple[str, str]] = [("Idempotency-Key", did), *self._headers]
         body: bytes | None = None
         if self._body is not None:
-            body = _render(self._body, values).encode("utf-8")
+            body = self._body.render(values).encode("utf-8")
         for name, value in self._extra_headers:
-            headers.append((name, _render(value, values)))
+            headers.append((name, value.render(values)))
         if self._auth is not None:
-            user = _render(self._auth[0], values)
-            password = _render(self._auth[1], values)
+            user = self._auth[0].render(values)
+            password = self._auth[1].render(values)
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             headers.append(("Authorization", f"Basic {token}"))
         if self._secret is not None:
-            secret = _render(self._secret, values)
+            secret = self._secret.render(values)
             ts = int(time.time() if now is None else now)
             headers += [
                 ("webhook-id", did),
@@ -158,7 +158,7 @@ class RequestPlan:
 
 def _compile(
     source: str, escape: Escape, constants: Mapping[str, str], environ: Mapping[str, str]
-) -> tuple[_Part, ...]:
+) -> _Compiled:
     """The template's parts, with ${ENV} and the target's vars made literal, adjacent text joined."""
     parts: list[_Part] = []
     for kind, value in _template(source).parts:
@@ -178,13 +178,23 @@ def _compile(
             parts[-1] += text
         else:
             parts.append(text)
-    return tuple(parts)
+    return _Compiled(tuple(parts))
 
 
-def _render(parts: tuple[_Part, ...], values: Mapping[str, str]) -> str:
-    if len(parts) == 1 and isinstance(parts[0], str):
-        return parts[0]
-    return "".join([p if isinstance(p, str) else p[1](values[p[0]]) for p in parts])
+class _Compiled:
+    """A compiled template as one %-format string and its placeholders: `render` is one `%`."""
+
+    __slots__ = ("fields", "fmt", "text")
+
+    def __init__(self, parts: tuple[_Part, ...]) -> None:
+        self.text = parts[0] if len(parts) == 1 and isinstance(parts[0], str) else None
+        self.fmt = "".join(p.replace("%", "%%") if isinstance(p, str) else "%s" for p in parts)
+        self.fields = tuple(p for p in parts if not isinstance(p, str))
+
+    def render(self, values: Mapping[str, str]) -> str:
+        if self.text is not None:
+            return self.text
+        return self.fmt % tuple([escape(values[name]) for name, escape in self.fields])
 
 
 def proxy_for(target: Target, environ: Mapping[str, str]) -> str | None:
