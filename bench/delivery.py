@@ -822,7 +822,8 @@ def render(args: argparse.Namespace, env: dict[str, Any], mach: dict[str, Any], 
         "uses its drain row's). deliveries/s counts deliveries recorded in the window; CPU is per "
         "delivery, all worker processes together; baseline µs CPU/req is the aiohttp loop's own process "
         "per request, and CPU ÷ baseline the worker's CPU per delivery over it (the steadier signal on "
-        "a shared machine; 0.5x the baseline's rate needs about 2 or less); Redis cmds/dlv counts every command Redis ran "
+        "a shared machine; 0.5x the baseline's rate needs about 2 or less); Redis cmds/dlv counts "
+        "every command Redis ran "
         "(Lua scripts' own calls included, our polls taken out); scripts/dlv = EVALSHA calls; peak RSS = "
         "VmHWM of each worker.",
         "",
