@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no HTTP: every send answers 200 at once (the engine's own cost)",
     )
+    parser.add_argument("--profile-baseline", action="store_true", help="cProfile the aiohttp loop")
     parser.add_argument("--gc-tune", action="store_true", help="freeze + threshold 20000 first")
     args = parser.parse_args(argv)
     if not (1 <= args.callbacks <= 200_000 and 1 <= args.targets <= 1000):
@@ -92,7 +93,15 @@ def main(argv: list[str] | None = None) -> int:
                 runner.run(_post_all(spec, 500, 32, statuses))  # warm-up
                 statuses.clear()
                 base0 = time.process_time()
+                bprof = cProfile.Profile(time.process_time) if args.profile_baseline else None
+                if bprof is not None:
+                    bprof.enable()
                 runner.run(_post_all(spec, expected, 32, statuses))
+                if bprof is not None:
+                    bprof.disable()
+                    out = io.StringIO()
+                    pstats.Stats(bprof, stream=out).sort_stats("tottime").print_stats(args.top)
+                    print("baseline:", out.getvalue())
                 base_us = (time.process_time() - base0) / expected * 1e6
                 assert statuses == {"200": expected}, statuses
                 aio = aioredis.Redis.from_url(bench.redis_url)

@@ -68,6 +68,7 @@ _DELIVERED_ATTEMPT = (
 _DELIVERED = Outcome.DELIVERED.value
 GROUP = 16  # completions recorded together, when that many are in flight
 GROUP_WAIT = 0.003  # seconds to let them gather (a delivery's record waits at most this long)
+BACKLOG_EVERY = 0.5  # seconds between two calls of on_backlog while a backlog lasts
 DEAD_ALERT_EVERY = 600  # seconds between two "deliveries failed for good" alerts per target
 
 
@@ -158,6 +159,7 @@ class Engine:
         size = self.settings.concurrency
         grace_end: float | None = None
         claim_failed = False
+        backlog_told = 0.0  # loop time from which on_backlog may be called again
         while True:
             winding_down = self._stop or loop.time() >= deadline or claim_failed
             if winding_down and grace_end is None:
@@ -172,8 +174,10 @@ class Engine:
                     claim_failed = True
                     continue
                 stats.claimed += len(claimed)
-                if len(claimed) == free and self.on_backlog is not None:
-                    await self.on_backlog()  # more is waiting: let other workers help
+                if len(claimed) == free and self.on_backlog is not None and loop.time() >= backlog_told:
+                    # More is waiting: let other workers help (a Redis call, so not every claim).
+                    backlog_told = loop.time() + BACKLOG_EVERY
+                    await self.on_backlog()
                 in_hand = set(tasks.values())
                 events: dict[str, InvitationEvent] = {}  # each event decoded once per claim
                 for did, event_json, state_json, flag in claimed:
