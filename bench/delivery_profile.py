@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no HTTP: every send answers 200 at once (the engine's own cost)",
     )
+    parser.add_argument("--baseline-concurrency", type=int, default=32, help="requests in flight (32)")
     parser.add_argument("--profile-baseline", action="store_true", help="cProfile the aiohttp loop")
     parser.add_argument("--gc-tune", action="store_true", help="freeze + threshold 20000 first")
     args = parser.parse_args(argv)
@@ -92,17 +93,19 @@ def main(argv: list[str] | None = None) -> int:
                 statuses: collections.Counter[str] = collections.Counter()
                 runner.run(_post_all(spec, 500, 32, statuses))  # warm-up
                 statuses.clear()
-                base0 = time.process_time()
+                base0, bt0 = time.process_time(), os.times()
                 bprof = cProfile.Profile(time.process_time) if args.profile_baseline else None
                 if bprof is not None:
                     bprof.enable()
-                runner.run(_post_all(spec, expected, 32, statuses))
+                runner.run(_post_all(spec, expected, args.baseline_concurrency, statuses))
                 if bprof is not None:
                     bprof.disable()
                     out = io.StringIO()
                     pstats.Stats(bprof, stream=out).sort_stats("tottime").print_stats(args.top)
                     print("baseline:", out.getvalue())
                 base_us = (time.process_time() - base0) / expected * 1e6
+                bt1 = os.times()
+                base_sys = (bt1.system - bt0.system) / expected * 1e6
                 assert statuses == {"200": expected}, statuses
                 aio = aioredis.Redis.from_url(bench.redis_url)
                 sender = _StubSender() if args.stub_send else Sender()
@@ -125,13 +128,14 @@ def main(argv: list[str] | None = None) -> int:
                     spy.spawn(cmd, clean_env({}))
                     time.sleep(1.0)  # py-spy attaches
                 prof = cProfile.Profile(time.process_time) if args.profile else None
-                cpu0, t0 = time.process_time(), time.perf_counter()
+                cpu0, t0, et0 = time.process_time(), time.perf_counter(), os.times()
                 if prof is not None:
                     prof.enable()
                 stats = runner.run(engine.run(120.0))
                 if prof is not None:
                     prof.disable()
                 cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+                eng_sys = (os.times().system - et0.system) / expected * 1e6
                 if spy is not None and spy.proc is not None:
                     spy.proc.send_signal(signal.SIGINT)
                     spy.wait(15)
@@ -149,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{expected} deliveries, {args.targets} target(s): {stats.to_dict()}; "
                 f"{delivered} delivered; {wall:.2f} s, {expected / wall:.0f}/s; "
                 f"CPU {cpu / expected * 1e6:.0f} µs/delivery; aiohttp loop (same process, just before) "
-                f"{base_us:.0f} µs/request: x{cpu / expected * 1e6 / base_us:.2f}"
-                + (" (under cProfile)" if prof is not None else "")
+                f"{base_us:.0f} µs/request: x{cpu / expected * 1e6 / base_us:.2f}; of which system time "
+                f"{eng_sys:.0f} and {base_sys:.0f} µs" + (" (under cProfile)" if prof is not None else "")
             )
             if prof is not None:
                 out = io.StringIO()
