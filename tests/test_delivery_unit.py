@@ -462,3 +462,67 @@ def test_not_an_ip_is_refused(address: str) -> None:
 def test_address_not_allowed_is_an_oserror() -> None:
     # The sender raises it inside aiohttp's resolver, which expects OSError.
     assert issubclass(AddressNotAllowed, OSError)
+
+
+# -- the engine's fast paths encode exactly what the general path does ----------------------------
+
+
+@pytest.mark.parametrize("response", ["ok", "", 'quo"te \\ é 😀\n\x01</x>'])
+@pytest.mark.parametrize("latency", [0.1, 12.34, 1234567.0])
+def test_first_delivered_encodes_as_finish_does(response: str, latency: float) -> None:
+    from gateway.delivery import engine
+    from gateway.records import Attempt, Delivery, DeliveryStatus, Outcome
+
+    attempt = Attempt("t-1_x", 1, 1764125000123, Outcome.DELIVERED, 200, latency, None, response)
+    fast = engine._first_delivered(attempt, 1764125000456)
+    assert fast is not None
+    state = Delivery().to_dict()
+    state.update(waiting=None, status=DeliveryStatus.DELIVERED, updated_at=1764125000456)
+    state.update(next_attempt_at=None, attempts=1, last_status_code=200, last_error=None)
+    assert fast == (engine._dumps(attempt.to_dict()), engine._dumps(state))
+    other = dataclasses.replace(attempt, response=None)
+    assert engine._first_delivered(other, 1) is None  # unusual: the general path encodes it
+
+
+def test_new_states_are_recognised_without_decoding() -> None:
+    from gateway.delivery import engine
+    from gateway.records import Delivery, DeliveryStatus
+
+    assert engine._is_new(engine._dumps(Delivery().to_dict()))
+    assert engine._is_new(engine._dumps(Delivery(updated_at=1764125000123).to_dict()))
+    assert engine._is_new("")
+    assert not engine._is_new(engine._dumps(Delivery(replays=1, updated_at=5).to_dict()))
+    assert not engine._is_new(engine._dumps(Delivery(status=DeliveryStatus.RETRYING).to_dict()))
+    assert not engine._is_new(engine._dumps(Delivery(attempts=1).to_dict()))
+
+
+def test_stored_events_decode_as_from_dict() -> None:
+    from gateway.delivery import engine
+
+    event = _event()
+    data = event.to_dict()
+    assert engine._event(json.dumps(data)) == InvitationEvent.from_dict(data) == event
+    assert engine._event(json.dumps({**data, "unknown": 1})) == event
+    partial = {k: v for k, v in data.items() if k != "client"}
+    assert engine._event(json.dumps(partial)) == InvitationEvent.from_dict(partial)
+
+
+def test_a_plan_renders_as_build_request() -> None:
+    from gateway.delivery.request import RequestPlan
+
+    target = _target(
+        url="https://example.com/h/%invitee%?n=%network_id%&k=${TOKEN}&p=100%25&v=%myvar%",
+        post_data='{"a":"%invitor%","m":"%message%","id":"%delivery_id%","v":"%myvar%","pc":"50%"}',
+        content_type="application/json",
+        headers={"X-Who": "%invitee% ${TOKEN}"},
+        vars={"myvar": 'va%l"ue'},
+        signing_secret="${SECRET}",
+    )
+    env = {"TOKEN": "tok", "SECRET": "whsec_" + base64.b64encode(b"k" * 24).decode()}
+    hostile = '"quo\'te" & <b>x</b> +1 555/../12?a=1&b=2#h;%41 \\ ]]> ü€😀'
+    event = dataclasses.replace(_event(), invitee=hostile, invitor=hostile)
+    plan = RequestPlan(target, env)
+    for _ in range(2):
+        assert plan.render(event, NOW) == build_request(target, event, env, now=NOW)
+    with pytest.raises(ConfigError):
+        RequestPlan(target, {"TOKEN": "tok"})

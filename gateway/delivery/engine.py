@@ -24,11 +24,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from json.encoder import encode_basestring as _json_string
 from typing import Any
 
 from gateway.delivery.lookups import LookupFailure, Lookups
 from gateway.delivery.oauth2 import TokenError, TokenSource
-from gateway.delivery.request import build_request, classify, retry_delay
+from gateway.delivery.request import RequestPlan, build_request, classify, retry_delay
 from gateway.delivery.sender import Sender, SendError
 from gateway.events import InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
@@ -39,6 +40,7 @@ from gateway.records import (
     Delivery,
     DeliveryStatus,
     Outcome,
+    iso_ms,
     split_delivery_id,
 )
 from gateway.store import DeliveryQueue, TokenCache
@@ -49,9 +51,28 @@ log = logging.getLogger("gateway.delivery")
 MAX_THROTTLES = 50  # 429s a delivery waits out before they start to use up its retries
 THROTTLE_BACKOFF_CAP = 300  # seconds, for a 429 without Retry-After
 IDLE_WAIT_MS = 2000  # with nothing in hand, wait for a delivery due this soon rather than stop
-_PENDING = json.dumps(Delivery().to_dict(), separators=(",", ":"), ensure_ascii=False)  # as stored
+# One encoder for every record (json.dumps with options builds a new JSONEncoder per call).
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.JSONDecoder().decode
+_PENDING = _dumps(Delivery().to_dict())  # a new delivery's state, as stored at ingest
+# ... or with its `updated_at` set (Store.write_event): the same state for the engine.
+_PENDING_HEAD, _PENDING_TAIL = _PENDING.split('"updated_at":0')
+_PENDING_HEAD += '"updated_at":'
+_NEW = Delivery()
+# A new delivery delivered at its first attempt: the state and attempt record finish() would
+# encode, as format strings (the usual case, worth not building and encoding two dicts).
+_DELIVERED_STATE = (
+    '{"status":"delivered","attempts":1,"retries":0,"throttles":0,"replays":0,'
+    '"last_status_code":%d,"last_error":null,"updated_at":%d,"next_attempt_at":null,"waiting":null}'
+)
+_DELIVERED_ATTEMPT = (
+    '{"target":%s,"attempt":1,"at_ms":%d,"outcome":"delivered","status_code":%d,'
+    '"latency_ms":%s,"error":null,"response":%s,"at":"%s"}'
+)
+_DELIVERED = Outcome.DELIVERED.value
 GROUP = 16  # completions recorded together, when that many are in flight
 GROUP_WAIT = 0.003  # seconds to let them gather (a delivery's record waits at most this long)
+BACKLOG_EVERY = 0.5  # seconds between two calls of on_backlog while a backlog lasts
 DEAD_ALERT_EVERY = 600  # seconds between two "deliveries failed for good" alerts per target
 
 
@@ -116,6 +137,9 @@ class Engine:
         self.tokens = TokenSource(TokenCache(queue.client, queue.prefix), sender.send)  # OAuth2
         self.lookups = Lookups(sender.send, environ, queue.client, queue.prefix)  # %NAME.field%
         self.tally: Tally | None = None  # delivery metrics, counted a group at a time
+        # Per target name, its request with the static parts worked out, for `_config`
+        # (None: making it failed; such a target's request is built, and fails, each time).
+        self._plans: dict[str, RequestPlan | None] = {}
 
     def request_stop(self) -> None:
         """Stop claiming; requests in flight get `grace` seconds, the rest is handed back."""
@@ -143,6 +167,7 @@ class Engine:
         size = self.settings.concurrency
         grace_end: float | None = None
         claim_failed = False
+        backlog_told = 0.0  # loop time from which on_backlog may be called again
         while True:
             winding_down = self._stop or loop.time() >= deadline or claim_failed
             if winding_down and grace_end is None:
@@ -157,13 +182,16 @@ class Engine:
                     claim_failed = True
                     continue
                 stats.claimed += len(claimed)
-                if len(claimed) == free and self.on_backlog is not None:
-                    await self.on_backlog()  # more is waiting: let other workers help
+                if len(claimed) == free and self.on_backlog is not None and loop.time() >= backlog_told:
+                    # More is waiting: let other workers help (a Redis call, so not every claim).
+                    backlog_told = loop.time() + BACKLOG_EVERY
+                    await self.on_backlog()
                 in_hand = set(tasks.values())
+                events: dict[str, InvitationEvent] = {}  # each event decoded once per claim
                 for did, event_json, state_json, flag in claimed:
                     if did in in_hand:
                         continue  # still being sent by this engine (its lease was renewed)
-                    task = asyncio.create_task(self._deliver(did, event_json, state_json, flag))
+                    task = loop.create_task(self._deliver(did, event_json, state_json, flag, events))
                     task.add_done_callback(on_done)
                     tasks[task] = did
                 if not claimed and not tasks:
@@ -219,7 +247,10 @@ class Engine:
             policies = self._config.policies()
             raw = await self.queue.claim(now_ms(), self._lease_ms(), limit, policies, self._version)
             version = int(raw[1])
-            self._config = self.config_for(version)
+            config = self.config_for(version)
+            if config is not self._config:
+                self._plans = {}
+            self._config = config
             self._version = version
             self.sender.allow_private = self.settings.allow_private or self._config.allow_private_targets
             if _text(raw[0]) != "stale":
@@ -256,7 +287,7 @@ class Engine:
         for r in results:
             if r.outcome is not None:
                 stats.count(r.outcome)
-            if r.outcome == Outcome.DELIVERED.value:
+            if r.outcome == _DELIVERED:
                 delivered.append(r.record["d"])
             elif r.line is not None:
                 log.info("%s", r.line)
@@ -324,7 +355,9 @@ class Engine:
             log.error("could not queue the alert %r: %s", message, _why(exc))
 
     # -- one delivery -------------------------------------------------------------------------------
-    async def _deliver(self, did: str, event_json: str, state_json: str, flag: str) -> _Result:
+    async def _deliver(
+        self, did: str, event_json: str, state_json: str, flag: str, events: dict[str, InvitationEvent]
+    ) -> _Result:
         event_id, name = split_delivery_id(did)
         config = self._config
         target = config.target(name)
@@ -339,13 +372,14 @@ class Engine:
         if not event_json:
             log.warning("delivery %s: its event is gone (past retention?); dropped", did)
             return _Result(record)
-        if not state_json or state_json == _PENDING:
-            state = Delivery()  # as stored at ingest: no need to decode it
-        else:
-            state = Delivery.from_dict(json.loads(state_json))
+        # A new delivery's state is as stored at ingest: no need to decode it.
+        state = _NEW if _is_new(state_json) else Delivery.from_dict(_loads(state_json))
         if state.is_final:
             return _Result(record)  # a second claim of a finished delivery: never send twice
-        event = InvitationEvent.from_dict(json.loads(event_json))
+        event = events.get(event_json)
+        if event is None:
+            # For 10 or 100 targets per network, the same event comes with each of its deliveries.
+            event = events[event_json] = _event(event_json)
         now = now_ms()
         number = state.attempts + 1
 
@@ -356,29 +390,35 @@ class Engine:
             due: int | None = None,
             **changes: Any,
         ) -> _Result:
+            if outcome is Outcome.DELIVERED and state is _NEW and attempt is not None:
+                fast = _first_delivered(attempt, now_ms())
+                if fast is not None:
+                    record["a"], record["s"] = fast
+                    return _Result(record, _DELIVERED, name)  # logged a group per line (_complete)
             new = state.to_dict()  # a dict, not Delivery.but(): this runs for every delivery
             new.update(changes)
-            new["status"] = status.value
+            new["status"] = status
             new["updated_at"] = now_ms()
             new["next_attempt_at"] = due
             if attempt is not None:
                 new["attempts"] = state.attempts + 1
                 new["last_status_code"] = attempt.status_code
                 new["last_error"] = attempt.error
-                record["a"] = json.dumps(attempt.to_dict(), separators=(",", ":"), ensure_ascii=False)
-            record["s"] = json.dumps(new, separators=(",", ":"), ensure_ascii=False)
+                record["a"] = _dumps(attempt.to_dict())
+            record["s"] = _dumps(new)
             if due is not None:
                 record["due"] = due
             dead = status in (DeliveryStatus.FAILED, DeliveryStatus.EXPIRED)
             if dead:
                 record["dead"] = True
             error = attempt.error if attempt is not None else None
+            if outcome is Outcome.DELIVERED:
+                return _Result(record, _DELIVERED, name)  # logged a group per line (_complete)
             return _Result(
                 record,
                 outcome.value,
                 name,
                 (error or outcome.value) if dead and attempt is not None else None,
-                # Delivered ones are logged a group per line (see _complete); the rest one each.
                 f"delivery {did} attempt {number}: {outcome.value}" + (f" ({error})" if error else ""),
                 attempt.latency_ms / 1000 if attempt is not None and attempt.latency_ms is not None else None,
             )
@@ -458,7 +498,19 @@ class Engine:
         try:
             if target.oauth2 is not None:
                 bearer = await self.tokens.token(target, self.environ)
-            request = build_request(target, event, self.environ, now=now / 1000, extra=found, bearer=bearer)
+            plan = self._plans.get(target.name, _NO_PLAN)
+            if plan is _NO_PLAN:
+                try:
+                    plan = RequestPlan(target, self.environ)
+                except Exception:
+                    plan = None  # build_request below raises the reason, for each delivery
+                self._plans[target.name] = plan
+            if isinstance(plan, RequestPlan):
+                request = plan.render(event, now / 1000, found, bearer)
+            else:
+                request = build_request(
+                    target, event, self.environ, now=now / 1000, extra=found, bearer=bearer
+                )
         except TokenError as exc:
             attempt = Attempt(target.name, number, now, Outcome.RETRYING, error=exc.reason)
             return attempt, Outcome.RETRYING, None, None
@@ -521,6 +573,55 @@ class Engine:
         except PermanentDelivery as exc:
             return _with(attempt, Outcome.FAILED, exc.reason), Outcome.FAILED, None, response.status
         return attempt, Outcome.DELIVERED, None, response.status
+
+
+_NO_PLAN: Any = object()
+
+
+def _first_delivered(attempt: Attempt, updated_at: int) -> tuple[str, str] | None:
+    """The attempt record and state of a new delivery delivered at its first attempt, encoded as
+    finish() would encode them (None when a value is not of the usual type: finish() does it)."""
+    latency = attempt.latency_ms
+    if not (
+        type(attempt.status_code) is int
+        and type(latency) is float
+        and math.isfinite(latency)
+        and type(attempt.response) is str
+        and attempt.error is None
+        and attempt.attempt == 1
+    ):
+        return None
+    return (
+        _DELIVERED_ATTEMPT
+        % (
+            _json_string(attempt.target),
+            attempt.at_ms,
+            attempt.status_code,
+            repr(latency),
+            _json_string(attempt.response),
+            iso_ms(attempt.at_ms),
+        ),
+        _DELIVERED_STATE % (attempt.status_code, updated_at),
+    )
+
+
+def _is_new(state_json: str) -> bool:
+    """A delivery's state as ingest stores it: pending, never tried (`updated_at` aside)."""
+    if not state_json or state_json == _PENDING:
+        return True
+    return (
+        state_json.startswith(_PENDING_HEAD)
+        and state_json.endswith(_PENDING_TAIL)
+        and state_json[len(_PENDING_HEAD) : -len(_PENDING_TAIL)].isdigit()
+    )
+
+
+def _event(event_json: str) -> InvitationEvent:
+    data = _loads(event_json)
+    try:
+        return InvitationEvent(**data)  # as stored by to_dict: every key a field
+    except TypeError:
+        return InvitationEvent.from_dict(data)  # keys missing or unknown: from_dict copes
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
+from json.encoder import encode_basestring as _encode_json_string
 
 from gateway.events import InvitationEvent
-from gateway.exceptions import PermanentDelivery, RetryableDelivery
+from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from gateway.records import delivery_id
 from gateway.targets import Target
-from gateway.templating import Template, escape_header, escape_url
+from gateway.templating import JSON_KIND, Escape, Template, escape_header, escape_url
 
 log = logging.getLogger("gateway.delivery")
 
@@ -45,7 +46,7 @@ class OutboundRequest:
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # case-insensitive when it comes from the Sender
     body: bytes
     latency_ms: float
 
@@ -74,52 +75,154 @@ def build_request(
 
     `extra` overrides event values (an alert's `%message%`); `bearer` is an OAuth2 token.
     """
-    did = delivery_id(event.id, target.name)
-    values = {**event.placeholders(), **(extra or {}), "delivery_id": did, **dict(target.vars)}
-    url = _template(target.url).render(values, escape_url, environ)
-    body: bytes | None = None
-    headers: list[tuple[str, str]] = [("Idempotency-Key", did)]
-    if target.post_data is not None:
-        kind = target.body_kind
-        body = _template(target.post_data).render(values, kind.escape, environ).encode("utf-8")
-        headers.append(("Content-Type", target.content_type))
-    for name, value in target.headers:
-        headers.append((name, _template(value).render(values, escape_header, environ)))
-    if target.auth is not None:
-        user = _template(target.auth[0]).render(values, escape_header, environ)
-        password = _template(target.auth[1]).render(values, escape_header, environ)
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        headers.append(("Authorization", f"Basic {token}"))
-    if bearer is not None:
-        headers.append(("Authorization", f"Bearer {bearer}"))
-    if target.signing_secret is not None:
-        secret = _template(target.signing_secret).render(values, escape_header, environ)
-        ts = int(time.time() if now is None else now)
-        headers += [
-            ("webhook-id", did),
-            ("webhook-timestamp", str(ts)),
-            ("webhook-signature", _signatures(target, secret, values, environ, did, ts, body or b"")),
-        ]
-    return OutboundRequest(
-        target.method, url, tuple(headers), body, target.timeout, proxy_for(target, environ)
+    return RequestPlan(target, environ).render(event, now, extra, bearer)
+
+
+# A part of a compiled template: literal text, or (placeholder name, escape).
+_Part = str | tuple[str, Escape]
+
+
+def _escape_json(value: str) -> str:
+    # As templating.escape_json (json.dumps(value, ensure_ascii=False)[1:-1]), without building
+    # a JSONEncoder per call.
+    return _encode_json_string(value)[1:-1]
+
+
+class RequestPlan:
+    """A target's request with everything that does not depend on the event worked out once.
+
+    `${ENV}` references, the target's own `vars`, the proxy and the literal text are resolved
+    when the plan is made (from the worker's environment, which does not change while it runs);
+    `render` fills in the event's values. A plan is made per target and configuration version.
+    Raises ConfigError for a missing ${VAR} (in the order build_request always rendered: URL,
+    body, headers, auth, signing secret, proxy).
+    """
+
+    __slots__ = (
+        "_auth",
+        "_body",
+        "_extra_headers",
+        "_headers",
+        "_previous",
+        "_secret",
+        "_url",
+        "proxy",
+        "target",
     )
 
+    def __init__(self, target: Target, environ: Mapping[str, str]) -> None:
+        self.target = target
+        constants = dict(target.vars)  # they override the event's values and %delivery_id%
+        self._url = _compile(target.url, escape_url, constants, environ)
+        self._body: _Compiled | None = None
+        headers: list[tuple[str, str]] = []
+        if target.post_data is not None:
+            kind = target.body_kind
+            escape = _escape_json if kind is JSON_KIND else kind.escape
+            self._body = _compile(target.post_data, escape, constants, environ)
+            headers.append(("Content-Type", target.content_type))
+        self._headers = tuple(headers)
+        self._extra_headers = tuple(
+            (name, _compile(value, escape_header, constants, environ)) for name, value in target.headers
+        )
+        self._auth: tuple[_Compiled, _Compiled] | None = None
+        if target.auth is not None:
+            self._auth = (
+                _compile(target.auth[0], escape_header, constants, environ),
+                _compile(target.auth[1], escape_header, constants, environ),
+            )
+        self._secret: _Compiled | None = None
+        if target.signing_secret is not None:
+            self._secret = _compile(target.signing_secret, escape_header, constants, environ)
+        # During a rotation, the previous secret signs too (until previous_signing_secret_expires).
+        self._previous: _Compiled | None = None
+        if (
+            target.previous_signing_secret is not None
+            and time.time() < target.previous_signing_secret_expires
+        ):
+            self._previous = _compile(target.previous_signing_secret, escape_header, constants, environ)
+        self.proxy = proxy_for(target, environ)
 
-def _signatures(
-    target: Target,
-    secret: str,
-    values: Mapping[str, str],
-    environ: Mapping[str, str],
-    did: str,
-    ts: int,
-    body: bytes,
-) -> str:
-    """The new secret's signature, and during a rotation the previous secret's after it."""
-    signature = sign(secret, did, ts, body)
-    if target.previous_signing_secret is not None and ts < target.previous_signing_secret_expires:
-        previous = _template(target.previous_signing_secret).render(values, escape_header, environ)
-        signature += " " + sign(previous, did, ts, body)
-    return signature
+    def render(
+        self,
+        event: InvitationEvent,
+        now: float | None = None,
+        extra: Mapping[str, str] | None = None,
+        bearer: str | None = None,
+    ) -> OutboundRequest:
+        target = self.target
+        did = delivery_id(event.id, target.name)
+        values = event.placeholders()
+        if extra:
+            values.update(extra)
+        values["delivery_id"] = did
+        url = self._url.render(values)
+        headers: list[tuple[str, str]] = [("Idempotency-Key", did), *self._headers]
+        body: bytes | None = None
+        if self._body is not None:
+            body = self._body.render(values).encode("utf-8")
+        for name, value in self._extra_headers:
+            headers.append((name, value.render(values)))
+        if self._auth is not None:
+            user = self._auth[0].render(values)
+            password = self._auth[1].render(values)
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            headers.append(("Authorization", f"Basic {token}"))
+        if bearer is not None:
+            headers.append(("Authorization", f"Bearer {bearer}"))
+        if self._secret is not None:
+            secret = self._secret.render(values)
+            ts = int(time.time() if now is None else now)
+            signature = sign(secret, did, ts, body or b"")
+            if self._previous is not None and ts < target.previous_signing_secret_expires:
+                signature += " " + sign(self._previous.render(values), did, ts, body or b"")
+            headers += [
+                ("webhook-id", did),
+                ("webhook-timestamp", str(ts)),
+                ("webhook-signature", signature),
+            ]
+        return OutboundRequest(target.method, url, tuple(headers), body, target.timeout, self.proxy)
+
+
+def _compile(
+    source: str, escape: Escape, constants: Mapping[str, str], environ: Mapping[str, str]
+) -> _Compiled:
+    """The template's parts, with ${ENV} and the target's vars made literal, adjacent text joined."""
+    parts: list[_Part] = []
+    for kind, value in _template(source).parts:
+        if kind == "text":
+            text = value
+        elif kind == "env":
+            try:
+                text = environ[value]
+            except KeyError:
+                raise ConfigError(f"environment variable {value} is not set") from None
+        elif value in constants:
+            text = escape(constants[value])
+        else:
+            parts.append((value, escape))
+            continue
+        if parts and isinstance(parts[-1], str):
+            parts[-1] += text
+        else:
+            parts.append(text)
+    return _Compiled(tuple(parts))
+
+
+class _Compiled:
+    """A compiled template as one %-format string and its placeholders: `render` is one `%`."""
+
+    __slots__ = ("fields", "fmt", "text")
+
+    def __init__(self, parts: tuple[_Part, ...]) -> None:
+        self.text = parts[0] if len(parts) == 1 and isinstance(parts[0], str) else None
+        self.fmt = "".join(p.replace("%", "%%") if isinstance(p, str) else "%s" for p in parts)
+        self.fields = tuple(p for p in parts if not isinstance(p, str))
+
+    def render(self, values: Mapping[str, str]) -> str:
+        if self.text is not None:
+            return self.text
+        return self.fmt % tuple([escape(values[name]) for name, escape in self.fields])
 
 
 def proxy_for(target: Target, environ: Mapping[str, str]) -> str | None:

@@ -75,6 +75,10 @@ class Sender:
         # Per IP literal and policy: the refusal, or None when allowed (parsed once, not per send).
         self._literals: dict[tuple[str, AllowPrivate], str | None] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        # Per URL string: (parsed URL, refusal of an IP-literal host, is an IP literal).
+        self._urls: dict[str, tuple[URL, str | None, bool]] = {}
+        self._allowed_private = allow_private
+        self._proxies: dict[str, URL] = {}
 
     async def open(self) -> None:
         if self._session is not None:
@@ -124,32 +128,48 @@ class Sender:
             raise refusal or AddressNotAllowed(f"{host} resolved to no address")
         return allowed
 
+    def _target(self, url: str) -> tuple[URL, str | None, bool]:
+        """The parsed URL, why its host is refused (None: allowed or not an IP literal), and
+        whether it is an IP literal: worked out once per URL, not per send."""
+        found = self._urls.get(url)
+        if found is None:
+            if len(self._urls) > 4096:
+                self._urls.clear()
+            parsed = URL(url, encoded=True)
+            host = parsed.host
+            refusal = self._literal_refusal(host) if host is not None else None
+            found = self._urls[url] = (parsed, refusal, host is not None and _is_ip_literal(host))
+        return found
+
     async def send(self, request: OutboundRequest) -> Response:
-        if self._session is None:
+        session = self._session
+        if session is None:
             await self.open()
-        assert self._session is not None and self._resolver is not None
+            session = self._session
+        assert session is not None and self._resolver is not None
         started = time.perf_counter()
-
-        def elapsed() -> float:
-            return round((time.perf_counter() - started) * 1000, 2)
-
-        url = URL(request.url, encoded=True)
+        if self._allowed_private is not self.allow_private:
+            self._urls.clear()  # the policy changed: every refusal is worked out again
+            self._allowed_private = self.allow_private
+        url, refusal, literal = self._target(request.url)
         proxy: URL | None = None
-        try:
-            if url.host is not None and (refusal := self._literal_refusal(url.host)) is not None:
-                raise AddressNotAllowed(refusal)
-            if request.proxy and url.host is not None and not _is_ip_literal(url.host):
-                # The proxy resolves the target: vet what it would connect to, here.
-                infos = await self._resolver._inner.resolve(url.host, url.port or 0, socket.AF_UNSPEC)
-                self.vet(url.host, infos)
-        except AddressNotAllowed as exc:
-            raise SendError(str(exc), elapsed(), blocked=True) from None
-        except OSError as exc:
-            raise SendError(
-                f"cannot resolve the target: {exc.strerror or type(exc).__name__}", elapsed()
-            ) from None
+        if refusal is not None:
+            raise SendError(refusal, _ms_since(started), blocked=True)
         if request.proxy:
-            proxy = URL(request.proxy)
+            if url.host is not None and not literal:
+                # The proxy resolves the target: vet what it would connect to, here.
+                try:
+                    infos = await self._resolver._inner.resolve(url.host, url.port or 0, socket.AF_UNSPEC)
+                    self.vet(url.host, infos)
+                except AddressNotAllowed as exc:
+                    raise SendError(str(exc), _ms_since(started), blocked=True) from None
+                except OSError as exc:
+                    raise SendError(
+                        f"cannot resolve the target: {exc.strerror or type(exc).__name__}", _ms_since(started)
+                    ) from None
+            proxy = self._proxies.get(request.proxy)
+            if proxy is None:
+                proxy = self._proxies[request.proxy] = URL(request.proxy)
             if proxy.host:
                 self.proxy_hosts.add(proxy.host)
         timeout = self._timeouts.get(request.timeout)
@@ -157,28 +177,40 @@ class Sender:
             timeout = aiohttp.ClientTimeout(total=request.timeout, connect=min(request.timeout, 5.0))
             self._timeouts[request.timeout] = timeout
         try:
-            async with self._session.request(
+            async with session.request(
                 request.method,
                 url,
-                headers=list(request.headers),
+                headers=request.headers,
                 data=request.body,
                 allow_redirects=False,
                 timeout=timeout,
                 proxy=proxy,
             ) as resp:
-                body = await _read_capped(resp, request.response_cap or self.response_cap)
-                return Response(resp.status, dict(resp.headers), body, elapsed())
+                cap = request.response_cap or self.response_cap
+                length = resp.content_length
+                if length is not None and length <= cap:
+                    body = await resp.read()  # the usual short answer: one await, connection kept
+                else:
+                    body = await _read_capped(resp, cap)
+                # The headers as aiohttp parsed them (read-only, case-insensitive): no copy.
+                return Response(resp.status, resp.headers, body, _ms_since(started))
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, AddressNotAllowed):
-                raise SendError(str(exc.os_error), elapsed(), blocked=True) from None
-            raise SendError(f"cannot connect: {exc.os_error.strerror or exc.os_error}", elapsed()) from None
+                raise SendError(str(exc.os_error), _ms_since(started), blocked=True) from None
+            raise SendError(
+                f"cannot connect: {exc.os_error.strerror or exc.os_error}", _ms_since(started)
+            ) from None
         except TimeoutError:
-            raise SendError(f"timed out after {request.timeout:g} s", elapsed()) from None
+            raise SendError(f"timed out after {request.timeout:g} s", _ms_since(started)) from None
         except aiohttp.ClientResponseError as exc:
             # Not str(exc): it quotes the URL, which can hold a secret or an invitee's number.
-            raise SendError(f"{type(exc).__name__}: {exc.status} {exc.message}", elapsed()) from None
+            raise SendError(f"{type(exc).__name__}: {exc.status} {exc.message}", _ms_since(started)) from None
         except aiohttp.ClientError as exc:
-            raise SendError(type(exc).__name__, elapsed()) from None
+            raise SendError(type(exc).__name__, _ms_since(started)) from None
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
 
 
 def _is_ip_literal(host: str) -> bool:

@@ -254,6 +254,9 @@ def test_redis_restarted_with_retries_pending(gateway: Gateway, tmp_path: Path) 
         accepted(sent, gateway)
         states = wait_retrying(client, gateway, 10)
         due = {did: s["next_attempt_at"] / 1000 for did, s in states.items()}
+        # The drain job has recorded them; let RQ finish its own bookkeeping of the job first (on
+        # a loaded machine it can lag, and RQ logs a traceback when Redis goes away under it).
+        wait_worker_idle(client, gateway)
 
         server.stop()  # by PID, SIGTERM: the append-only file is flushed
         stopped = time.time()
@@ -285,6 +288,17 @@ def test_redis_restarted_with_retries_pending(gateway: Gateway, tmp_path: Path) 
     finally:
         client.close()
         server.stop()
+
+
+def wait_worker_idle(redis: Redis, gateway: Gateway) -> None:
+    """Wait until every registered RQ worker is idle (no drain job being finished)."""
+    from rq import Worker
+
+    def check() -> bool | None:
+        workers = Worker.all(connection=redis)
+        return (bool(workers) and all(w.get_state() == "idle" for w in workers)) or None
+
+    poll(check, "the worker idle", 10, 0.02, lambda: logs(gateway))
 
 
 def wait_retrying(redis: Redis, gateway: Gateway, count: int) -> dict[str, dict[str, Any]]:
