@@ -25,8 +25,9 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import CallbackError, ConfigError
+from gateway.fastredis import FastRedis
 from gateway.ingest.accept import Accepter
-from gateway.ingest.endpoint import Ingest
+from gateway.ingest.endpoint import Callback, Ingest
 from gateway.ingest.spool import Spool
 from gateway.ingest.tokens import IngestAuth
 from gateway.queue import enqueue_drain, make_queue
@@ -95,7 +96,8 @@ class IngestParts:
     """What the ingest runs on; `gateway spool drain` builds the same to drain a spool."""
 
     redis: Redis  # sync: the configuration file at startup, RQ's enqueue (rare, in a thread)
-    aio: aioredis.Redis  # async: every callback, on the event loop
+    aio: aioredis.Redis  # async: the configuration, health, the spool drain's look
+    fast: FastRedis  # async: the accept step's one command per batch (gateway/fastredis.py)
     store: Store
     live: LiveConfig
     accepter: Accepter
@@ -107,6 +109,7 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
     retention = settings.retention_days * 86400
     redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30)
     aio = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+    fast = FastRedis(url, connect_timeout=2)
     store = Store(redis, prefix=settings.prefix, retention=retention)
     live = LiveConfig(store)
     queue = make_queue(redis, settings.queue_name)
@@ -140,7 +143,7 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         return limit_fields(event, live.current.network_policy(event.network_id), now)
 
     accepter = Accepter(
-        aio,
+        fast,
         settings.prefix,
         retention,
         spool,
@@ -151,7 +154,7 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         dedupe_seconds=settings.dedupe_seconds,
         bound=settings.spool_after_ms / 1000,
     )
-    return IngestParts(redis, aio, store, live, accepter, refresh_config)
+    return IngestParts(redis, aio, fast, store, live, accepter, refresh_config)
 
 
 def create_app(settings: Settings | None = None) -> IngestFastPath:
@@ -205,6 +208,7 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         spool.close()
+        await parts.fast.aclose()
         await aio.aclose()
         redis.close()
 
@@ -246,18 +250,21 @@ class IngestFastPath:
         if scope["type"] == "http" and scope["method"] in ("GET", "POST"):
             event_type, token = _ingest_path(scope["path"])
             if event_type is not None:
-                if token is not None:
-                    scope["path_params"] = {"token": token}
-                request = Request(scope, receive, send)
                 try:
-                    response = await self.ingest(request, event_type)
+                    await self.ingest.take(Callback(scope, receive, token), event_type)
                 except CallbackError as exc:
-                    response = await callback_error(request, exc)
-                await response(scope, receive, send)
+                    response = await callback_error(Request(scope), exc)
+                    await response(scope, receive, send)
+                    return
+                # What Starlette's Response(status_code=204) sends, without building one.
+                await send(_NO_CONTENT_START)
+                await send(_NO_CONTENT_BODY)
                 return
         await self.app(scope, receive, send)
 
 
+_NO_CONTENT_START = {"type": "http.response.start", "status": 204, "headers": []}
+_NO_CONTENT_BODY = {"type": "http.response.body", "body": b""}
 _EVENT_PATHS = {f"/{t}": t for t in (INVITATION_CREATED, INVITATION_ACCEPTED)}
 
 

@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from gateway.events import InvitationEvent
 from gateway.exceptions import StoreUnavailable
+from gateway.fastredis import FastRedis
 from gateway.ingest.spool import Spool, SpoolFull, claim_orphan, read_lines
 from gateway.records import Delivery
 from gateway.store import ingest_script
@@ -40,6 +39,7 @@ SUPPRESSED = "suppressed:"  # followed by the reason
 SPOOLED = "spooled"
 EXISTS = "exists"  # a spool drain found the event already stored
 DRAIN_BATCH = 500
+DRAIN_TIMEOUT = 30.0  # seconds for one batch of a drain: Redis answering, but slowly, or not at all
 
 
 def dedupe_key(event: InvitationEvent) -> str:
@@ -52,10 +52,10 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Waiting:
     event: InvitationEvent
-    targets: list[str]
+    targets: Sequence[str]
     done: asyncio.Future[str] = field(repr=False)
 
 
@@ -64,7 +64,7 @@ class Accepter:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: FastRedis,
         prefix: str,
         retention: int,
         spool: Spool,
@@ -85,20 +85,22 @@ class Accepter:
         self.wake = wake
         self.dedupe_ms = dedupe_seconds * 1000
         self.bound = bound
-        self._script = ingest_script(client)
+        self._script = ingest_script()
         self._pending: list[_Waiting] = []
         self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._state = _dumps(Delivery().to_dict())
         self.redis_down_since: float | None = None
 
-    async def accept(self, event: InvitationEvent, targets: list[str]) -> str:
+    async def accept(self, event: InvitationEvent, targets: Sequence[str]) -> str:
         """ACCEPTED, DUPLICATE or SPOOLED once it is durable; StoreUnavailable if neither works."""
         loop = asyncio.get_running_loop()
         waiting = _Waiting(event, targets, loop.create_future())
         self._pending.append(waiting)
         if not self._flushing:
             self._flushing = True
-            loop.call_soon(lambda: asyncio.ensure_future(self._flush_all()))
+            # Its first step runs on the loop's next turn: after every callback of this one.
+            self._flusher = loop.create_task(self._flush_all())
         return await waiting.done
 
     async def _flush_all(self) -> None:
@@ -121,38 +123,33 @@ class Accepter:
         accepted = []
         for w, status in zip(batch, results, strict=True):
             if status == ACCEPTED and w.targets:
-                accepted.append(f"{w.event.id} ({w.event.network_id}: {','.join(w.targets)})")
+                accepted.append(w.event.id)
             if not w.done.done():
                 w.done.set_result(ACCEPTED if status == EXISTS else status)
-        if accepted:
-            # One line for the batch: a line per callback would cost as much CPU as the callback.
+        if accepted and log.isEnabledFor(logging.INFO):
+            # One line for the batch, ids only: a line per callback would cost as much CPU as
+            # the callback (`gateway events show ID` has the rest).
             log.info("accepted %d: %s", len(accepted), " ".join(accepted))
 
-    async def commit(self, items: Sequence[tuple[InvitationEvent, list[str]]]) -> list[str]:
+    async def commit(self, items: Sequence[tuple[InvitationEvent, Sequence[str]]]) -> list[str]:
         """Store events with their deliveries in one Lua call; the status of each, in order."""
         now = int(time.time() * 1000)
-        payload = [
-            {
-                "id": ev.id,
-                "ev": ev.to_dict(),  # encoded once, with the batch; the Lua stores it as JSON
-                "n": ev.network_id,
-                "ms": ev.received_at_ms,
-                "ts": targets,
-                "dk": dedupe_key(ev),
-                **self.limits(ev, now),
-            }
-            for ev, targets in items
-        ]
-        raw = await self._script(
-            args=[
-                self.prefix,
-                now,
-                self.retention,
-                self.dedupe_ms,
-                self._state,
-                _dumps(payload),
-            ]
-        )
+        args: list[Any] = [self.prefix, now, self.retention, self.dedupe_ms, self._state]
+        limits = self.limits
+        for ev, targets in items:
+            lim = limits(ev, now)
+            # Flat, 8 per event (store.ingest_script): the event's JSON is encoded once, here.
+            args += (
+                "n",
+                ev.id,
+                ev.to_json(),
+                ev.network_id,
+                ev.received_at_ms,
+                ",".join(targets),
+                dedupe_key(ev),
+                _dumps(lim) if lim else "",
+            )
+        raw = await self.client.evalsha(self._script, (), args)
         version, woke = int(raw[0]), int(raw[1])
         answers = [v.decode() if isinstance(v, bytes) else str(v) for v in raw[2:]]
         statuses, holds = answers[: len(items)], answers[len(items) :]
@@ -164,16 +161,15 @@ class Accepter:
         if await self.on_version(version):
             # Targets changed since this process last looked: deliveries for the ones that now
             # match as well, before the 204. (A target removed meanwhile is skipped by the worker.)
-            extra = []
+            extra: list[Any] = []
             for (ev, targets), status in zip(items, statuses, strict=True):
                 # (A suppressed event gets no deliveries now; a release adds them.)
                 more = [t for t in self.routes(ev) if t not in targets] if status == ACCEPTED else []
                 if more:
-                    extra.append({"id": ev.id, "ms": ev.received_at_ms, "ts": more, "add": True})
+                    extra += ("a", ev.id, "", ev.network_id, ev.received_at_ms, ",".join(more), "", "")
             if extra:
-                raw = await self._script(
-                    args=[self.prefix, int(time.time() * 1000), self.retention, 0, self._state, _dumps(extra)]
-                )
+                head = [self.prefix, int(time.time() * 1000), self.retention, 0, self._state]
+                raw = await self.client.evalsha(self._script, (), head + extra)
                 if int(raw[1]):
                     await self.wake()
         return statuses
@@ -218,7 +214,8 @@ class Accepter:
             for r in records[i : i + DRAIN_BATCH]:
                 event = InvitationEvent.from_dict(r["event"])
                 chunk.append((event, self.routes(event)))
-            statuses = await self.commit(chunk)
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                statuses = await self.commit(chunk)
             existing += sum(1 for s in statuses if s == EXISTS)
             stored += sum(1 for s in statuses if s != EXISTS)
         path.unlink(missing_ok=True)

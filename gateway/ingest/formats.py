@@ -265,4 +265,14 @@ def decode_body(content_type: str | None, data: bytes) -> DecodedBody:
 
 def decode_query(query: bytes) -> Pairs:
     """The query string, decoded like a form body (a literal `+` stays `+`)."""
-    return decode_urlencoded(query, "utf-8", what="query string") if query else []
+    if not query:
+        return []
+    if b"%" not in query and query.isascii():
+        # The usual callback: nothing escaped, so nothing to unquote, and ASCII is valid UTF-8.
+        pairs: Pairs = []
+        for chunk in query.split(b"&"):
+            if chunk.strip():
+                name, _, value = chunk.partition(b"=")
+                pairs.append((name.strip().decode("ascii"), value.decode("ascii")))
+        return pairs
+    return decode_urlencoded(query, "utf-8", what="query string")
