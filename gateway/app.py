@@ -27,7 +27,7 @@ from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEv
 from gateway.exceptions import CallbackError, ConfigError
 from gateway.fastredis import FastRedis
 from gateway.ingest.accept import Accepter
-from gateway.ingest.endpoint import Callback, Ingest
+from gateway.ingest.endpoint import Callback, ConfigCache, Ingest
 from gateway.ingest.spool import Spool
 from gateway.ingest.tokens import IngestAuth
 from gateway.queue import enqueue_drain, make_queue
@@ -102,6 +102,7 @@ class IngestParts:
     live: LiveConfig
     accepter: Accepter
     refresh_config: Callable[[], Awaitable[bool]]
+    cache: ConfigCache  # the configuration's lookups per network, for the accept and the endpoint
 
 
 def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
@@ -129,6 +130,8 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         live.install(seen, data)
         return True
 
+    cache = ConfigCache()
+
     def routes(event: InvitationEvent) -> list[str]:
         return [t.name for t in live.current.routes(event.type, event.network_id)]
 
@@ -140,7 +143,7 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
             log.warning("no drain job queued (Redis?); the workers' ticker will find the deliveries")
 
     def limits(event: InvitationEvent, now: int) -> dict[str, Any]:
-        return limit_fields(event, live.current.network_policy(event.network_id), now)
+        return limit_fields(event, cache.policy(live.current, event.network_id), now)
 
     accepter = Accepter(
         fast,
@@ -154,7 +157,7 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         dedupe_seconds=settings.dedupe_seconds,
         bound=settings.spool_after_ms / 1000,
     )
-    return IngestParts(redis, aio, fast, store, live, accepter, refresh_config)
+    return IngestParts(redis, aio, fast, store, live, accepter, refresh_config, cache)
 
 
 def create_app(settings: Settings | None = None) -> IngestFastPath:
@@ -164,7 +167,7 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
     parts = ingest_parts(settings, spool)
     redis, aio, store, live, accepter = parts.redis, parts.aio, parts.store, parts.live, parts.accepter
     auth = IngestAuth(settings.open_ingest, settings.trusted_proxies, os.environ)
-    ingest = Ingest(live, accepter, settings.max_body, parts.refresh_config, auth)
+    ingest = Ingest(live, accepter, settings.max_body, parts.refresh_config, auth, parts.cache)
 
     async def health(request: Request) -> Response:
         try:

@@ -795,6 +795,8 @@ def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> 
     Limits and the prefix guard apply to created invitations (what sends an SMS); an accepted
     one only counts towards its prefix's accepted share. Windows are fixed buckets.
     """
+    if not (policy.guard or policy.limits or policy.allowed_prefixes):
+        return {}  # most networks: nothing to count
     net = event.network_id
     fields: dict[str, Any] = {}
     if event.type == INVITATION_ACCEPTED:

@@ -29,6 +29,7 @@ from gateway.exceptions import (
 from gateway.ingest.accept import ACCEPTED, DUPLICATE, SUPPRESSED, Accepter
 from gateway.ingest.formats import decode_body, decode_query
 from gateway.ingest.tokens import IngestAuth
+from gateway.networks import NetworkPolicy
 from gateway.settings import LiveConfig
 from gateway.targets import Config
 
@@ -72,18 +73,23 @@ class Callback:
         return [value.decode("latin-1") for key, value in self.headers if key == name]
 
 
-class RouteCache:
-    """Target names per (event type, network) of the configuration in use, looked up once."""
+class ConfigCache:
+    """What each callback looks up in the configuration in use, per (event type, network):
+    the names of its targets, and the network's policy. Emptied when the configuration changes."""
 
     LIMIT = 1024  # networks are the callers' choice: a bounded cache
 
     def __init__(self) -> None:
         self._config: Config | None = None
         self._names: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._policies: dict[str, NetworkPolicy] = {}
+
+    def _check(self, config: Config) -> None:
+        if config is not self._config:
+            self._config, self._names, self._policies = config, {}, {}
 
     def names(self, config: Config, event_type: str, network_id: str) -> tuple[str, ...]:
-        if config is not self._config:
-            self._config, self._names = config, {}
+        self._check(config)
         key = (event_type, network_id)
         names = self._names.get(key)
         if names is None:
@@ -91,6 +97,15 @@ class RouteCache:
                 self._names.clear()
             names = self._names[key] = tuple(t.name for t in config.routes(event_type, network_id))
         return names
+
+    def policy(self, config: Config, network_id: str) -> NetworkPolicy:
+        self._check(config)
+        policy = self._policies.get(network_id)
+        if policy is None:
+            if len(self._policies) >= self.LIMIT:
+                self._policies.clear()
+            policy = self._policies[network_id] = config.network_policy(network_id)
+        return policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +116,7 @@ class Ingest:
     # Reloads the configuration if it changed in Redis; True if it did.
     refresh_config: Callable[[], Awaitable[bool]]
     auth: IngestAuth
-    routes: RouteCache = field(default_factory=RouteCache)
+    cache: ConfigCache = field(default_factory=ConfigCache)
 
     async def __call__(self, request: Request, event_type: str) -> Response:
         """The Starlette endpoint (routes the fast path does not take, such as HEAD)."""
@@ -130,15 +145,16 @@ class Ingest:
                 if not await self.refresh_config():
                     raise
                 event = self.parse(callback, event_type, body, live.aliases, client)
+            cache = self.cache
             try:
-                self.auth.check(opens, event.network_id, client, live.current)
+                self.auth.check(opens, event.network_id, client, cache.policy(live.current, event.network_id))
             except Forbidden:
                 # A network or an address given to this caller a moment ago: likewise.
                 if not await self.refresh_config():
                     raise
                 opens = self.auth.networks_of(callback, live.version, live.current)
-                self.auth.check(opens, event.network_id, client, live.current)
-            targets = self.routes.names(live.current, event.type, event.network_id)
+                self.auth.check(opens, event.network_id, client, cache.policy(live.current, event.network_id))
+            targets = cache.names(live.current, event.type, event.network_id)
             status = await self.accepter.accept(event, targets)
         except CallbackError as exc:
             if not isinstance(exc, StoreUnavailable):

@@ -95,6 +95,10 @@ class _JSONObject(list[tuple[str, object]]):
     """A JSON object kept as its (name, value) pairs, duplicates included."""
 
 
+# Built once: json.loads with any option builds a new decoder per call.
+_JSON = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str, object_pairs_hook=_JSONObject)
+
+
 def decode_json(data: bytes, charset: str | None = None) -> Pairs:
     """A flat JSON object; numbers keep their decimal text (15551231234 stays "15551231234").
 
@@ -105,9 +109,7 @@ def decode_json(data: bytes, charset: str | None = None) -> Pairs:
         data = data[len(codecs.BOM_UTF8) :]
     text = _text(data, charset, "body")
     try:
-        obj = json.loads(
-            text, parse_int=str, parse_float=str, parse_constant=str, object_pairs_hook=_JSONObject
-        )
+        obj = _JSON.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidCallback(
             f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from gateway.exceptions import Forbidden, Unauthorized
-from gateway.networks import TokenTable
+from gateway.networks import NetworkPolicy, TokenTable
 from gateway.targets import Config
 
 if TYPE_CHECKING:
@@ -63,11 +63,16 @@ class IngestAuth:
             raise Unauthorized("the token is not valid", field="token")
         return networks
 
-    def check(self, opens: set[str] | None, network_id: str, client: str | None, config: Config) -> None:
-        """Raise Forbidden unless the token opens this network and the caller may call for it."""
+    def check(
+        self, opens: set[str] | None, network_id: str, client: str | None, policy: NetworkPolicy
+    ) -> None:
+        """Raise Forbidden unless the token opens this network and the caller may call for it.
+
+        `policy`: the network's (`Config.network_policy`).
+        """
         if opens is not None and "*" not in opens and network_id not in opens:
             raise Forbidden("the token is not valid for this network", field="token")
-        allow = config.network_policy(network_id).networks()
+        allow = policy.networks()
         if allow and not _within(client, allow):
             raise Forbidden("calls for this network are not allowed from this address", field="client")
 
