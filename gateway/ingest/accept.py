@@ -41,6 +41,7 @@ SUPPRESSED = "suppressed:"  # followed by the reason
 SPOOLED = "spooled"
 EXISTS = "exists"  # a spool drain found the event already stored
 DRAIN_BATCH = 500
+IN_FLIGHT = 2  # batches on their way to Redis at once
 DRAIN_TIMEOUT = 30.0  # seconds for one batch of a drain: Redis answering, but slowly, or not at all
 
 
@@ -89,8 +90,8 @@ class Accepter:
         self.bound = bound
         self._script = ingest_script()
         self._pending: list[_Waiting] = []
-        self._flushing = False
-        self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
+        self._collecting = False  # a flush task is about to take what is pending
+        self._flushers: set[asyncio.Task[None]] = set()
         self._state = _dumps(Delivery().to_dict())
         self.redis_down_since: float | None = None
 
@@ -99,19 +100,30 @@ class Accepter:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(event, targets, loop.create_future())
         self._pending.append(waiting)
-        if not self._flushing:
-            self._flushing = True
+        if not self._collecting and len(self._flushers) < IN_FLIGHT:
+            self._collecting = True
             # Its first step runs on the loop's next turn: after every callback of this one.
-            self._flusher = loop.create_task(self._flush_all())
+            task = loop.create_task(self._flush_all())
+            self._flushers.add(task)  # held: the loop keeps only weak references
+            task.add_done_callback(self._flushers.discard)
         return await waiting.done
 
     async def _flush_all(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._flush(batch)
-        finally:
-            self._flushing = False
+        """Take what is pending, store it, and go on while more waits and nobody else takes it.
+
+        Up to IN_FLIGHT of these run at once: while one batch is in Redis the next is on its way,
+        so neither the web process nor Redis waits for the other's turn. Redis runs the batches
+        one after the other, each atomically, as before.
+        """
+        while True:
+            self._collecting = False
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            await self._flush(batch)
+            if not self._pending or self._collecting:
+                return
+            self._collecting = True
 
     async def _flush(self, batch: list[_Waiting]) -> None:
         try:
