@@ -273,3 +273,39 @@ def test_accept_spools_when_redis_is_slower_than_the_bound_then_drains(
     assert sum(drained) == 1
     assert redis.zcard("gw:events") == 2 and redis.zcard("gw:due") == 2
     assert not spool.path.exists()
+
+
+def test_accept_answers_every_burst_with_batches_in_flight(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    # Bursts of callbacks at every phase of the flushes (two in flight at once): each one answered.
+    spool = Spool(tmp_path / "spool", name="burst")
+
+    async def go() -> list[str]:
+        client, accepter = _accepter(redis_url, spool, bound=5.0)
+        statuses: list[str] = []
+        try:
+            n = 0
+            for burst in range(300):
+                events = []
+                for _ in range(1 + burst % 4):
+                    n += 1
+                    events.append(
+                        make_event(
+                            {"invitee": f"+1555{n:07d}", "invitor": "a", "network_id": "n"},
+                            "invitation_created",
+                            "query",
+                        )
+                    )
+                async with asyncio.timeout(10):  # a callback left without a flush would hang here
+                    statuses += await asyncio.gather(*(accepter.accept(ev, ["t"]) for ev in events))
+                for _ in range(burst % 3):
+                    await asyncio.sleep(0)
+            return statuses
+        finally:
+            await client.aclose()
+            spool.close()
+
+    statuses = run(go())
+    assert statuses == [ACCEPTED] * len(statuses)
+    assert redis.zcard("gw:events") == len(statuses)

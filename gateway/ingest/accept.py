@@ -92,6 +92,7 @@ class Accepter:
         self._pending: list[_Waiting] = []
         self._collecting = False  # a flush task is about to take what is pending
         self._flushers: set[asyncio.Task[None]] = set()
+        self._running = 0  # flush tasks started and not yet returned
         self._state = _dumps(Delivery().to_dict())
         self.redis_down_since: float | None = None
 
@@ -100,8 +101,9 @@ class Accepter:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(event, targets, loop.create_future())
         self._pending.append(waiting)
-        if not self._collecting and len(self._flushers) < IN_FLIGHT:
+        if not self._collecting and self._running < IN_FLIGHT:
             self._collecting = True
+            self._running += 1  # counted here and in _flush_all, not by done callbacks (run later)
             # Its first step runs on the loop's next turn: after every callback of this one.
             task = loop.create_task(self._flush_all())
             self._flushers.add(task)  # held: the loop keeps only weak references
@@ -115,15 +117,18 @@ class Accepter:
         so neither the web process nor Redis waits for the other's turn. Redis runs the batches
         one after the other, each atomically, as before.
         """
-        while True:
-            self._collecting = False
-            batch, self._pending = self._pending, []
-            if not batch:
-                return
-            await self._flush(batch)
-            if not self._pending or self._collecting:
-                return
-            self._collecting = True
+        try:
+            while True:
+                self._collecting = False
+                batch, self._pending = self._pending, []
+                if not batch:
+                    return
+                await self._flush(batch)
+                if not self._pending or self._collecting:
+                    return
+                self._collecting = True
+        finally:
+            self._running -= 1
 
     async def _flush(self, batch: list[_Waiting]) -> None:
         try:
