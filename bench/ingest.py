@@ -5,7 +5,7 @@ Every figure is set against a baseline measured in the same run: bare Starlette 
 keep-alive, no access log). The gateway is `python -m gateway web` on a private Redis
 (gateway.embedded.EmbeddedRedis), with GATEWAY_OPEN_INGEST=true and one matching target at a
 127.0.0.1 port where nothing listens (no worker runs: nothing is sent), at log level INFO as in
-production (one line per accepted callback) and at WARNING.
+production (one `accepted …` line per batch of callbacks) and at WARNING.
 
 Load: wrk -t1 --latency with bench/ingest.lua (one invitation per request, each with its own
 invitee, since the gateway drops identical callbacks as duplicates), GET (query string) and

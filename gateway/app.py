@@ -29,8 +29,9 @@ from gateway.admin.api import admin_api
 from gateway.admin.dashboard import create_dashboard
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import CallbackError, ConfigError
+from gateway.fastredis import FastRedis, ScriptsViaRedisPy, script_client
 from gateway.ingest.accept import Accepter
-from gateway.ingest.endpoint import Ingest
+from gateway.ingest.endpoint import Callback, ConfigCache, Ingest
 from gateway.ingest.spool import Spool
 from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig
@@ -117,17 +118,22 @@ class IngestParts:
     """What the ingest runs on; `gateway spool drain` builds the same to drain a spool."""
 
     redis: Redis  # sync: the configuration file at startup, RQ's enqueue (rare, in a thread)
-    aio: aioredis.Redis  # async: every callback, on the event loop
+    aio: aioredis.Redis  # async: the configuration, health, the spool drain's look
+    fast: (
+        FastRedis | ScriptsViaRedisPy
+    )  # async: the accept step's one command per batch (gateway/fastredis.py)
     store: Store
     live: LiveConfig
     accepter: Accepter
     refresh_config: Callable[[], Awaitable[bool]]
+    cache: ConfigCache  # the configuration's lookups per network, for the accept and the endpoint
 
 
 def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
     retention = settings.retention_days * 86400
     redis = wiring.redis_client(settings)
     aio = wiring.aio_redis_client(settings)
+    fast = script_client(wiring.redis_url(settings), aio, connect_timeout=2)
     store = wiring.store(settings, redis)
     live = LiveConfig(store)
     queue = make_queue(redis, settings.queue_name)
@@ -147,6 +153,8 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         live.install(seen, data)
         return True
 
+    cache = ConfigCache()
+
     def routes(event: InvitationEvent) -> list[str]:
         return [t.name for t in live.current.routes(event.type, event.network_id)]
 
@@ -158,10 +166,10 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
             log.warning("no drain job queued (Redis?); the workers' ticker will find the deliveries")
 
     def limits(event: InvitationEvent, now: int) -> dict[str, Any]:
-        return limit_fields(event, live.current.network_policy(event.network_id), now)
+        return limit_fields(event, cache.policy(live.current, event.network_id), now)
 
     accepter = Accepter(
-        aio,
+        fast,
         settings.prefix,
         retention,
         spool,
@@ -172,7 +180,7 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         dedupe_seconds=settings.dedupe_seconds,
         bound=settings.spool_after_ms / 1000,
     )
-    return IngestParts(redis, aio, store, live, accepter, refresh_config)
+    return IngestParts(redis, aio, fast, store, live, accepter, refresh_config, cache)
 
 
 def create_app(settings: Settings | None = None) -> IngestFastPath:
@@ -184,7 +192,9 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
     redis, aio, store, live, accepter = parts.redis, parts.aio, parts.store, parts.live, parts.accepter
     auth = IngestAuth(settings.open_ingest, settings.trusted_proxies, os.environ)
     ingest_metrics = IngestMetrics()
-    ingest = Ingest(live, accepter, settings.max_body, parts.refresh_config, auth, ingest_metrics)
+    ingest = Ingest(
+        live, accepter, settings.max_body, parts.refresh_config, auth, parts.cache, ingest_metrics
+    )
     ops = OpsKeys(settings.prefix)
     tally = ingest_metrics.tally
 
@@ -321,6 +331,7 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         spool.close()
+        await parts.fast.aclose()
         await aio.aclose()
         redis.close()
 
@@ -367,18 +378,21 @@ class IngestFastPath:
         if scope["type"] == "http" and scope["method"] in ("GET", "POST"):
             event_type, token = _ingest_path(scope["path"])
             if event_type is not None:
-                if token is not None:
-                    scope["path_params"] = {"token": token}
-                request = Request(scope, receive, send)
                 try:
-                    response = await self.ingest(request, event_type)
+                    await self.ingest.take(Callback(scope, receive, token), event_type)
                 except CallbackError as exc:
-                    response = await callback_error(request, exc)
-                await response(scope, receive, send)
+                    response = await callback_error(Request(scope), exc)
+                    await response(scope, receive, send)
+                    return
+                # What Starlette's Response(status_code=204) sends, without building one.
+                await send(_NO_CONTENT_START)
+                await send(_NO_CONTENT_BODY)
                 return
         await self.app(scope, receive, send)
 
 
+_NO_CONTENT_START = {"type": "http.response.start", "status": 204, "headers": []}
+_NO_CONTENT_BODY = {"type": "http.response.body", "body": b""}
 _EVENT_PATHS = {f"/{t}": t for t in (INVITATION_CREATED, INVITATION_ACCEPTED)}
 
 

@@ -34,6 +34,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from gateway.events import INVITATION_ACCEPTED, InvitationEvent
+from gateway.fastredis import Script
 from gateway.networks import NetworkPolicy, prefix_allowed, prefix_of
 
 if TYPE_CHECKING:
@@ -844,10 +845,16 @@ local out = {'0', 0}
 local nets = {}
 local holds = {}
 local any = false
-for i, it in ipairs(cjson.decode(ARGV[6])) do
+for i = 6, #ARGV - 7, 8 do
+  -- kind, id, event JSON, network, ms, targets (comma-separated), dedupe key, limits JSON or ''
+  local it = ARGV[i + 7] ~= '' and cjson.decode(ARGV[i + 7]) or {}
+  it.id, it.n, it.ms, it.dk = ARGV[i + 1], ARGV[i + 3], ARGV[i + 4], ARGV[i + 6]
+  local ts = {}
+  for t in string.gmatch(ARGV[i + 5], '[^,]+') do ts[#ts + 1] = t end
+  it.ts = ts
   local ek = p .. ':event:' .. it.id
   local status = 'accepted'
-  if it.add then
+  if ARGV[i] == 'a' then
     -- targets added by a configuration change during the accept: deliveries only
     for _, t in ipairs(it.ts) do
       if redis.call('HSETNX', ek .. ':deliveries', t, state) == 1 then
@@ -902,7 +909,7 @@ for i, it in ipairs(cjson.decode(ARGV[6])) do
       status = 'suppressed:' .. why
       redis.call('HINCRBY', p .. ':counters', 'suppressed', 1)
     end
-    redis.call('SET', ek, cjson.encode(it.ev), 'EX', ttl)
+    redis.call('SET', ek, ARGV[i + 2], 'EX', ttl)
     if why and #it.ts > 0 then
       local dk = ek .. ':deliveries'
       local st = cjson.encode({status = 'suppressed', attempts = 0, retries = 0, throttles = 0,
@@ -947,19 +954,23 @@ return out
 )
 
 
-def ingest_script(client: Redis | aioredis.Redis) -> Any:
+def ingest_script() -> Script:
     """The accept step's Lua: store a batch of events and their deliveries in one call.
 
     ARGV: prefix, now ms, retention s, dedupe window ms (0: off), the pending delivery state
-    JSON, and a JSON list of {id, ev (the event), n (network), ms, ts (targets), dk (dedupe
-    key), and the limits: sup (a reason to suppress it), lim ([[key, max, ttl ms, reason]]), g
-    (the prefix guard: {h, c, a keys, min, ratio, hold s, ttl ms, why}), ga ([key, ttl ms]: count
-    an accepted invitation)}, or {id, ms, ts, add: true} to add deliveries to a stored event.
+    JSON, then 8 per event: kind ("n" a new event, "a" deliveries to add to a
+    stored one), id, the event's JSON (stored as it is), network, received ms, targets
+    (comma-separated), dedupe key, and the limits as JSON or "" (`limit_fields`: sup, a reason
+    to suppress it; lim, [[key, max, ttl ms, reason]]; g, the prefix guard {h, c, a keys, min,
+    ratio, hold s, ttl ms, why}; ga, [key, ttl ms] to count an accepted invitation).
     Returns [config version, 1 if a drain job must be queued, status per event (accepted |
     duplicate:ID OF THE FIRST | exists | suppressed:REASON), then "held:NETWORK:REASON" per
     prefix just held].
     """
-    return client.register_script(_LUA_INGEST)
+    return _INGEST_SCRIPT
+
+
+_INGEST_SCRIPT = Script(_LUA_INGEST)
 
 
 def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> dict[str, Any]:
@@ -968,6 +979,8 @@ def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> 
     Limits and the prefix guard apply to created invitations (what sends an SMS); an accepted
     one only counts towards its prefix's accepted share. Windows are fixed buckets.
     """
+    if not (policy.guard or policy.limits or policy.allowed_prefixes):
+        return {}  # most networks: nothing to count
     net = event.network_id
     fields: dict[str, Any] = {}
     if event.type == INVITATION_ACCEPTED:

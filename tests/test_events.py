@@ -372,3 +372,50 @@ def test_new_ulids_differ_and_sort_by_time() -> None:
     ids = [new_ulid(1_700_000_000_000 + n // 10) for n in range(1000)]
     assert len(set(ids)) == 1000
     assert [i[:10] for i in ids] == sorted(i[:10] for i in ids)
+
+
+@given(
+    st.text(min_size=1, max_size=40),
+    st.text(max_size=40),
+    st.one_of(st.none(), st.text(max_size=20)),
+    st.one_of(st.none(), st.text(max_size=60)),
+)
+def test_to_json_is_the_compact_json_of_to_dict(
+    invitor: str, network: str, client: str | None, message: str | None
+) -> None:
+    # Built by hand (once per callback, on the hot path): the text json.dumps would make.
+    event = InvitationEvent(
+        "01HF0000000000000000000000",
+        INVITATION_CREATED,
+        "+15551231234",
+        "+1 555 123 1234",
+        invitor,
+        network,
+        "2023-11-14T22:13:20.123Z",
+        1_700_000_000_123,
+        "json",
+        client=client,
+        message=message,
+    )
+    expected = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    assert event.to_json() == expected
+    assert InvitationEvent.from_dict(json.loads(event.to_json())) == event
+
+
+def test_ulid_random_bits_are_not_shared_with_a_forked_child() -> None:
+    import os
+
+    from gateway.events import new_ulid
+
+    new_ulid(1_700_000_000_000)  # the pool read ahead in the parent
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, to the parent
+        os.close(read)
+        os.write(write, new_ulid(1_700_000_000_000).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child != new_ulid(1_700_000_000_000)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import codecs
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.events import DEFAULT_ALIAS_TABLE, NOT_TEXT, make_event, pick_fields
 from gateway.exceptions import InvalidCallback, UnsupportedBody
@@ -491,3 +493,17 @@ def test_duplicate_json_field_with_two_values_is_refused() -> None:
     pairs = decode_json(b'{"invitee": "1555", "invitee": "1666", "invitor": "j", "network_id": "n"}')
     with pytest.raises(InvalidCallback, match="conflicting values for invitee"):
         pick_fields(pairs, DEFAULT_ALIAS_TABLE)
+
+
+@given(
+    st.binary(max_size=80) | st.text(alphabet=st.characters(max_codepoint=127), max_size=80).map(str.encode)
+)
+def test_decode_query_fast_path_decodes_as_the_general_one(raw: bytes) -> None:
+    # Plain ASCII without `%` takes a shortcut: it must give what decode_urlencoded gives.
+    try:
+        expected = decode_urlencoded(raw, "utf-8", what="query string")
+    except InvalidCallback:
+        with pytest.raises(InvalidCallback):
+            decode_query(raw)
+        return
+    assert decode_query(raw) == expected

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from redis import Redis
 
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.settings import Secret, Settings
 
 EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "300"))
 MAX_BODY = 4096
@@ -209,7 +209,7 @@ class App:
 
     def __init__(self, redis_url: str, spool_dir: Path) -> None:
         self.settings = Settings(
-            redis_url=redis_url,
+            redis_url=Secret(redis_url),
             open_ingest=True,
             dedupe_seconds=0,
             max_body=MAX_BODY,

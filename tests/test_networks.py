@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from starlette.requests import Request
 
 from gateway import networks
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent, make_event
 from gateway.exceptions import ConfigError
+from gateway.ingest.endpoint import Callback
 from gateway.ingest.tokens import IngestAuth, presented_token
 from gateway.networks import (
     Guard,
@@ -490,7 +490,7 @@ def _request(
     headers: list[tuple[bytes, bytes]] | None = None,
     peer: str = "127.0.0.1",
     token: str | None = None,
-) -> Request:
+) -> Callback:
     scope: dict[str, Any] = {
         "type": "http",
         "method": "GET",
@@ -498,9 +498,12 @@ def _request(
         "query_string": query,
         "headers": headers or [],
         "client": (peer, 40000),
-        "path_params": {"token": token} if token is not None else {},
     }
-    return Request(scope)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    return Callback(scope, receive, token)
 
 
 def test_presented_token_from_path_query_or_bearer() -> None:

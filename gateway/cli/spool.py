@@ -81,6 +81,7 @@ def spool_drain() -> None:
             await parts.refresh_config()
             return await parts.accepter.drain()
         finally:
+            await parts.fast.aclose()
             await parts.aio.aclose()
             parts.redis.close()
             spool.close()

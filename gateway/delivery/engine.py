@@ -394,7 +394,8 @@ class Engine:
                 fast = _first_delivered(attempt, now_ms())
                 if fast is not None:
                     record["a"], record["s"] = fast
-                    return _Result(record, _DELIVERED, name)  # logged a group per line (_complete)
+                    # Logged a group per line (_complete).
+                    return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
             new = state.to_dict()  # a dict, not Delivery.but(): this runs for every delivery
             new.update(changes)
             new["status"] = status
@@ -413,14 +414,15 @@ class Engine:
                 record["dead"] = True
             error = attempt.error if attempt is not None else None
             if outcome is Outcome.DELIVERED:
-                return _Result(record, _DELIVERED, name)  # logged a group per line (_complete)
+                # Logged a group per line (_complete).
+                return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
             return _Result(
                 record,
                 outcome.value,
                 name,
                 (error or outcome.value) if dead and attempt is not None else None,
                 f"delivery {did} attempt {number}: {outcome.value}" + (f" ({error})" if error else ""),
-                attempt.latency_ms / 1000 if attempt is not None and attempt.latency_ms is not None else None,
+                _seconds(attempt),
             )
 
         if target is None:
@@ -643,3 +645,8 @@ def _why(exc: BaseException) -> str:
 
 def _attempts(n: int) -> str:
     return "1 attempt" if n == 1 else f"{n} attempts"
+
+
+def _seconds(attempt: Attempt | None) -> float | None:
+    """An attempt's request duration in seconds, for the metrics (None: no request was made)."""
+    return attempt.latency_ms / 1000 if attempt is not None and attempt.latency_ms is not None else None

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
-from gateway.events import InvitationEvent, make_event, merge_fields
+from gateway.events import InvitationEvent, make_event, merge_fields, pick_fields
 from gateway.exceptions import (
     CallbackError,
     Forbidden,
@@ -32,11 +33,82 @@ from gateway.ingest.formats import decode_body, decode_query
 from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig
 from gateway.metrics import IngestMetrics
+from gateway.networks import NetworkPolicy
+from gateway.targets import Config
 
 log = logging.getLogger("gateway.ingest")
 
 LOGGED_BODY = 1024  # bytes of a rejected body written to the log, for the provider to debug
 NO_CONTENT = Response(status_code=204)
+
+
+class Callback:
+    """What the ingest reads of a request, straight from the ASGI scope.
+
+    The fast path (gateway/app.py) builds one per callback instead of a Starlette `Request`,
+    whose headers, client and path parameters are objects built on first use.
+    """
+
+    __slots__ = ("headers", "method", "peer", "query", "receive", "token")
+
+    def __init__(self, scope: Scope, receive: Receive, token: str | None = None) -> None:
+        self.method: str = scope["method"]
+        self.query: bytes = scope.get("query_string", b"")
+        self.headers: list[tuple[bytes, bytes]] = scope["headers"]  # names in lower case (ASGI)
+        client = scope.get("client")
+        self.peer: str | None = client[0] if client else None
+        self.token = token  # the path segment /invitation_created/<token>
+        self.receive = receive
+
+    @classmethod
+    def of(cls, request: Request) -> Callback:
+        token = request.path_params.get("token")
+        return cls(request.scope, request.receive, str(token) if token else None)
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of a header (`name` in lower case)."""
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
+    def header_list(self, name: bytes) -> list[str]:
+        return [value.decode("latin-1") for key, value in self.headers if key == name]
+
+
+class ConfigCache:
+    """What each callback looks up in the configuration in use, per (event type, network):
+    the names of its targets, and the network's policy. Emptied when the configuration changes."""
+
+    LIMIT = 1024  # networks are the callers' choice: a bounded cache
+
+    def __init__(self) -> None:
+        self._config: Config | None = None
+        self._names: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._policies: dict[str, NetworkPolicy] = {}
+
+    def _check(self, config: Config) -> None:
+        if config is not self._config:
+            self._config, self._names, self._policies = config, {}, {}
+
+    def names(self, config: Config, event_type: str, network_id: str) -> tuple[str, ...]:
+        self._check(config)
+        key = (event_type, network_id)
+        names = self._names.get(key)
+        if names is None:
+            if len(self._names) >= self.LIMIT:
+                self._names.clear()
+            names = self._names[key] = tuple(t.name for t in config.routes(event_type, network_id))
+        return names
+
+    def policy(self, config: Config, network_id: str) -> NetworkPolicy:
+        self._check(config)
+        policy = self._policies.get(network_id)
+        if policy is None:
+            if len(self._policies) >= self.LIMIT:
+                self._policies.clear()
+            policy = self._policies[network_id] = config.network_policy(network_id)
+        return policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,39 +119,47 @@ class Ingest:
     # Reloads the configuration if it changed in Redis; True if it did.
     refresh_config: Callable[[], Awaitable[bool]]
     auth: IngestAuth
+    cache: ConfigCache = field(default_factory=ConfigCache)
     metrics: IngestMetrics | None = None
 
     async def __call__(self, request: Request, event_type: str) -> Response:
+        """The Starlette endpoint (routes the fast path does not take, such as HEAD)."""
+        await self.take(Callback.of(request), event_type)
+        return NO_CONTENT
+
+    async def take(self, callback: Callback, event_type: str) -> None:
+        """Accept one callback (return: answer 204) or raise the CallbackError to answer with."""
         started = perf_counter()
         body = b""
+        live = self.live
         try:
-            client = self.auth.client_address(request)
+            client = self.auth.client_address(callback)
             try:
-                opens = self.auth.networks_of(request, self.live.version, self.live.current)
+                opens = self.auth.networks_of(callback, live.version, live.current)
             except Unauthorized:
                 # A token added a moment ago: check the configuration once, on the error path.
                 if not await self.refresh_config():
                     raise
-                opens = self.auth.networks_of(request, self.live.version, self.live.current)
-            if request.method == "POST":
-                body = await read_capped(request, self.max_body)
+                opens = self.auth.networks_of(callback, live.version, live.current)
+            if callback.method == "POST":
+                body = await read_capped(callback, self.max_body)
             try:
-                event = self.parse(request, event_type, body, self.live.aliases, client)
+                event = self.parse(callback, event_type, body, live.aliases, client)
             except InvalidCallback:
                 # Perhaps parsed with aliases that changed a moment ago: likewise.
                 if not await self.refresh_config():
                     raise
-                event = self.parse(request, event_type, body, self.live.aliases, client)
+                event = self.parse(callback, event_type, body, live.aliases, client)
+            cache = self.cache
             try:
-                self.auth.check(opens, event.network_id, client, self.live.current)
+                self.auth.check(opens, event.network_id, client, cache.policy(live.current, event.network_id))
             except Forbidden:
                 # A network or an address given to this caller a moment ago: likewise.
                 if not await self.refresh_config():
                     raise
-                opens = self.auth.networks_of(request, self.live.version, self.live.current)
-                self.auth.check(opens, event.network_id, client, self.live.current)
-            config = self.live.current
-            targets = [t.name for t in config.routes(event.type, event.network_id)]
+                opens = self.auth.networks_of(callback, live.version, live.current)
+                self.auth.check(opens, event.network_id, client, cache.policy(live.current, event.network_id))
+            targets = cache.names(live.current, event.type, event.network_id)
             status = await self.accepter.accept(event, targets)
         except CallbackError as exc:
             if self.metrics is not None:
@@ -88,19 +168,25 @@ class Ingest:
                 log.warning(
                     "rejected %s from %s: %s; content-type=%r body=%r",
                     event_type,
-                    self.auth.client_address(request) or "?",
+                    self.auth.client_address(callback) or "?",
                     exc.detail,
-                    request.headers.get("content-type"),
+                    callback.header(b"content-type"),
                     body[:LOGGED_BODY],
                 )
             raise
         if self.metrics is not None:
             outcome = status if status in (ACCEPTED, SPOOLED) else status.partition(":")[0]
             self.metrics.callback(event_type, event.source_format, outcome, perf_counter() - started)
-        if status.startswith(SUPPRESSED):
+        if status == ACCEPTED:
+            if not targets:
+                log.warning(
+                    "accepted %s %s: no target serves network %r", event.type, event.id, event.network_id
+                )
+            # Accepted ones with targets are logged a batch per line by the Accepter.
+        elif status.startswith(SUPPRESSED):
             reason = status[len(SUPPRESSED) :]
             log.warning("suppressed %s %s (network %s): %s", event.type, event.id, event.network_id, reason)
-            if self.live.current.limited_status == 429:
+            if live.current.limited_status == 429:
                 raise Limited(f"held back and kept, not delivered: {reason}")
         elif status.startswith(DUPLICATE):
             log.info(
@@ -109,41 +195,37 @@ class Ingest:
                 event.network_id,
                 status[len(DUPLICATE) + 1 :] or "an earlier one",
             )
-        elif status != SPOOLED and not targets:
-            log.warning("accepted %s %s: no target serves network %r", event.type, event.id, event.network_id)
-        # Accepted ones with targets are logged a batch per line by the Accepter.
-        return NO_CONTENT
 
     def parse(
-        self, request: Request, event_type: str, body: bytes, aliases: Mapping[str, str], client: str | None
+        self, callback: Callback, event_type: str, body: bytes, aliases: Mapping[str, str], client: str | None
     ) -> InvitationEvent:
         """Decode and normalize (pure)."""
-        query = decode_query(request.scope.get("query_string", b""))
-        if request.method == "POST":
+        query = decode_query(callback.query)
+        if callback.method == "POST":
             try:
-                decoded = decode_body(request.headers.get("content-type"), body)
+                decoded = decode_body(callback.header(b"content-type"), body)
             except CallbackError:
-                _refuse_encoding(request)
+                _refuse_encoding(callback)
                 raise
             pairs, source = decoded.pairs, decoded.source_format
         else:
             pairs, source = [], "query"
-        fields = merge_fields(query, pairs, aliases)
+        fields = merge_fields(query, pairs, aliases) if pairs else pick_fields(query, aliases)
         try:
             return make_event(fields, event_type, source, client=client)
         except InvalidCallback:
             if body:
-                _refuse_encoding(request)
+                _refuse_encoding(callback)
             raise
 
 
-def _refuse_encoding(request: Request) -> None:
+def _refuse_encoding(callback: Callback) -> None:
     """A compressed body reads as garbage: say so (415) rather than what the garbage lacks.
 
     Looked at only once a body failed (no header lookup per callback). Compressed bodies are
     refused rather than inflated: Acrobits never compresses, and inflating invites zip bombs.
     """
-    encoding = request.headers.get("content-encoding", "").strip().lower()
+    encoding = (callback.header(b"content-encoding") or "").strip().lower()
     if encoding and encoding != "identity":
         raise UnsupportedBody(
             f"Content-Encoding {encoding} is not supported: send the body uncompressed",
@@ -151,19 +233,20 @@ def _refuse_encoding(request: Request) -> None:
         )
 
 
-async def read_capped(request: Request, limit: int) -> bytes:
+async def read_capped(callback: Callback, limit: int) -> bytes:
     """Read the body, refusing more than `limit` bytes by Content-Length or while streaming.
 
     Straight from the ASGI messages (what `Request.stream` does, without its generator): one
     await for the usual one-message body.
     """
-    declared = request.headers.get("content-length")
+    declared = callback.header(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes", "body")
     chunks: list[bytes] = []
     size = 0
+    receive = callback.receive
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunk = message.get("body", b"")

@@ -12,13 +12,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from starlette.requests import Request
-
 from gateway.exceptions import Forbidden, Unauthorized
-from gateway.networks import TokenTable
+from gateway.networks import NetworkPolicy, TokenTable
 from gateway.targets import Config
+
+if TYPE_CHECKING:
+    from gateway.ingest.endpoint import Callback
 
 log = logging.getLogger("gateway.ingest")
 
@@ -44,9 +46,9 @@ class IngestAuth:
             self._tables = (version, table)
         return self._tables[1]
 
-    def networks_of(self, request: Request, version: int, config: Config) -> set[str] | None:
+    def networks_of(self, callback: Callback, version: int, config: Config) -> set[str] | None:
         """The networks the request's token opens (None: the ingest is open). Raises Unauthorized."""
-        token = presented_token(request)
+        token = presented_token(callback)
         if self.open and token is None:
             return None
         if token is None:
@@ -61,22 +63,27 @@ class IngestAuth:
             raise Unauthorized("the token is not valid", field="token")
         return networks
 
-    def check(self, opens: set[str] | None, network_id: str, client: str | None, config: Config) -> None:
-        """Raise Forbidden unless the token opens this network and the caller may call for it."""
+    def check(
+        self, opens: set[str] | None, network_id: str, client: str | None, policy: NetworkPolicy
+    ) -> None:
+        """Raise Forbidden unless the token opens this network and the caller may call for it.
+
+        `policy`: the network's (`Config.network_policy`).
+        """
         if opens is not None and "*" not in opens and network_id not in opens:
             raise Forbidden("the token is not valid for this network", field="token")
-        allow = config.network_policy(network_id).networks()
+        allow = policy.networks()
         if allow and not _within(client, allow):
             raise Forbidden("calls for this network are not allowed from this address", field="client")
 
-    def client_address(self, request: Request) -> str | None:
+    def client_address(self, callback: Callback) -> str | None:
         """The peer, or behind a trusted proxy the last X-Forwarded-For hop it did not add."""
-        peer = request.client.host if request.client else None
+        peer = callback.peer
         if peer is None or not self.trusted or not _within(peer, self.trusted):
             return peer
         # Every X-Forwarded-For line, in order: a proxy may add its own line after one the
         # client sent, and the client's (first) line is the one it can forge.
-        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
+        forwarded = ",".join(callback.header_list(b"x-forwarded-for"))
         hops = [h.strip() for h in forwarded.split(",") if h.strip()]
         for hop in reversed(hops):
             if not _within(hop, self.trusted):
@@ -84,16 +91,15 @@ class IngestAuth:
         return hops[0] if hops else peer
 
 
-def presented_token(request: Request) -> str | None:
-    token = request.path_params.get("token")
-    if token:
-        return str(token)
-    query: bytes = request.scope.get("query_string", b"")
+def presented_token(callback: Callback) -> str | None:
+    if callback.token:
+        return callback.token
+    query = callback.query
     if b"token=" in query:
         for name, value in parse_qsl(query.decode("latin-1")):
             if name == "token" and value:
                 return value
-    auth: str | None = request.headers.get("authorization")
+    auth = callback.header(b"authorization")
     if auth and auth[:7].lower() == "bearer ":
         return auth[7:].strip() or None
     return None

@@ -109,7 +109,9 @@ url = "{target_server.url}/t?to=%invitee%"
             return False
 
     wait_until(answers, "web answers", timeout=30, interval=0.1)
-    assert http_call(base, "GET", "/healthz").status == 503
+    # Up (/healthz) but not ready (/readyz) while Redis is away.
+    assert http_call(base, "GET", "/healthz").json()["redis"].startswith("unreachable")
+    assert http_call(base, "GET", "/readyz").status == 503
     # A callback while Redis is down is spooled, not refused.
     spooled = http_call(
         base, "GET", "/invitation_created?invitee=%2B15550001&invitor=%2B15550002&network_id=mynetwork"
@@ -119,7 +121,7 @@ url = "{target_server.url}/t?to=%invitee%"
         assert server.url == redis_url
         wait_until(
             lambda: (
-                http_call(base, "GET", "/healthz").status == 200
+                http_call(base, "GET", "/healthz").json().get("redis") == "ok"
                 and http_call(base, "GET", "/healthz").json().get("config_version") == 1
             ),
             "configuration applied once Redis is back",

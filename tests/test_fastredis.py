@@ -1,0 +1,311 @@
+"""gateway.fastredis against real valkey servers: the session's, and private ones started and
+stopped by PID (restart, password, unix socket). No mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from gateway.embedded import EmbeddedRedis, find_server_binary, free_port
+from gateway.events import make_event
+from gateway.fastredis import ConnectionLost, Endpoint, FastRedis, ReplyError, Script
+from gateway.ingest.accept import ACCEPTED, SPOOLED, Accepter
+from gateway.ingest.spool import Spool
+
+ECHO = Script("return {ARGV[1], #KEYS, redis.call('INCR', KEYS[1])}")
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_commands_pipelined_replies_in_order(redis_url: str, redis: Redis) -> None:
+    async def go() -> list[object]:
+        client = FastRedis(redis_url)
+        try:
+            assert await client.ping()
+            assert await client.execute("SET", "k", "v") == b"OK"
+            replies = await asyncio.gather(*(client.execute("INCR", "n") for _ in range(200)))
+            got = await client.execute("GET", "k")
+            return [replies, got]
+        finally:
+            await client.aclose()
+
+    replies, got = run(go())
+    assert replies == list(range(1, 201))  # one connection, answered in the order sent
+    assert got == b"v"
+    assert redis.get("n") == b"200"  # the URL's database, not 0
+
+
+def test_error_reply_is_raised_and_the_connection_stays_usable(redis_url: str) -> None:
+    async def go() -> object:
+        client = FastRedis(redis_url)
+        try:
+            await client.execute("SET", "s", "text")
+            with pytest.raises(ReplyError, match="not an integer"):
+                await client.execute("INCR", "s")
+            return await client.execute("GET", "s")
+        finally:
+            await client.aclose()
+
+    assert run(go()) == b"text"
+
+
+def test_evalsha_loads_the_script_again_after_script_flush(redis_url: str, redis: Redis) -> None:
+    async def go() -> list[object]:
+        client = FastRedis(redis_url)
+        try:
+            redis.script_flush()
+            first = await client.evalsha(ECHO, ["c"], ["a"])  # NOSCRIPT: sent in full by EVAL
+            second = await client.evalsha(ECHO, ["c"], ["b"])  # cached now
+            redis.script_flush()
+            third = await client.evalsha(ECHO, ["c"], ["d"])  # NOSCRIPT again
+            return [first, second, third]
+        finally:
+            await client.aclose()
+
+    assert run(go()) == [[b"a", 1, 1], [b"b", 1, 2], [b"d", 1, 3]]
+    assert redis.script_exists(ECHO.sha) == [True]
+
+
+def test_a_lua_error_is_a_reply_error(redis_url: str) -> None:
+    async def go() -> None:
+        client = FastRedis(redis_url)
+        try:
+            with pytest.raises(ReplyError):
+                await client.evalsha(Script("return redis.call('NOSUCHCOMMAND')"), [], [])
+        finally:
+            await client.aclose()
+
+    run(go())
+
+
+def test_reconnects_after_a_redis_restart(tmp_path: Path) -> None:
+    port = free_port()
+    server = EmbeddedRedis(port=port).start()
+
+    async def go() -> None:
+        nonlocal server
+        client = FastRedis(f"redis://127.0.0.1:{port}/3")
+        try:
+            assert await client.execute("SET", "before", "1") == b"OK"
+            server.stop()
+            with pytest.raises(ConnectionLost):
+                await client.execute("GET", "before")
+            with pytest.raises(ConnectionLost):  # nothing listens: refused, not hung
+                await client.execute("GET", "before")
+            server = EmbeddedRedis(port=port).start()
+            # A new connection, and the URL's database selected on it again.
+            assert await client.execute("SET", "after", "2") == b"OK"
+            assert await client.evalsha(ECHO, ["c"], ["x"]) == [b"x", 1, 1]  # a new server: NOSCRIPT
+        finally:
+            await client.aclose()
+
+    try:
+        run(go())
+        assert Redis(port=port, db=3).get("after") == b"2"
+    finally:
+        server.stop()
+
+
+def test_a_timeout_closes_the_connection_and_the_next_call_reconnects(redis_url: str, redis: Redis) -> None:
+    async def go() -> object:
+        client = FastRedis(redis_url)
+        try:
+            await client.execute("SET", "k", "1")
+            redis.execute_command("CLIENT", "PAUSE", "600", "ALL")
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await client.execute("INCR", "k")
+            await asyncio.sleep(0.6)  # the pause ends
+            return await client.execute("GET", "k")  # on a new connection
+        finally:
+            await client.aclose()
+
+    # The INCR was sent before the timeout: whether Redis ran it on the closed connection is its
+    # business (the ingest's event ids make either case safe).
+    assert run(go()) in (b"1", b"2")
+
+
+def test_password_username_and_database_from_the_url(tmp_path: Path) -> None:
+    server = EmbeddedRedis().start()
+    try:
+        admin = Redis(port=server.port)
+        admin.execute_command("ACL", "SETUSER", "alice", "on", ">alice-pw", "~*", "&*", "+@all")
+        admin.config_set("requirepass", "s3cret")
+        admin.close()
+
+        async def go() -> None:
+            by_password = FastRedis(f"redis://:s3cret@127.0.0.1:{server.port}/7")
+            by_user = FastRedis(f"redis://alice:alice-pw@127.0.0.1:{server.port}/8")
+            wrong = FastRedis(f"redis://:nope@127.0.0.1:{server.port}/0")
+            none = FastRedis(f"redis://127.0.0.1:{server.port}/0")
+            try:
+                assert await by_password.execute("SET", "who", "default") == b"OK"
+                assert await by_user.execute("SET", "who", "alice") == b"OK"
+                with pytest.raises(ReplyError, match="AUTH"):
+                    await wrong.execute("PING")
+                with pytest.raises(ReplyError, match="NOAUTH"):
+                    await none.execute("PING")
+            finally:
+                for c in (by_password, by_user, wrong, none):
+                    await c.aclose()
+
+        run(go())
+        check = Redis(port=server.port, password="s3cret", db=7)
+        assert check.get("who") == b"default"
+        assert Redis(port=server.port, password="s3cret", db=8).get("who") == b"alice"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def unix_server(tmp_path: Path) -> Iterator[Path]:
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen(
+        [find_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert proc.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "no unix socket within 10 s"
+            time.sleep(0.02)
+        yield sock
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_unix_socket_url(unix_server: Path) -> None:
+    async def go() -> object:
+        client = FastRedis(f"unix://{unix_server}?db=2")
+        try:
+            await client.execute("SET", "k", "u")
+            return await client.evalsha(ECHO, ["c"], ["y"])
+        finally:
+            await client.aclose()
+
+    assert run(go()) == [b"y", 1, 1]
+    assert Redis(unix_socket_path=str(unix_server), db=2).get("k") == b"u"
+
+
+def test_endpoint_reads_the_url_as_redis_py_does() -> None:
+    ep = Endpoint.from_url("redis://u:p%40ss@example.test:6380/4?socket_connect_timeout=0.5&client_name=gw")
+    assert (ep.host, ep.port, ep.db, ep.username, ep.password) == ("example.test", 6380, 4, "u", "p@ss")
+    assert (ep.connect_timeout, ep.client_name, ep.ssl, ep.path) == (0.5, "gw", None, None)
+    assert ep.handshake() == [("AUTH", "u", "p@ss"), ("SELECT", 4), ("CLIENT", "SETNAME", "gw")]
+    assert Endpoint.from_url("redis://localhost").handshake() == []
+    import ssl
+
+    tls = Endpoint.from_url("rediss://:pw@example.test:6380/0")
+    assert tls.ssl is not None and tls.ssl.verify_mode == ssl.CERT_REQUIRED and tls.ssl.check_hostname
+    lax = Endpoint.from_url("rediss://example.test?ssl_cert_reqs=none")
+    assert lax.ssl is not None and lax.ssl.verify_mode == ssl.CERT_NONE
+    assert Endpoint.from_url("unix:///run/redis.sock?db=1").path == "/run/redis.sock"
+
+
+def _accepter(url: str, spool: Spool, bound: float) -> tuple[FastRedis, Accepter]:
+    client = FastRedis(url)
+
+    async def on_version(version: int) -> bool:
+        return False
+
+    async def wake() -> None:
+        return None
+
+    accepter = Accepter(
+        client,
+        "gw",
+        86400,
+        spool,
+        routes=lambda ev: ["t"],
+        limits=lambda ev, now: {},
+        on_version=on_version,
+        wake=wake,
+        bound=bound,
+    )
+    return client, accepter
+
+
+def test_accept_spools_when_redis_is_slower_than_the_bound_then_drains(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool", name="test")
+
+    async def go() -> tuple[str, str, int, tuple[int, int]]:
+        client, accepter = _accepter(redis_url, spool, bound=0.2)
+        try:
+            first = make_event(
+                {"invitee": "+15550000001", "invitor": "a", "network_id": "n"}, "invitation_created", "query"
+            )
+            stored = await accepter.accept(first, ["t"])
+            redis.execute_command("CLIENT", "PAUSE", "700", "ALL")
+            second = make_event(
+                {"invitee": "+15550000002", "invitor": "a", "network_id": "n"}, "invitation_created", "query"
+            )
+            spooled = await accepter.accept(second, ["t"])  # the bound passes: fsync'd in the spool
+            lines = len(spool.path.read_bytes().splitlines())
+            await asyncio.sleep(0.8)
+            drained = await accepter.drain()
+            return stored, spooled, lines, drained
+        finally:
+            await client.aclose()
+            spool.close()
+
+    stored, spooled, lines, drained = run(go())
+    assert (stored, spooled, lines) == (ACCEPTED, SPOOLED, 1)
+    # Stored by the drain, or found there already if Redis ran the timed-out EVALSHA: once.
+    assert sum(drained) == 1
+    assert redis.zcard("gw:events") == 2 and redis.zcard("gw:due") == 2
+    assert not spool.path.exists()
+
+
+def test_accept_answers_every_burst_with_batches_in_flight(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    # Bursts of callbacks at every phase of the flushes (two in flight at once): each one answered.
+    spool = Spool(tmp_path / "spool", name="burst")
+
+    async def go() -> list[str]:
+        client, accepter = _accepter(redis_url, spool, bound=5.0)
+        statuses: list[str] = []
+        try:
+            n = 0
+            for burst in range(300):
+                events = []
+                for _ in range(1 + burst % 4):
+                    n += 1
+                    events.append(
+                        make_event(
+                            {"invitee": f"+1555{n:07d}", "invitor": "a", "network_id": "n"},
+                            "invitation_created",
+                            "query",
+                        )
+                    )
+                async with asyncio.timeout(10):  # a callback left without a flush would hang here
+                    statuses += await asyncio.gather(*(accepter.accept(ev, ["t"]) for ev in events))
+                for _ in range(burst % 3):
+                    await asyncio.sleep(0)
+            return statuses
+        finally:
+            await client.aclose()
+            spool.close()
+
+    statuses = run(go())
+    assert statuses == [ACCEPTED] * len(statuses)
+    assert redis.zcard("gw:events") == len(statuses)
