@@ -105,6 +105,8 @@ class TLSProxy:
         self._stop.set()
         for s in [self.listener, *self._sockets]:
             with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)  # wakes the pumps blocked in recv
+            with contextlib.suppress(OSError):
                 s.close()
         for t in self._threads:
             t.join(5)
