@@ -16,7 +16,8 @@ import click
 from redis.exceptions import RedisError
 
 from gateway import __version__
-from gateway.events import EVENT_TYPES, InvitationEvent
+from gateway.admin.service import DeadLetter  # the same record, and JSON, as the admin API
+from gateway.events import EVENT_TYPES
 from gateway.exceptions import ConfigError
 from gateway.logs import setup_logging
 from gateway.records import DEAD, Delivery, iso_ms
@@ -171,30 +172,6 @@ def dead_letter_filters(default_limit: int) -> Callable[[F], F]:
         return func
 
     return wrap
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    delivery_id: str
-    failed_at_ms: int
-    target: str
-    event: InvitationEvent
-    delivery: Delivery
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "delivery_id": self.delivery_id,
-            "failed_at": iso_ms(self.failed_at_ms),
-            "target": self.target,
-            "network": self.event.network_id,
-            "event": self.event.type,
-            "event_id": self.event.id,
-            "status": str(self.delivery.status),
-            "attempts": self.delivery.attempts,
-            "replays": self.delivery.replays,
-            "last_status_code": self.delivery.last_status_code,
-            "last_error": self.delivery.last_error,
-        }
 
 
 @dataclass(frozen=True, slots=True)
