@@ -28,7 +28,7 @@ from gateway import wiring
 from gateway.admin.api import admin_api
 from gateway.admin.dashboard import create_dashboard
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
-from gateway.exceptions import CallbackError, ConfigError
+from gateway.exceptions import CallbackError, ConfigError, problem_document
 from gateway.fastredis import FastRedis, ScriptsViaRedisPy, script_client
 from gateway.ingest.accept import Accepter
 from gateway.ingest.endpoint import Callback, ConfigCache, Ingest
@@ -51,10 +51,7 @@ SPOOL_READY_MARGIN = 0.1  # /readyz fails once the spool has less than this shar
 
 def problem(status: int, title: str, detail: str, field: str | None = None) -> Response:
     """An RFC 9457 problem document."""
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    if field is not None:
-        body["field"] = field
-        body["invalid-params"] = [{"name": field, "reason": detail}]
+    body = problem_document(status, title, detail, field)
     return Response(json.dumps(body), status_code=status, media_type=PROBLEM)
 
 

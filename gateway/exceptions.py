@@ -1,14 +1,16 @@
 """Every error the gateway raises on purpose.
 
 GatewayError
-├── CallbackError             an inbound callback we refuse (turned into problem+json)
-│   ├── InvalidCallback       400: a field is missing or malformed
-│   ├── UnsupportedBody       415: the body is in no shape we recognise
-│   ├── Unauthorized          401: no ingest token, or one that opens nothing
-│   ├── Forbidden             403: the token or the caller's address is not for this network
-│   ├── PayloadTooLarge       413: the body is over the configured cap
-│   ├── Limited               429: kept but held back by a limit (only with limited_status = 429)
-│   └── StoreUnavailable      503: Redis could not take the invitation
+├── ProblemError              answered as application/problem+json (problem_document)
+│   ├── CallbackError         an inbound callback we refuse
+│   │   ├── InvalidCallback   400: a field is missing or malformed
+│   │   ├── UnsupportedBody   415: the body is in no shape we recognise
+│   │   ├── Unauthorized      401: no ingest token, or one that opens nothing
+│   │   ├── Forbidden         403: the token or the caller's address is not for this network
+│   │   ├── PayloadTooLarge   413: the body is over the configured cap
+│   │   ├── Limited           429: kept but held back by a limit (only with limited_status = 429)
+│   │   └── StoreUnavailable  503: Redis could not take the invitation
+│   └── AdminError            the admin API and dashboard (gateway/admin/__init__.py): 404, 409, 422
 ├── ConfigError               a broken target or setting, found at load time
 │   └── ConfigErrors          several of them, every problem of a file at once
 └── DeliveryError             one delivery attempt did not succeed
@@ -18,19 +20,43 @@ GatewayError
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GatewayError(Exception):
     """Base class for the gateway's own errors."""
 
 
-class CallbackError(GatewayError):
+class ProblemError(GatewayError):
+    """An error answered with an RFC 9457 problem document (see problem_document)."""
+
     status_code = 400
-    title = "Invalid callback"
+    title = "Bad request"
 
     def __init__(self, detail: str, field: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.field = field
+
+
+def problem_document(
+    status: int,
+    title: str,
+    detail: str,
+    field: str | None = None,
+    problems: list[tuple[str | None, str]] | None = None,
+) -> dict[str, Any]:
+    """The body of an application/problem+json answer; `problems`: every (field, reason) found."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if field is not None or problems:
+        body["field"] = field
+        body["invalid-params"] = [{"name": n, "reason": r} for n, r in (problems or [(field, detail)])]
+    return body
+
+
+class CallbackError(ProblemError):
+    status_code = 400
+    title = "Invalid callback"
 
 
 class InvalidCallback(CallbackError):

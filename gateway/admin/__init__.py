@@ -11,17 +11,11 @@ Its errors, which api.py turns into application/problem+json:
 
 from __future__ import annotations
 
-from gateway.exceptions import GatewayError
+from gateway.exceptions import ProblemError
 
 
-class AdminError(GatewayError):
-    status_code = 400
-    title = "Bad request"
-
-    def __init__(self, detail: str, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.field = field
+class AdminError(ProblemError):
+    """What the admin side refuses (api.py answers it as a problem document)."""
 
 
 class NotFound(AdminError):

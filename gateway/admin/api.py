@@ -29,6 +29,7 @@ from gateway.admin.keys import KeyAuthBackend, Principal
 from gateway.admin.openapi import SPEC
 from gateway.admin.service import MAX_LIMIT, EventFilter, FailedFilter, Page, Service
 from gateway.events import EVENT_TYPES
+from gateway.exceptions import problem_document
 from gateway.store import Store
 
 log = logging.getLogger("gateway.admin")
@@ -46,10 +47,7 @@ def _problem(
     field: str | None = None,
     problems: list[tuple[str | None, str]] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    if field is not None or problems:
-        body["field"] = field
-        body["invalid-params"] = [{"name": n, "reason": r} for n, r in (problems or [(field, detail)])]
+    body = problem_document(status, title, detail, field, problems)
     response = Response(json.dumps(body), status_code=status, media_type=PROBLEM)
     if status == 401:
         response.headers["WWW-Authenticate"] = _BEARER
