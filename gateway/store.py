@@ -840,113 +840,138 @@ class DeliveryQueue:
 _LUA_INGEST = (
     """
 local p, now, ttl, win, state = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local due = p .. ':due'
 local out = {'0', 0}
-local nets = {}
 local holds = {}
-local any = false
+-- Sorted-set entries are gathered and written once per key at the end (a command per batch,
+-- not per event): most of the script's cost is per command, not per entry.
+local dues, evs, nets, sup = {}, {}, {}, {}
+local function add_all(cmd, key, flag, args)
+  -- unpack is bounded by Lua's C stack (8,000): a drain of 500 events x 100 targets is not
+  for j = 1, #args, 1000 do
+    local last = math.min(j + 999, #args)
+    if flag then
+      redis.call(cmd, key, flag, unpack(args, j, last))
+    else
+      redis.call(cmd, key, unpack(args, j, last))
+    end
+  end
+end
 for i = 6, #ARGV - 7, 8 do
   -- kind, id, event JSON, network, ms, targets (comma-separated), dedupe key, limits JSON or ''
-  local it = ARGV[i + 7] ~= '' and cjson.decode(ARGV[i + 7]) or {}
-  it.id, it.n, it.ms, it.dk = ARGV[i + 1], ARGV[i + 3], ARGV[i + 4], ARGV[i + 6]
-  local ts = {}
-  for t in string.gmatch(ARGV[i + 5], '[^,]+') do ts[#ts + 1] = t end
-  it.ts = ts
-  local ek = p .. ':event:' .. it.id
+  local id, n, ms = ARGV[i + 1], ARGV[i + 3], ARGV[i + 4]
+  local ek = p .. ':event:' .. id
   local status = 'accepted'
   if ARGV[i] == 'a' then
     -- targets added by a configuration change during the accept: deliveries only
-    for _, t in ipairs(it.ts) do
+    for t in string.gmatch(ARGV[i + 5], '[^,]+') do
       if redis.call('HSETNX', ek .. ':deliveries', t, state) == 1 then
-        redis.call('ZADD', due, 'NX', it.ms, it.id .. '-' .. t)
-        any = true
+        dues[#dues + 1] = ms
+        dues[#dues + 1] = id .. '-' .. t
       end
     end
     redis.call('EXPIRE', ek .. ':deliveries', ttl)
-  elseif redis.call('EXISTS', ek) == 1 then
+  elseif not redis.call('SET', ek, ARGV[i + 2], 'NX', 'EX', ttl) then
     status = 'exists'
-  elseif win > 0 and not redis.call('SET', p .. ':dedupe:' .. it.dk, it.id, 'NX', 'PX', win)
-      and redis.call('GET', p .. ':dedupe:' .. it.dk) ~= it.id then
+  elseif win > 0 and not redis.call('SET', p .. ':dedupe:' .. ARGV[i + 6], id, 'NX', 'PX', win)
+      and redis.call('GET', p .. ':dedupe:' .. ARGV[i + 6]) ~= id then
     -- (the same id: this very event, from a run cut short before it was stored)
-    status = 'duplicate:' .. (redis.call('GET', p .. ':dedupe:' .. it.dk) or '')
+    status = 'duplicate:' .. (redis.call('GET', p .. ':dedupe:' .. ARGV[i + 6]) or '')
+    redis.call('DEL', ek)  -- stored by the SET NX above: a duplicate is not kept
     redis.call('HINCRBY', p .. ':counters', 'duplicates', 1)
   else
     -- abuse limits: a suppressed invitation is kept, visible and releasable, never delivered
-    local why = it.sup
-    if not why and it.g and redis.call('EXISTS', p .. ':' .. it.g.h) == 1 then
-      why = redis.call('GET', p .. ':' .. it.g.h)
-    end
-    if not why and it.lim then
-      for _, l in ipairs(it.lim) do
-        if tonumber(redis.call('GET', p .. ':' .. l[1]) or '0') >= l[2] then
-          why = l[4]
-          break
+    local why
+    if ARGV[i + 7] ~= '' then
+      local it = cjson.decode(ARGV[i + 7])
+      why = it.sup
+      if not why and it.g and redis.call('EXISTS', p .. ':' .. it.g.h) == 1 then
+        why = redis.call('GET', p .. ':' .. it.g.h)
+      end
+      if not why and it.lim then
+        for _, l in ipairs(it.lim) do
+          if tonumber(redis.call('GET', p .. ':' .. l[1]) or '0') >= l[2] then
+            why = l[4]
+            break
+          end
         end
       end
-    end
-    if not why and it.lim then
-      for _, l in ipairs(it.lim) do
-        if redis.call('INCR', p .. ':' .. l[1]) == 1 then redis.call('PEXPIRE', p .. ':' .. l[1], l[3]) end
-      end
-    end
-    if not why and it.g then
-      local g = it.g
-      local made = redis.call('INCR', p .. ':' .. g.c)
-      if made == 1 then redis.call('PEXPIRE', p .. ':' .. g.c, g.ttl) end
-      local took = tonumber(redis.call('GET', p .. ':' .. g.a) or '0')
-      if made >= g.min and took / made <= g.ratio then
-        local reason = g.why .. ': ' .. made .. ' invitations, ' .. took .. ' accepted'
-        if redis.call('SET', p .. ':' .. g.h, reason, 'NX', 'EX', g.hold) then
-          holds[#holds + 1] = 'held:' .. it.n .. ':' .. reason
+      if not why and it.lim then
+        for _, l in ipairs(it.lim) do
+          if redis.call('INCR', p .. ':' .. l[1]) == 1 then redis.call('PEXPIRE', p .. ':' .. l[1], l[3]) end
         end
       end
+      if not why and it.g then
+        local g = it.g
+        local made = redis.call('INCR', p .. ':' .. g.c)
+        if made == 1 then redis.call('PEXPIRE', p .. ':' .. g.c, g.ttl) end
+        local took = tonumber(redis.call('GET', p .. ':' .. g.a) or '0')
+        if made >= g.min and took / made <= g.ratio then
+          local reason = g.why .. ': ' .. made .. ' invitations, ' .. took .. ' accepted'
+          if redis.call('SET', p .. ':' .. g.h, reason, 'NX', 'EX', g.hold) then
+            holds[#holds + 1] = 'held:' .. n .. ':' .. reason
+          end
+        end
+      end
+      if it.ga then
+        local ak = p .. ':' .. it.ga[1]
+        if redis.call('INCR', ak) == 1 then redis.call('PEXPIRE', ak, it.ga[2]) end
+      end
     end
-    if it.ga then
-      local ak = p .. ':' .. it.ga[1]
-      if redis.call('INCR', ak) == 1 then redis.call('PEXPIRE', ak, it.ga[2]) end
-    end
+    local st, into = state, dues
     if why then
       status = 'suppressed:' .. why
       redis.call('HINCRBY', p .. ':counters', 'suppressed', 1)
-    end
-    redis.call('SET', ek, ARGV[i + 2], 'EX', ttl)
-    if why and #it.ts > 0 then
-      local dk = ek .. ':deliveries'
-      local st = cjson.encode({status = 'suppressed', attempts = 0, retries = 0, throttles = 0,
+      st = cjson.encode({status = 'suppressed', attempts = 0, retries = 0, throttles = 0,
         replays = 0, updated_at = now, waiting = why})
-      for _, t in ipairs(it.ts) do
-        redis.call('HSET', dk, t, st)
-        redis.call('ZADD', p .. ':suppressed', it.ms, it.id .. '-' .. t)
-      end
-      redis.call('EXPIRE', dk, ttl)
-    elseif #it.ts > 0 then
-      local dk = ek .. ':deliveries'
-      for _, t in ipairs(it.ts) do
-        redis.call('HSET', dk, t, state)
-        redis.call('ZADD', due, 'NX', it.ms, it.id .. '-' .. t)
-      end
-      redis.call('EXPIRE', dk, ttl)
-      any = true
+      into = sup
     end
-    redis.call('ZADD', p .. ':events', it.ms, it.id)
-    redis.call('ZADD', p .. ':events:net:' .. it.n, it.ms, it.id)
-    nets[it.n] = true
+    if ARGV[i + 5] ~= '' then
+      local fields = {}
+      for t in string.gmatch(ARGV[i + 5], '[^,]+') do
+        fields[#fields + 1] = t
+        fields[#fields + 1] = st
+        into[#into + 1] = ms
+        into[#into + 1] = id .. '-' .. t
+      end
+      add_all('HSET', ek .. ':deliveries', nil, fields)
+      redis.call('EXPIRE', ek .. ':deliveries', ttl)
+    end
+    evs[#evs + 1] = ms
+    evs[#evs + 1] = id
+    local byn = nets[n]
+    if not byn then
+      byn = {}
+      nets[n] = byn
+    end
+    byn[#byn + 1] = ms
+    byn[#byn + 1] = id
   end
   out[#out + 1] = status
 end
 local cutoff = now - ttl * 1000
-for n, _ in pairs(nets) do
-  redis.call('ZREMRANGEBYSCORE', p .. ':events:net:' .. n, '-inf', cutoff)
-  redis.call('EXPIRE', p .. ':events:net:' .. n, ttl)
+for n, byn in pairs(nets) do
+  local nk = p .. ':events:net:' .. n
+  add_all('ZADD', nk, nil, byn)
+  redis.call('ZREMRANGEBYSCORE', nk, '-inf', cutoff)
+  redis.call('EXPIRE', nk, ttl)
 end
-if next(nets) ~= nil then
+if #evs > 0 then
+  add_all('ZADD', p .. ':events', nil, evs)
   redis.call('ZREMRANGEBYSCORE', p .. ':events', '-inf', cutoff)
   redis.call('EXPIRE', p .. ':events', ttl)
+end
+if #sup > 0 then
+  add_all('ZADD', p .. ':suppressed', nil, sup)
+end
+if #evs > 0 then
   redis.call('ZREMRANGEBYSCORE', p .. ':suppressed', '-inf', cutoff)
 end
-if any and redis.call('SET', p .. ':wake', '1', 'NX', 'EX', """
+if #dues > 0 then
+  add_all('ZADD', p .. ':due', 'NX', dues)
+  if redis.call('SET', p .. ':wake', '1', 'NX', 'EX', """
     + str(WAKE_TTL)
     + """) then out[2] = 1 end
+end
 out[1] = redis.call('GET', p .. ':config:version') or '0'
 for _, h in ipairs(holds) do out[#out + 1] = h end
 return out

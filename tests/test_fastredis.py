@@ -309,3 +309,51 @@ def test_accept_answers_every_burst_with_batches_in_flight(
     statuses = run(go())
     assert statuses == [ACCEPTED] * len(statuses)
     assert redis.zcard("gw:events") == len(statuses)
+
+
+def test_one_commit_larger_than_a_lua_unpack_stores_every_event_and_delivery_once(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    """The ingest Lua writes index entries a command per key and batch, in chunks (Lua's unpack
+    takes at most 8,000 values): a drain batch of 600 events x 3 targets crosses several chunks."""
+    spool = Spool(tmp_path / "spool", name="big")
+    targets = ["t1", "t2", "t3"]
+
+    async def go() -> tuple[list[str], list[str], list[str]]:
+        client, accepter = _accepter(redis_url, spool, bound=5.0)
+        try:
+            events = [
+                make_event(
+                    {"invitee": f"+1555{i:07d}", "invitor": "a", "network_id": f"n{i % 2}"},
+                    "invitation_created",
+                    "query",
+                )
+                for i in range(600)
+            ]
+            # The last one repeats the first invitation (another id): a duplicate inside the batch.
+            again = make_event(
+                {"invitee": "+15550000000", "invitor": "a", "network_id": "n0"}, "invitation_created", "query"
+            )
+            first = await accepter.commit([(ev, targets) for ev in [*events, again]])
+            # A drain repeating the same events stores nothing twice.
+            second = await accepter.commit([(ev, targets) for ev in events[:5]])
+            return first, second, [ev.id for ev in [*events, again]]
+        finally:
+            await client.aclose()
+            spool.close()
+
+    first, second, ids = run(go())
+    assert first[:600] == [ACCEPTED] * 600
+    assert first[600] == f"duplicate:{ids[0]}"
+    assert second == ["exists"] * 5
+    assert redis.zcard("gw:events") == 600
+    assert redis.zcard("gw:events:net:n0") == 300 and redis.zcard("gw:events:net:n1") == 300
+    assert redis.zcard("gw:due") == 1800
+    assert redis.hlen(f"gw:event:{ids[599]}:deliveries") == 3
+    assert redis.ttl(f"gw:event:{ids[599]}:deliveries") > 0
+    # The duplicate left nothing behind: no event, no deliveries, no index entry.
+    assert not redis.exists(f"gw:event:{ids[600]}", f"gw:event:{ids[600]}:deliveries")
+    assert redis.zscore("gw:events", ids[600]) is None
+    assert redis.hget("gw:counters", "duplicates") == b"1"
+    # Per event: the event, its deliveries, its dedupe key; then 3 indexes, due, wake, counters.
+    assert redis.dbsize() == 600 * 3 + 3 + 3
