@@ -22,6 +22,7 @@ and the delivery queue, described with its Lua scripts below.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from gateway.events import INVITATION_ACCEPTED, InvitationEvent
-from gateway.fastredis import Script
+from gateway.fastredis import FastRedis, Script, ScriptsViaRedisPy
 from gateway.networks import NetworkPolicy, prefix_allowed, prefix_of
 
 if TYPE_CHECKING:
@@ -686,16 +687,33 @@ return 'scheduled'
 """
 
 
+_CLAIM_SCRIPT = Script(_LUA_CLAIM)
+_COMPLETE_SCRIPT = Script(_LUA_COMPLETE)
+_RELEASE_SCRIPT = Script(_LUA_RELEASE)
+
+
 class DeliveryQueue:
     """The delivery queue's operations, for a sync (CLI, worker ticker) or asyncio (engine) client.
 
     Every method returns what redis-py returns: a value, or a coroutine for an asyncio client.
     """
 
-    def __init__(self, client: Redis | aioredis.Redis, prefix: str, retention: int) -> None:
+    def __init__(
+        self,
+        client: Redis | aioredis.Redis,
+        prefix: str,
+        retention: int,
+        scripts: FastRedis | ScriptsViaRedisPy | None = None,
+        script_timeout: float = 10.0,
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.retention = retention
+        # The engine's three hot scripts (claim, complete, release) through the lean client when
+        # one is given: redis.asyncio spends about 150 µs of CPU per call, FastRedis about 40.
+        # Each call is bounded by `script_timeout` (FastRedis has no socket timeout of its own).
+        self.scripts = scripts
+        self.script_timeout = script_timeout
         self._claim = client.register_script(_LUA_CLAIM)
         self._complete = client.register_script(_LUA_COMPLETE)
         self._release = client.register_script(_LUA_RELEASE)
@@ -717,15 +735,29 @@ class DeliveryQueue:
         is claimed and the answer is ['stale', config_version] (reload, then claim again).
         """
         checked = "" if version is None else str(version)
-        return self._claim(args=[self.prefix, now, lease_ms, limit, _dumps(policies), checked])
+        args: list[Any] = [self.prefix, now, lease_ms, limit, _dumps(policies), checked]
+        if self.scripts is not None:
+            return self._fast(_CLAIM_SCRIPT, args)
+        return self._claim(args=args)
 
     def complete(self, now: int, records: list[dict[str, Any]]) -> Any:
         """Record a group of finished attempts; returns the targets' changes of state (flat)."""
-        return self._complete(args=[self.prefix, now, self.retention, _dumps(records)])
+        args: list[Any] = [self.prefix, now, self.retention, _dumps(records)]
+        if self.scripts is not None:
+            return self._fast(_COMPLETE_SCRIPT, args)
+        return self._complete(args=args)
 
     def release(self, now: int, ids: Sequence[str]) -> Any:
         """Hand claimed deliveries back, due now (a worker stopping before it could send them)."""
-        return self._release(args=[self.prefix, now, *ids])
+        args: list[Any] = [self.prefix, now, *ids]
+        if self.scripts is not None:
+            return self._fast(_RELEASE_SCRIPT, args)
+        return self._release(args=args)
+
+    async def _fast(self, script: Script, args: list[Any]) -> Any:
+        assert self.scripts is not None
+        async with asyncio.timeout(self.script_timeout):
+            return await self.scripts.evalsha(script, (), args)
 
     def clear_wake(self) -> Any:
         return self.client.delete(self._k("wake"))

@@ -25,6 +25,7 @@ from redis.connection import SSLConnection, parse_url
 
 from gateway.embedded import running_standalone_url
 from gateway.exceptions import ConfigError
+from gateway.fastredis import FastRedis, ScriptsViaRedisPy
 from gateway.settings import Settings, mask_url_password
 from gateway.store import DeliveryQueue, Store
 
@@ -99,8 +100,15 @@ def store(settings: Settings, client: Redis | None = None) -> Store:
     )
 
 
-def delivery_queue(settings: Settings, client: Redis | aioredis.Redis) -> DeliveryQueue:
-    return DeliveryQueue(client, settings.prefix, settings.retention_days * 86400)
+def delivery_queue(
+    settings: Settings,
+    client: Redis | aioredis.Redis,
+    scripts: FastRedis | ScriptsViaRedisPy | None = None,
+    script_timeout: float = SOCKET_TIMEOUT,
+) -> DeliveryQueue:
+    """The delivery queue on `client`; with `scripts`, its hot scripts go through that client."""
+    retention = settings.retention_days * 86400
+    return DeliveryQueue(client, settings.prefix, retention, scripts=scripts, script_timeout=script_timeout)
 
 
 def _sentinel(

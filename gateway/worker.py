@@ -38,6 +38,7 @@ from rq.worker import SimpleWorker
 from gateway import wiring
 from gateway.delivery.engine import Engine, EngineSettings, now_ms
 from gateway.delivery.sender import Sender
+from gateway.fastredis import script_client
 from gateway.live import LiveConfig
 from gateway.metrics import Tally, flush_commands, worker_name
 from gateway.queue import DRAIN_BUDGET, GatewayJob, enqueue_drain, make_queue
@@ -72,8 +73,10 @@ class Runtime:
         self.loop = _new_loop()
         self.sender = Sender()
         self._aio = wiring.aio_redis_client(settings, socket_timeout=10)
+        # Claims and completions through the lean client (Sentinel: through _aio).
+        self._scripts = script_client(wiring.redis_url(settings), self._aio, connect_timeout=10)
         self.engine = Engine(
-            wiring.delivery_queue(settings, self._aio),
+            wiring.delivery_queue(settings, self._aio, self._scripts, script_timeout=10),
             self.sender,
             self.config_for,
             os.environ,
@@ -123,6 +126,7 @@ class Runtime:
         try:
             self._cancel_all()
             self.loop.run_until_complete(self.sender.close())
+            self.loop.run_until_complete(self._scripts.aclose())
             self.loop.run_until_complete(self._aio.aclose())
         except Exception:
             log.warning("closing the worker's connections failed", exc_info=True)

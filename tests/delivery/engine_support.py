@@ -23,6 +23,7 @@ from redis import Redis
 from gateway.delivery.engine import Engine, EngineSettings
 from gateway.delivery.sender import Sender
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
+from gateway.fastredis import FastRedis
 from gateway.records import delivery_id
 from gateway.store import DeliveryQueue, Store
 from gateway.targets import Config, config_from_dict
@@ -238,6 +239,7 @@ class Harness:
         self.config = Config()
         self._clients: list[aioredis.Redis] = []
         self._senders: list[Sender] = []
+        self._fast: list[FastRedis] = []
 
     def configure(self, targets: list[dict[str, Any]], **settings: Any) -> Config:
         self.config = config_from_dict(
@@ -261,17 +263,22 @@ class Harness:
             pipe.execute()
         return events
 
-    def async_queue(self) -> DeliveryQueue:
+    def async_queue(self, fast: bool = True) -> DeliveryQueue:
+        """As `gateway worker` builds it: claims and completions through FastRedis (fast=False:
+        through redis.asyncio, as behind Sentinel)."""
         client = aioredis.Redis.from_url(self.redis_url)
         self._clients.append(client)
-        return DeliveryQueue(client, PREFIX, 86400)
+        scripts = FastRedis(self.redis_url) if fast else None
+        if scripts is not None:
+            self._fast.append(scripts)
+        return DeliveryQueue(client, PREFIX, 86400, scripts=scripts)
 
-    def engine(self, allow_private: bool = True, **settings: Any) -> Engine:
+    def engine(self, allow_private: bool = True, fast: bool = True, **settings: Any) -> Engine:
         """A new Engine with its own async Redis client and Sender (as a second worker has)."""
         sender = Sender(allow_private=allow_private)
         self._senders.append(sender)
         return Engine(
-            self.async_queue(),
+            self.async_queue(fast),
             sender,
             lambda version: self.config,
             {},
@@ -283,6 +290,8 @@ class Harness:
             await sender.close()
         for client in self._clients:
             await client.aclose()
+        for fast in self._fast:
+            await fast.aclose()
 
     # -- reading the records ---------------------------------------------------------------------
     def state(self, event_id: str, name: str) -> dict[str, Any]:

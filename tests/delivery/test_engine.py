@@ -20,13 +20,18 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
-def test_a_batch_of_1500_is_delivered_once_each_with_its_key(redis: Redis, redis_url: str) -> None:
+@pytest.mark.parametrize("fast", [True, False], ids=["fastredis", "redis-py"])
+def test_a_batch_of_1500_is_delivered_once_each_with_its_key(
+    redis: Redis, redis_url: str, fast: bool
+) -> None:
+    """Claims and completions through FastRedis (as `gateway worker` makes them), or through
+    redis.asyncio (behind Sentinel): the same records either way."""
     names = ["a", "b", "c"]
 
     async def body(h: Harness, srv: AsyncTarget) -> None:
         h.configure([target(n, f"{srv.base}/{n}?e=%event_id%", retry=[0]) for n in names])
         events = h.add_events(500, names)
-        engine = h.engine()
+        engine = h.engine(fast=fast)
         stats = await engine.run(60)
         assert stats.claimed == 1500
         assert stats.outcomes == {"delivered": 1500}
