@@ -112,18 +112,43 @@ class Outcome(StrEnum):
     DISABLED = "disabled"  # 410 Gone: the target is disabled, the delivery waits for re-enabling
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Attempt:
-    """One request to a target (or a decision not to make one), appended to the event's list."""
+    """One request to a target (or a decision not to make one), appended to the event's list.
+
+    Treat it as immutable (change one with dataclasses.replace). It is not frozen only because
+    one is built per delivery: a frozen dataclass' `__init__` sets each field through
+    `object.__setattr__`, several times the cost of the plain `__init__` below.
+    """
 
     target: str
     attempt: int
     at_ms: int
     outcome: Outcome
-    status_code: int | None = None
-    latency_ms: float | None = None
-    error: str | None = None
-    response: str | None = None
+    status_code: int | None
+    latency_ms: float | None
+    error: str | None
+    response: str | None
+
+    def __init__(
+        self,
+        target: str,
+        attempt: int,
+        at_ms: int,
+        outcome: Outcome,
+        status_code: int | None = None,
+        latency_ms: float | None = None,
+        error: str | None = None,
+        response: str | None = None,
+    ) -> None:
+        self.target = target
+        self.attempt = attempt
+        self.at_ms = at_ms
+        self.outcome = outcome
+        self.status_code = status_code
+        self.latency_ms = latency_ms
+        self.error = error
+        self.response = response
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -516,7 +516,13 @@ _LUA_COMPLETE = (
 local p, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local due, held = p .. ':due', p .. ':held'
 local changes = {}
-for _, r in ipairs(cjson.decode(ARGV[4])) do
+local function opt(v) if v == '' then return nil end return v end
+for i = 4, #ARGV - 12, 13 do
+  -- 13 per record (DeliveryQueue.complete): d, t, e, c, pf, ps, a, s, due, park, dead, thr, h
+  local r = {d = ARGV[i], t = ARGV[i + 1], e = ARGV[i + 2], c = tonumber(ARGV[i + 3]),
+    pf = tonumber(ARGV[i + 4]), ps = tonumber(ARGV[i + 5]), a = opt(ARGV[i + 6]), s = opt(ARGV[i + 7]),
+    due = opt(ARGV[i + 8]), park = opt(ARGV[i + 9]), dead = opt(ARGV[i + 10]),
+    thr = tonumber(opt(ARGV[i + 11]) or ''), h = opt(ARGV[i + 12])}
   local ek = p .. ':event:' .. r.e
   if r.a then
     redis.call('RPUSH', ek .. ':attempts', r.a)
@@ -687,6 +693,10 @@ return 'scheduled'
 """
 
 
+def _opt_number(value: Any) -> Any:
+    return "" if value is None else value
+
+
 _CLAIM_SCRIPT = Script(_LUA_CLAIM)
 _COMPLETE_SCRIPT = Script(_LUA_COMPLETE)
 _RELEASE_SCRIPT = Script(_LUA_RELEASE)
@@ -741,8 +751,32 @@ class DeliveryQueue:
         return self._claim(args=args)
 
     def complete(self, now: int, records: list[dict[str, Any]]) -> Any:
-        """Record a group of finished attempts; returns the targets' changes of state (flat)."""
-        args: list[Any] = [self.prefix, now, self.retention, _dumps(records)]
+        """Record a group of finished attempts; returns the targets' changes of state (flat).
+
+        A record: d (delivery id), t (target), e (event id), c (the target's concurrency cap),
+        pf, ps (its pause rule), then optional a (attempt JSON), s (state JSON), due (ms of the
+        next attempt), park, dead (true), thr (ms the target asked to wait until), h (health:
+        ok | fail | gone). Sent flat, 13 arguments each ("" for absent): JSON around the
+        attempt's and state's own JSON would escape them all again.
+        """
+        args: list[Any] = [self.prefix, now, self.retention]
+        for r in records:
+            get = r.get
+            args += (
+                r["d"],
+                r["t"],
+                r["e"],
+                r["c"],
+                r["pf"],
+                r["ps"],
+                get("a") or "",
+                get("s") or "",
+                _opt_number(get("due")),
+                "1" if get("park") else "",
+                "1" if get("dead") else "",
+                _opt_number(get("thr")),
+                get("h") or "",
+            )
         if self.scripts is not None:
             return self._fast(_COMPLETE_SCRIPT, args)
         return self._complete(args=args)

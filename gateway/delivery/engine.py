@@ -291,9 +291,11 @@ class Engine:
                 delivered.append(r.record["d"])
             elif r.line is not None:
                 log.info("%s", r.line)
-        if delivered:
+        if delivered and log.isEnabledFor(logging.INFO):
             # One line for a group: a line per request would cost as much CPU as the request.
-            log.info("delivered %d: %s", len(delivered), DeliveryBatch("delivered", delivered))
+            # Made without the stack walk that `log.info` does to find its caller.
+            args = (len(delivered), DeliveryBatch("delivered", delivered))
+            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "delivered %d: %s", args, None))
         if self.tally is not None:
             done = [(r.target, r.outcome, r.seconds) for r in results if r.target and r.outcome]
             count_deliveries(self.tally, done)

@@ -32,23 +32,52 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429})
 MAX_RETRY_AFTER = 86400
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class OutboundRequest:
+    """One request to make. Treat it as immutable: not frozen only because one is built per
+    delivery, and a frozen dataclass' `__init__` sets each field through `object.__setattr__`."""
+
     method: str
     url: str
     headers: tuple[tuple[str, str], ...]
     body: bytes | None
     timeout: float
-    proxy: str | None = None
-    response_cap: int | None = None  # bytes of the answer read; None: the Sender's
+    proxy: str | None
+    response_cap: int | None  # bytes of the answer read; None: the Sender's
+
+    def __init__(
+        self,
+        method: str,
+        url: str,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes | None,
+        timeout: float,
+        proxy: str | None = None,
+        response_cap: int | None = None,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.timeout = timeout
+        self.proxy = proxy
+        self.response_cap = response_cap
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, eq=True)
 class Response:
+    """A target's answer (immutable by convention, as OutboundRequest)."""
+
     status: int
     headers: Mapping[str, str]  # case-insensitive when it comes from the Sender
     body: bytes
     latency_ms: float
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes, latency_ms: float) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.latency_ms = latency_ms
 
 
 @lru_cache(maxsize=1024)
