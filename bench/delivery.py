@@ -31,8 +31,12 @@ also samples each drain row's workers with py-spy (not a project dependency).
 Every process started is stopped by PID (SIGTERM, then SIGKILL) in `finally` blocks, also on
 Ctrl-C and SIGTERM; every loop has a count or a deadline.
 
-Run: ``.venv/bin/python bench/delivery.py [--quick] [--callbacks N] [--workers 1,2,4]
-[--targets 1,10,100]``
+On a shared VM both sides' CPU time per request moves by a third between runs minutes apart:
+`--rounds N` runs the whole matrix N times (each drain row with its own baseline) and the table
+shows each row's median round, with every round's ratio listed below it.
+
+Run: ``.venv/bin/python bench/delivery.py [--quick] [--rounds N] [--callbacks N]
+[--workers 1,2,4] [--targets 1,10,100]``
 """
 
 from __future__ import annotations
@@ -150,10 +154,16 @@ class Row:
     steal_cores: float | None = None
     check: str = ""
     notes: list[str] = field(default_factory=list)
+    round: int = 1
 
     @property
     def name(self) -> str:
-        return f"{self.case}, {self.workers} worker(s), {self.targets} target(s)"
+        suffix = f", round {self.round}" if self.round > 1 else ""
+        return f"{self.case}, {self.workers} worker(s), {self.targets} target(s){suffix}"
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.case, self.workers, self.targets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -700,22 +710,48 @@ class Bench:
 
 
 def run_all(args: argparse.Namespace, bench: Bench) -> list[Row]:
+    """Every row, `--rounds` times: each round runs the whole matrix again, baselines included."""
     rows: list[Row] = []
-    for k in args.workers:
-        drain = bench.drain_row(k, 1, args.callbacks)
-        rows.append(drain)
-        print(one_line(drain), flush=True)
-        if k in args.saturated:
-            sat = bench.saturated_row(k, drain.rate, drain.baseline)
-            rows.append(sat)
-            print(one_line(sat), flush=True)
-    for t in args.targets:
-        if t == 1 and 1 in args.workers:
-            continue  # the 1-worker row above
-        row = bench.drain_row(1, t, max(1, args.callbacks // t))
+
+    def add(row: Row, n: int) -> Row:
+        row.round = n
         rows.append(row)
         print(one_line(row), flush=True)
+        return row
+
+    for n in range(1, args.rounds + 1):
+        for k in args.workers:
+            drain = add(bench.drain_row(k, 1, args.callbacks), n)
+            if k in args.saturated:
+                add(bench.saturated_row(k, drain.rate, drain.baseline), n)
+        for t in args.targets:
+            if t == 1 and 1 in args.workers:
+                continue  # the 1-worker row above
+            add(bench.drain_row(1, t, max(1, args.callbacks // t)), n)
     return rows
+
+
+def median_rows(rows: Sequence[Row]) -> list[Row]:
+    """Per row of the matrix, the round with the median ratio (the lower middle one)."""
+    keys = list(dict.fromkeys(r.key for r in rows))
+    out = []
+    for key in keys:
+        ordered = sorted((r for r in rows if r.key == key), key=lambda r: r.ratio)
+        out.append(ordered[(len(ordered) - 1) // 2])
+    return out
+
+
+def rounds_summary(rows: Sequence[Row]) -> list[str]:
+    lines = []
+    for med in median_rows(rows):
+        each = [r for r in rows if r.key == med.key]
+        lines.append(
+            f"- {med.case}, {med.workers} worker(s), {med.targets} target(s): x baseline per round "
+            + " / ".join(f"{r.ratio:.2f}" for r in each)
+            + f"; median **{med.ratio:.2f}**; CPU ÷ baseline per round "
+            + " / ".join(fmt(cpu_ratio(r), ".2f") for r in each)
+        )
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -764,7 +800,11 @@ def markdown_table(rows: Sequence[Row]) -> str:
 def drain_vs_saturated(rows: Sequence[Row]) -> list[str]:
     lines = []
     for sat in (r for r in rows if r.case == "saturated"):
-        drain = next(r for r in rows if r.case == "drain" and r.workers == sat.workers and r.targets == 1)
+        drain = next(
+            r
+            for r in rows
+            if r.case == "drain" and r.workers == sat.workers and r.targets == 1 and r.round == sat.round
+        )
         ratio = drain.rate / sat.rate if sat.rate else float("nan")
         ok = ratio >= DRAIN_MIN_RATIO
         lines.append(
@@ -817,8 +857,18 @@ def render(args: argparse.Namespace, env: dict[str, Any], mach: dict[str, Any], 
         f"`python -m gateway worker`, GATEWAY_WORKER_CONCURRENCY "
         f"{args.concurrency or SETTINGS.worker_concurrency}, log level {args.log_level}",
         "",
-        markdown_table(rows),
+        markdown_table(rows if args.rounds == 1 else median_rows(rows)),
         "",
+        *(
+            []
+            if args.rounds == 1
+            else [
+                f"{args.rounds} rounds, each the whole matrix with its own baselines; the table shows "
+                "each row's median round (by x baseline). Per round:",
+                *rounds_summary(rows),
+                "",
+            ]
+        ),
         "Baseline req/s is the aiohttp loop measured right before the drain row (the saturated row "
         "uses its drain row's). deliveries/s counts deliveries recorded in the window; CPU is per "
         "delivery, all worker processes together; baseline µs CPU/req is the aiohttp loop's own process "
@@ -877,6 +927,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--baseline-requests", type=int, help="timed baseline requests (max(--callbacks, 5000))"
     )
     parser.add_argument("--target-workers", type=int, default=1, help="uvicorn --workers of the target (1)")
+    parser.add_argument("--rounds", type=int, default=1, help="run the whole matrix N times (1..5)")
     parser.add_argument("--concurrency", type=int, default=0, help="GATEWAY_WORKER_CONCURRENCY (its default)")
     parser.add_argument("--log-level", default="INFO", help="GATEWAY_LOG_LEVEL of the workers (INFO)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per wait (300)")
@@ -896,6 +947,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.baseline_requests = args.baseline_requests or max(args.callbacks, 5000)
     if not 10 <= args.callbacks <= 1_000_000 or not 10 <= args.baseline_requests <= 1_000_000:
         parser.error("--callbacks and --baseline-requests must be 10..1000000")
+    if not 1 <= args.rounds <= 5:
+        parser.error("--rounds must be 1..5")
     if not 0 < args.steady <= 600 or not 0 < args.timeout <= 3600 or not 1 <= args.target_workers <= 8:
         parser.error("--steady in (0, 600], --timeout in (0, 3600], --target-workers 1..8")
     if args.feed_factor <= 0 or args.concurrency < 0 or args.backlog < 1:
