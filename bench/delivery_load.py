@@ -5,10 +5,12 @@
   from one aiohttp `ClientSession` on a uvloop event loop (the loop the worker runs), `--warmup`
   untimed requests first, then `--requests` timed ones. Every answer must be a 200. Writes
   req/s, the CPU time of this process and the status counts to OUT (JSON).
-* ``feed REDIS_URL OUT``: accepts invitation callbacks with `gateway.queue.accept`, one at a
-  time as the web process does (`make_event`, then `accept` with a Store, LiveConfig and
-  queue), at `--rate` per second (0: as fast as it can) until `--max` callbacks or `--seconds`
-  pass, or SIGTERM. Writes how many it accepted and when to OUT (JSON).
+* ``feed REDIS_URL OUT``: accepts invitation callbacks through the web process' own accept
+  step (`gateway.ingest.accept.Accepter`: the ingest Lua through FastRedis, a drain job queued
+  when the Lua says so), each with its own invitee, at `--rate` per second (0: as fast as it
+  can) until `--max` callbacks or `--seconds` pass, or SIGTERM. Callbacks due at the same moment
+  are committed together, as the web's group commit does at that rate; no HTTP is parsed (the
+  web's own share of the CPU is left out). Writes how many it accepted and when to OUT (JSON).
 
 Only the URL in SPEC (127.0.0.1, checked) and REDIS_URL are contacted; every loop is bounded by
 a count and a time.
@@ -117,11 +119,17 @@ def baseline(args: argparse.Namespace) -> int:
 
 
 def feed(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import uvloop
     from redis import Redis
 
-    from gateway.events import INVITATION_CREATED, make_event
+    from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
+    from gateway.fastredis import FastRedis
+    from gateway.ingest.accept import ACCEPTED, Accepter
+    from gateway.ingest.spool import Spool
     from gateway.live import LiveConfig
-    from gateway.queue import accept, make_queue
+    from gateway.queue import enqueue_drain, make_queue
     from gateway.settings import Settings
     from gateway.store import Store
 
@@ -130,28 +138,70 @@ def feed(args: argparse.Namespace) -> int:
         raise SystemExit(f"refusing to use Redis at {host!r}: 127.0.0.1 only")
     _stop_on_sigterm()
     settings = Settings()
-    # Named, so that bench/delivery.py can take this client's commands out of its count.
+    # Named, so that bench/delivery.py can take these connections' commands out of its count.
     client = Redis.from_url(args.redis_url, client_name=FEEDER_CLIENT)
     client.ping()
     store = Store(client, prefix=settings.prefix, retention=settings.retention_days * 86400)
     queue = make_queue(client, settings.queue_name)
     live = LiveConfig(store)
+    live.refresh()
+    sep = "&" if "?" in args.redis_url else "?"
+    fast = FastRedis(f"{args.redis_url}{sep}client_name={FEEDER_CLIENT}")
     accepted = 0
     cpu0, t0 = time.process_time(), time.perf_counter()
-    end = t0 + args.seconds
     out = Path(args.out)
-    try:
+
+    def routes(event: InvitationEvent) -> list[str]:
+        return [t.name for t in live.current.routes(event.type, event.network_id)]
+
+    async def on_version(version: int) -> bool:
+        return False  # the bench does not change the configuration while it feeds
+
+    async def wake() -> None:
+        enqueue_drain(queue)
+
+    async def run(spool: Spool) -> None:
+        nonlocal accepted
+        accepter = Accepter(
+            fast,
+            settings.prefix,
+            settings.retention_days * 86400,
+            spool,
+            routes,
+            lambda event, now: {},
+            on_version,
+            wake,
+            dedupe_seconds=settings.dedupe_seconds,
+        )
+        names = routes(make_event(FIELDS, INVITATION_CREATED, "json"))
+        end = t0 + args.seconds
         while accepted < args.max:  # bounded by --max, and by --seconds below
             now = time.perf_counter()
             if now >= end:
                 break
-            if args.rate > 0:
-                ahead = t0 + accepted / args.rate - now
-                if ahead > 0:
-                    time.sleep(min(ahead, 0.05))
-                    continue
-            accept(store, queue, live, make_event(FIELDS, INVITATION_CREATED, "json", client="127.0.0.1"))
-            accepted += 1
+            # Those due by now, committed together: the web's group commit at this rate.
+            due = args.max - accepted if args.rate <= 0 else int((now - t0) * args.rate) + 1 - accepted
+            due = min(due, args.max - accepted, 500)
+            if due <= 0:
+                await asyncio.sleep(0.001)
+                continue
+            batch = []
+            for _ in range(due):
+                # Each its own invitee: the same invitation twice would be deduplicated.
+                fields = {**FIELDS, "invitee": f"+1555{accepted + len(batch):07d}"}
+                batch.append((make_event(fields, INVITATION_CREATED, "json", client="127.0.0.1"), names))
+            statuses = await accepter.commit(batch)
+            if any(status != ACCEPTED for status in statuses):
+                raise SystemExit(f"the feeder's callbacks were not all accepted: {set(statuses)}")
+            accepted += len(batch)
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-feeder-") as tmp:
+            spool = Spool(Path(tmp), name="feeder")
+            try:
+                uvloop.run(run(spool))
+            finally:
+                spool.close()
     finally:
         wall = time.perf_counter() - t0
         out.write_text(
@@ -170,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--requests", type=int, default=10_000)
     b.add_argument("--concurrency", type=int, default=32)
     b.add_argument("--warmup", type=int, default=500)
-    f = sub.add_parser("feed", help="accept callbacks one at a time, as the web does")
+    f = sub.add_parser("feed", help="accept callbacks through the web's accept step")
     f.add_argument("redis_url")
     f.add_argument("out", help="JSON file for the result")
     f.add_argument("--rate", type=float, default=0.0, help="callbacks per second (0: flat out)")
