@@ -8,13 +8,15 @@ Everything runs on 127.0.0.1, in separate processes:
 * baseline (bench/delivery_load.py baseline): one aiohttp `ClientSession` on a uvloop loop with
   32 requests in flight, POSTing the gateway's own rendered request (`build_request`: same URL,
   headers and body) to the target. Measured right before each drain row, in the same run;
-* drain: N callbacks accepted in this process with `gateway.queue.accept` (one at a time, as the
-  web does) while no worker runs, then K `python -m gateway worker` processes are started. The
+* drain: N callbacks accepted in this process with `gateway.queue.accept` (one at a time; the
+  same records as the web's group commit writes) while no worker runs, then K
+  `python -m gateway worker` processes are started. The
   window runs from the first poll at which all K workers are registered with RQ and a delivery
   has been recorded, to `ZCARD gw:due == 0`. Afterwards every delivery must be `delivered`, HTTP
   200, 1 attempt;
-* saturated: a backlog accepted first, then bench/delivery_load.py feed accepts callbacks while
-  the K workers run, paced at `--feed-factor` x the drain rate of the same K. The window ends
+* saturated: a backlog accepted first, then bench/delivery_load.py feed accepts callbacks
+  (through the web's `Accepter`) while the K workers run, paced at `--feed-factor` x the drain
+  rate of the same K. The window ends
   after `--steady` seconds (or when the backlog runs low, which the output flags). Deliveries in
   the window = callbacks accepted x targets - change of ZCARD gw:due;
 * matrix: `--workers` (1 target) and `--targets` per network (1 worker). Every targets row
