@@ -190,7 +190,8 @@ def feed(args: argparse.Namespace) -> int:
                 # Each its own invitee: the same invitation twice would be deduplicated.
                 fields = {**FIELDS, "invitee": f"+1555{accepted + len(batch):07d}"}
                 batch.append((make_event(fields, INVITATION_CREATED, "json", client="127.0.0.1"), names))
-            statuses = await accepter.commit(batch)
+            async with asyncio.timeout(30):  # FastRedis has no socket timeout of its own
+                statuses = await accepter.commit(batch)
             if any(status != ACCEPTED for status in statuses):
                 raise SystemExit(f"the feeder's callbacks were not all accepted: {set(statuses)}")
             accepted += len(batch)

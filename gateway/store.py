@@ -939,7 +939,33 @@ for i = 6, #ARGV - 7, 8 do
     end
     redis.call('EXPIRE', ek .. ':deliveries', ttl)
   elseif not redis.call('SET', ek, ARGV[i + 2], 'NX', 'EX', ttl) then
+    -- Stored before: a spool drain, or a batch sent again after a timeout. A script stopped by
+    -- an error keeps the writes it made, so the event may lack its deliveries or entries:
+    -- complete them (deliveries still pending, or missing, are due; no others), never twice.
     status = 'exists'
+    local dk = ek .. ':deliveries'
+    for t in string.gmatch(ARGV[i + 5], '[^,]+') do
+      local cur = redis.call('HGET', dk, t)
+      if not cur then
+        redis.call('HSET', dk, t, state)
+        redis.call('EXPIRE', dk, ttl)
+      end
+      if not cur or cur == state then
+        dues[#dues + 1] = ms
+        dues[#dues + 1] = id .. '-' .. t
+      end
+    end
+    if not redis.call('ZSCORE', p .. ':events', id) then
+      evs[#evs + 1] = ms
+      evs[#evs + 1] = id
+      local byn = nets[n]
+      if not byn then
+        byn = {}
+        nets[n] = byn
+      end
+      byn[#byn + 1] = ms
+      byn[#byn + 1] = id
+    end
   elseif win > 0 and not redis.call('SET', p .. ':dedupe:' .. ARGV[i + 6], id, 'NX', 'PX', win)
       and redis.call('GET', p .. ':dedupe:' .. ARGV[i + 6]) ~= id then
     -- (the same id: this very event, from a run cut short before it was stored)

@@ -358,3 +358,45 @@ def test_one_commit_larger_than_a_lua_unpack_stores_every_event_and_delivery_onc
     # Per event: the event, its deliveries, its dedupe key; then 3 indexes, due, wake, counters,
     # and the 10-second mark of the last index trim.
     assert redis.dbsize() == 600 * 3 + 3 + 4
+
+
+def test_a_stored_event_sent_again_gets_what_a_broken_run_left_out_and_nothing_twice(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    """A Lua script stopped by an error keeps the writes it made. An event whose key was stored
+    but not its deliveries or index entries must still be delivered when its batch comes again
+    (a spool drain); a delivery already done or suppressed must not be queued again."""
+    spool = Spool(tmp_path / "spool", name="again")
+    events = [
+        make_event(
+            {"invitee": f"+1555000100{i}", "invitor": "a", "network_id": "n"}, "invitation_created", "query"
+        )
+        for i in range(3)
+    ]
+    broken, done, whole = events
+    # As a run cut short after the event's SET NX: the event only.
+    redis.set(f"gw:event:{broken.id}", broken.to_json(), ex=86400)
+
+    async def go() -> tuple[list[str], list[str]]:
+        client, accepter = _accepter(redis_url, spool, bound=5.0)
+        try:
+            first = await accepter.commit([(done, ["t"]), (whole, ["t"])])
+            # `done` was delivered meanwhile (its state changed, its due entry gone).
+            redis.hset(f"gw:event:{done.id}:deliveries", "t", '{"status":"delivered"}')
+            redis.zrem("gw:due", f"{done.id}-t")
+            again = await accepter.commit([(broken, ["t"]), (done, ["t"]), (whole, ["t"])])
+            return first, again
+        finally:
+            await client.aclose()
+            spool.close()
+
+    first, again = run(go())
+    assert first == [ACCEPTED, ACCEPTED]
+    assert again == ["exists", "exists", "exists"]
+    due = {m.decode() for m in redis.zrange("gw:due", 0, -1)}
+    assert due == {f"{broken.id}-t", f"{whole.id}-t"}  # the broken one completed; done not again
+    assert redis.hget(f"gw:event:{broken.id}:deliveries", "t") is not None
+    assert redis.ttl(f"gw:event:{broken.id}:deliveries") > 0
+    assert redis.zscore("gw:events", broken.id) == broken.received_at_ms
+    assert redis.zscore("gw:events:net:n", broken.id) == broken.received_at_ms
+    assert redis.hget(f"gw:event:{done.id}:deliveries", "t") == b'{"status":"delivered"}'
