@@ -1086,7 +1086,8 @@ def ingest_script() -> Script:
     ratio, hold s, ttl ms, why}; ga, [key, ttl ms] to count an accepted invitation).
     Returns [config version, 1 if a drain job must be queued, status per event (accepted |
     duplicate:ID OF THE FIRST | exists | suppressed:REASON), then "held:NETWORK:REASON" per
-    prefix just held].
+    prefix just held]. An event that `exists` gets the deliveries (pending or missing ones due)
+    and index entries that a run stopped by an error may have left out, and nothing else.
     """
     return _INGEST_SCRIPT
 

@@ -11,7 +11,8 @@ paid once per batch, so it is most of the CPU per callback when batches are smal
 When Redis does not answer within `bound` seconds, the batch is appended to the process' spool
 (fsync'd) instead and answered 204; a background task drains the spool through the same Lua
 once Redis is back. An event id already in Redis is not stored again, so a drain repeated after
-a crash, or a flush that timed out but did reach Redis, stores nothing twice.
+a crash, or a flush that timed out but did reach Redis, stores nothing twice; what a run stopped
+halfway left out of such an event (its pending deliveries, its index entries) is completed.
 """
 
 from __future__ import annotations
