@@ -924,6 +924,20 @@ local function add_all(cmd, key, flag, args)
     end
   end
 end
+local indexed = {}
+local function index(ms, id, n)
+  -- the event's entries in the global index and its network's, written after the loop
+  indexed[id] = true
+  evs[#evs + 1] = ms
+  evs[#evs + 1] = id
+  local byn = nets[n]
+  if not byn then
+    byn = {}
+    nets[n] = byn
+  end
+  byn[#byn + 1] = ms
+  byn[#byn + 1] = id
+end
 for i = 6, #ARGV - 7, 8 do
   -- kind, id, event JSON, network, ms, targets (comma-separated), dedupe key, limits JSON or ''
   local id, n, ms = ARGV[i + 1], ARGV[i + 3], ARGV[i + 4]
@@ -942,30 +956,23 @@ for i = 6, #ARGV - 7, 8 do
     -- Stored before: a spool drain, or a batch sent again after a timeout. A script stopped by
     -- an error keeps the writes it made, so the event may lack its deliveries or entries:
     -- complete them (deliveries still pending, or missing, are due; no others), never twice.
+    -- (Deliveries are added only when the event has none at all: one with some, suppressed ones
+    -- say, gets no new ones here.)
     status = 'exists'
     local dk = ek .. ':deliveries'
+    local none = redis.call('EXISTS', dk) == 0
     for t in string.gmatch(ARGV[i + 5], '[^,]+') do
-      local cur = redis.call('HGET', dk, t)
-      if not cur then
+      local cur = not none and redis.call('HGET', dk, t)
+      if none then
         redis.call('HSET', dk, t, state)
-        redis.call('EXPIRE', dk, ttl)
       end
-      if not cur or cur == state then
+      if none or cur == state then
         dues[#dues + 1] = ms
         dues[#dues + 1] = id .. '-' .. t
       end
     end
-    if not redis.call('ZSCORE', p .. ':events', id) then
-      evs[#evs + 1] = ms
-      evs[#evs + 1] = id
-      local byn = nets[n]
-      if not byn then
-        byn = {}
-        nets[n] = byn
-      end
-      byn[#byn + 1] = ms
-      byn[#byn + 1] = id
-    end
+    if none and ARGV[i + 5] ~= '' then redis.call('EXPIRE', dk, ttl) end
+    if not indexed[id] and not redis.call('ZSCORE', p .. ':events', id) then index(ms, id, n) end
   elseif win > 0 and not redis.call('SET', p .. ':dedupe:' .. ARGV[i + 6], id, 'NX', 'PX', win)
       and redis.call('GET', p .. ':dedupe:' .. ARGV[i + 6]) ~= id then
     -- (the same id: this very event, from a run cut short before it was stored)
@@ -1030,15 +1037,7 @@ for i = 6, #ARGV - 7, 8 do
       add_all('HSET', ek .. ':deliveries', nil, fields)
       redis.call('EXPIRE', ek .. ':deliveries', ttl)
     end
-    evs[#evs + 1] = ms
-    evs[#evs + 1] = id
-    local byn = nets[n]
-    if not byn then
-      byn = {}
-      nets[n] = byn
-    end
-    byn[#byn + 1] = ms
-    byn[#byn + 1] = id
+    index(ms, id, n)
   end
   out[#out + 1] = status
 end
