@@ -13,7 +13,6 @@ import contextlib
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trustme
-from e2e_support import SETTINGS, http_call, wait_until
+from e2e_support import SETTINGS, http_call, run_gateway, wait_until
 from redis import Redis
 
 from gateway.embedded import EmbeddedRedis, find_server_binary, free_port
@@ -48,14 +47,7 @@ url = "{target_server.url}/t?to=%invitee%"
 
 
 def _cli(gateway: Gateway, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        env=gateway.environ(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_gateway(*args, env=gateway.environ(**env))
 
 
 def _deliver_one(gateway: Gateway, target_server: TargetServer, url: str, invitee: str) -> None:

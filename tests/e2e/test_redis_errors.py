@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from e2e_support import SETTINGS, http_call, wait_until
+from e2e_support import SETTINGS, http_call, run_gateway, wait_until
 
 from gateway.embedded import EmbeddedRedis, free_port
 
@@ -20,14 +20,7 @@ PASSWORD = "hunter2-secret"
 
 
 def _run(gateway: Gateway, args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        env=gateway.environ(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_gateway(*args, env=gateway.environ(**env))
 
 
 @pytest.mark.parametrize(
