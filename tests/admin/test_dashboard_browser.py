@@ -85,12 +85,17 @@ def shot(driver: Any, name: str) -> None:
 
 
 def text_of(driver: Any, by: str = "tag name", what: str = "body") -> str:
-    """The visible text of an element; "" while the page is being replaced (a wait asks again)."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    """The visible text of an element; "" while the page is being replaced (a wait asks again).
+
+    A form's submit returns before the next page is there, so the element found can belong to
+    the page being replaced: chromedriver then answers stale element, no such element, or a
+    bare inspector error ("Node with given id does not belong to the document").
+    """
+    from selenium.common.exceptions import WebDriverException
 
     try:
         return str(driver.find_element(by, what).text)
-    except (StaleElementReferenceException, NoSuchElementException):
+    except WebDriverException:
         return ""
 
 
@@ -118,6 +123,7 @@ def test_dashboard_in_a_browser(
 
     # Create a target: first with mistakes, each shown next to its field, then right.
     browser.find_element(By.LINK_TEXT, "Targets").click()
+    wait_until(lambda: browser.title.startswith("Targets"), "the targets page")
     browser.find_element(By.LINK_TEXT, "New target").click()
     browser.find_element(By.ID, "f-name").send_keys("acme-hook")
     browser.find_element(By.ID, "f-url").send_keys("ftp://wrong")
@@ -159,6 +165,7 @@ def test_dashboard_in_a_browser(
     assert r.status_code == 204
     target_server.wait_for("/hook", hooks_before + 1, timeout=30)
     browser.find_element(By.LINK_TEXT, "Events").click()
+    wait_until(lambda: browser.title.startswith("Events"), "the events page")
     browser.find_element(By.NAME, "invitee").send_keys("+15550003333")
     browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
     wait_until(lambda: "invitee=%2B15550003333" in browser.current_url, "the search's results")
@@ -178,6 +185,7 @@ def test_dashboard_in_a_browser(
     # Replay the failure: the target answers 200 now.
     target_server.script("/acme", [200])
     browser.find_element(By.LINK_TEXT, "Failures").click()
+    wait_until(lambda: browser.title.startswith("Failures"), "the failures page")
     failed_row = browser.find_element(By.ID, f"failure-{d.acme_event}-acme-crm")
     assert "HTTP 500" in failed_row.text
     assert "globex" not in text_of(browser)
@@ -208,6 +216,7 @@ def test_dashboard_in_a_browser(
     wait_until(lambda: "acme-hook paused" in text_of(browser), "the pause's summary")
     shot(browser, "04b-targets")
     browser.find_element(By.LINK_TEXT, "Overview").click()
+    wait_until(lambda: "Overview" in browser.title, "the overview")
     card = browser.find_element(By.ID, "target-acme-hook")
     assert "paused (by hand)" in card.text
     assert card.find_elements(By.CSS_SELECTOR, "svg.chart rect.delivered")
