@@ -6,7 +6,7 @@ Starts a tiny uvicorn target server (raw ASGI app, h11, asyncio loop) in a child
 * httpx.Client, one keep-alive client, sequential;
 * aiohttp.ClientSession driven from sync code through one persistent event loop
   (``loop.run_until_complete(...)`` per request) -- how a sync RQ job would call it;
-* aiohttp and httpx.AsyncClient with N concurrent requests (asyncio.gather + semaphore);
+* aiohttp, httpx.AsyncClient and pyreqwest with N concurrent requests (asyncio.gather + semaphore);
 * a fresh client per request (httpx.Client, aiohttp session + ``asyncio.run``), which is what a
   fork-per-job RQ worker pays, with N/10 requests.
 
@@ -268,6 +268,35 @@ def bench_httpx_async_concurrent(
     return timer.result(f"httpx.AsyncClient, {concurrency} concurrent", "concurrent", concurrency)
 
 
+def bench_pyreqwest_concurrent(
+    url: str, body: bytes, n: int, warmup: int, concurrency: int, timer: Timer
+) -> Result:
+    """pyreqwest (Rust's reqwest) as gateway/delivery/sender.py uses it: a streamed response,
+    its first bytes read."""
+    from datetime import timedelta
+
+    from pyreqwest.client import ClientBuilder
+
+    timeout = timedelta(seconds=REQUEST_TIMEOUT_S)
+    headers = tuple(JSON_HEADERS.items())
+
+    async def main() -> None:
+        client = ClientBuilder().no_proxy().follow_redirects(False).max_connections(concurrency).build()
+        async with client:
+
+            async def post() -> None:
+                builder = client.request("POST", url).headers(headers).body_bytes(body).timeout(timeout)
+                async with builder.build_streamed() as resp:
+                    _check(resp.status, bytes(await resp.body_reader.bytes()))
+
+            await _gather_bounded(post, warmup, concurrency, None)
+            with timer.run():
+                await _gather_bounded(post, n, concurrency, timer)
+
+    asyncio.run(main())
+    return timer.result(f"pyreqwest, {concurrency} concurrent", "concurrent", concurrency)
+
+
 def bench_httpx_fresh(
     url: str, body: bytes, n: int, warmup: int, timer: Timer, ssl_context: ssl.SSLContext | None = None
 ) -> Result:
@@ -325,6 +354,7 @@ def run_all(n: int, concurrency: int, warmup: int) -> list[Result]:
                 bench_aiohttp_sync_loop(url, body, n, warmup, timer),
                 bench_aiohttp_concurrent(url, body, n, warmup, concurrency, timer),
                 bench_httpx_async_concurrent(url, body, n, warmup, concurrency, timer),
+                bench_pyreqwest_concurrent(url, body, n, warmup, concurrency, timer),
                 bench_httpx_fresh(url, body, n_fresh, warm_fresh, timer),
                 bench_httpx_fresh(url, body, n_fresh, warm_fresh, timer, ssl.create_default_context()),
                 bench_aiohttp_fresh(url, body, n_fresh, warm_fresh, timer),

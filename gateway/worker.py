@@ -120,7 +120,7 @@ class Runtime:
             self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
     def close(self) -> None:
-        """Close the HTTP session and the Redis connections (no "Unclosed client session")."""
+        """Close the HTTP clients and the Redis connections (nothing left open at exit)."""
         if self.loop.is_closed() or self.loop.is_running():
             return
         try:

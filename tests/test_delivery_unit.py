@@ -460,7 +460,7 @@ def test_not_an_ip_is_refused(address: str) -> None:
 
 
 def test_address_not_allowed_is_an_oserror() -> None:
-    # The sender raises it inside aiohttp's resolver, which expects OSError.
+    # Raised where the sender's resolving raises OSError; a caller catching those catches it too.
     assert issubclass(AddressNotAllowed, OSError)
 
 

@@ -1,4 +1,4 @@
-"""The aiohttp sender against real servers on loopback: what it sends, what it refuses, what it
+"""The sender (pyreqwest) against real servers on loopback: what it sends, what it refuses, what it
 records."""
 
 from __future__ import annotations
@@ -144,6 +144,73 @@ def test_private_targets_are_refused_before_connecting(url: str) -> None:
     finally:
         s.close()
     assert info.value.blocked, info.value.reason
+
+
+class Names:
+    """Answers for host names, in place of the private loop's resolver (counts the look-ups)."""
+
+    def __init__(self, sender: SyncSender) -> None:
+        self.answers: dict[str, list[str]] = {}
+        self.lookups: list[str] = []
+        sender.loop.getaddrinfo = self.getaddrinfo  # type: ignore[method-assign]
+
+    async def getaddrinfo(self, host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        self.lookups.append(host)
+        await asyncio.sleep(0.01)  # as a real look-up: others ask meanwhile
+        if host not in self.answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in self.answers[host]]
+
+
+def test_a_name_is_pinned_to_its_vetted_address_until_the_ttl(
+    target_server: TargetServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.delivery import sender as sender_module
+
+    s = SyncSender(allow_private=("127.0.0.0/8",))
+    names = Names(s)
+    names.answers["crm.test"] = ["127.0.0.1"]
+    url = f"http://crm.test:{target_server.port}/hook"
+    try:
+        # Twenty sends at once: one look-up, and the request goes to the vetted address.
+        async def many() -> list[Response]:
+            return await asyncio.gather(*(s.sender.send(_get(url)) for _ in range(20)))
+
+        assert [r.status for r in s.loop.run_until_complete(many())] == [200] * 20
+        assert names.lookups == ["crm.test"]
+        assert target_server.requests_to("/hook")[0].headers["host"] == f"crm.test:{target_server.port}"
+        # The name now resolves to a refused address (rebinding): the pin holds until its TTL...
+        names.answers["crm.test"] = ["10.9.9.9"]
+        assert s.send(_get(url)).status == 200
+        # ... then the name is looked up again, and refused before any connection.
+        monkeypatch.setattr(sender_module, "DNS_TTL", 0.0)
+        s.sender._pins["crm.test"].expires = 0.0
+        with pytest.raises(SendError) as info:
+            s.send(_get(url))
+        assert info.value.blocked and "10.9.9.9" in info.value.reason
+        assert len(target_server.requests_to("/hook")) == 21
+        # A name that does not resolve: a send error to retry, not a refusal.
+        with pytest.raises(SendError) as info:
+            s.send(_get(f"http://nowhere.test:{target_server.port}/hook"))
+        assert not info.value.blocked and info.value.reason.startswith("cannot resolve the target")
+    finally:
+        s.close()
+
+
+def test_a_changed_policy_vets_pinned_names_again(target_server: TargetServer) -> None:
+    s = SyncSender(allow_private=("127.0.0.0/8",))
+    names = Names(s)
+    names.answers["crm.test"] = ["127.0.0.1"]
+    url = f"http://crm.test:{target_server.port}/hook"
+    try:
+        assert s.send(_get(url)).status == 200
+        s.sender.allow_private = False  # as a new configuration sets it (engine._claim)
+        with pytest.raises(SendError) as info:
+            s.send(_get(url))
+        assert info.value.blocked
+        assert names.lookups == ["crm.test", "crm.test"]
+    finally:
+        s.close()
 
 
 @pytest.mark.parametrize("address", ["2002:a9fe:a9fe::1", "2001:0:4136:e378::1", "::127.0.0.1", "fe80::1%lo"])

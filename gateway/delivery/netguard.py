@@ -1,9 +1,9 @@
 """The one place where target addresses are vetted (SSRF policy).
 
-Addresses are checked where the connection is made: the sender's resolver hands the HTTP client
-only addresses that pass `check_address`, so a DNS answer that changes between a check and the
-connect (rebinding) cannot slip through. IP literals in a URL never reach a resolver, so the
-sender checks them with the same function.
+Addresses are checked where the connection is made: the sender resolves a target's name itself
+and hands the HTTP client only an address that passes `check_address` (the client never resolves
+the name), so a DNS answer that changes between a check and the connect (rebinding) cannot slip
+through. IP literals in a URL are checked with the same function.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ AllowPrivate = bool | tuple[str, ...]
 
 
 class AddressNotAllowed(OSError):
-    """A target resolved to an address the policy forbids (raised inside the resolver)."""
+    """A target resolved to an address the policy forbids (an OSError, as resolver errors are)."""
 
 
 @lru_cache(maxsize=64)

@@ -1,5 +1,5 @@
 """Every preset against a local fake of its API: the real delivery engine (real Redis, the real
-aiohttp Sender) sends a stored invitation to an aiohttp server on 127.0.0.1, which checks the
+Sender) sends a stored invitation to an aiohttp server on 127.0.0.1, which checks the
 documented request: method, path, headers, body fields, and the answers that mean success."""
 
 from __future__ import annotations
