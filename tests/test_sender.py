@@ -217,3 +217,91 @@ def test_a_changed_policy_vets_pinned_names_again(target_server: TargetServer) -
 def test_tunnelled_and_scoped_ipv6_refused(address: str) -> None:
     with pytest.raises(AddressNotAllowed):
         check_address(address, allow_private=False)
+
+
+def test_a_chunked_body_is_capped_whatever_its_content_length() -> None:
+    """Transfer-Encoding: chunked wins over Content-Length (hyper ignores the latter): the cap holds."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"x" * 65536
+            try:
+                for _ in range(256):  # 16 MiB offered
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                conn.sendall(b"0\r\n\r\n")
+            except OSError:
+                pass  # the client stopped reading: as it should
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    s = SyncSender(allow_private=True, response_cap=100)
+    try:
+        response = s.send(_get(f"http://127.0.0.1:{port}/"))
+    finally:
+        s.close()
+        thread.join(5)
+        listener.close()
+    assert response.body == b"x" * 100
+
+
+@pytest.mark.parametrize(
+    ("host", "resolved"),
+    [
+        ("faß.test", "xn--fa-hia.test"),  # UTS 46 (reqwest), not IDNA 2003's "fass.test"
+        ("bücher.test", "xn--bcher-kva.test"),
+        ("crm%2etest", "crm.test"),  # percent-decoded by reqwest
+        ("CRM.TEST.", "crm.test."),
+    ],
+)
+def test_the_name_vetted_and_pinned_is_the_one_reqwest_connects_to(
+    target_server: TargetServer, host: str, resolved: str
+) -> None:
+    s = SyncSender(allow_private=("127.0.0.0/8",))
+    names = Names(s)
+    names.answers[resolved] = ["127.0.0.1"]
+    try:
+        # The system cannot resolve these names: a 200 means the request went to the pin.
+        assert s.send(_get(f"http://{host}:{target_server.port}/hook")).status == 200
+        assert names.lookups == [resolved]
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost\\@93.184.216.34/",  # urlsplit: 93.184.216.34; reqwest: localhost
+        "http://user:pw@crm.test/",
+        "http://crm.test:99999/",
+        "http://ex\u200dample.test/",
+        "http://a..example.test/",
+    ],
+)
+def test_urls_the_parsers_disagree_on_are_send_errors(url: str) -> None:
+    s = SyncSender(allow_private=False)
+    names = Names(s)
+    names.answers.update({"localhost": ["127.0.0.1"], "crm.test": ["93.184.216.34"]})
+    try:
+        with pytest.raises(SendError):
+            s.send(_get(url, timeout=1.0))
+    finally:
+        s.close()
+
+
+def test_a_backslash_cannot_swap_an_allowed_literal_for_a_name(target_server: TargetServer) -> None:
+    """urlsplit reads 93.184.216.34 (allowed); reqwest reads localhost: the latter must be vetted."""
+    s = SyncSender(allow_private=False)
+    names = Names(s)
+    names.answers["localhost"] = ["127.0.0.1"]
+    try:
+        with pytest.raises(SendError) as info:
+            s.send(_get(f"http://localhost:{target_server.port}\\@93.184.216.34/hook"))
+        assert info.value.blocked
+        assert target_server.requests_to("/hook") == []
+    finally:
+        s.close()

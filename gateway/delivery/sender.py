@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import ConnectError, PyreqwestError, RequestTimeoutError
+from pyreqwest.http import Url
 from pyreqwest.proxy import ProxyBuilder
 from pyreqwest.response import ResponseBodyReader
 
@@ -69,9 +70,10 @@ class _Pin:
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    host: str | None
+    url: Url | None  # as reqwest parsed it: the very object the request is built from
+    host: str | None  # reqwest's host: a domain (ASCII, lowercase, punycode) or an IP literal
     port: int
-    refusal: str | None  # why an IP-literal host is refused (None: allowed, or a name)
+    refusal: str | None  # why the URL or its IP-literal host is refused (None: allowed, or a name)
     literal: bool
 
 
@@ -170,16 +172,37 @@ class Sender:
         if found is None:
             if len(self._urls) > 4096:
                 self._urls.clear()
-            parts = urlsplit(url)
-            host = parts.hostname
-            try:
-                port = parts.port or (443 if parts.scheme == "https" else 80)
-            except ValueError:
-                port = 0  # the client refuses the URL, with its own reason
-            literal = host is not None and _is_ip_literal(host)
-            refusal = self._literal_refusal(host) if literal and host is not None else None
-            found = self._urls[url] = _Target(host, port, refusal, literal)
+            found = self._urls[url] = self._parse(url)
         return found
+
+    def _parse(self, url: str) -> _Target:
+        # urlsplit's host first: it refuses what reqwest would also refuse (zone ids) as blocked.
+        split_host = urlsplit(url).hostname
+        if split_host is not None and _is_ip_literal(split_host):
+            refusal = self._literal_refusal(split_host)
+            if refusal is not None:
+                return _Target(None, None, 0, refusal, True)
+        # Then the host as reqwest itself sees it (UTS 46, percent-decoding, backslashes, IPv4
+        # shorthand): the one vetted, resolved and pinned, so the pin always matches and
+        # reqwest never resolves a name itself. The request is built from this same Url.
+        try:
+            parsed = Url(url)
+        except ValueError as exc:
+            why = str(exc)  # the url crate's fixed wording ("invalid port number"), else the type
+            if not why or "://" in why or len(why) > 80 or urlsplit(url).netloc in why:
+                why = type(exc).__name__
+            return _Target(None, None, 0, f"the URL is not valid: {why}", False)
+        if parsed.username or parsed.password is not None:
+            return _Target(None, None, 0, "the URL carries user:password@", False)
+        port = parsed.port_or_known_default or 0
+        domain = parsed.domain
+        if domain is not None:
+            return _Target(parsed, domain, port, None, False)
+        host = parsed.host_str
+        if host is None:
+            return _Target(parsed, None, port, None, False)
+        address = host.strip("[]")
+        return _Target(parsed, address, port, self._literal_refusal(address), True)
 
     async def _addresses(self, host: str, port: int) -> list[str]:
         """What `host` resolves to, vetted (AddressNotAllowed, or OSError when it does not resolve)."""
@@ -233,6 +256,8 @@ class Sender:
             self._retired.extend(p.client for p in self._pins.values())
             self._pins.clear()
             self._policy = self.allow_private
+            while len(self._retired) > RETIRED_KEPT:
+                await self._retired.pop(0).close()
         target = self._target(request.url)
         if target.refusal is not None:
             raise SendError(target.refusal, _ms_since(started), blocked=True)
@@ -257,20 +282,21 @@ class Sender:
             raise SendError(
                 f"cannot resolve the target: {exc.strerror or type(exc).__name__}", _ms_since(started)
             ) from None
-        builder = client.request(request.method, request.url).timeout(self._timeout(request.timeout))
-        if request.headers:
-            builder = builder.headers(request.headers)
-        if request.body is not None:
-            builder = builder.body_bytes(request.body)
+        except UnicodeError:
+            # The IDNA codec of getaddrinfo: an empty or over-long label.
+            raise SendError("cannot resolve the target: not a valid host name", _ms_since(started)) from None
         cap = request.response_cap or self.response_cap
         try:
+            assert target.url is not None
+            builder = client.request(request.method, target.url).timeout(self._timeout(request.timeout))
+            if request.headers:
+                builder = builder.headers(request.headers)
+            if request.body is not None:
+                builder = builder.body_bytes(request.body)
             async with builder.build_streamed() as resp:
-                reader = resp.body_reader
-                length = resp.headers.get("content-length")
-                if length is not None and length.isdigit() and int(length) <= cap:
-                    body = bytes(await reader.bytes())  # the usual short answer: one read
-                else:
-                    body = await _read_capped(reader, cap)
+                # Never let Content-Length size the read: with Transfer-Encoding: chunked too,
+                # hyper ignores it and the body is as long as the target likes.
+                body = await _read_capped(resp.body_reader, cap)
                 headers: Mapping[str, str] = resp.headers  # case-insensitive, read-only by use
                 return Response(resp.status, headers, body, _ms_since(started))
         except RequestTimeoutError:
@@ -280,6 +306,9 @@ class Sender:
         except PyreqwestError as exc:
             # Never str(exc): it quotes the URL, which can hold a secret or an invitee's number.
             raise SendError(f"{type(exc).__name__}: {_cause(exc, request.url)}", _ms_since(started)) from None
+        except ValueError as exc:
+            # Anything else the request builder refuses (type only: the value may be a secret).
+            raise SendError(f"cannot build the request ({type(exc).__name__})", _ms_since(started)) from None
 
 
 def _cause(exc: PyreqwestError, url: str) -> str:
@@ -311,15 +340,18 @@ def _is_ip_literal(host: str) -> bool:
 
 
 async def _read_capped(reader: ResponseBodyReader, cap: int) -> bytes:
+    """At most `cap` bytes of the body, whatever its headers say. `read(n)` returns n bytes, or
+    fewer only once the body has ended: the usual short answer takes one await."""
     chunks: list[bytes] = []
     total = 0
     while total < cap:
-        chunk = await reader.read(cap - total)
+        want = cap - total
+        chunk = await reader.read(want)
         if chunk is None:
             break
         data = bytes(chunk)
-        if not data:
-            break
         chunks.append(data)
         total += len(data)
+        if len(data) < want:
+            break  # the body ended
     return b"".join(chunks)[:cap]
