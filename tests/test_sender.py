@@ -305,3 +305,23 @@ def test_a_backslash_cannot_swap_an_allowed_literal_for_a_name(target_server: Ta
         assert target_server.requests_to("/hook") == []
     finally:
         s.close()
+
+
+def test_a_name_with_a_dead_address_fails_over_to_its_next_vetted_one(target_server: TargetServer) -> None:
+    s = SyncSender(allow_private=("127.0.0.0/8",))
+    names = Names(s)
+    # 127.0.0.2 is loopback too, but the target listens on 127.0.0.1 only: refused there.
+    names.answers["crm.test"] = ["127.0.0.2", "127.0.0.1"]
+    url = f"http://crm.test:{target_server.port}/hook"
+    try:
+        with pytest.raises(SendError) as info:
+            s.send(_get(url))
+        assert info.value.reason.startswith("cannot connect") and not info.value.blocked
+        assert s.send(_get(url)).status == 200  # the next send goes to the next address
+        # Looked up again after the TTL: the address that works is kept.
+        s.sender._pins["crm.test"].expires = 0.0
+        assert s.send(_get(url)).status == 200
+        assert names.lookups == ["crm.test", "crm.test"]
+        assert len(target_server.requests_to("/hook")) == 2
+    finally:
+        s.close()

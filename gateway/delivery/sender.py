@@ -14,6 +14,8 @@ as it is. A name is resolved here, its addresses checked, and the request goes t
 pinned to an allowed address (reqwest's `resolve` override): the client never resolves the name
 itself, so a DNS answer that changes between the check and the connect (rebinding) cannot slip
 through. A pin lasts `DNS_TTL` seconds; one client per name, as aiohttp kept one pool per host.
+reqwest is given one address per name: when a connection to it fails, the name's next vetted
+address is pinned for the sends that follow.
 
 Through a proxy the proxy resolves the target, so the target's address is vetted here before the
 request (the proxy may resolve it again: a rebinding window that only a direct connection
@@ -66,6 +68,7 @@ class _Pin:
     address: str
     client: Client
     expires: float  # time.monotonic()
+    addresses: tuple[str, ...] = ()  # every vetted address of the name, in resolver order
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,14 +229,21 @@ class Sender:
         return await asyncio.shield(pending)
 
     async def _pin(self, host: str, port: int) -> _Pin:
-        address = (await self._addresses(host, port))[0]
+        addresses = tuple(await self._addresses(host, port))
         old = self._pins.get(host)
-        if old is not None and old.address == address:
+        if old is not None and old.address in addresses:
+            # Still vetted: keep it (and its connections), rather than go back to a first
+            # address that failed over to this one.
             old.expires = time.monotonic() + DNS_TTL
+            old.addresses = addresses
             return old
+        return await self._repin(host, addresses[0], addresses)
+
+    async def _repin(self, host: str, address: str, addresses: tuple[str, ...]) -> _Pin:
         if self._closed:
             raise SendError("the sender is closed", 0.0)
-        pin = _Pin(address, self._client(pin=(host, address)), time.monotonic() + DNS_TTL)
+        old = self._pins.get(host)
+        pin = _Pin(address, self._client(pin=(host, address)), time.monotonic() + DNS_TTL, addresses)
         self._pins[host] = pin
         if old is not None:
             # Its requests in flight finish on it; the oldest of those set aside is closed.
@@ -241,6 +251,15 @@ class Sender:
             if len(self._retired) > RETIRED_KEPT:
                 await self._retired.pop(0).close()
         return pin
+
+    async def _fail_over(self, host: str, client: Client) -> None:
+        """A connection to a name's pinned address failed: its next vetted address, if any, from
+        the next send on (reqwest is given one address per name; aiohttp tried each in turn)."""
+        pin = self._pins.get(host)
+        if pin is None or pin.client is not client or len(pin.addresses) < 2:
+            return  # moved on already, or nowhere else to go
+        i = pin.addresses.index(pin.address) if pin.address in pin.addresses else -1
+        await self._repin(host, pin.addresses[(i + 1) % len(pin.addresses)], pin.addresses)
 
     def _timeout(self, seconds: float) -> timedelta:
         found = self._timeouts.get(seconds)
@@ -302,6 +321,8 @@ class Sender:
         except RequestTimeoutError:
             raise SendError(f"timed out after {request.timeout:g} s", _ms_since(started)) from None
         except ConnectError as exc:
+            if not request.proxy and host is not None and not target.literal:
+                await self._fail_over(host, client)
             raise SendError(f"cannot connect: {_cause(exc, request.url)}", _ms_since(started)) from None
         except PyreqwestError as exc:
             # Never str(exc): it quotes the URL, which can hold a secret or an invitee's number.
