@@ -104,7 +104,7 @@ def test_a_network_list_is_honoured_at_connect_time(target_server: TargetServer)
             refused.send(request)
         assert info.value.blocked
         assert "list its network in allow_private_targets" in info.value.reason
-        # A name is vetted on the addresses it resolves to, inside the resolver.
+        # A name is vetted on the addresses it resolves to, before any connection.
         by_name = OutboundRequest("GET", f"http://localhost:{target_server.port}/y", (), None, 5.0)
         with pytest.raises(SendError) as info:
             refused.send(by_name)

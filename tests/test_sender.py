@@ -129,7 +129,7 @@ def test_connection_refused_is_a_send_error() -> None:
     "url",
     [
         "http://127.0.0.1:9/",
-        "http://localhost:9/",  # a name: refused inside the resolver, at connect time
+        "http://localhost:9/",  # a name: refused once resolved, before any connection
         "http://[::1]:9/",
         "http://[::ffff:169.254.169.254]/",
         "http://[fe80::a9fe:a9fe%25lo]/",
