@@ -234,18 +234,44 @@ class OutageLines(logging.Filter):
     """A record whose exception is Redis (or the network) being away becomes one line.
 
     RQ, asyncio and uvicorn log such failures with a traceback; during an outage that is a
-    screen of tracebacks per second. The traceback stays when the level is DEBUG; other
-    exceptions (bugs) keep theirs.
+    screen of tracebacks per second. RQ also writes a failed job's traceback into the message
+    itself: when its last line names such an error, the message becomes its first line and
+    that one. The traceback stays when the level is DEBUG; other exceptions (bugs) keep theirs.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and _is_outage(exc) and not logging.getLogger().isEnabledFor(logging.DEBUG):
+        if exc is not None and _is_outage(exc):
             record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
             record.args = None
             record.exc_info = None
             record.exc_text = None
+        elif exc is None and record.levelno >= logging.WARNING:
+            # RQ writes a failed job's traceback into the message itself (handle_exception).
+            message = record.getMessage()
+            if _TRACEBACK in message:
+                last = message.rstrip().rsplit("\n", 1)[-1].strip()
+                if last.startswith(_OUTAGE_LINES):
+                    record.msg = f"{message.split(chr(10), 1)[0]} ({last})"
+                    record.args = None
         return True
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+# How a traceback's last line names Redis or the network being away.
+_OUTAGE_LINES = (
+    "redis.exceptions.ConnectionError",
+    "redis.exceptions.TimeoutError",
+    "redis.exceptions.BusyLoadingError",
+    "ConnectionError",
+    "ConnectionResetError",
+    "ConnectionRefusedError",
+    "ConnectionAbortedError",
+    "BrokenPipeError",
+    "TimeoutError",
+)
 
 
 def _is_outage(exc: BaseException | None) -> bool:

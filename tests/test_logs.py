@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -102,3 +103,63 @@ def test_log_settings() -> None:
     assert log_settings({"GATEWAY_LOG_FORMAT": "JSON", "GATEWAY_LOG_MASK": "off"}) == ("INFO", "json", False)
     with pytest.raises(ValueError, match="GATEWAY_LOG_MASK"):
         log_settings({"GATEWAY_LOG_MASK": "maybe"})
+
+
+@pytest.fixture
+def info_root() -> Iterator[None]:
+    """The root logger at INFO (OutageLines keeps tracebacks at DEBUG), as it was afterwards."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _rq_style_record(last_line: str) -> logging.LogRecord:
+    """As RQ's handle_exception logs a failed job: the traceback inside the message."""
+    trace = (
+        "Traceback (most recent call last):\n"
+        '  File "rq/worker/base.py", line 1674, in perform_job\n'
+        "    self._finalize_success(job, queue, execution, return_value)\n"
+        f"{last_line}\n"
+    )
+    return logging.LogRecord(
+        "rq.worker",
+        logging.ERROR,
+        __file__,
+        1,
+        "Worker %s: job %s: exception raised while executing (%s)\n%s",
+        ("w1", "j1", "gateway.jobs.drain", trace),
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "last_line",
+    [
+        "redis.exceptions.ConnectionError: Error while reading from 127.0.0.1:6379 : (104, 'reset')",
+        "ConnectionResetError: [Errno 104] Connection reset by peer",
+    ],
+)
+@pytest.mark.usefixtures("info_root")
+def test_an_outage_traceback_inside_a_message_becomes_one_line(last_line: str) -> None:
+    from gateway.logs import OutageLines
+
+    record = _rq_style_record(last_line)
+    assert OutageLines().filter(record)
+    text = TextFormatter(mask=False).format(record)
+    assert "Traceback" not in text and "\n" not in text
+    assert "job j1: exception raised while executing (gateway.jobs.drain)" in text
+    assert last_line in text
+
+
+@pytest.mark.usefixtures("info_root")
+def test_a_bug_keeps_its_traceback_inside_a_message() -> None:
+    from gateway.logs import OutageLines
+
+    record = _rq_style_record("ValueError: not an outage")
+    assert OutageLines().filter(record)
+    text = TextFormatter(mask=False).format(record)
+    assert "Traceback (most recent call last):" in text and "ValueError: not an outage" in text
