@@ -254,7 +254,8 @@ class OutageLines(logging.Filter):
             if _TRACEBACK in message:
                 last = message.rstrip().rsplit("\n", 1)[-1].strip()
                 if last.startswith(_OUTAGE_LINES):
-                    record.msg = f"{message.split(chr(10), 1)[0]} ({last})"
+                    first = message.split("\n", 1)[0]
+                    record.msg = f"{first} ({last})"
                     record.args = None
         return True
 
