@@ -8,12 +8,14 @@ import hashlib
 import hmac
 import json
 import random
+import time
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from gateway.delivery.engine import due_after
 from gateway.delivery.netguard import AddressNotAllowed, check_address
 from gateway.delivery.request import Response, build_request, classify, parse_retry_after, retry_delay, sign
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
@@ -351,6 +353,20 @@ def test_retry_delay_zero_is_immediate() -> None:
 def test_retry_delay_is_whole_seconds() -> None:
     delay = retry_delay(_target(retry=[7]), 1, 2.6, random.Random(5))
     assert isinstance(delay, int)
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.001, 1.0, 2.5])
+def test_due_after_is_never_early(seconds: float) -> None:
+    """The due millisecond is rounded up: a retry claimed at `due` is at least `seconds` late.
+
+    A due time rounded down let a "Retry-After: 1" retry start 0.999 s after the answer.
+    """
+    for _ in range(2000):
+        before = time.time()
+        due = due_after(seconds)
+        assert isinstance(due, int)
+        assert due / 1000 >= before + seconds - 1e-9
+        assert due / 1000 <= time.time() + seconds + 0.002
 
 
 # -- parse_retry_after --------------------------------------------------------------------------

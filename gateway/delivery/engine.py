@@ -80,6 +80,15 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def due_after(seconds: float) -> int:
+    """The first whole millisecond at least `seconds` from now.
+
+    Rounded up, not down: a retry due at `now_ms() + 1000` could start 999.x ms after the answer
+    that asked for "not before 1 s" (`now_ms()` drops the fraction of the current millisecond).
+    """
+    return math.ceil(time.time() * 1000 + seconds * 1000)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     concurrency: int = 64  # requests in flight per worker process
@@ -456,7 +465,7 @@ class Engine:
             )
         if status_code == 429 and state.throttles < MAX_THROTTLES:
             wait = retry_after if retry_after is not None else min(2**state.throttles, THROTTLE_BACKOFF_CAP)
-            due = now_ms() + max(math.ceil(wait * 1000), 1)
+            due = due_after(max(wait, 0.001))
             record["thr"] = due
             attempt = _with(attempt, Outcome.THROTTLED)
             return finish(
@@ -482,7 +491,7 @@ class Engine:
             )
             # The schedule is used up: this attempt used no step of it, `retries` stays.
             return finish(Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None)
-        due = now_ms() + delay * 1000
+        due = due_after(delay)
         return finish(
             Outcome.RETRYING, DeliveryStatus.RETRYING, attempt, due, retries=state.retries + 1, waiting=None
         )
