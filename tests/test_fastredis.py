@@ -8,16 +8,16 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from redis import Redis
 
 from gateway.embedded import EmbeddedRedis, find_server_binary, free_port
-from gateway.events import make_event
+from gateway.events import InvitationEvent, make_event
 from gateway.fastredis import ConnectionLost, Endpoint, FastRedis, ReplyError, Script
-from gateway.ingest.accept import ACCEPTED, SPOOLED, Accepter
+from gateway.ingest.accept import ACCEPTED, IN_FLIGHT, MAX_BATCH, SPOOLED, Accepter
 from gateway.ingest.spool import Spool
 
 ECHO = Script("return {ARGV[1], #KEYS, redis.call('INCR', KEYS[1])}")
@@ -309,6 +309,96 @@ def test_accept_answers_every_burst_with_batches_in_flight(
     statuses = run(go())
     assert statuses == [ACCEPTED] * len(statuses)
     assert redis.zcard("gw:events") == len(statuses)
+
+
+def _events(n: int, start: int = 0) -> list[InvitationEvent]:
+    return [
+        make_event(
+            {"invitee": f"+1555{i:07d}", "invitor": "a", "network_id": "n"}, "invitation_created", "query"
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def _count_commits(accepter: Accepter) -> list[int]:
+    """The size of each batch the accepter commits (its own method, wrapped: Redis stays real)."""
+    sizes: list[int] = []
+    commit = accepter.commit
+
+    async def counted(items: Sequence[tuple[InvitationEvent, Sequence[str]]]) -> list[str]:
+        sizes.append(len(items))
+        return await commit(items)
+
+    accepter.commit = counted  # type: ignore[method-assign]
+    return sizes
+
+
+def test_a_burst_is_split_into_capped_batches_all_in_flight_and_each_callback_stored_once(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    """Ten batches' worth at once: no batch over MAX_BATCH, no more than IN_FLIGHT on their way at
+    once, every callback answered, stored once; repeats in later batches are still duplicates."""
+    spool = Spool(tmp_path / "spool", name="split")
+    n = MAX_BATCH * 10 + 3
+
+    async def go() -> tuple[list[str], list[str], list[int], int]:
+        client, accepter = _accepter(redis_url, spool, bound=5.0)
+        sizes = _count_commits(accepter)
+        most = 0
+        commit = accepter.commit
+
+        async def watched(items: Sequence[tuple[InvitationEvent, Sequence[str]]]) -> list[str]:
+            nonlocal most
+            most = max(most, accepter._running)
+            return await commit(items)
+
+        accepter.commit = watched  # type: ignore[method-assign]
+        try:
+            events = _events(n)
+            async with asyncio.timeout(10):
+                first = await asyncio.gather(*(accepter.accept(ev, ["t"]) for ev in events))
+                # The same invitations again (new ids), all at once: each a duplicate.
+                again = await asyncio.gather(*(accepter.accept(ev, ["t"]) for ev in _events(n)))
+            return first, again, sizes, most
+        finally:
+            await client.aclose()
+            spool.close()
+
+    first, again, sizes, most = run(go())
+    assert first == [ACCEPTED] * n
+    assert all(status.startswith("duplicate") for status in again), set(again)
+    assert max(sizes) == MAX_BATCH and sum(sizes) == 2 * n
+    assert 2 <= most <= IN_FLIGHT
+    assert redis.zcard("gw:events") == n and redis.zcard("gw:due") == n
+
+
+def test_while_redis_hangs_one_batch_takes_every_waiting_callback_to_the_spool(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    """Capped batches that each wait out the bound would spool only IN_FLIGHT x MAX_BATCH
+    callbacks per bound: once Redis is known away, the next batch takes all that wait."""
+    spool = Spool(tmp_path / "spool", name="hang")
+    n = MAX_BATCH * IN_FLIGHT * 4
+
+    async def go() -> tuple[list[str], list[int], int]:
+        client, accepter = _accepter(redis_url, spool, bound=0.3)
+        sizes = _count_commits(accepter)
+        try:
+            await accepter.accept(_events(1, start=n)[0], ["t"])  # connected, the script loaded
+            redis.execute_command("CLIENT", "PAUSE", "5000", "ALL")
+            async with asyncio.timeout(20):
+                statuses = await asyncio.gather(*(accepter.accept(ev, ["t"]) for ev in _events(n)))
+            lines = len(spool.path.read_bytes().splitlines())
+            return statuses, sizes[1:], lines
+        finally:
+            redis.execute_command("CLIENT", "UNPAUSE")
+            await client.aclose()
+            spool.close()
+
+    statuses, sizes, lines = run(go())
+    assert statuses == [SPOOLED] * n and lines == n
+    # The first IN_FLIGHT capped batches time out together; after them, one or two take the rest.
+    assert len(sizes) <= IN_FLIGHT + 2, sizes
 
 
 def test_one_commit_larger_than_a_lua_unpack_stores_every_event_and_delivery_once(

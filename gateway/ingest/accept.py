@@ -1,12 +1,18 @@
 """The accept step: callbacks of the same moment committed together, or spooled.
 
 Every callback waits on one `Accepter`. The first to arrive schedules a flush on the event loop;
-all that arrive before it runs (the same loop iteration, or while the previous flush is on its
-way to Redis) go in the same Lua call: per event a dedupe `SET NX`, the event, its waiting
-deliveries and its index entries, and for the whole batch one `SET wake NX` and one read of the
-configuration version (DESIGN.md decision 10). Only then does each callback get its 204. The
-call goes through gateway/fastredis.py (one connection, no pool or retry layers): its cost is
-paid once per batch, so it is most of the CPU per callback when batches are small.
+those that arrive before it runs (the same loop iteration, or while earlier flushes are on their
+way to Redis) go in the same Lua call, up to MAX_BATCH of them: per event a dedupe `SET NX`, the
+event, its waiting deliveries and its index entries, and for the whole batch one `SET wake NX`
+and one read of the configuration version (DESIGN.md decision 10). Only then does each callback
+get its 204. The call goes through gateway/fastredis.py (one connection, no pool or retry
+layers): its cost is paid once per batch, so it is most of the CPU per callback when batches are
+small.
+
+Batches are capped, and up to IN_FLIGHT are on their way at once, so that the web process and
+Redis work at the same time: with one batch taking every callback waiting, the process sat idle
+while Redis ran it and Redis sat idle while the process answered it (a convoy: under wrk -c64 the
+process' core was 0.84 busy with batches of 23; capped at 16, 0.97; bench/README.md).
 
 When Redis does not answer within `bound` seconds, the batch is appended to the process' spool
 (fsync'd) instead and answered 204; a background task drains the spool through the same Lua
@@ -43,7 +49,8 @@ SUPPRESSED = "suppressed:"  # followed by the reason
 SPOOLED = "spooled"
 EXISTS = "exists"  # a spool drain found the event already stored
 DRAIN_BATCH = 500
-IN_FLIGHT = 2  # batches on their way to Redis at once
+MAX_BATCH = 16  # callbacks per Lua call at most (a drain's batches are DRAIN_BATCH)
+IN_FLIGHT = 6  # batches on their way to Redis at once: 96 callbacks
 DRAIN_TIMEOUT = 30.0  # seconds for one batch of a drain: Redis answering, but slowly, or not at all
 
 
@@ -104,27 +111,38 @@ class Accepter:
         waiting = _Waiting(event, targets, loop.create_future())
         self._pending.append(waiting)
         if not self._collecting and self._running < IN_FLIGHT:
-            self._collecting = True
-            self._running += 1  # counted here and in _flush_all, not by done callbacks (run later)
-            # Its first step runs on the loop's next turn: after every callback of this one.
-            task = loop.create_task(self._flush_all())
-            self._flushers.add(task)  # held: the loop keeps only weak references
-            task.add_done_callback(self._flushers.discard)
+            self._start_flusher(loop)
         return await waiting.done
 
+    def _start_flusher(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._collecting = True
+        self._running += 1  # counted here and in _flush_all, not by done callbacks (run later)
+        # Its first step runs on the loop's next turn: after every callback of this one.
+        task = loop.create_task(self._flush_all())
+        self._flushers.add(task)  # held: the loop keeps only weak references
+        task.add_done_callback(self._flushers.discard)
+
     async def _flush_all(self) -> None:
-        """Take what is pending, store it, and go on while more waits and nobody else takes it.
+        """Take up to MAX_BATCH of what is pending, store it, and go on while more waits and
+        nobody else takes it.
 
         Up to IN_FLIGHT of these run at once: while one batch is in Redis the next is on its way,
         so neither the web process nor Redis waits for the other's turn. Redis runs the batches
-        one after the other, each atomically, as before.
+        one after the other, each atomically (FastRedis: on one connection, in the order sent).
         """
         try:
             while True:
                 self._collecting = False
-                batch, self._pending = self._pending, []
-                if not batch:
+                pending = self._pending
+                if not pending:
                     return
+                # While Redis is away (a hung one makes each batch wait out the bound before it is
+                # spooled) one batch takes all: capped, the spool would take only IN_FLIGHT x
+                # MAX_BATCH callbacks per bound.
+                cap = MAX_BATCH if self.redis_down_since is None else len(pending)
+                batch, self._pending = pending[:cap], pending[cap:]
+                if self._pending and self._running < IN_FLIGHT:
+                    self._start_flusher(asyncio.get_running_loop())  # the rest, at once
                 await self._flush(batch)
                 if not self._pending or self._collecting:
                     return
