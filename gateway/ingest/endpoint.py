@@ -210,7 +210,10 @@ class Ingest:
             pairs, source = decoded.pairs, decoded.source_format
         else:
             pairs, source = [], "query"
-        fields = merge_fields(query, pairs, aliases) if pairs else pick_fields(query, aliases)
+        if pairs and query:
+            fields = merge_fields(query, pairs, aliases)
+        else:  # the usual callback: fields in the query (GET) or in the body (POST), not both
+            fields = pick_fields(pairs or query, aliases)
         try:
             return make_event(fields, event_type, source, client=client)
         except InvalidCallback:
