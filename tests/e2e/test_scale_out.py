@@ -71,11 +71,13 @@ url = "{target_server.url}/t?to=%invitee%"
     # A dead worker process is replaced.
     victim = _workers(supervisor)[0]
     victim.kill()
-    wait_until(
-        lambda: len(_workers(supervisor)) == 2 and victim.pid not in {p.pid for p in _workers(supervisor)},
-        "the dead worker replaced",
-        timeout=30,
-    )
+
+    def replaced() -> bool:
+        # One look: two looks could see the victim still running, then gone, before any restart.
+        pids = {p.pid for p in _workers(supervisor)}
+        return len(pids) == 2 and victim.pid not in pids
+
+    wait_until(replaced, "the dead worker replaced", timeout=30)
     assert "exited with status -9; restarting it" in supervisor.output()
 
     # SIGTERM stops every worker process within the 30 s a Procfile host gives.
