@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.embedded import EmbeddedRedis, find_server_binary, free_port
 from gateway.events import InvitationEvent, make_event
@@ -177,9 +178,9 @@ def unix_server(tmp_path: Path) -> Iterator[Path]:
     )
     try:
         deadline = time.monotonic() + 10
-        while not sock.exists():
+        while not _answers(sock):  # the file appears at bind(), before listen(): ask, not look
             assert proc.poll() is None, "the server exited"
-            assert time.monotonic() < deadline, "no unix socket within 10 s"
+            assert time.monotonic() < deadline, "no answer on the unix socket within 10 s"
             time.sleep(0.02)
         yield sock
     finally:
@@ -189,6 +190,13 @@ def unix_server(tmp_path: Path) -> Iterator[Path]:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _answers(sock: Path) -> bool:
+    try:
+        return bool(Redis(unix_socket_path=str(sock), socket_connect_timeout=1).ping())
+    except (RedisConnectionError, OSError):
+        return False
 
 
 def test_unix_socket_url(unix_server: Path) -> None:
