@@ -68,3 +68,8 @@ class LiveConfig:
     def current(self) -> Config:
         """The configuration in hand, without asking Redis."""
         return self._current[1]
+
+    @property
+    def in_hand(self) -> tuple[int, Config]:
+        """(version, configuration) in hand, as one pair, without asking Redis."""
+        return self._current

@@ -7,9 +7,11 @@ import asyncio
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -333,9 +335,9 @@ def _count_commits(accepter: Accepter) -> list[int]:
     sizes: list[int] = []
     commit = accepter.commit
 
-    async def counted(items: Sequence[tuple[InvitationEvent, Sequence[str]]]) -> list[str]:
+    async def counted(items: Sequence[tuple[InvitationEvent, Sequence[str]]], *more: Any) -> list[str]:
         sizes.append(len(items))
-        return await commit(items)
+        return await commit(items, *more)
 
     accepter.commit = counted  # type: ignore[method-assign]
     return sizes
@@ -355,10 +357,10 @@ def test_a_burst_is_split_into_capped_batches_all_in_flight_and_each_callback_st
         most = 0
         commit = accepter.commit
 
-        async def watched(items: Sequence[tuple[InvitationEvent, Sequence[str]]]) -> list[str]:
+        async def watched(items: Sequence[tuple[InvitationEvent, Sequence[str]]], *more: Any) -> list[str]:
             nonlocal most
             most = max(most, accepter._running)
-            return await commit(items)
+            return await commit(items, *more)
 
         accepter.commit = watched  # type: ignore[method-assign]
         try:
@@ -500,3 +502,96 @@ def test_a_stored_event_sent_again_gets_what_a_broken_run_left_out_and_nothing_t
     assert redis.zscore("gw:events", broken.id) == broken.received_at_ms
     assert redis.zscore("gw:events:net:n", broken.id) == broken.received_at_ms
     assert redis.hgetall(f"gw:event:{done.id}:deliveries") == {b"t": b'{"status":"delivered"}'}
+
+
+# Holds the server for ARGV[1] loop turns (TIME is frozen inside a script): another client's slow
+# script (a drain's chunk, a worker's claim over many deliveries, a loaded Redis). Every command
+# waits behind it, well within the ingest's bound, and none fails.
+_BUSY = """
+local x = 0
+for i = 1, tonumber(ARGV[1]) do x = x + i end
+return 1
+"""
+
+
+def test_a_burst_is_answered_within_the_bound_while_redis_is_slow_but_answering(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    """Redis answers each call in ~0.1 s (the bound is 1 s): no batch times out, so nothing is
+    spooled and `redis_down_since` stays unset. A callback must still be answered (stored or
+    spooled) within about the bound, as when one batch took all that waited: capped at
+    IN_FLIGHT x MAX_BATCH per round trip, the last of a burst waits ~n/96 round trips instead."""
+    spool = Spool(tmp_path / "spool", name="slow")
+    bound = 1.0
+    n = MAX_BATCH * IN_FLIGHT * 40
+    stop = threading.Event()
+
+    t0 = time.perf_counter()
+    redis.eval(_BUSY, 0, 2_000_000)
+    turns = int(2_000_000 * 0.1 / (time.perf_counter() - t0))  # ~0.1 s of the server's time
+
+    def hog() -> None:
+        other = Redis.from_url(redis_url)
+        try:
+            while not stop.is_set():
+                other.eval(_BUSY, 0, turns)
+        finally:
+            other.close()
+
+    async def go() -> tuple[list[str], list[float]]:
+        client, accepter = _accepter(redis_url, spool, bound=bound)
+        loop = asyncio.get_running_loop()
+        try:
+            await accepter.accept(_events(1, start=n)[0], ["t"])  # connected, the script loaded
+            thread = threading.Thread(target=hog, daemon=True)
+            thread.start()
+            try:
+                await asyncio.sleep(0.05)
+                started = loop.time()
+
+                async def one(ev: InvitationEvent) -> tuple[str, float]:
+                    status = await accepter.accept(ev, ["t"])
+                    return status, loop.time() - started
+
+                async with asyncio.timeout(60):
+                    results = await asyncio.gather(*(one(ev) for ev in _events(n)))
+            finally:
+                stop.set()
+                await asyncio.to_thread(thread.join)
+            return [s for s, _ in results], [t for _, t in results]
+        finally:
+            await client.aclose()
+            spool.close()
+
+    statuses, waited = run(go())
+    assert set(statuses) <= {ACCEPTED, SPOOLED}
+    # One flush ahead of it at most, then its own: two bounds.
+    assert max(waited) < 2 * bound, (max(waited), statuses.count(SPOOLED))
+
+
+def test_targets_chosen_by_an_older_configuration_get_the_new_ones_even_if_another_batch_loaded_it(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    """With several batches in flight, the first reply to carry a new configuration version
+    installs it; the others see nothing new to install. A callback whose targets were chosen by
+    the older configuration must still get the deliveries the new one calls for."""
+    spool = Spool(tmp_path / "spool", name="version")
+    redis.set("gw:config:version", 7)
+
+    async def go() -> tuple[str, str, str, str]:
+        client, accepter = _accepter(redis_url, spool, bound=5.0)
+        accepter.routes = lambda ev: ["t", "u"]  # the configuration of version 7
+        try:
+            # on_version (from _accepter) says "nothing new": another batch installed 7 already.
+            old, new = _events(2)
+            chosen_by_6 = await accepter.accept(old, ["t"], 6)
+            chosen_by_7 = await accepter.accept(new, ["t"], 7)
+            return old.id, new.id, chosen_by_6, chosen_by_7
+        finally:
+            await client.aclose()
+            spool.close()
+
+    old_id, new_id, *statuses = run(go())
+    assert statuses == [ACCEPTED, ACCEPTED]
+    assert sorted(redis.hkeys(f"gw:event:{old_id}:deliveries")) == [b"t", b"u"]
+    assert sorted(redis.hkeys(f"gw:event:{new_id}:deliveries")) == [b"t"]  # chosen by 7: as it is

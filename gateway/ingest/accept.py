@@ -12,7 +12,10 @@ small.
 Batches are capped, and up to IN_FLIGHT are on their way at once, so that the web process and
 Redis work at the same time: with one batch taking every callback waiting, the process sat idle
 while Redis ran it and Redis sat idle while the process answered it (a convoy: under wrk -c64 the
-process' core was 0.84 busy with batches of 23; capped at 16, 0.97; bench/README.md).
+process' core was 0.84 busy with batches of 23; capped at 16, 0.97; bench/README.md). The cap
+gives way to the bound: when Redis is away or slow, one batch takes all that waits. A timeout
+closes the one connection, so every batch on it goes to the spool (a drain finds any that Redis
+did store as already there).
 
 When Redis does not answer within `bound` seconds, the batch is appended to the process' spool
 (fsync'd) instead and answered 204; a background task drains the spool through the same Lua
@@ -68,6 +71,8 @@ def _dumps(obj: Any) -> str:
 class _Waiting:
     event: InvitationEvent
     targets: Sequence[str]
+    version: int | None  # of the configuration `targets` were chosen by; None: unknown
+    since: float  # loop.time() when it came
     done: asyncio.Future[str] = field(repr=False)
 
 
@@ -105,10 +110,14 @@ class Accepter:
         self._state = _dumps(Delivery().to_dict())
         self.redis_down_since: float | None = None
 
-    async def accept(self, event: InvitationEvent, targets: Sequence[str]) -> str:
-        """ACCEPTED, DUPLICATE or SPOOLED once it is durable; StoreUnavailable if neither works."""
+    async def accept(self, event: InvitationEvent, targets: Sequence[str], version: int | None = None) -> str:
+        """ACCEPTED, DUPLICATE or SPOOLED once it is durable; StoreUnavailable if neither works.
+
+        `version`: of the configuration that chose `targets`, so that a configuration applied
+        since then adds the deliveries it now calls for (commit()).
+        """
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(event, targets, loop.create_future())
+        waiting = _Waiting(event, targets, version, loop.time(), loop.create_future())
         self._pending.append(waiting)
         if not self._collecting and self._running < IN_FLIGHT:
             self._start_flusher(loop)
@@ -136,10 +145,15 @@ class Accepter:
                 pending = self._pending
                 if not pending:
                     return
-                # While Redis is away (a hung one makes each batch wait out the bound before it is
-                # spooled) one batch takes all: capped, the spool would take only IN_FLIGHT x
-                # MAX_BATCH callbacks per bound.
-                cap = MAX_BATCH if self.redis_down_since is None else len(pending)
+                # The cap serves speed, never the bound: one batch takes all that waits while
+                # Redis is away (a hung one makes each batch wait out the bound before it is
+                # spooled), or slow (the oldest has waited a quarter of the bound already), as
+                # IN_FLIGHT x MAX_BATCH callbacks per round trip would make the last wait on.
+                cap = MAX_BATCH
+                if self.redis_down_since is not None or (
+                    asyncio.get_running_loop().time() - pending[0].since > self.bound / 4
+                ):
+                    cap = len(pending)
                 batch, self._pending = pending[:cap], pending[cap:]
                 if self._pending and self._running < IN_FLIGHT:
                     self._start_flusher(asyncio.get_running_loop())  # the rest, at once
@@ -153,7 +167,7 @@ class Accepter:
     async def _flush(self, batch: list[_Waiting]) -> None:
         try:
             async with asyncio.timeout(self.bound):  # no task per batch, unlike wait_for
-                results = await self.commit([(w.event, w.targets) for w in batch])
+                results = await self.commit([(w.event, w.targets) for w in batch], [w.version for w in batch])
         except Exception as exc:
             self._redis_failed(exc)
             await self._spool(batch)
@@ -172,8 +186,15 @@ class Accepter:
             args = (len(accepted), EventBatch("accepted", accepted))
             log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "accepted %d: %s", args, None))
 
-    async def commit(self, items: Sequence[tuple[InvitationEvent, Sequence[str]]]) -> list[str]:
-        """Store events with their deliveries in one Lua call; the status of each, in order."""
+    async def commit(
+        self,
+        items: Sequence[tuple[InvitationEvent, Sequence[str]]],
+        versions: Sequence[int | None] | None = None,
+    ) -> list[str]:
+        """Store events with their deliveries in one Lua call; the status of each, in order.
+
+        `versions`: of the configuration each item's targets were chosen by (None: unknown).
+        """
         now = int(time.time() * 1000)
         args: list[Any] = [self.prefix, now, self.retention, self.dedupe_ms, self._state]
         limits = self.limits
@@ -199,11 +220,20 @@ class Accepter:
             log.warning("network %s: %s", network, reason)
         if woke:
             await self.wake()
-        if await self.on_version(version):
-            # Targets changed since this process last looked: deliveries for the ones that now
-            # match as well, before the 204. (A target removed meanwhile is skipped by the worker.)
+        changed = await self.on_version(version)
+        # Targets chosen by an older configuration than the one Redis holds: deliveries for the
+        # ones that now match as well, before the 204. Per item, as another batch in flight may
+        # have installed the new configuration first. (A target removed meanwhile is skipped by
+        # the worker.)
+        if versions is None:
+            stale = [changed] * len(items)
+        else:
+            stale = [changed if v is None else v != version for v in versions]
+        if any(stale):
             extra: list[Any] = []
-            for (ev, targets), status in zip(items, statuses, strict=True):
+            for (ev, targets), status, old in zip(items, statuses, stale, strict=True):
+                if not old:
+                    continue
                 # (A suppressed event gets no deliveries now; a release adds them.)
                 more = [t for t in self.routes(ev) if t not in targets] if status == ACCEPTED else []
                 if more:

@@ -159,8 +159,9 @@ class Ingest:
                     raise
                 opens = self.auth.networks_of(callback, live.version, live.current)
                 self.auth.check(opens, event.network_id, client, cache.policy(live.current, event.network_id))
-            targets = cache.names(live.current, event.type, event.network_id)
-            status = await self.accepter.accept(event, targets)
+            version, current = live.in_hand  # the version the targets are chosen by
+            targets = cache.names(current, event.type, event.network_id)
+            status = await self.accepter.accept(event, targets, version)
         except CallbackError as exc:
             if self.metrics is not None:
                 self.metrics.rejected(event_type, "unknown", exc.status_code, perf_counter() - started)
