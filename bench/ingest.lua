@@ -1,6 +1,6 @@
 -- wrk script of bench/ingest.py: one invitation callback per request, each with its own invitee.
 --
---   wrk -t1 -c64 -d11s --latency -s bench/ingest.lua URL -- METHOD BASE SEND_S RATE
+--   wrk -t1 -c64 -d11s --latency -s bench/ingest.lua URL -- METHOD BASE SEND_S RATE [REPEAT]
 --
 -- METHOD   GET (fields in the query string) or POST (a JSON body).
 -- BASE     the first invitee number; request n gets BASE + n. Identical callbacks are
@@ -12,6 +12,10 @@
 -- RATE     0: each connection sends its next request as soon as the answer arrives
 --          (saturation). R > 0: requests leave on a fixed schedule of R per second shared by
 --          all connections (wrk's timers have 1 ms resolution, so sends are grouped per ms).
+-- REPEAT   0 (the default): every request a new invitation, as above. K > 0: a replay flood,
+--          request n repeats invitation BASE + 1 + (n - 1) mod K, so with K = 1 every request
+--          of every connection is the same callback (bench/ingest.py sends each of the K once
+--          before the run, so that every request of the run is a duplicate).
 --
 -- done() prints one line "BENCH_RESULT {json}" for bench/ingest.py. Single-threaded use (-t1)
 -- is assumed by the schedule and the counters.
@@ -34,7 +38,7 @@ local NETWORK = "mynetwork"
 local HOLD_MS = 3600000 -- after SEND_S: longer than any run
 
 -- Per thread (each wrk thread has its own Lua state): read by done() through thread:get().
-method, base, send_ms, interval_ms = "POST", 0, 10000, 0
+method, base, send_ms, interval_ms, repeats = "POST", 0, 10000, 0, 0
 sent = 0            -- requests sent (wrk's one trial call of request() at start-up excluded)
 made = 0            -- request() calls: the invitee counter
 calls = 0           -- delay() calls before the deadline: one per connection, then one per answer
@@ -49,6 +53,7 @@ function init(args)
   send_ms = tonumber(args[3] or "10") * 1000
   local rate = tonumber(args[4] or "0")
   interval_ms = rate > 0 and 1000 / rate or 0
+  repeats = tonumber(args[5] or "0")
   if method ~= "GET" and method ~= "POST" then
     error("METHOD must be GET or POST, got " .. tostring(method))
   end
@@ -61,7 +66,11 @@ function request()
   if t0 ~= nil then -- wrk calls request() once before any connection, to check the script
     sent = sent + 1
   end
-  local invitee = string.format("1555%09d", base + made)
+  local n = made
+  if repeats > 0 then
+    n = (made - 1) % repeats + 1
+  end
+  local invitee = string.format("1555%09d", base + n)
   if method == "GET" then
     return wrk.format("GET", wrk.path .. "?invitee=" .. invitee .. "&invitor=" .. INVITOR
       .. "&network_id=" .. NETWORK)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -258,6 +259,24 @@ def start_target_server(
 
 # No proxy from the environment: these probes go to 127.0.0.1 and nowhere else.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_request(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, bytes]:
+    """One HTTP request to 127.0.0.1 (no proxy from the environment): (status, body)."""
+    if urllib.parse.urlsplit(url).hostname != HOST:
+        raise ValueError(f"refusing to send to {url!r}: {HOST} only")
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    try:
+        with _OPENER.open(request, timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
 
 
 def _answers(url: str) -> bool:
