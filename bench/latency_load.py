@@ -217,7 +217,7 @@ class Sender:
 
     @property
     def total(self) -> int:
-        return round(self.args.rate * self.args.seconds)
+        return round(float(self.args.rate) * float(self.args.seconds))
 
     async def run(self) -> dict[str, Any]:
         args = self.args
