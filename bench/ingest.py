@@ -59,7 +59,9 @@ from pathlib import Path
 from redis import Redis
 from support import (
     BENCH_DIR,
+    FOREIGN_LOAD_CORES,
     HOST,
+    busy_runs_warning,
     clean_env,
     cpu_seconds,
     environment,
@@ -117,7 +119,7 @@ ROWS = ("sat", "paced", "x2", "dup")
 DUP_KEYS = 1  # a replay flood: every request the same callback (--dup-keys)
 MAX_DUP_KEYS = 10_000  # each is sent once before its run, one after another
 TOP_COMMANDS = 8
-OTHER_LOAD_CORES = 0.25  # busy CPU beyond ours worth a warning
+OTHER_LOAD_CORES = FOREIGN_LOAD_CORES  # busy CPU beyond ours worth a warning
 PROFILE_NOTE = (
     "`py-spy record -p PID -d S -f raw --nonblocking`, pinned beside wrk, while wrk saturates the "
     "server (runs not in the table): 100 samples a second of the server's busy thread, idle ones left "
@@ -951,15 +953,8 @@ def report(run: Run, started_at: str, load_start: str, argv: Sequence[str]) -> s
     ]
     if run.profiles:
         lines += ["", "## Profiles", "", PROFILE_NOTE, "", *run.profiles]
-    busy = [r for r in run.rows if r.other_cores is not None and r.other_cores > OTHER_LOAD_CORES]
-    if busy:
-        worst = max(r.other_cores or 0.0 for r in busy)
-        lines += [
-            "",
-            f"**WARNING: other processes kept more than {OTHER_LOAD_CORES} cores busy during "
-            f"{len(busy)} of {len(run.rows)} runs (up to {worst:.2f} cores; column other cores): "
-            "these figures are not reliable. Run it again on a quiet machine.**",
-        ]
+    busy = [r.other_cores for r in run.rows if r.other_cores is not None and r.other_cores > OTHER_LOAD_CORES]
+    lines += busy_runs_warning(busy, len(run.rows))
     failed = [r for r in run.rows if r.problems]
     if failed:
         lines += ["", f"**{len(failed)} run(s) failed their checks** (see Rows)."]

@@ -49,8 +49,10 @@ from typing import Any
 
 from support import (
     BENCH_DIR,
+    FOREIGN_LOAD_CORES,
     HOST,
     Child,
+    busy_runs_warning,
     clean_env,
     cpu_seconds,
     environment,
@@ -83,7 +85,7 @@ DRAIN_TIMEOUT_S = 120.0  # after a window, for the last deliveries
 SETTLE_TIMEOUT_S = 300.0  # after a rate that did not drain in time, before the next one
 LAG_LIMIT_MS = 5.0  # the sender's p99 lag behind its schedule beyond which the rate was not held
 KEPT_UP = 0.98  # achieved / offered below this: the sender did not hold the rate
-OTHER_LOAD_CORES = 0.25  # busy CPU beyond ours worth a warning
+OTHER_LOAD_CORES = FOREIGN_LOAD_CORES  # busy CPU beyond ours worth a warning
 POLL_S = 0.1
 Search = tuple[float | None, float | None]  # (the best passing rate, the lowest failing one)
 
@@ -601,15 +603,8 @@ def report(
         "",
         *details(shown),
     ]
-    busy = [r for r in shown if r.other_cores is not None and r.other_cores > OTHER_LOAD_CORES]
-    if busy:
-        worst = max(r.other_cores or 0.0 for r in busy)
-        lines += [
-            "",
-            f"**WARNING: other processes kept more than {OTHER_LOAD_CORES} cores busy during {len(busy)} "
-            f"of {len(shown)} rates (up to {worst:.2f} cores; column other cores): these figures are not "
-            "reliable. Run it again on a quiet machine.**",
-        ]
+    busy = [r.other_cores for r in shown if r.other_cores is not None and r.other_cores > OTHER_LOAD_CORES]
+    lines += busy_runs_warning(busy, len(shown), "rates")
     failed = [r for r in shown if not r.ok]
     if failed:
         lines += ["", f"**{len(failed)} rate(s) failed their checks** (see Rows)."]

@@ -121,6 +121,19 @@ def load_warning(name: str, ours: float | None, host: float | None, steal: float
     return None
 
 
+def busy_runs_warning(busy: Sequence[float], runs: int, what: str = "runs") -> list[str]:
+    """The closing WARNING of a report whose `busy` runs (their other cores) of `runs` had more
+    than FOREIGN_LOAD_CORES of other load: as Markdown lines, none if there were none."""
+    if not busy:
+        return []
+    return [
+        "",
+        f"**WARNING: other processes kept more than {FOREIGN_LOAD_CORES} cores busy during "
+        f"{len(busy)} of {runs} {what} (up to {max(busy):.2f} cores; column other cores): "
+        "these figures are not reliable. Run it again on a quiet machine.**",
+    ]
+
+
 def load_warnings(results: Iterable[Any]) -> list[str]:
     """`load_warning` for each result (with name, cores_busy, host_cores, steal_cores) that has one."""
     warnings = (load_warning(r.name, r.cores_busy, r.host_cores, r.steal_cores) for r in results)
