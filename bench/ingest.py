@@ -348,6 +348,7 @@ def measure(
     offered: float | None = None,
     note: str = "",
     repeat: int = 0,
+    count_204: bool = False,
 ) -> Row:
     client = Redis(host=HOST, port=run.redis.port, db=spec.db)
     try:
@@ -359,7 +360,7 @@ def measure(
         stats0 = command_calls(client.info("commandstats"))
         cpu0, rcpu0, host0 = server.cpu_seconds(), cpu_seconds(redis_pid), host_cpu()
         t0 = time.monotonic()
-        args = [method, str(base), f"{send_s:g}", f"{offered or 0:.3f}", str(repeat)]
+        args = [method, str(base), f"{send_s:g}", f"{offered or 0:.3f}", str(repeat), str(int(count_204))]
         log = run.tmp / f"wrk-{run.wrk_runs:02d}-{spec.key}-{method}{note}.log"
         result = run_wrk(
             run.wrk,
@@ -442,6 +443,8 @@ def check(row: Row) -> list[str]:
         problems.append(f"{w.held} of {row.connections} connections parked after the window")
     if w.requests == 0:
         problems.append("no answer at all")
+    if w.answered_204 is not None and w.answered_204 != w.requests:
+        problems.append(f"{w.answered_204} of {w.requests} answers were 204 ({w.other_status} others)")
     if row.spec.gateway and row.repeat:
         # A replay flood: each request a duplicate of an invitation stored before the run.
         if row.stored:
@@ -573,6 +576,7 @@ def duplicates(run: Run, spec: ServerSpec, server: ServerTree) -> None:
                         run.timing.send_s,
                         note=f"-{phase}",
                         repeat=repeat,
+                        count_204=True,  # both rows: "every duplicate answered 204", at the same cost
                     )
                     progress(row)
                     run.rows.append(row)
@@ -798,7 +802,7 @@ def details(run: Run, rows: Sequence[Row]) -> list[str]:
         if r.spec.gateway and r.repeat:
             parts.append(
                 f"{r.duplicates} counted as duplicates, {r.stored} events stored, {r.due} deliveries due, "
-                f"for {r.wrk.sent} sent and {r.callbacks_2xx} 2xx answers"
+                f"for {r.wrk.sent} sent and {fmt(r.wrk.answered_204, 'd')} answers of 204"
             )
         elif r.spec.gateway:
             parts.append(
