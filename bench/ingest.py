@@ -20,19 +20,26 @@ wrk. Rows:
 * half saturation, 1 process: wrk -c16 sending on a fixed schedule of half the rate that the
   same server reached at saturation (its best) in this run: p50 and p99 at a load it can carry;
 * saturation, 2 processes (`--workers 2`, WEB_CONCURRENCY=2): not pinned, against bare
-  Starlette with 2 workers.
+  Starlette with 2 workers;
+* duplicates, 1 process (gateway, INFO): a replay flood, every request the same invitation
+  within the dedupe window (`--dup-keys K` cycles through K instead of 1), against new
+  invitations to the same server at the same connection count in the same round: the ratio
+  dup/new, the web's CPU and Redis' commands per callback of each.
+
+`--rows` picks the rows (sat, paced, x2, dup; default all of them).
 
 After every run it checks that wrk saw no error and no answer of 400 or above, that nothing was
 in flight when wrk stopped, and for the gateway that Redis holds exactly one new event (ZCARD
-gw:events) and one due delivery per 2xx answer, and no duplicate. It reports Redis commands per
-callback from INFO commandstats (the Lua script's own commands included), and the CPU of the
-server, Redis and wrk from /proc.
+gw:events) and one due delivery per 2xx answer, and no duplicate (a duplicates row: no new
+event, no due delivery, and the duplicates counter moved by the number sent). It reports Redis
+commands per callback from INFO commandstats (the Lua script's own commands included), and the
+CPU of the server, Redis and wrk from /proc.
 
 The table is printed and written to bench/results/ingest-<date>.md (-quick.md with --quick).
 Every process started (Redis, servers and their workers, wrk, py-spy) is stopped by PID,
 also on Ctrl-C and SIGTERM. Only 127.0.0.1 is used. Needs wrk: `apt-get install wrk`.
 
-Run: ``.venv/bin/python bench/ingest.py [--quick] [--rounds N] [--profile]``
+Run: ``.venv/bin/python bench/ingest.py [--quick] [--rounds N] [--rows sat,paced,x2,dup] [--profile]``
 """
 
 from __future__ import annotations
@@ -52,7 +59,9 @@ from pathlib import Path
 from redis import Redis
 from support import (
     BENCH_DIR,
+    FOREIGN_LOAD_CORES,
     HOST,
+    busy_runs_warning,
     clean_env,
     cpu_seconds,
     environment,
@@ -60,6 +69,7 @@ from support import (
     free_port,
     host_cpu,
     host_delta,
+    http_request,
     machine,
     start_http_server,
     write_targets_config,
@@ -102,8 +112,14 @@ KEPT_UP = 0.95  # a paced run that achieved less than this share of its schedule
 METHODS = ("GET", "POST")
 NATIVE = ("uvloop", "httptools")  # must be loaded in every server process
 INVITEES_PER_RUN = 10_000_000  # invitee numbers of one wrk run: 1555 + 9 digits, so <= 100 runs
+INVITOR, NETWORK = "johnsnow", "mynetwork"  # as bench/ingest.lua sends them
+# --rows: the saturation rows (1 process), half saturation (needs sat: half of its rate), 2
+# processes, duplicates against new invitations.
+ROWS = ("sat", "paced", "x2", "dup")
+DUP_KEYS = 1  # a replay flood: every request the same callback (--dup-keys)
+MAX_DUP_KEYS = 10_000  # each is sent once before its run, one after another
 TOP_COMMANDS = 8
-OTHER_LOAD_CORES = 0.25  # busy CPU beyond ours worth a warning
+OTHER_LOAD_CORES = FOREIGN_LOAD_CORES  # busy CPU beyond ours worth a warning
 PROFILE_NOTE = (
     "`py-spy record -p PID -d S -f raw --nonblocking`, pinned beside wrk, while wrk saturates the "
     "server (runs not in the table): 100 samples a second of the server's busy thread, idle ones left "
@@ -156,7 +172,8 @@ class Row:
     due: int | None = None
     duplicates: int | None = None
     problems: list[str] = field(default_factory=list)
-    ratio: float | None = None  # rate over bare's, same phase and method (median rows)
+    repeat: int = 0  # 0: a new invitation per request; K: K invitations repeated (duplicates)
+    ratio: float | None = None  # rate over bare's, same phase and method (median rows); dup/new
     runs: list[float] = field(default_factory=list)  # rates of every round
     round_ratios: list[float] = field(default_factory=list)
 
@@ -229,6 +246,11 @@ class Run:
     def sweep(self) -> tuple[int, ...]:
         """The connection counts of the saturation rows (--connections)."""
         return tuple(getattr(self.args, "connections", None) or SWEEP)
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        """The rows to run (--rows; all by default)."""
+        return frozenset(getattr(self.args, "rows", None) or ROWS)
 
     def next_base(self) -> int:
         self.wrk_runs += 1
@@ -325,15 +347,20 @@ def measure(
     send_s: float,
     offered: float | None = None,
     note: str = "",
+    repeat: int = 0,
+    count_204: bool = False,
 ) -> Row:
     client = Redis(host=HOST, port=run.redis.port, db=spec.db)
     try:
+        base = run.next_base()
+        if repeat:
+            prime(server, method, base, repeat)  # so that every request of the run is a duplicate
         events0, due0, dup0 = gateway_state(client) if spec.gateway else (None, None, None)
         redis_pid = run.redis.process.pid if run.redis.process else None
         stats0 = command_calls(client.info("commandstats"))
         cpu0, rcpu0, host0 = server.cpu_seconds(), cpu_seconds(redis_pid), host_cpu()
         t0 = time.monotonic()
-        args = [method, str(run.next_base()), f"{send_s:g}", f"{offered or 0:.3f}"]
+        args = [method, str(base), f"{send_s:g}", f"{offered or 0:.3f}", str(repeat), str(int(count_204))]
         log = run.tmp / f"wrk-{run.wrk_runs:02d}-{spec.key}-{method}{note}.log"
         result = run_wrk(
             run.wrk,
@@ -364,6 +391,7 @@ def measure(
             host_busy_s=None if busy is None else busy[0],
             wall_s=wall,
             commands=commands,
+            repeat=repeat,
         )
         if spec.gateway:
             events1, due1, dup1 = gateway_state(client)
@@ -373,6 +401,25 @@ def measure(
         return row
     finally:
         client.close()
+
+
+def callback_request(port: int, method: str, invitee: str) -> tuple[str, bytes | None, dict[str, str]]:
+    """The URL, body and headers of the callback bench/ingest.lua sends for `invitee`."""
+    url = f"http://{HOST}:{port}{PATH}"
+    if method == "GET":
+        return f"{url}?invitee={invitee}&invitor={INVITOR}&network_id={NETWORK}", None, {}
+    body = f'{{"invitee":"{invitee}","invitor":"{INVITOR}","network_id":"{NETWORK}"}}'.encode()
+    return url, body, {"Content-Type": "application/json"}
+
+
+def prime(server: ServerTree, method: str, base: int, keys: int) -> None:
+    """Send the `keys` invitations a duplicates run repeats (bench/ingest.lua's REPEAT) once each,
+    one after another, so that every request of the run is a duplicate of a stored one."""
+    for n in range(1, keys + 1):
+        url, body, headers = callback_request(server.port, method, f"1555{base + n:09d}")
+        status, answer = http_request(url, method, body, headers)
+        if status != 204:
+            raise RuntimeError(f"priming {server.name}: {method} answered {status}: {answer[:200]!r}")
 
 
 def gateway_state(client: Redis) -> tuple[int, int, int]:
@@ -396,7 +443,17 @@ def check(row: Row) -> list[str]:
         problems.append(f"{w.held} of {row.connections} connections parked after the window")
     if w.requests == 0:
         problems.append("no answer at all")
-    if row.spec.gateway:
+    if w.answered_204 is not None and w.answered_204 != w.requests:
+        problems.append(f"{w.answered_204} of {w.requests} answers were 204 ({w.other_status} others)")
+    if row.spec.gateway and row.repeat:
+        # A replay flood: each request a duplicate of an invitation stored before the run.
+        if row.stored:
+            problems.append(f"{row.stored} duplicates stored as new events")
+        if row.due:
+            problems.append(f"{row.due} deliveries due for duplicates")
+        if row.duplicates != w.sent:
+            problems.append(f"the duplicates counter moved by {row.duplicates} for {w.sent} duplicates sent")
+    elif row.spec.gateway:
         ok_answers = row.callbacks_2xx
         if row.stored != ok_answers:
             problems.append(f"{row.stored} events stored for {ok_answers} 2xx answers")
@@ -417,9 +474,10 @@ def warm_up(run: Run, spec: ServerSpec, server: ServerTree, method: str) -> None
 def progress(row: Row) -> None:
     state = "ok" if row.ok else "PROBLEM: " + "; ".join(row.problems)
     pace = f" at {row.offered:.0f}/s offered" if row.offered else ""
+    kind = ", duplicates" if row.repeat else ", new" if row.phase.startswith("dup-new") else ""
     p99 = row.wrk.latency_us["p99"] / 1000
     print(
-        f"  {row.spec.label:<24} {row.method:<4} -c{row.connections}{pace}: {row.rate:,.0f} req/s, "
+        f"  {row.spec.label + kind:<24} {row.method:<4} -c{row.connections}{pace}: {row.rate:,.0f} req/s, "
         f"p99 {p99:.2f} ms, server {row.server_cores:.2f} cores; {state}",
         file=sys.stderr,
         flush=True,
@@ -470,25 +528,63 @@ def saturation_rate(run: Run, phase: str, spec: ServerSpec, method: str) -> floa
 
 
 def phase_one_process(run: Run) -> None:
-    specs = [BARE_1, GW_1, GW_1_WARN]
+    wanted = run.wanted
+    if "sat" in wanted or run.args.profile:
+        specs = [BARE_1, GW_1, GW_1_WARN]
+    elif "dup" in wanted:
+        specs = [GW_1]  # the duplicates' baseline is the same server with new invitations
+    else:
+        return
     pinned = "pinned to CPU " + ",".join(map(str, run.cores.server)) if run.cores.pinned else "not pinned"
     print(f"1 process per server ({pinned}):", file=sys.stderr, flush=True)
     with servers(run, specs, pin=True) as started:
-        saturate(run, "saturation", specs, started)
-        for method in METHODS:
-            for spec in (BARE_1, GW_1):
-                rate = PACED_SHARE * saturation_rate(run, "saturation", spec, method)
-                server = started[spec.key]
-                row = measure(
-                    run, "paced", spec, server, method, PACED_CONNECTIONS, run.timing.send_s, offered=rate
-                )
-                progress(row)
-                run.rows.append(row)
+        if "sat" in wanted:
+            saturate(run, "saturation", specs, started)
+        if "paced" in wanted:
+            for method in METHODS:
+                for spec in (BARE_1, GW_1):
+                    rate = PACED_SHARE * saturation_rate(run, "saturation", spec, method)
+                    server = started[spec.key]
+                    row = measure(
+                        run, "paced", spec, server, method, PACED_CONNECTIONS, run.timing.send_s, offered=rate
+                    )
+                    progress(row)
+                    run.rows.append(row)
+        if "dup" in wanted:
+            duplicates(run, GW_1, started[GW_1.key])
         if run.args.profile:
             profiles(run, started)
 
 
+def duplicates(run: Run, spec: ServerSpec, server: ServerTree) -> None:
+    """A replay flood against new invitations, at each connection count, `--rounds` times: each
+    dup row right after a new-invitation row to the same server, method and count (its
+    baseline), after a saturating warm-up per method. Phases `dup-new -cN` and `dup -cN`."""
+    keys = getattr(run.args, "dup_keys", DUP_KEYS)
+    for _ in range(run.args.rounds):
+        for method in METHODS:
+            warm_up(run, spec, server, method)
+            for connections in run.sweep:
+                for phase, repeat in (("dup-new", 0), ("dup", keys)):
+                    row = measure(
+                        run,
+                        f"{phase} -c{connections}",
+                        spec,
+                        server,
+                        method,
+                        connections,
+                        run.timing.send_s,
+                        note=f"-{phase}",
+                        repeat=repeat,
+                        count_204=True,  # both rows: "every duplicate answered 204", at the same cost
+                    )
+                    progress(row)
+                    run.rows.append(row)
+
+
 def phase_two_processes(run: Run) -> None:
+    if "x2" not in run.wanted:
+        return
     specs = [BARE_2, GW_2]
     print("2 processes per server (--workers 2, not pinned):", file=sys.stderr, flush=True)
     with servers(run, specs, pin=False) as started:
@@ -598,20 +694,28 @@ def summarize(run: Run) -> list[Row]:
         row.runs = [r.rate for r in group]
         out.append(row)
     for row in out:
-        if row.phase == "paced":
+        if row.phase == "paced" or row.phase.startswith("dup-new"):
             continue
-        bare = next(r for r in out if r.phase == row.phase and not r.spec.gateway and r.method == row.method)
-        row.ratio = row.rate / bare.rate
+        if row.phase.startswith("dup "):  # against new invitations, same server, method, count
+            base_phase = "dup-new " + row.phase.removeprefix("dup ")
+            base = next(r for r in out if (r.phase, r.spec, r.method) == (base_phase, row.spec, row.method))
+        else:
+            base_phase = row.phase
+            base = next(
+                r for r in out if r.phase == row.phase and not r.spec.gateway and r.method == row.method
+            )
+        row.ratio = row.rate / base.rate
         mine = [r for r in run.rows if (r.phase, r.spec, r.method) == (row.phase, row.spec, row.method)]
-        theirs = [r for r in run.rows if (r.phase, r.spec, r.method) == (row.phase, bare.spec, row.method)]
+        theirs = [r for r in run.rows if (r.phase, r.spec, r.method) == (base_phase, base.spec, row.method)]
         row.round_ratios = [a.rate / b.rate for a, b in zip(mine, theirs, strict=True)]
-    order = {"saturation": 0, "paced": 1, "2 processes": 2}
+    order = {"saturation": 0, "paced": 1, "2 processes": 2, "dup-new": 3, "dup": 3}
     return sorted(
         out,
         key=lambda r: (
             order.get(r.phase.split(" -c")[0], 9),
             r.method,
             r.connections,
+            r.repeat > 0,
             r.spec.gateway,
             r.spec.log_level,
         ),
@@ -625,6 +729,11 @@ def fmt(value: float | None, spec: str = ".0f") -> str:
 def scenario(row: Row) -> str:
     if row.phase == "paced":
         return f"{row.spec.label}, ½ saturation"
+    if row.repeat:
+        plural = "s" if row.repeat > 1 else ""
+        return f"{row.spec.label}, duplicates ({row.repeat} invitation{plural} repeated)"
+    if row.phase.startswith("dup-new"):
+        return f"{row.spec.label}, new (the duplicates' baseline)"
     return row.spec.label
 
 
@@ -646,6 +755,8 @@ def table(rows: Sequence[Row]) -> str:
         n = r.callbacks_2xx
         cmds = f"{r.evalsha / n:.3f}; {r.total_commands / n:.2f}" if r.spec.gateway and n else "-"
         ratio = f"**{r.ratio:.2f}**" if r.ratio is not None and r.spec.gateway else fmt(r.ratio, ".2f")
+        if r.repeat and r.ratio is not None:
+            ratio = f"**{r.ratio:.2f}** x new"
         lines.append(
             f"| {scenario(r)} | {r.method} | {load_column(r)} | {r.rate:,.0f} | {ratio} | "
             f"{lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {cmds} | "
@@ -663,7 +774,8 @@ def details(run: Run, rows: Sequence[Row]) -> list[str]:
         if r.runs and len(r.runs) > 1:
             parts.append("rounds " + " / ".join(f"{x:,.0f}" for x in r.runs) + " req/s (median shown)")
         if r.round_ratios and len(r.round_ratios) > 1:
-            parts.append("x bare per round " + " / ".join(f"{x:.2f}" for x in r.round_ratios))
+            against = "new" if r.repeat else "bare"
+            parts.append(f"x {against} per round " + " / ".join(f"{x:.2f}" for x in r.round_ratios))
         if r.offered is not None:
             parts.append(
                 f"offered {r.offered:,.0f}/s ({PACED_SHARE:g} x this run's saturation rate, its best), "
@@ -687,7 +799,12 @@ def details(run: Run, rows: Sequence[Row]) -> list[str]:
         if len(r.server_cpu_s) > 1:
             split = " + ".join(f"{cpu:.2f}" for cpu in r.server_cpu_s.values())
             parts.append(f"server CPU s per process (master first) {split}")
-        if r.spec.gateway:
+        if r.spec.gateway and r.repeat:
+            parts.append(
+                f"{r.duplicates} counted as duplicates, {r.stored} events stored, {r.due} deliveries due, "
+                f"for {r.wrk.sent} sent and {fmt(r.wrk.answered_204, 'd')} answers of 204"
+            )
+        elif r.spec.gateway:
             parts.append(
                 f"{r.stored} events stored, {r.due} deliveries due, for {r.callbacks_2xx} 2xx answers"
             )
@@ -701,7 +818,7 @@ def details(run: Run, rows: Sequence[Row]) -> list[str]:
 def ratios_text(rows: Sequence[Row]) -> list[str]:
     lines = []
     for r in rows:
-        if not r.spec.gateway or r.ratio is None:
+        if not r.spec.gateway or r.ratio is None or r.repeat:
             continue
         bare = next(b for b in rows if (b.phase, b.method, b.spec.gateway) == (r.phase, r.method, False))
         cpu_bare, cpu_mine = bare.per_request_us(bare.server_cpu_total), r.per_request_us(r.server_cpu_total)
@@ -723,6 +840,7 @@ def ratios_text(rows: Sequence[Row]) -> list[str]:
                     f"**{best.rate / bare.rate:.2f} x bare** ({best.rate:,.0f} req/s at "
                     f"-c{best.connections}, bare {bare.rate:,.0f} at -c{bare.connections})"
                 )
+    lines += duplicates_text(rows)
     for method in METHODS:
         paced = {r.spec.gateway: r for r in rows if r.phase == "paced" and r.method == method}
         if True in paced and False in paced:
@@ -735,9 +853,47 @@ def ratios_text(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+def duplicates_text(rows: Sequence[Row]) -> list[str]:
+    """dup/new per method and connection count, and at each one's best count; with the web's
+    CPU, Redis' CPU and Redis' commands per callback of each."""
+    lines = []
+
+    def costs(r: Row) -> tuple[float | None, float | None, float | None]:
+        n = r.callbacks_2xx
+        return (
+            r.per_request_us(r.server_cpu_total),
+            r.per_request_us(r.redis_cpu_s),
+            (r.total_commands / n if n else None),
+        )
+
+    for dup in (r for r in rows if r.repeat and r.ratio is not None):
+        new_phase = "dup-new " + dup.phase.removeprefix("dup ")
+        new = next(r for r in rows if (r.phase, r.spec, r.method) == (new_phase, dup.spec, dup.method))
+        (dcpu, dredis, dcmds), (ncpu, nredis, ncmds) = costs(dup), costs(new)
+        lines.append(
+            f"- duplicates, {dup.method}, -c{dup.connections}: dup / new = **{dup.ratio:.2f}** "
+            f"({dup.rate:,.0f} against {new.rate:,.0f} req/s); web CPU per callback {fmt(dcpu)} µs "
+            f"against {fmt(ncpu)}; Redis CPU per callback {fmt(dredis)} µs against {fmt(nredis)}; Redis "
+            f"commands per callback {fmt(dcmds, '.2f')} against {fmt(ncmds, '.2f')}"
+        )
+    for method in METHODS:
+        dups = [r for r in rows if r.repeat and r.method == method]
+        news = [r for r in rows if r.phase.startswith("dup-new") and r.method == method]
+        if len({r.connections for r in dups}) < 2 or not news:
+            continue
+        best_dup, best_new = max(dups, key=lambda r: r.rate), max(news, key=lambda r: r.rate)
+        lines.append(
+            f"- duplicates, {method}, each at its best connection count: dup / new = "
+            f"**{best_dup.rate / best_new.rate:.2f}** ({best_dup.rate:,.0f} req/s at "
+            f"-c{best_dup.connections}, new {best_new.rate:,.0f} at -c{best_new.connections})"
+        )
+    return lines
+
+
 def default_output(args: argparse.Namespace) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    return RESULTS_DIR / f"ingest-{stamp}{'-quick' if args.quick else ''}.md"
+    rows = "" if set(args.rows) == set(ROWS) else "-" + "-".join(args.rows)  # a partial run: its own file
+    return RESULTS_DIR / f"ingest-{stamp}{rows}{'-quick' if args.quick else ''}.md"
 
 
 def report(run: Run, started_at: str, load_start: str, argv: Sequence[str]) -> str:
@@ -767,17 +923,25 @@ def report(run: Run, started_at: str, load_start: str, argv: Sequence[str]) -> s
         f"- Command: `{' '.join(['.venv/bin/python', 'bench/ingest.py', *argv])}`",
         f"- Pinning: {pin}",
         f"- wrk: `wrk -t1 -cC -d{t.wrk_duration(t.send_s)}s --latency --timeout 10s -s bench/ingest.lua URL"
-        f" -- METHOD BASE {t.send_s:g} RATE`: requests sent for {t.send_s:g} s, then the connections "
+        f" -- METHOD BASE {t.send_s:g} RATE REPEAT`: requests sent for {t.send_s:g} s, then the connections "
         f"wait until wrk stops, so none is in flight; req/s = answers in those {t.send_s:g} s / "
         f"{t.send_s:g} s; a {t.warmup_s:g} s saturating warm-up before each saturation row; "
-        f"{run.args.rounds} round(s)",
+        f"{run.args.rounds} round(s); rows: {', '.join(r for r in ROWS if r in run.wanted)}",
         "- uvloop and httptools loaded (per serving process, from /proc/PID/maps): "
         + "; ".join(f"{label}: {procs}" for label, procs in run.natives.items()),
         "",
         table(rows),
         "",
         "req/s: answers per second while sending. x bare: req/s over bare Starlette's (same method, "
-        "same number of processes). p50, p99: wrk's latency (from writing the request to the end of "
+        "same number of processes); for duplicates, x new: req/s over new invitations' to the same "
+        "server (same method and connection count, measured right before in the same round). "
+        + (
+            f"Duplicates: every request repeats one of {getattr(run.args, 'dup_keys', DUP_KEYS)} "
+            "invitation(s) that was sent once before the run (`-- ... REPEAT` of bench/ingest.lua). "
+            if "dup" in run.wanted
+            else ""
+        )
+        + "p50, p99: wrk's latency (from writing the request to the end of "
         "the answer). Redis cmds/callback: commands Redis ran per 2xx answer, from INFO commandstats "
         "(the ingest Lua's own commands counted), EVALSHA alone first. CPU: from /proc over the run, "
         "per answer; cores = CPU seconds / sending seconds. other cores: the machine's busy CPU "
@@ -793,15 +957,8 @@ def report(run: Run, started_at: str, load_start: str, argv: Sequence[str]) -> s
     ]
     if run.profiles:
         lines += ["", "## Profiles", "", PROFILE_NOTE, "", *run.profiles]
-    busy = [r for r in run.rows if r.other_cores is not None and r.other_cores > OTHER_LOAD_CORES]
-    if busy:
-        worst = max(r.other_cores or 0.0 for r in busy)
-        lines += [
-            "",
-            f"**WARNING: other processes kept more than {OTHER_LOAD_CORES} cores busy during "
-            f"{len(busy)} of {len(run.rows)} runs (up to {worst:.2f} cores; column other cores): "
-            "these figures are not reliable. Run it again on a quiet machine.**",
-        ]
+    busy = [r.other_cores for r in run.rows if r.other_cores is not None and r.other_cores > OTHER_LOAD_CORES]
+    lines += busy_runs_warning(busy, len(run.rows))
     failed = [r for r in run.rows if r.problems]
     if failed:
         lines += ["", f"**{len(failed)} run(s) failed their checks** (see Rows)."]
@@ -818,6 +975,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=SWEEP,
         help="wrk connection counts of the saturation rows (default 64,256): each server's best counts",
     )
+    parser.add_argument(
+        "--rows",
+        type=rows_arg,
+        default=ROWS,
+        help="rows to run, comma-separated: sat (saturation, 1 process), paced (half saturation; "
+        "runs sat too), x2 (2 processes), dup (duplicates against new invitations); default all",
+    )
+    parser.add_argument(
+        "--dup-keys",
+        type=int,
+        default=DUP_KEYS,
+        help="dup rows: how many invitations the flood repeats (default 1: every request the same)",
+    )
     parser.add_argument("--profile", action="store_true", help="also profile bare and gateway with py-spy")
     parser.add_argument("--stacks", type=Path, metavar="DIR", help="--profile: keep py-spy's raw stacks here")
     parser.add_argument(
@@ -826,7 +996,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 5:
         parser.error("--rounds must be 1 to 5")
+    if not 1 <= args.dup_keys <= MAX_DUP_KEYS:
+        parser.error(f"--dup-keys must be 1 to {MAX_DUP_KEYS}")
+    if "paced" in args.rows and "sat" not in args.rows:
+        print("--rows paced: sat runs too (half saturation is half of its rate)", file=sys.stderr)
+        args.rows = tuple(r for r in ROWS if r in {*args.rows, "sat"})
     return args
+
+
+def rows_arg(text: str) -> tuple[str, ...]:
+    names = {v.strip() for v in text.split(",") if v.strip()}
+    unknown = names - set(ROWS)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"rows are {', '.join(ROWS)}; got {text!r}")
+    return tuple(r for r in ROWS if r in names)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

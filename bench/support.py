@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -118,6 +119,19 @@ def load_warning(name: str, ours: float | None, host: float | None, steal: float
             f"{ours:.2f} of them ours; steal {steal:.2f} cores): figures are less reliable"
         )
     return None
+
+
+def busy_runs_warning(busy: Sequence[float], runs: int, what: str = "runs") -> list[str]:
+    """The closing WARNING of a report whose `busy` runs (their other cores) of `runs` had more
+    than FOREIGN_LOAD_CORES of other load: as Markdown lines, none if there were none."""
+    if not busy:
+        return []
+    return [
+        "",
+        f"**WARNING: other processes kept more than {FOREIGN_LOAD_CORES} cores busy during "
+        f"{len(busy)} of {runs} {what} (up to {max(busy):.2f} cores; column other cores): "
+        "these figures are not reliable. Run it again on a quiet machine.**",
+    ]
 
 
 def load_warnings(results: Iterable[Any]) -> list[str]:
@@ -258,6 +272,24 @@ def start_target_server(
 
 # No proxy from the environment: these probes go to 127.0.0.1 and nowhere else.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_request(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, bytes]:
+    """One HTTP request to 127.0.0.1 (no proxy from the environment): (status, body)."""
+    if urllib.parse.urlsplit(url).hostname != HOST:
+        raise ValueError(f"refusing to send to {url!r}: {HOST} only")
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    try:
+        with _OPENER.open(request, timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
 
 
 def _answers(url: str) -> bool:

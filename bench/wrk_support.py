@@ -213,6 +213,8 @@ class WrkResult:
     duration_s: float  # wrk's own run time (-d, plus up to 0.1 s)
     wrk_cpu_s: float
     output: str = field(repr=False)
+    answered_204: int | None = None  # answers that were 204 (bench/ingest.lua's COUNT), else None
+    other_status: int | None = None  # answers that were not
 
     @property
     def rate(self) -> float:
@@ -239,6 +241,8 @@ def parse_wrk(output: str, connections: int, wrk_cpu_s: float) -> WrkResult:
         # delay() runs once per connection before its first request, then once per answer.
         answered_in_window=max(0, int(doc["delay_calls"]) - connections),
         held=int(doc["held"]),
+        answered_204=None if int(doc.get("answered_204", -1)) < 0 else int(doc["answered_204"]),
+        other_status=None if int(doc.get("other_status", -1)) < 0 else int(doc["other_status"]),
         errors={k: int(v) for k, v in doc["errors"].items()},
         latency_us=latency,
         duration_s=doc["duration_us"] / 1e6,
