@@ -90,8 +90,9 @@ from gateway.embedded import EmbeddedRedis
 from gateway.events import INVITATION_CREATED, make_event
 from gateway.live import LiveConfig
 from gateway.queue import accept, make_queue
+from gateway.records import DeliveryStatus
 from gateway.settings import Settings
-from gateway.store import DELIVERED, Store
+from gateway.store.events import Store
 from gateway.targets import load_config
 
 FIELDS = {"invitee": "15551231234", "invitor": "johnsnow", "network_id": "mynetwork"}
@@ -698,7 +699,7 @@ class Bench:
         for i in range(0, len(ids), CHECK_CHUNK):
             with client.pipeline(transaction=False) as pipe:
                 for event_id in ids[i : i + CHECK_CHUNK]:
-                    pipe.hgetall(f"{store.event_key(event_id)}:deliveries")
+                    pipe.hgetall(store.keys.deliveries(event_id))
                 for states in pipe.execute():
                     if len(states) != targets:
                         outcome[f"{len(states)} deliveries for an event"] += 1
@@ -706,7 +707,7 @@ class Bench:
                         s = json.loads(raw)
                         outcome[f"{s['status']}/{s.get('last_status_code')}/{s['attempts']}"] += 1
         expected = len(ids) * targets
-        if outcome == {f"{DELIVERED}/200/1": expected}:
+        if outcome == {f"{DeliveryStatus.DELIVERED.value}/200/1": expected}:
             return f"ok: {expected} delivered, HTTP 200, 1 attempt"
         return f"MISMATCH: {dict(outcome)}"
 

@@ -131,7 +131,7 @@ def feed(args: argparse.Namespace) -> int:
     from gateway.live import LiveConfig
     from gateway.queue import enqueue_drain, make_queue
     from gateway.settings import Settings
-    from gateway.store import Store
+    from gateway.store.events import Store
 
     host = urlsplit(args.redis_url).hostname
     if host not in LOOPBACK:

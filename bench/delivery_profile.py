@@ -40,7 +40,8 @@ from gateway.delivery.engine import Engine, EngineSettings
 from gateway.delivery.request import OutboundRequest, Response, build_request
 from gateway.delivery.sender import USER_AGENT, Sender
 from gateway.events import INVITATION_CREATED, make_event
-from gateway.store import DELIVERED, DeliveryQueue
+from gateway.records import DeliveryStatus
+from gateway.store.queue import DeliveryQueue
 
 
 class _StubSender(Sender):
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 1
                 for eid in ids
                 for state in client.hvals(f"{SETTINGS.prefix}:event:{eid}:deliveries")
-                if f'"status":"{DELIVERED}"' in state.decode()
+                if f'"status":"{DeliveryStatus.DELIVERED.value}"' in state.decode()
             )
             print(
                 f"{expected} deliveries, {args.targets} target(s): {stats.to_dict()}; "

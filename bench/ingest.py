@@ -376,7 +376,7 @@ def measure(
 
 
 def gateway_state(client: Redis) -> tuple[int, int, int]:
-    """(events stored, deliveries due, duplicates counted): key names as in gateway/store.py."""
+    """(events stored, deliveries due, duplicates counted): key names as in gateway/store/keys.py."""
     pipe = client.pipeline(transaction=False)
     pipe.zcard(f"{PREFIX}:events")
     pipe.zcard(f"{PREFIX}:due")

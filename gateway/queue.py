@@ -3,7 +3,7 @@
 RQ objects stop here: the web layer calls `accept`, the worker module builds its Worker from
 `make_queue`. JSON serializer only (pickle on a shared Redis is code execution), and a job
 class that runs nothing but the gateway's job functions, since even JSON jobs name a function
-that RQ imports. Deliveries wait in Redis (`store.DeliveryQueue`); an RQ job is a "drain": it
+that RQ imports. Deliveries wait in Redis (`store.queue.DeliveryQueue`); an RQ job is a "drain": it
 delivers a batch of whatever is due (DESIGN.md decision 10).
 """
 
@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 from gateway.events import InvitationEvent
 from gateway.live import LiveConfig
 from gateway.records import delivery_id
-from gateway.store import Store
+from gateway.store.events import Store
 from gateway.targets import MAX_TIMEOUT, Target
 
 __all__ = ["accept", "delivery_id", "enqueue_drain", "make_queue"]

@@ -13,7 +13,8 @@ from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
 from gateway.exceptions import ConfigError
 from gateway.live import LiveConfig
 from gateway.queue import accept, delivery_id, make_queue
-from gateway.store import PENDING, Store
+from gateway.records import DeliveryStatus
+from gateway.store.events import Store
 from gateway.targets import config_from_dict
 
 
@@ -40,8 +41,8 @@ def test_accept_stores_event_and_its_waiting_deliveries_and_one_drain_job(redis:
     assert sorted(accept(store, queue, LiveConfig(store), event)) == ["a", "b"]
     assert store.get_event(event.id) == event
     assert {k: v["status"] for k, v in store.get_deliveries(event.id).items()} == {
-        "a": PENDING,
-        "b": PENDING,
+        "a": DeliveryStatus.PENDING,
+        "b": DeliveryStatus.PENDING,
     }
     assert _waiting(redis) == {
         delivery_id(event.id, "a"): event.received_at_ms,

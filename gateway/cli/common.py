@@ -22,7 +22,8 @@ from gateway.exceptions import ConfigError
 from gateway.logs import setup_logging
 from gateway.records import DEAD, Delivery, iso_ms
 from gateway.settings import Settings
-from gateway.store import DeliveryQueue, Store
+from gateway.store.events import Store
+from gateway.store.queue import DeliveryQueue
 
 
 def _settings() -> Settings:

@@ -31,7 +31,7 @@ from gateway.delivery.netguard import AddressNotAllowed, AllowPrivate, check_add
 from gateway.events import make_alert
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.settings import Settings
-from gateway.store import Store
+from gateway.store.events import Store
 from gateway.targets import Config, address_policy, is_ip_literal, load_config, target_hosts
 
 

@@ -41,8 +41,7 @@ from gateway.exceptions import StoreUnavailable
 from gateway.fastredis import FastRedis, ScriptsViaRedisPy
 from gateway.ingest.spool import Spool, SpoolFull, claim_orphan, read_lines
 from gateway.logs import EventBatch
-from gateway.records import Delivery
-from gateway.store import ingest_script
+from gateway.store.ingest import IngestHead, IngestItem, ingest
 
 log = logging.getLogger("gateway.ingest")
 
@@ -102,12 +101,10 @@ class Accepter:
         self.wake = wake
         self.dedupe_ms = dedupe_seconds * 1000
         self.bound = bound
-        self._script = ingest_script()
         self._pending: list[_Waiting] = []
         self._collecting = False  # a flush task is about to take what is pending
         self._flushers: set[asyncio.Task[None]] = set()
         self._running = 0  # flush tasks started and not yet returned
-        self._state = _dumps(Delivery().to_dict())
         self.redis_down_since: float | None = None
 
     async def accept(self, event: InvitationEvent, targets: Sequence[str], version: int | None = None) -> str:
@@ -196,30 +193,18 @@ class Accepter:
         `versions`: of the configuration each item's targets were chosen by (None: unknown).
         """
         now = int(time.time() * 1000)
-        args: list[Any] = [self.prefix, now, self.retention, self.dedupe_ms, self._state]
+        head = IngestHead(self.prefix, now, self.retention, self.dedupe_ms)
         limits = self.limits
-        for ev, targets in items:
-            lim = limits(ev, now)
-            # Flat, 8 per event (store.ingest_script): the event's JSON is encoded once, here.
-            args += (
-                "n",
-                ev.id,
-                ev.to_json(),
-                ev.network_id,
-                ev.received_at_ms,
-                ",".join(targets),
-                dedupe_key(ev),
-                _dumps(lim) if lim else "",
-            )
-        raw = await self.client.evalsha(self._script, (), args)
-        version, woke = int(raw[0]), int(raw[1])
-        answers = [v.decode() if isinstance(v, bytes) else str(v) for v in raw[2:]]
-        statuses, holds = answers[: len(items)], answers[len(items) :]
-        for hold in holds:
+        answer = await ingest(
+            self.client, head, [IngestItem.new(ev, t, dedupe_key(ev), limits(ev, now)) for ev, t in items]
+        )
+        statuses = answer.statuses
+        for hold in answer.holds:
             _, network, reason = hold.split(":", 2)
             log.warning("network %s: %s", network, reason)
-        if woke:
+        if answer.woke:
             await self.wake()
+        version = answer.version
         changed = await self.on_version(version)
         # Targets chosen by an older configuration than the one Redis holds: deliveries for the
         # ones that now match as well, before the 204. Per item, as another batch in flight may
@@ -230,18 +215,17 @@ class Accepter:
         else:
             stale = [changed if v is None else v != version for v in versions]
         if any(stale):
-            extra: list[Any] = []
+            extra: list[IngestItem] = []
             for (ev, targets), status, old in zip(items, statuses, stale, strict=True):
                 if not old:
                     continue
                 # (A suppressed event gets no deliveries now; a release adds them.)
                 more = [t for t in self.routes(ev) if t not in targets] if status == ACCEPTED else []
                 if more:
-                    extra += ("a", ev.id, "", ev.network_id, ev.received_at_ms, ",".join(more), "", "")
+                    extra.append(IngestItem.add(ev, more))
             if extra:
-                head = [self.prefix, int(time.time() * 1000), self.retention, 0, self._state]
-                raw = await self.client.evalsha(self._script, (), head + extra)
-                if int(raw[1]):
+                head = IngestHead(self.prefix, int(time.time() * 1000), self.retention)
+                if (await ingest(self.client, head, extra)).woke:
                     await self.wake()
         return statuses
 

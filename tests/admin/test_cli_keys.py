@@ -13,7 +13,7 @@ from redis import Redis
 from gateway.admin.keys import authenticate
 from gateway.events import make_event
 from gateway.records import Delivery, DeliveryStatus, delivery_id
-from gateway.store import Store
+from gateway.store.events import Store
 from tests.conftest import Gateway
 from tests.e2e.e2e_support import run_gateway
 

@@ -13,7 +13,7 @@ from gateway.admin.keys import Principal
 from gateway.admin.service import REDACTED, EventFilter, FailedFilter, Service
 from gateway.events import make_event
 from gateway.records import Delivery, DeliveryStatus, delivery_id
-from gateway.store import Store
+from gateway.store.events import Store
 
 OPERATOR = Principal("op", "ops", None)
 ACME = Principal("acme", "acme", frozenset({"net-a"}))

@@ -25,7 +25,8 @@ from gateway.delivery.sender import Sender
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
 from gateway.fastredis import FastRedis
 from gateway.records import delivery_id
-from gateway.store import DeliveryQueue, Store
+from gateway.store.events import Store
+from gateway.store.queue import DeliveryQueue
 from gateway.targets import Config, config_from_dict
 from tests.serving import serving
 

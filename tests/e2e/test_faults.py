@@ -39,7 +39,7 @@ from redis import Redis
 
 from gateway.embedded import EmbeddedRedis
 from gateway.queue import enqueue_drain, make_queue
-from gateway.store import DeliveryQueue
+from gateway.store.queue import DeliveryQueue
 
 if TYPE_CHECKING:
     from conftest import Gateway, Process
