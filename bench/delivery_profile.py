@@ -1,7 +1,7 @@
 """Profile the delivery engine in this process: CPU per delivery and where it goes.
 
 Starts a private Redis and the fast target of bench/delivery.py (uvicorn, uvloop, httptools),
-accepts N callbacks with `gateway.queue.accept` for T targets per network, then runs
+stores N callbacks through the ingest script for T targets per network, then runs
 `Engine.run` on a uvloop loop in this process (as a `gateway worker` does, without RQ) until
 the backlog is drained, and reports the engine's CPU time per delivery (`time.process_time`,
 this process only: the accepts are done before). With `--profile`, it runs under cProfile with

@@ -130,33 +130,7 @@ class Store:
     def config_version(self) -> int:
         return int(self.redis.get(self.keys.config_version) or 0)
 
-    def queue_wake(self, pipe: Any) -> None:
-        """Add `SET wake NX` to a pipeline: its result says whether a drain job must be queued."""
-        pipe.set(self.keys.wake, "1", nx=True, ex=30)
-
-    def queue_config_version(self, pipe: Pipeline) -> None:
-        """Add a read of the config version to an accept pipeline (no extra round trip)."""
-        pipe.get(self.keys.config_version)
-
     # -- events -----------------------------------------------------------------------------
-    def write_event(self, pipe: Any, event: InvitationEvent, target_names: Iterable[str]) -> None:
-        """Queue the writes that store an event and its pending deliveries on `pipe`."""
-        ttl = self.retention
-        ek = self.keys.event(event.id)
-        pipe.set(ek, dumps(event.to_dict()), ex=ttl)
-        names = list(target_names)
-        if names:
-            state = dumps(Delivery(updated_at=event.received_at_ms).to_dict())
-            pipe.hset(self.keys.deliveries(event.id), mapping=dict.fromkeys(names, state))
-            pipe.expire(self.keys.deliveries(event.id), ttl)
-            # NX: a delivery already waiting or in flight keeps its place (a re-run accept).
-            pipe.zadd(self.keys.due, {f"{event.id}-{n}": event.received_at_ms for n in names}, nx=True)
-        cutoff = event.received_at_ms - ttl * 1000
-        for index in (self.keys.events, self.keys.network_events(event.network_id)):
-            pipe.zadd(index, {event.id: event.received_at_ms})
-            pipe.zremrangebyscore(index, "-inf", cutoff)
-            pipe.expire(index, ttl)
-
     def get_event(self, event_id: str) -> InvitationEvent | None:
         blob = self.redis.get(self.keys.event(event_id))
         return InvitationEvent.from_dict(json.loads(blob)) if blob else None

@@ -24,11 +24,11 @@ from redis import Redis
 
 from gateway.events import InvitationEvent
 from gateway.fastredis import FastRedis, Script, ScriptsViaRedisPy
-from gateway.records import Delivery, delivery_id, split_delivery_id
+from gateway.records import Delivery, split_delivery_id
 from gateway.store import lua
-from gateway.store.codec import dumps, text
+from gateway.store.codec import dumps, now_ms, text
 from gateway.store.ingest import SCRIPT as INGEST_SCRIPT
-from gateway.store.ingest import WAKE_TTL
+from gateway.store.ingest import WAKE_TTL, IngestHead, IngestItem, encode
 from gateway.store.keys import Keys
 
 if TYPE_CHECKING:
@@ -180,17 +180,15 @@ class DeliveryQueue:
         return self.client.set(self.keys.alerted(what), "1", nx=True, ex=seconds)
 
     def write_alert(self, event: InvitationEvent, target: str) -> Any:
-        """Store an alert as an event with one delivery, to the alert target."""
-        pipe = self.client.pipeline(transaction=True)
-        ek = self.keys.event(event.id)
-        pipe.set(ek, dumps(event.to_dict()), ex=self.retention)
-        pipe.hset(
-            self.keys.deliveries(event.id), target, dumps(Delivery(updated_at=event.received_at_ms).to_dict())
-        )
-        pipe.expire(self.keys.deliveries(event.id), self.retention)
-        pipe.zadd(self.keys.due, {delivery_id(event.id, target): event.received_at_ms}, nx=True)
-        pipe.zadd(self.keys.events, {event.id: event.received_at_ms})
-        return pipe.execute()
+        """Store an alert as an event with one delivery, to the alert target.
+
+        Through the ingest script, as every event (no dedupe, no limits). The wake flag is left
+        alone: the engine that raises an alert is running, and the CLI and the API queue a drain
+        job themselves.
+        """
+        state = dumps(Delivery(updated_at=event.received_at_ms).to_dict())
+        head = IngestHead(self.prefix, now_ms(), self.retention, state=state, wake_ttl=0)
+        return self._ingest(args=encode(head, [IngestItem.new(event, [target])]))
 
     # -- sync: the worker's ticker and the CLI ---------------------------------------------------
     def _sync(self) -> Redis:

@@ -11,6 +11,7 @@ from dataclasses import fields
 import pytest
 from redis import Redis
 
+from gateway.events import make_alert
 from gateway.fastredis import FastRedis
 from gateway.store.ingest import (
     HEAD_ARGS,
@@ -190,3 +191,18 @@ def test_each_completion_field_lands_where_it_should(redis: Redis, queue: Delive
     assert redis.zscore("pfx:due", "E3-tc") is None and redis.zscore("pfx:dead", "E3-tc") is None
     assert changes[0::3] == ["ta", "tb", "tc"]
     assert changes[1::3] == ["paused", "disabled", "resumed"]
+
+
+def test_an_alert_is_an_event_the_ingest_script_stores_and_the_wake_flag_stays_its_callers(
+    redis: Redis,
+) -> None:
+    queue = DeliveryQueue(redis, "pfx", 6_666)
+    alert = make_alert("target x paused: because")
+    queue.write_alert(alert, "ops")
+    assert json.loads(redis.get(f"pfx:event:{alert.id}") or b"{}") == alert.to_dict()
+    state = json.loads(redis.hget(f"pfx:event:{alert.id}:deliveries", "ops") or b"{}")
+    assert (state["status"], state["updated_at"]) == ("pending", alert.received_at_ms)
+    assert redis.zscore("pfx:due", f"{alert.id}-ops") == alert.received_at_ms
+    assert redis.zscore("pfx:events", alert.id) == alert.received_at_ms
+    assert not redis.exists("pfx:wake")
+    assert queue.set_wake()  # so the CLI's and the API's `_wake` still queue a drain job
