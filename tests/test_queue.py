@@ -20,6 +20,7 @@ from gateway.queue import make_queue
 from gateway.records import DeliveryStatus, delivery_id
 from gateway.settings import Secret, Settings
 from gateway.store.events import Store
+from gateway.store.ingest import ACCEPTED, AcceptResult
 from gateway.targets import config_from_dict
 
 
@@ -43,7 +44,7 @@ def _accept(
     tmp_path: Path,
     events: Sequence[InvitationEvent],
     before: Callable[[IngestParts], None] | None = None,
-) -> tuple[list[str], list[list[str]], int]:
+) -> tuple[list[AcceptResult], list[list[str]], int]:
     """Accept `events` one after the other as the callback endpoint does (the targets chosen by
     the configuration in hand, with its version): (statuses, targets chosen, version after)."""
     settings = Settings(redis_url=Secret(redis_url), queue_name="q", dedupe_seconds=0)
@@ -51,8 +52,9 @@ def _accept(
     parts = ingest_parts(settings, spool)
     parts.live.refresh()  # as the web's start does
 
-    async def go() -> tuple[list[str], list[list[str]]]:
-        statuses, chosen = [], []
+    async def go() -> tuple[list[AcceptResult], list[list[str]]]:
+        statuses: list[AcceptResult] = []
+        chosen: list[list[str]] = []
         try:
             if before is not None:
                 before(parts)
@@ -81,7 +83,7 @@ def test_accept_stores_event_and_its_waiting_deliveries_and_one_drain_job(
     store.save_config(_config("a", "b"))
     event = _event()
     statuses, [chosen], _ = _accept(redis_url, tmp_path, [event])
-    assert statuses == ["accepted"] and sorted(chosen) == ["a", "b"]
+    assert statuses == [ACCEPTED] and sorted(chosen) == ["a", "b"]
     assert store.get_event(event.id) == event
     assert {k: v["status"] for k, v in store.get_deliveries(event.id).items()} == {
         "a": DeliveryStatus.PENDING,
@@ -104,7 +106,7 @@ def test_a_backlog_is_one_drain_job_not_one_per_callback(
 ) -> None:
     Store(redis).save_config(_config("a"))
     statuses, _, _ = _accept(redis_url, tmp_path, [_event() for _ in range(50)])
-    assert statuses == ["accepted"] * 50
+    assert statuses == [ACCEPTED] * 50
     assert len(_waiting(redis)) == 50
     assert len(make_queue(redis, "q").get_job_ids()) == 1
 
@@ -112,7 +114,7 @@ def test_a_backlog_is_one_drain_job_not_one_per_callback(
 def test_an_event_no_target_serves_queues_nothing(redis_url: str, redis: Redis, tmp_path: Path) -> None:
     store = Store(redis)
     statuses, chosen, _ = _accept(redis_url, tmp_path, [_event()])
-    assert statuses == ["accepted"] and chosen == [[]]
+    assert statuses == [ACCEPTED] and chosen == [[]]
     assert _waiting(redis) == {}
     assert make_queue(redis, "q").get_job_ids() == []
     store.save_config(_config("a"))  # and the next event that has a target still gets its job
@@ -132,7 +134,7 @@ def test_a_process_with_stale_targets_still_stores_the_new_ones(
         store.save_config(_config("a", "b"))
 
     statuses, [chosen], version = _accept(redis_url, tmp_path, [event], another_process_applies_version_2)
-    assert statuses == ["accepted"] and chosen == ["a"]  # chosen by version 1 ...
+    assert statuses == [ACCEPTED] and chosen == ["a"]  # chosen by version 1 ...
     assert set(_waiting(redis)) == {delivery_id(event.id, "a"), delivery_id(event.id, "b")}  # ... both
     assert version == 2
 

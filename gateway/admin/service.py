@@ -64,7 +64,7 @@ from gateway.events import ALERT_EVENT, EVENT_TYPES, InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, config_problems
 from gateway.records import DEAD, Delivery, DeliveryStatus, iso_ms, split_delivery_id
 from gateway.store.events import Store
-from gateway.store.queue import DeliveryQueue
+from gateway.store.queue import DeliveryQueue, TargetHealth
 from gateway.targets import config_from_dict, target_from_dict
 
 REDACTED = "********"
@@ -467,13 +467,13 @@ class Service:
         return {
             "target": name,
             "before": before,
-            "state": health["state"],
-            "held_deliveries": health["held_deliveries"],
+            "state": health.state.value,
+            "held_deliveries": health.held_deliveries,
         }
 
     def resume_target(self, p: Principal, name: str) -> dict[str, Any]:
         self._target(p, name)
-        held = self.dq.health(name)["held_deliveries"]
+        held = self.dq.health(name).held_deliveries
         before = self.dq.resume(name, _now_ms())
         self._wake()
         if before != "active":
@@ -762,8 +762,8 @@ def _attempt_json(attempt: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _health_json(health: Mapping[str, Any]) -> dict[str, Any]:
-    return {**health, "since": iso_ms(health["since"]) if health.get("since") is not None else None}
+def _health_json(health: TargetHealth) -> dict[str, Any]:
+    return {**health.to_dict(), "since": iso_ms(health.since) if health.since is not None else None}
 
 
 def _invalid(exc: ConfigError) -> Invalid:

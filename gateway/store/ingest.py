@@ -112,17 +112,73 @@ def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
     return args
 
 
+class AcceptStatus(StrEnum):
+    """What became of a callback: the ingest script's answer per item, or the spool's."""
+
+    ACCEPTED = "accepted"  # stored, its deliveries waiting
+    DUPLICATE = "duplicate"  # the same invitation within the dedupe window: not stored again
+    SUPPRESSED = "suppressed"  # held back by an abuse limit: stored, visible, not delivered
+    EXISTS = "exists"  # stored before (a spool drain, a batch sent again): completed, not repeated
+    SPOOLED = "spooled"  # not the script's: Redis did not answer in time, the spool has it
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    status: AcceptStatus
+    duplicate_of: str | None = None  # DUPLICATE: the first event's id (None: unknown)
+    reason: str | None = None  # SUPPRESSED: why
+
+
+# The answers without a detail, shared (one per callback would be garbage for nothing).
+ACCEPTED = AcceptResult(AcceptStatus.ACCEPTED)
+EXISTS = AcceptResult(AcceptStatus.EXISTS)
+SPOOLED = AcceptResult(AcceptStatus.SPOOLED)
+_PLAIN = {"accepted": ACCEPTED, "exists": EXISTS}
+
+
+def parse_status(answer: str) -> AcceptResult:
+    """The script's status text: accepted | exists | duplicate:ID | suppressed:REASON."""
+    plain = _PLAIN.get(answer)
+    if plain is not None:
+        return plain
+    kind, _, detail = answer.partition(":")
+    if kind == AcceptStatus.DUPLICATE:
+        return AcceptResult(AcceptStatus.DUPLICATE, duplicate_of=detail or None)
+    if kind == AcceptStatus.SUPPRESSED:
+        return AcceptResult(AcceptStatus.SUPPRESSED, reason=detail)
+    raise ValueError(f"not an ingest status: {answer!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A destination prefix the guard just held (the script's "held:NETWORK:REASON")."""
+
+    network: str
+    reason: str
+
+    @classmethod
+    def parse(cls, answer: str) -> Hold:
+        _, network, reason = answer.split(":", 2)
+        return cls(network, reason)
+
+
 @dataclass(frozen=True, slots=True)
 class IngestAnswer:
     version: int  # of the configuration Redis holds
     woke: bool  # the caller must queue a drain job (the wake flag was not set)
-    statuses: list[str]  # per item: accepted | duplicate:ID OF THE FIRST | exists | suppressed:REASON
-    holds: list[str]  # "held:NETWORK:REASON" per prefix the guard just held
+    results: list[AcceptResult]  # per item, in order
+    holds: list[Hold]
 
 
 def decode(raw: Sequence[Any], items: int) -> IngestAnswer:
+    """The script's answer: [version, woke, status per item, then "held:NETWORK:REASON"s]."""
     answers = [text(v) for v in raw[2:]]
-    return IngestAnswer(int(raw[0]), bool(int(raw[1])), answers[:items], answers[items:])
+    return IngestAnswer(
+        int(raw[0]),
+        bool(int(raw[1])),
+        [parse_status(a) for a in answers[:items]],
+        [Hold.parse(a) for a in answers[items:]],
+    )
 
 
 async def ingest(

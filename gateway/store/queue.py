@@ -74,6 +74,37 @@ class Completion:
     health: HealthSignal | None = None
 
 
+class TargetState(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"  # by hand, or after consecutive failures (then probed, and resumed by a success)
+    DISABLED = "disabled"  # the target answered 410 Gone
+
+
+@dataclass(frozen=True, slots=True)
+class TargetHealth:
+    """A target's health (`{p}:target:{name}`) and its held and in-flight deliveries."""
+
+    state: TargetState
+    manual: bool  # paused by hand: no probes
+    reason: str | None
+    since: int | None  # ms of the last change of state
+    failures: int  # consecutive
+    held_deliveries: int
+    in_flight: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the API and `--json` show it (they write `since` as an ISO time)."""
+        return {
+            "state": self.state.value,
+            "manual": self.manual,
+            "reason": self.reason,
+            "since": self.since,
+            "failures": self.failures,
+            "held_deliveries": self.held_deliveries,
+            "in_flight": self.in_flight,
+        }
+
+
 # The ARGV layout, which scripts/complete.lua reads in this order: prefix, now ms, retention s,
 # then each Completion's fields ("" for None and False, "1" for True).
 COMPLETION_HEAD_ARGS = 3
@@ -235,7 +266,7 @@ class DeliveryQueue:
         """Resume a paused or disabled target; returns its state before."""
         return text(self._sync_script(self._resume, [self.prefix, target, now]))
 
-    def health(self, target: str) -> dict[str, Any]:
+    def health(self, target: str) -> TargetHealth:
         r = self._sync()
         with r.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.target(target))
@@ -243,15 +274,15 @@ class DeliveryQueue:
             pipe.zcard(self.keys.inflight(target))
             raw, parked, inflight = pipe.execute()
         data = {text(k): text(v) for k, v in raw.items()}
-        return {
-            "state": data.get("state", "active"),
-            "manual": data.get("manual") == "1",
-            "reason": data.get("reason") or None,
-            "since": int(float(data["since"])) if data.get("since") else None,
-            "failures": int(data.get("failures", 0)),
-            "held_deliveries": int(parked),
-            "in_flight": int(inflight),
-        }
+        return TargetHealth(
+            state=TargetState(data.get("state", TargetState.ACTIVE)),
+            manual=data.get("manual") == "1",
+            reason=data.get("reason") or None,
+            since=int(float(data["since"])) if data.get("since") else None,
+            failures=int(data.get("failures", 0)),
+            held_deliveries=int(parked),
+            in_flight=int(inflight),
+        )
 
     def replay(self, did: str, now: int, force: bool = False) -> str:
         split_delivery_id(did)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from e2e_support import SETTINGS, attempts_of, dead_letter_ids, http_call, store_for, wait_final, wait_until
 
-from gateway.store.queue import DeliveryQueue
+from gateway.store.queue import DeliveryQueue, TargetHealth
 
 if TYPE_CHECKING:
     from conftest import Gateway, TargetServer
@@ -84,7 +84,7 @@ def new_event(store: Store, known: set[str], base: str, event: str, network: str
     return eid
 
 
-def health(redis: Redis, target: str) -> dict[str, Any]:
+def health(redis: Redis, target: str) -> TargetHealth:
     return DeliveryQueue(redis, "gw", 86400).health(target)
 
 
@@ -240,11 +240,9 @@ def test_pause_holds_deliveries_and_resume_releases_them(
 
     known: set[str] = set()
     events = [new_event(store, known, base, "invitation_created", "net1") for _ in range(3)]
-    wait_until(lambda: health(redis, "crm")["held_deliveries"] == 3, "crm's three held deliveries", 30)
+    wait_until(lambda: health(redis, "crm").held_deliveries == 3, "crm's three held deliveries", 30)
     wait_until(
-        lambda: (
-            health(redis, "gone")["state"] == "disabled" and health(redis, "gone")["held_deliveries"] == 3
-        ),
+        lambda: health(redis, "gone").state == "disabled" and health(redis, "gone").held_deliveries == 3,
         "gone disabled with its three deliveries held",
         30,
     )

@@ -14,8 +14,11 @@ from redis import Redis
 from gateway.events import make_alert
 from gateway.fastredis import FastRedis
 from gateway.store.ingest import (
+    ACCEPTED,
     HEAD_ARGS,
     ITEM_ARGS,
+    AcceptResult,
+    AcceptStatus,
     IngestAnswer,
     IngestHead,
     IngestItem,
@@ -83,7 +86,12 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
 
 def _check_ingest(redis: Redis, answer: IngestAnswer) -> None:
     assert answer.version == 9 and answer.woke
-    assert answer.statuses == ["accepted", "suppressed:no, because", "duplicate:01FIRST", "accepted"]
+    assert answer.results == [
+        ACCEPTED,
+        AcceptResult(AcceptStatus.SUPPRESSED, reason="no, because"),
+        AcceptResult(AcceptStatus.DUPLICATE, duplicate_of="01FIRST"),
+        ACCEPTED,
+    ]
     assert answer.holds == []
     # prefix, retention, the event's id and JSON
     assert redis.get("pfx:event:01FIRST") == b'{"mark":"the first event"}'
