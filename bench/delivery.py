@@ -8,8 +8,8 @@ Everything runs on 127.0.0.1, in separate processes:
 * baseline (bench/delivery_load.py baseline): one aiohttp `ClientSession` on a uvloop loop with
   32 requests in flight, POSTing the gateway's own rendered request (`build_request`: same URL,
   headers and body) to the target. Measured right before each drain row, in the same run;
-* drain: N callbacks accepted in this process with `gateway.queue.accept` (one at a time; the
-  same records as the web's group commit writes) while no worker runs, then K
+* drain: N callbacks stored in this process through the ingest script (as the web's accept step
+  stores them, 500 per call) while no worker runs, then K
   `python -m gateway worker` processes are started. The
   window runs from the first poll at which all K workers are registered with RQ and a delivery
   has been recorded, to `ZCARD gw:due == 0`. Afterwards every delivery must be `delivered`, HTTP
@@ -88,10 +88,14 @@ from gateway.delivery.request import build_request
 from gateway.delivery.sender import USER_AGENT
 from gateway.embedded import EmbeddedRedis
 from gateway.events import INVITATION_CREATED, make_event
+from gateway.ingest.accept import DRAIN_BATCH
 from gateway.live import LiveConfig
-from gateway.queue import accept, make_queue
+from gateway.queue import enqueue_drain, make_queue
+from gateway.records import DeliveryStatus
 from gateway.settings import Settings
-from gateway.store import DELIVERED, Store
+from gateway.store.codec import now_ms
+from gateway.store.events import Store
+from gateway.store.ingest import IngestHead, IngestItem, ingest_sync
 from gateway.targets import load_config
 
 FIELDS = {"invitee": "15551231234", "invitor": "johnsnow", "network_id": "mynetwork"}
@@ -358,13 +362,21 @@ class Bench:
         return client, store, make_queue(client, SETTINGS.queue_name), LiveConfig(store)
 
     def accept_many(self, store: Store, queue: Any, live: LiveConfig, n: int) -> list[str]:
+        """N callbacks stored as the web's accept step stores them (the ingest script, a spool
+        drain's batch per call), and a drain job queued when the script says none is."""
+        names = [t.name for t in live.get().routes(INVITATION_CREATED, FIELDS["network_id"])]
+        if not names:
+            raise RuntimeError("no target matches the callbacks")
         ids = []
-        for _ in range(n):
-            event = make_event(FIELDS, INVITATION_CREATED, "json", client=HOST)
-            names = accept(store, queue, live, event)
-            if not names:
-                raise RuntimeError("accept() matched no target")
-            ids.append(event.id)
+        for start in range(0, n, DRAIN_BATCH):
+            events = [
+                make_event(FIELDS, INVITATION_CREATED, "json", client=HOST)
+                for _ in range(min(DRAIN_BATCH, n - start))
+            ]
+            head = IngestHead(store.prefix, now_ms(), store.retention)
+            if ingest_sync(store.redis, head, [IngestItem.new(ev, names) for ev in events]).woke:
+                enqueue_drain(queue)
+            ids += [ev.id for ev in events]
         return ids
 
     def spawn_workers(self, k: int) -> list[Child]:
@@ -698,7 +710,7 @@ class Bench:
         for i in range(0, len(ids), CHECK_CHUNK):
             with client.pipeline(transaction=False) as pipe:
                 for event_id in ids[i : i + CHECK_CHUNK]:
-                    pipe.hgetall(f"{store.event_key(event_id)}:deliveries")
+                    pipe.hgetall(store.keys.deliveries(event_id))
                 for states in pipe.execute():
                     if len(states) != targets:
                         outcome[f"{len(states)} deliveries for an event"] += 1
@@ -706,7 +718,7 @@ class Bench:
                         s = json.loads(raw)
                         outcome[f"{s['status']}/{s.get('last_status_code')}/{s['attempts']}"] += 1
         expected = len(ids) * targets
-        if outcome == {f"{DELIVERED}/200/1": expected}:
+        if outcome == {f"{DeliveryStatus.DELIVERED.value}/200/1": expected}:
             return f"ok: {expected} delivered, HTTP 200, 1 attempt"
         return f"MISMATCH: {dict(outcome)}"
 

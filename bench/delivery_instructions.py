@@ -64,7 +64,8 @@ def child(mode: str, n: int, redis_url: str, spec_path: str, concurrency: int) -
     from gateway.fastredis import FastRedis
     from gateway.live import LiveConfig
     from gateway.metrics import Tally
-    from gateway.store import DeliveryQueue, Store
+    from gateway.store.events import Store
+    from gateway.store.queue import DeliveryQueue
 
     logging.basicConfig(level=logging.INFO, stream=io.StringIO())  # INFO, as shipped, not printed
     spec = json.loads(Path(spec_path).read_text())

@@ -126,12 +126,13 @@ def feed(args: argparse.Namespace) -> int:
 
     from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
     from gateway.fastredis import FastRedis
-    from gateway.ingest.accept import ACCEPTED, Accepter
+    from gateway.ingest.accept import Accepter
     from gateway.ingest.spool import Spool
     from gateway.live import LiveConfig
     from gateway.queue import enqueue_drain, make_queue
     from gateway.settings import Settings
-    from gateway.store import Store
+    from gateway.store.events import Store
+    from gateway.store.ingest import ACCEPTED
 
     host = urlsplit(args.redis_url).hostname
     if host not in LOOPBACK:

@@ -1,7 +1,7 @@
 """Profile the delivery engine in this process: CPU per delivery and where it goes.
 
 Starts a private Redis and the fast target of bench/delivery.py (uvicorn, uvloop, httptools),
-accepts N callbacks with `gateway.queue.accept` for T targets per network, then runs
+stores N callbacks through the ingest script for T targets per network, then runs
 `Engine.run` on a uvloop loop in this process (as a `gateway worker` does, without RQ) until
 the backlog is drained, and reports the engine's CPU time per delivery (`time.process_time`,
 this process only: the accepts are done before). With `--profile`, it runs under cProfile with
@@ -40,7 +40,8 @@ from gateway.delivery.engine import Engine, EngineSettings
 from gateway.delivery.request import OutboundRequest, Response, build_request
 from gateway.delivery.sender import USER_AGENT, Sender
 from gateway.events import INVITATION_CREATED, make_event
-from gateway.store import DELIVERED, DeliveryQueue
+from gateway.records import DeliveryStatus
+from gateway.store.queue import DeliveryQueue
 
 
 class _StubSender(Sender):
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 1
                 for eid in ids
                 for state in client.hvals(f"{SETTINGS.prefix}:event:{eid}:deliveries")
-                if f'"status":"{DELIVERED}"' in state.decode()
+                if f'"status":"{DeliveryStatus.DELIVERED.value}"' in state.decode()
             )
             print(
                 f"{expected} deliveries, {args.targets} target(s): {stats.to_dict()}; "

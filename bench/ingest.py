@@ -423,7 +423,7 @@ def prime(server: ServerTree, method: str, base: int, keys: int) -> None:
 
 
 def gateway_state(client: Redis) -> tuple[int, int, int]:
-    """(events stored, deliveries due, duplicates counted): key names as in gateway/store.py."""
+    """(events stored, deliveries due, duplicates counted): key names as in gateway/store/keys.py."""
     pipe = client.pipeline(transaction=False)
     pipe.zcard(f"{PREFIX}:events")
     pipe.zcard(f"{PREFIX}:due")

@@ -40,7 +40,10 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import HEARTBEAT_SECONDS, IngestMetrics, flush_commands, render, spool_depth
 from gateway.queue import enqueue_drain, make_queue
 from gateway.settings import Settings
-from gateway.store import OpsKeys, Store, limit_fields, now_ms
+from gateway.store.codec import now_ms
+from gateway.store.events import Store
+from gateway.store.ingest import limit_fields
+from gateway.store.ops import OpsKeys
 from gateway.targets import load_config
 
 log = logging.getLogger("gateway.app")
@@ -138,7 +141,9 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
     async def refresh_config() -> bool:
         """Reload if the configuration changed; False also when Redis does not answer in time."""
         try:
-            seen = await asyncio.wait_for(_get(aio, store.config_version_key), settings.spool_after_ms / 1000)
+            seen = await asyncio.wait_for(
+                _get(aio, store.keys.config_version), settings.spool_after_ms / 1000
+            )
             return await on_version(int(seen or 0))
         except Exception:
             return False
@@ -315,7 +320,7 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         drainer = asyncio.create_task(_drain_after(applier, parts, accepter.drain_forever))
         # A token, limit or allowlist taken out of the file is gone within a second everywhere,
         # not only once this process next takes a callback.
-        watcher = asyncio.create_task(_watch_config(aio, store.config_channel, parts.refresh_config))
+        watcher = asyncio.create_task(_watch_config(aio, store.keys.config_changed, parts.refresh_config))
         data_watch = asyncio.create_task(_watch_data(store))
         flusher = asyncio.create_task(_every(1.0, flush_metrics))
         yield
@@ -408,8 +413,8 @@ def _ingest_path(path: str) -> tuple[str | None, str | None]:
 
 async def _load_config(aio: aioredis.Redis, store: Store) -> tuple[int, dict[str, Any] | None]:
     async with aio.pipeline(transaction=True) as pipe:
-        pipe.get(store.config_version_key)
-        pipe.get(store.config_key)
+        pipe.get(store.keys.config_version)
+        pipe.get(store.keys.config)
         version, blob = await pipe.execute()
     return int(version or 0), (json.loads(blob) if blob else None)
 

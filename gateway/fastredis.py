@@ -18,7 +18,7 @@ only the exchange:
   sockets (`unix://`), TLS (`rediss://`, with the SSL context redis-py would build from the same
   `ssl_*` query parameters), `socket_connect_timeout` and `client_name`.
 
-It knows no key names: the callers' scripts do (gateway/store.py).
+It knows no key names: the callers' scripts do (gateway/store/).
 """
 
 from __future__ import annotations

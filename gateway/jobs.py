@@ -17,7 +17,7 @@ def test_send(test_id: str) -> dict[str, Any]:
     import os
 
     from gateway.delivery.testsend import send_test
-    from gateway.store import put_send_test_result, take_send_test
+    from gateway.store.testsends import put_send_test_result, take_send_test
     from gateway.worker import current_runtime
 
     rt = current_runtime()

@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from gateway.exceptions import ConfigError
-from gateway.store import Store
+from gateway.store.events import Store
 from gateway.targets import Config, config_from_dict
 
 log = logging.getLogger("gateway.live")

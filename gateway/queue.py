@@ -1,16 +1,15 @@
-"""RQ wiring: the queue, the job class, the drain job, and the accept step.
+"""RQ wiring: the queue, the job class, the drain and test-send jobs.
 
-RQ objects stop here: the web layer calls `accept`, the worker module builds its Worker from
-`make_queue`. JSON serializer only (pickle on a shared Redis is code execution), and a job
-class that runs nothing but the gateway's job functions, since even JSON jobs name a function
-that RQ imports. Deliveries wait in Redis (`store.DeliveryQueue`); an RQ job is a "drain": it
-delivers a batch of whatever is due (DESIGN.md decision 10).
+RQ objects stop here: the web's accept step queues a drain job through `enqueue_drain` (when the
+ingest script says none is queued), the worker module builds its Worker from `make_queue`. JSON
+serializer only (pickle on a shared Redis is code execution), and a job class that runs nothing
+but the gateway's job functions, since even JSON jobs name a function that RQ imports.
+Deliveries wait in Redis (`store.queue.DeliveryQueue`); an RQ job is a "drain": it delivers a
+batch of whatever is due (DESIGN.md decision 10).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
@@ -18,15 +17,9 @@ from rq import Queue, Retry
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from gateway.events import InvitationEvent
-from gateway.live import LiveConfig
-from gateway.records import delivery_id
-from gateway.store import Store
-from gateway.targets import MAX_TIMEOUT, Target
+from gateway.targets import MAX_TIMEOUT
 
-__all__ = ["accept", "delivery_id", "enqueue_drain", "make_queue"]
-
-log = logging.getLogger("gateway.queue")
+__all__ = ["enqueue_drain", "enqueue_test_send", "make_queue"]
 
 DRAIN = "gateway.jobs.drain"
 TEST_SEND = "gateway.jobs.test_send"  # `gateway targets test`: one sample request, now
@@ -77,56 +70,3 @@ def enqueue_test_send(queue: Queue, test_id: str, wait: int) -> Job:
         failure_ttl=3600,
         description="test send",
     )
-
-
-def accept(store: Store, queue: Queue, live: LiveConfig, event: InvitationEvent) -> list[str]:
-    """Store the event and one waiting delivery per matching target; returns the target names.
-
-    One Redis round trip (a MULTI/EXEC pipeline) in the common case: the event, its deliveries
-    in the waiting set, a `SET wake NX` that tells whether a drain job is already queued, and a
-    read of the configuration version. A drain job is queued only when none is (a second round
-    trip, rare under load). If targets changed since this process last looked, the deliveries
-    for targets that now match as well are stored before returning, so a reload is never
-    missed. (A target removed meanwhile is recorded as skipped by the worker.)
-    """
-    version, config = live.snapshot()
-    targets = config.routes(event.type, event.network_id)
-    with store.redis.pipeline(transaction=True) as pipe:
-        store.write_event(pipe, event, [t.name for t in targets])
-        store.queue_config_version(pipe)
-        if targets:
-            store.queue_wake(pipe)
-        results = pipe.execute()
-    if targets and results[-1]:
-        _wake(queue, event)
-    seen = int(results[-2 if targets else -1] or 0)
-    if seen != version:
-        # The event is stored: whatever happens now, the answer is 204. A failure here leaves
-        # the newest targets without this one event, and says so in the log.
-        try:
-            newer = live.refresh(seen)
-            known = {t.name for t in targets}
-            extra = [t for t in newer.routes(event.type, event.network_id) if t.name not in known]
-            if extra:
-                _enqueue_more(store, queue, event, extra)
-                targets = [*targets, *extra]
-        except Exception:
-            log.error("event %s stored, but not enqueued for targets added since", event.id, exc_info=True)
-    return [t.name for t in targets]
-
-
-def _enqueue_more(store: Store, queue: Queue, event: InvitationEvent, targets: Sequence[Target]) -> None:
-    with store.redis.pipeline(transaction=True) as pipe:
-        store.write_event(pipe, event, [t.name for t in targets])
-        store.queue_wake(pipe)
-        woke = pipe.execute()[-1]
-    if woke:
-        _wake(queue, event)
-
-
-def _wake(queue: Queue, event: InvitationEvent) -> None:
-    # The deliveries are stored: if this fails, every worker's ticker finds them within seconds.
-    try:
-        enqueue_drain(queue)
-    except Exception:
-        log.warning("event %s stored; no drain job queued, the workers' ticker will find it", event.id)

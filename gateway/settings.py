@@ -186,12 +186,3 @@ class Settings:
         from gateway.wiring import redis_url
 
         return redis_url(self)
-
-
-def __getattr__(name: str) -> Any:
-    # LiveConfig moved to gateway.live; this keeps `from gateway.settings import LiveConfig` working.
-    if name == "LiveConfig":
-        from gateway.live import LiveConfig
-
-        return LiveConfig
-    raise AttributeError(name)

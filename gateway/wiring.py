@@ -27,7 +27,8 @@ from gateway.embedded import running_standalone_url
 from gateway.exceptions import ConfigError
 from gateway.fastredis import FastRedis, ScriptsViaRedisPy
 from gateway.settings import Settings, mask_url_password
-from gateway.store import DeliveryQueue, Store
+from gateway.store.events import Store
+from gateway.store.queue import DeliveryQueue
 
 # redis-py 8's defaults are socket_timeout=5 and no connect timeout; a Redis that is away must
 # fail a call within seconds (the web spools, the worker waits), never hang it.
@@ -72,8 +73,8 @@ def redis_client(settings: Settings, socket_timeout: float | None = SOCKET_TIMEO
         from redis.sentinel import Sentinel
 
         nodes, master, kwargs, sentinel_kwargs = _sentinel(url, socket_timeout)
-        sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
-        client: Redis = sentinel.master_for(master)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs, **kwargs)
+        client: Redis = sentinel.master_for(master)
         return client
     return Redis.from_url(url, **_timeouts(socket_timeout))
 
@@ -85,7 +86,7 @@ def aio_redis_client(settings: Settings, socket_timeout: float | None = SOCKET_T
         from redis.asyncio.sentinel import Sentinel as AioSentinel
 
         nodes, master, kwargs, sentinel_kwargs = _sentinel(url, socket_timeout)
-        sentinel = AioSentinel(nodes, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
+        sentinel = AioSentinel(nodes, sentinel_kwargs=sentinel_kwargs, **kwargs)
         client: aioredis.Redis = sentinel.master_for(master)
         return client
     return aioredis.Redis.from_url(url, **_timeouts(socket_timeout))

@@ -43,7 +43,7 @@ from gateway.live import LiveConfig
 from gateway.metrics import Tally, flush_commands, worker_name
 from gateway.queue import DRAIN_BUDGET, GatewayJob, enqueue_drain, make_queue
 from gateway.settings import Settings
-from gateway.store import OpsKeys
+from gateway.store.ops import OpsKeys
 from gateway.targets import Config
 
 log = logging.getLogger("gateway.worker")

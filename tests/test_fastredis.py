@@ -20,8 +20,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.embedded import EmbeddedRedis, find_server_binary, free_port
 from gateway.events import InvitationEvent, make_event
 from gateway.fastredis import ConnectionLost, Endpoint, FastRedis, ReplyError, Script
-from gateway.ingest.accept import ACCEPTED, IN_FLIGHT, MAX_BATCH, SPOOLED, Accepter
+from gateway.ingest.accept import IN_FLIGHT, MAX_BATCH, Accepter
 from gateway.ingest.spool import Spool
+from gateway.store.ingest import ACCEPTED, EXISTS, SPOOLED, AcceptResult, AcceptStatus
 
 ECHO = Script("return {ARGV[1], #KEYS, redis.call('INCR', KEYS[1])}")
 
@@ -257,7 +258,7 @@ def test_accept_spools_when_redis_is_slower_than_the_bound_then_drains(
 ) -> None:
     spool = Spool(tmp_path / "spool", name="test")
 
-    async def go() -> tuple[str, str, int, tuple[int, int]]:
+    async def go() -> tuple[AcceptResult, AcceptResult, int, tuple[int, int]]:
         client, accepter = _accepter(redis_url, spool, bound=0.2)
         try:
             first = make_event(
@@ -291,9 +292,9 @@ def test_accept_answers_every_burst_with_batches_in_flight(
     # Bursts of callbacks at every phase of the flushes (two in flight at once): each one answered.
     spool = Spool(tmp_path / "spool", name="burst")
 
-    async def go() -> list[str]:
+    async def go() -> list[AcceptResult]:
         client, accepter = _accepter(redis_url, spool, bound=5.0)
-        statuses: list[str] = []
+        statuses: list[AcceptResult] = []
         try:
             n = 0
             for burst in range(300):
@@ -335,7 +336,9 @@ def _count_commits(accepter: Accepter) -> list[int]:
     sizes: list[int] = []
     commit = accepter.commit
 
-    async def counted(items: Sequence[tuple[InvitationEvent, Sequence[str]]], *more: Any) -> list[str]:
+    async def counted(
+        items: Sequence[tuple[InvitationEvent, Sequence[str]]], *more: Any
+    ) -> list[AcceptResult]:
         sizes.append(len(items))
         return await commit(items, *more)
 
@@ -351,13 +354,15 @@ def test_a_burst_is_split_into_capped_batches_all_in_flight_and_each_callback_st
     spool = Spool(tmp_path / "spool", name="split")
     n = MAX_BATCH * 10 + 3
 
-    async def go() -> tuple[list[str], list[str], list[int], int]:
+    async def go() -> tuple[list[AcceptResult], list[AcceptResult], list[int], int]:
         client, accepter = _accepter(redis_url, spool, bound=5.0)
         sizes = _count_commits(accepter)
         most = 0
         commit = accepter.commit
 
-        async def watched(items: Sequence[tuple[InvitationEvent, Sequence[str]]], *more: Any) -> list[str]:
+        async def watched(
+            items: Sequence[tuple[InvitationEvent, Sequence[str]]], *more: Any
+        ) -> list[AcceptResult]:
             nonlocal most
             most = max(most, accepter._running)
             return await commit(items, *more)
@@ -376,7 +381,7 @@ def test_a_burst_is_split_into_capped_batches_all_in_flight_and_each_callback_st
 
     first, again, sizes, most = run(go())
     assert first == [ACCEPTED] * n
-    assert all(status.startswith("duplicate") for status in again), set(again)
+    assert all(r.status is AcceptStatus.DUPLICATE for r in again), set(again)
     assert max(sizes) == MAX_BATCH and sum(sizes) == 2 * n
     assert 2 <= most <= IN_FLIGHT
     assert redis.zcard("gw:events") == n and redis.zcard("gw:due") == n
@@ -390,7 +395,7 @@ def test_while_redis_hangs_one_batch_takes_every_waiting_callback_to_the_spool(
     spool = Spool(tmp_path / "spool", name="hang")
     n = MAX_BATCH * IN_FLIGHT * 4
 
-    async def go() -> tuple[list[str], list[int], int]:
+    async def go() -> tuple[list[AcceptResult], list[int], int]:
         client, accepter = _accepter(redis_url, spool, bound=0.3)
         sizes = _count_commits(accepter)
         try:
@@ -419,7 +424,7 @@ def test_one_commit_larger_than_a_lua_unpack_stores_every_event_and_delivery_onc
     spool = Spool(tmp_path / "spool", name="big")
     targets = ["t1", "t2", "t3"]
 
-    async def go() -> tuple[list[str], list[str], list[str]]:
+    async def go() -> tuple[list[AcceptResult], list[AcceptResult], list[str]]:
         client, accepter = _accepter(redis_url, spool, bound=5.0)
         try:
             events = [
@@ -444,8 +449,8 @@ def test_one_commit_larger_than_a_lua_unpack_stores_every_event_and_delivery_onc
 
     first, second, ids = run(go())
     assert first[:600] == [ACCEPTED] * 600
-    assert first[600] == f"duplicate:{ids[0]}"
-    assert second == ["exists"] * 5
+    assert first[600] == AcceptResult(AcceptStatus.DUPLICATE, duplicate_of=ids[0])
+    assert second == [EXISTS] * 5
     assert redis.zcard("gw:events") == 600
     assert redis.zcard("gw:events:net:n0") == 300 and redis.zcard("gw:events:net:n1") == 300
     assert redis.zcard("gw:due") == 1800
@@ -477,7 +482,7 @@ def test_a_stored_event_sent_again_gets_what_a_broken_run_left_out_and_nothing_t
     # As a run cut short after the event's SET NX: the event only.
     redis.set(f"gw:event:{broken.id}", broken.to_json(), ex=86400)
 
-    async def go() -> tuple[list[str], list[str]]:
+    async def go() -> tuple[list[AcceptResult], list[AcceptResult]]:
         client, accepter = _accepter(redis_url, spool, bound=5.0)
         try:
             first = await accepter.commit([(done, ["t"]), (whole, ["t"])])
@@ -494,7 +499,7 @@ def test_a_stored_event_sent_again_gets_what_a_broken_run_left_out_and_nothing_t
 
     first, again = run(go())
     assert first == [ACCEPTED, ACCEPTED]
-    assert again == ["exists", "exists", "exists"]
+    assert again == [EXISTS, EXISTS, EXISTS]
     due = {m.decode() for m in redis.zrange("gw:due", 0, -1)}
     assert due == {f"{broken.id}-t", f"{whole.id}-t"}  # the broken one completed; done not again
     assert redis.hget(f"gw:event:{broken.id}:deliveries", "t") is not None
@@ -538,7 +543,7 @@ def test_a_burst_is_answered_within_the_bound_while_redis_is_slow_but_answering(
         finally:
             other.close()
 
-    async def go() -> tuple[list[str], list[float]]:
+    async def go() -> tuple[list[AcceptResult], list[float]]:
         client, accepter = _accepter(redis_url, spool, bound=bound)
         loop = asyncio.get_running_loop()
         try:
@@ -549,7 +554,7 @@ def test_a_burst_is_answered_within_the_bound_while_redis_is_slow_but_answering(
                 await asyncio.sleep(0.05)
                 started = loop.time()
 
-                async def one(ev: InvitationEvent) -> tuple[str, float]:
+                async def one(ev: InvitationEvent) -> tuple[AcceptResult, float]:
                     status = await accepter.accept(ev, ["t"])
                     return status, loop.time() - started
 
@@ -578,7 +583,7 @@ def test_targets_chosen_by_an_older_configuration_get_the_new_ones_even_if_anoth
     spool = Spool(tmp_path / "spool", name="version")
     redis.set("gw:config:version", 7)
 
-    async def go() -> tuple[str, str, str, str]:
+    async def go() -> tuple[str, str, AcceptResult, AcceptResult]:
         client, accepter = _accepter(redis_url, spool, bound=5.0)
         accepter.routes = lambda ev: ["t", "u"]  # the configuration of version 7
         try:

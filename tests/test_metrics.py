@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import IngestMetrics, Tally, count_deliveries, flush_commands, render
-from gateway.store import OpsKeys
+from gateway.store.ops import OpsKeys
 
 if TYPE_CHECKING:
     from redis import Redis

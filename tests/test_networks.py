@@ -1,5 +1,5 @@
 """Per-network ingest policy (gateway/networks.py), the abuse-limit fields of the accept Lua
-(gateway/store.py `limit_fields`) and who the ingest thinks the caller is (gateway/ingest/tokens.py).
+(gateway/store/ingest.py `limit_fields`) and who the ingest thinks the caller is (gateway/ingest/tokens.py).
 
 All pure: no Redis, no processes. The same rules are exercised through real processes in
 tests/e2e/test_ingest_*.py.
@@ -32,7 +32,7 @@ from gateway.networks import (
     prefix_of,
     token_digest,
 )
-from gateway.store import limit_fields
+from gateway.store.ingest import limit_fields
 from gateway.targets import load_config
 
 DIGEST = token_digest("a-token-kept-as-its-digest")

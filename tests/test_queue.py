@@ -1,19 +1,26 @@
-"""The accept step against a real Redis: one transaction, reloads never missed."""
+"""The accept step as the web wires it (gateway.app.ingest_parts), against a real Redis: the
+event and its waiting deliveries stored, one drain job for a backlog, reloads never missed."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 from redis import Redis
 from rq.serializers import JSONSerializer
 
-from gateway.app import apply_config_file
+from gateway.app import IngestParts, apply_config_file, ingest_parts
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
 from gateway.exceptions import ConfigError
+from gateway.ingest.spool import Spool
 from gateway.live import LiveConfig
-from gateway.queue import accept, delivery_id, make_queue
-from gateway.store import PENDING, Store
+from gateway.queue import make_queue
+from gateway.records import DeliveryStatus, delivery_id
+from gateway.settings import Secret, Settings
+from gateway.store.events import Store
+from gateway.store.ingest import ACCEPTED, AcceptResult
 from gateway.targets import config_from_dict
 
 
@@ -32,21 +39,61 @@ def _waiting(redis: Redis) -> dict[str, float]:
     return {k.decode(): v for k, v in redis.zrange("gw:due", 0, -1, withscores=True)}
 
 
-def test_accept_stores_event_and_its_waiting_deliveries_and_one_drain_job(redis: Redis) -> None:
+def _accept(
+    redis_url: str,
+    tmp_path: Path,
+    events: Sequence[InvitationEvent],
+    before: Callable[[IngestParts], None] | None = None,
+) -> tuple[list[AcceptResult], list[list[str]], int]:
+    """Accept `events` one after the other as the callback endpoint does (the targets chosen by
+    the configuration in hand, with its version): (statuses, targets chosen, version after)."""
+    settings = Settings(redis_url=Secret(redis_url), queue_name="q", dedupe_seconds=0)
+    spool = Spool(tmp_path / "spool", name="test")
+    parts = ingest_parts(settings, spool)
+    parts.live.refresh()  # as the web's start does
+
+    async def go() -> tuple[list[AcceptResult], list[list[str]]]:
+        statuses: list[AcceptResult] = []
+        chosen: list[list[str]] = []
+        try:
+            if before is not None:
+                before(parts)
+            for event in events:
+                version, config = parts.live.in_hand
+                targets = [t.name for t in config.routes(event.type, event.network_id)]
+                statuses.append(await parts.accepter.accept(event, targets, version))
+                chosen.append(targets)
+            return statuses, chosen
+        finally:
+            await parts.fast.aclose()
+            await parts.aio.aclose()
+
+    try:
+        statuses, chosen = asyncio.run(go())
+        return statuses, chosen, parts.live.version
+    finally:
+        parts.redis.close()
+        spool.close()
+
+
+def test_accept_stores_event_and_its_waiting_deliveries_and_one_drain_job(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
     store = Store(redis)
     store.save_config(_config("a", "b"))
-    queue = make_queue(redis, "q")
     event = _event()
-    assert sorted(accept(store, queue, LiveConfig(store), event)) == ["a", "b"]
+    statuses, [chosen], _ = _accept(redis_url, tmp_path, [event])
+    assert statuses == [ACCEPTED] and sorted(chosen) == ["a", "b"]
     assert store.get_event(event.id) == event
     assert {k: v["status"] for k, v in store.get_deliveries(event.id).items()} == {
-        "a": PENDING,
-        "b": PENDING,
+        "a": DeliveryStatus.PENDING,
+        "b": DeliveryStatus.PENDING,
     }
     assert _waiting(redis) == {
         delivery_id(event.id, "a"): event.received_at_ms,
         delivery_id(event.id, "b"): event.received_at_ms,
     }
+    queue = make_queue(redis, "q")
     [job_id] = queue.get_job_ids()
     job = queue.fetch_job(job_id)
     assert job is not None and job.func_name == "gateway.jobs.drain"
@@ -54,40 +101,42 @@ def test_accept_stores_event_and_its_waiting_deliveries_and_one_drain_job(redis:
     assert job.retries_left == 2
 
 
-def test_a_backlog_is_one_drain_job_not_one_per_callback(redis: Redis) -> None:
-    store = Store(redis)
-    store.save_config(_config("a"))
-    queue = make_queue(redis, "q")
-    live = LiveConfig(store)
-    events = [_event() for _ in range(50)]
-    for event in events:
-        accept(store, queue, live, event)
+def test_a_backlog_is_one_drain_job_not_one_per_callback(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    Store(redis).save_config(_config("a"))
+    statuses, _, _ = _accept(redis_url, tmp_path, [_event() for _ in range(50)])
+    assert statuses == [ACCEPTED] * 50
     assert len(_waiting(redis)) == 50
-    assert len(queue.get_job_ids()) == 1
+    assert len(make_queue(redis, "q").get_job_ids()) == 1
 
 
-def test_an_event_no_target_serves_queues_nothing(redis: Redis) -> None:
+def test_an_event_no_target_serves_queues_nothing(redis_url: str, redis: Redis, tmp_path: Path) -> None:
     store = Store(redis)
-    queue = make_queue(redis, "q")
-    assert accept(store, queue, LiveConfig(store), _event()) == []
+    statuses, chosen, _ = _accept(redis_url, tmp_path, [_event()])
+    assert statuses == [ACCEPTED] and chosen == [[]]
     assert _waiting(redis) == {}
-    assert queue.get_job_ids() == []
+    assert make_queue(redis, "q").get_job_ids() == []
     store.save_config(_config("a"))  # and the next event that has a target still gets its job
-    accept(store, queue, LiveConfig(store), _event())
-    assert len(queue.get_job_ids()) == 1
+    _accept(redis_url, tmp_path, [_event()])
+    assert len(make_queue(redis, "q").get_job_ids()) == 1
 
 
-def test_a_process_with_stale_targets_still_stores_the_new_ones(redis: Redis) -> None:
+def test_a_process_with_stale_targets_still_stores_the_new_ones(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
     store = Store(redis)
-    store.save_config(_config("a"))
-    live = LiveConfig(store)
-    live.get()  # this process has seen version 1
-    store.save_config(_config("a", "b"))  # another process applies version 2
-    queue = make_queue(redis, "q")
+    store.save_config(_config("a"))  # this process has seen version 1 ...
     event = _event()
-    assert sorted(accept(store, queue, live, event)) == ["a", "b"]
-    assert set(_waiting(redis)) == {delivery_id(event.id, "a"), delivery_id(event.id, "b")}
-    assert live.version == 2
+
+    def another_process_applies_version_2(parts: IngestParts) -> None:
+        assert parts.live.version == 1
+        store.save_config(_config("a", "b"))
+
+    statuses, [chosen], version = _accept(redis_url, tmp_path, [event], another_process_applies_version_2)
+    assert statuses == [ACCEPTED] and chosen == ["a"]  # chosen by version 1 ...
+    assert set(_waiting(redis)) == {delivery_id(event.id, "a"), delivery_id(event.id, "b")}  # ... both
+    assert version == 2
 
 
 def test_an_unreadable_stored_config_keeps_the_last_good_one(redis: Redis) -> None:

@@ -30,7 +30,7 @@ from gateway.admin.openapi import SPEC
 from gateway.admin.service import MAX_LIMIT, EventFilter, FailedFilter, Page, Service
 from gateway.events import EVENT_TYPES
 from gateway.exceptions import problem_document
-from gateway.store import Store
+from gateway.store.events import Store
 
 log = logging.getLogger("gateway.admin")
 

@@ -59,7 +59,7 @@ from gateway.admin.service import REDACTED, STATE_FILTERS, EventFilter, FailedFi
 from gateway.admin.service import Page as ResultPage
 from gateway.admin.sessions import COOKIE_NAME, MAX_AGE, Session, SessionCodec, session_secret
 from gateway.events import EVENT_TYPES
-from gateway.store import Store
+from gateway.store.events import Store
 from gateway.targets import target_from_dict
 
 log = logging.getLogger("gateway.admin.dashboard")

@@ -34,7 +34,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.admin import Invalid
 from gateway.records import iso_ms
-from gateway.store import Store
+from gateway.store.events import Store
 
 KEY_PREFIX = "gwk_"
 _KEY = re.compile(r"gwk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
@@ -175,7 +175,7 @@ def create_key(
     key = ApiKey(key_id, name, nets, now)
     with store.redis.pipeline(transaction=True) as pipe:
         pipe.hset(
-            store.api_key_key(key_id),
+            store.keys.api_key(key_id),
             mapping={
                 "name": name,
                 "networks": "*" if nets is None else json.dumps(sorted(nets)),
@@ -183,7 +183,7 @@ def create_key(
                 "created_at": now,
             },
         )
-        pipe.zadd(store.api_keys_index, {key_id: now})
+        pipe.zadd(store.keys.api_keys, {key_id: now})
         pipe.execute()
     return key, secret
 
@@ -204,10 +204,10 @@ def _from_hash(key_id: str, raw: Mapping[Any, Any]) -> ApiKey:
 def list_keys(store_or_redis: Store | Redis) -> list[ApiKey]:
     """Every key, revoked ones included, oldest first."""
     store = _store(store_or_redis)
-    ids = [_text(i) for i in store.redis.zrange(store.api_keys_index, 0, -1)]
+    ids = [_text(i) for i in store.redis.zrange(store.keys.api_keys, 0, -1)]
     with store.redis.pipeline(transaction=False) as pipe:
         for key_id in ids:
-            pipe.hgetall(store.api_key_key(key_id))
+            pipe.hgetall(store.keys.api_key(key_id))
         raws = pipe.execute()
     return [_from_hash(key_id, raw) for key_id, raw in zip(ids, raws, strict=True) if raw]
 
@@ -216,7 +216,7 @@ def get_key(store_or_redis: Store | Redis, key_id: str) -> ApiKey | None:
     store = _store(store_or_redis)
     if not _KEY_ID.fullmatch(key_id):
         return None
-    raw = store.redis.hgetall(store.api_key_key(key_id))
+    raw = store.redis.hgetall(store.keys.api_key(key_id))
     return _from_hash(key_id, raw) if raw else None
 
 
@@ -228,7 +228,7 @@ def revoke_key(store_or_redis: Store | Redis, key_id: str) -> ApiKey | None:
     store = _store(store_or_redis)
     if not _KEY_ID.fullmatch(key_id):
         return None
-    hk = store.api_key_key(key_id)
+    hk = store.keys.api_key(key_id)
     if not store.redis.exists(hk):
         return None
     store.redis.hsetnx(hk, "revoked_at", int(time.time() * 1000))
@@ -242,7 +242,7 @@ def authenticate(store_or_redis: Store | Redis, presented_key: str) -> Principal
     if match is None:
         return None
     key_id = match[1]
-    hk = store.api_key_key(key_id)
+    hk = store.keys.api_key(key_id)
     raw = store.redis.hmget(hk, ["hash", "name", "networks", "revoked_at", "last_used_at"])
     stored_hash, name, nets, revoked_at, last_used = (_text(v) if v else None for v in raw)
     if stored_hash is None or not hmac.compare_digest(stored_hash, _hash(presented_key.strip())):

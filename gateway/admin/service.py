@@ -63,7 +63,8 @@ from gateway.admin.keys import Principal
 from gateway.events import ALERT_EVENT, EVENT_TYPES, InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, config_problems
 from gateway.records import DEAD, Delivery, DeliveryStatus, iso_ms, split_delivery_id
-from gateway.store import DeliveryQueue, Store
+from gateway.store.events import Store
+from gateway.store.queue import DeliveryQueue, TargetHealth
 from gateway.targets import config_from_dict, target_from_dict
 
 REDACTED = "********"
@@ -265,11 +266,11 @@ class Service:
         if network is not None:
             if not p.can_see(network):
                 return iter(())
-            indexes = [self.store.event_index(network)]
+            indexes = [self.store.keys.network_events(network)]
         elif p.networks is None:
-            indexes = [self.store.event_index()]
+            indexes = [self.store.keys.events]
         else:
-            indexes = [self.store.event_index(n) for n in sorted(p.networks)]
+            indexes = [self.store.keys.network_events(n) for n in sorted(p.networks)]
         scans = [self._index_scan(i, after, min_ms) for i in indexes]
         return iter(scans[0]) if len(scans) == 1 else heapq.merge(*scans, reverse=True)
 
@@ -278,9 +279,8 @@ class Service:
     ) -> list[tuple[InvitationEvent | None, dict[str, dict[str, Any]]]]:
         with self.store.redis.pipeline(transaction=False) as pipe:
             for eid in ids:
-                key = self.store.event_key(eid)
-                pipe.get(key)
-                pipe.hgetall(key + ":deliveries")
+                pipe.get(self.store.keys.event(eid))
+                pipe.hgetall(self.store.keys.deliveries(eid))
             raw = pipe.execute()
         out = []
         for i in range(0, len(raw), 2):
@@ -467,13 +467,13 @@ class Service:
         return {
             "target": name,
             "before": before,
-            "state": health["state"],
-            "held_deliveries": health["held_deliveries"],
+            "state": health.state.value,
+            "held_deliveries": health.held_deliveries,
         }
 
     def resume_target(self, p: Principal, name: str) -> dict[str, Any]:
         self._target(p, name)
-        held = self.dq.health(name)["held_deliveries"]
+        held = self.dq.health(name).held_deliveries
         before = self.dq.resume(name, _now_ms())
         self._wake()
         if before != "active":
@@ -656,7 +656,7 @@ class Service:
             looked += len(chunk)
             with r.pipeline(transaction=False) as pipe:
                 for _, eid in chunk:
-                    pipe.hgetall(self.store.event_key(eid) + ":deliveries")
+                    pipe.hgetall(self.store.keys.deliveries(eid))
                 states = pipe.execute()
             for (ms, _), deliveries in zip(chunk, states, strict=True):
                 bucket = min(23, max(0, (ms - start) // hour))
@@ -762,8 +762,8 @@ def _attempt_json(attempt: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _health_json(health: Mapping[str, Any]) -> dict[str, Any]:
-    return {**health, "since": iso_ms(health["since"]) if health.get("since") is not None else None}
+def _health_json(health: TargetHealth) -> dict[str, Any]:
+    return {**health.to_dict(), "since": iso_ms(health.since) if health.since is not None else None}
 
 
 def _invalid(exc: ConfigError) -> Invalid:

@@ -22,7 +22,8 @@ from gateway.exceptions import ConfigError
 from gateway.logs import setup_logging
 from gateway.records import DEAD, Delivery, iso_ms
 from gateway.settings import Settings
-from gateway.store import DeliveryQueue, Store
+from gateway.store.events import Store
+from gateway.store.queue import DeliveryQueue, TargetHealth, TargetState
 
 
 def _settings() -> Settings:
@@ -291,13 +292,13 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def _state_label(health: dict[str, Any]) -> str:
-    state = str(health["state"])
-    return "paused (by hand)" if state == "paused" and health["manual"] else state
+def _state_label(health: TargetHealth) -> str:
+    state = health.state
+    return "paused (by hand)" if state is TargetState.PAUSED and health.manual else state.value
 
 
-def _health_json(health: dict[str, Any]) -> dict[str, Any]:
-    return {**health, "since": iso_ms(health["since"]) if health["since"] is not None else None}
+def _health_json(health: TargetHealth) -> dict[str, Any]:
+    return {**health.to_dict(), "since": iso_ms(health.since) if health.since is not None else None}
 
 
 def _delivery_json(state: Delivery) -> dict[str, Any]:
@@ -318,7 +319,7 @@ def _attempt_json(attempt: dict[str, Any]) -> dict[str, Any]:
 _WAITING = frozenset({"scheduled", "due", "in-flight", "rate-limited", "held"})
 
 
-def _attempt_now_text(result: str, did: str, state: Delivery | None, health: dict[str, Any] | None) -> str:
+def _attempt_now_text(result: str, did: str, state: Delivery | None, health: TargetHealth | None) -> str:
     target = did.partition("-")[2]
     if result == "scheduled":
         was = (
@@ -328,9 +329,9 @@ def _attempt_now_text(result: str, did: str, state: Delivery | None, health: dic
         )
         return f"scheduled: due now{was}"
     if result == "held":
-        if health is not None and health["state"] in ("paused", "disabled"):
-            why = f" ({health['reason']})" if health["reason"] else ""
-            return f"held: target {health['state']}{why}; `gateway targets resume {target}` sends it"
+        if health is not None and health.state is not TargetState.ACTIVE:
+            why = f" ({health.reason})" if health.reason else ""
+            return f"held: target {health.state.value}{why}; `gateway targets resume {target}` sends it"
         return "held: the target is at its concurrency cap; it goes when a request to it finishes"
     if result in ("failed", "expired"):
         return f"{result} for good (a dead letter): `gateway replay {did}` sends it again"

@@ -31,7 +31,7 @@ from gateway.delivery.netguard import AddressNotAllowed, AllowPrivate, check_add
 from gateway.events import make_alert
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.settings import Settings
-from gateway.store import Store
+from gateway.store.events import Store
 from gateway.targets import Config, address_policy, is_ip_literal, load_config, target_hosts
 
 
@@ -235,11 +235,11 @@ def targets_list(as_json: bool) -> None:
             [
                 t["name"],
                 _state_label(h),
-                h["reason"] or "-",
-                _iso(h["since"]),
-                str(h["failures"]),
-                str(h["held_deliveries"]),
-                str(h["in_flight"]),
+                h.reason or "-",
+                _iso(h.since),
+                str(h.failures),
+                str(h.held_deliveries),
+                str(h.in_flight),
                 str(t.get("rate") or "-"),
                 str(t.get("concurrency") or "-"),
                 ",".join(t.get("networks", [])),
@@ -251,11 +251,11 @@ def targets_list(as_json: bool) -> None:
             [
                 name,
                 _state_label(h),
-                h["reason"] or "-",
-                _iso(h["since"]),
-                str(h["failures"]),
-                str(h["held_deliveries"]),
-                str(h["in_flight"]),
+                h.reason or "-",
+                _iso(h.since),
+                str(h.failures),
+                str(h.held_deliveries),
+                str(h.in_flight),
                 "-",
                 "-",
                 "(not configured)",
@@ -291,7 +291,7 @@ def targets_pause(name: str, reason: str | None, as_json: bool) -> None:
     was = "" if before == "active" else f" (was {before})"
     _alert(store, name, f"target {name} paused by hand: {reason or 'no reason given'}")
     if as_json:
-        held = _delivery_queue(store).health(name)["held_deliveries"]
+        held = _delivery_queue(store).health(name).held_deliveries
         _echo_json({"target": name, "before": before, "state": "paused", "held_deliveries": held})
         return
     click.echo(f"{name} paused{was}; its deliveries wait until `gateway targets resume {name}`")
@@ -309,7 +309,7 @@ def targets_resume(name: str, as_json: bool) -> None:
     health = dq.health(name)
     before = dq.resume(name, _now_ms())
     _wake(store, settings)
-    held = health["held_deliveries"]
+    held = health.held_deliveries
     if as_json:
         if before != "active":
             _alert(store, name, f"target {name} resumed by hand (was {before})")
@@ -319,8 +319,8 @@ def targets_resume(name: str, as_json: bool) -> None:
     if before == "active":
         click.echo(f"{name} was not paused; {due}" if held else f"{name} was not paused; nothing was held")
         return
-    label = "paused by hand" if before == "paused" and health["manual"] else before
-    why = f": {health['reason']}" if health["reason"] and health["reason"] != label else ""
+    label = "paused by hand" if before == "paused" and health.manual else before
+    why = f": {health.reason}" if health.reason and health.reason != label else ""
     _alert(store, name, f"target {name} resumed by hand (was {label}{why})")
     click.echo(f"{name} resumed (was {label}{why}); {due}")
 

@@ -33,6 +33,7 @@ from gateway.cli.common import (
     select_dead_letters,
 )
 from gateway.records import iso_ms, split_delivery_id
+from gateway.store.queue import TargetHealth
 
 
 @main.group()
@@ -96,7 +97,7 @@ def deliveries_attempt_now(delivery_ids: tuple[str, ...]) -> None:
     store = _store(settings)
     dq = _delivery_queue(store)
     states = dict(zip(delivery_ids, store.get_many_deliveries(delivery_ids), strict=True))
-    health: dict[str, dict[str, Any]] = {}
+    health: dict[str, TargetHealth] = {}
     scheduled = bad = 0
     for did in dict.fromkeys(delivery_ids):
         try:
@@ -150,7 +151,7 @@ def deliveries_show(delivery_id: str, as_json: bool) -> None:
         ("event", f"{event.id}  {event.type}  network {event.network_id}  received {event.received_at}"),
         (
             "target",
-            f"{name}: {_state_label(health)}" + (f" ({health['reason']})" if health["reason"] else ""),
+            f"{name}: {_state_label(health)}" + (f" ({health.reason})" if health.reason else ""),
         ),
     ]
     if not configured:

@@ -1,7 +1,7 @@
 """The delivery engine: claim due deliveries in batches, send them concurrently, record each one.
 
 This is what a drain job does (DESIGN.md decision 10), free of RQ: the job only calls `run`.
-Deliveries wait in Redis (`store.DeliveryQueue`), not in RQ jobs, so how many go in one batch
+Deliveries wait in Redis (`store.queue.DeliveryQueue`), not in RQ jobs, so how many go in one batch
 depends on how many are due when a worker looks, not on how the callbacks happened to arrive:
 a backlog of ten thousand single callbacks drains at batch speed.
 
@@ -43,7 +43,8 @@ from gateway.records import (
     iso_ms,
     split_delivery_id,
 )
-from gateway.store import DeliveryQueue, TokenCache
+from gateway.store.queue import Completion, DeliveryQueue, HealthSignal
+from gateway.store.token_cache import TokenCache
 from gateway.targets import MAX_TIMEOUT, Config, Target
 
 log = logging.getLogger("gateway.delivery")
@@ -55,7 +56,7 @@ IDLE_WAIT_MS = 2000  # with nothing in hand, wait for a delivery due this soon r
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.JSONDecoder().decode
 _PENDING = _dumps(Delivery().to_dict())  # a new delivery's state, as stored at ingest
-# ... or with its `updated_at` set (Store.write_event): the same state for the engine.
+# ... or with its `updated_at` set (an alert's, DeliveryQueue.write_alert): the same state.
 _PENDING_HEAD, _PENDING_TAIL = _PENDING.split('"updated_at":0')
 _PENDING_HEAD += '"updated_at":'
 _NEW = Delivery()
@@ -112,7 +113,7 @@ class Stats:
 
 @dataclass
 class _Result:
-    record: dict[str, Any]  # for the complete script
+    record: Completion  # for the complete script
     outcome: str | None = None
     target: str | None = None
     dead_reason: str | None = None
@@ -297,7 +298,7 @@ class Engine:
             if r.outcome is not None:
                 stats.count(r.outcome)
             if r.outcome == _DELIVERED:
-                delivered.append(r.record["d"])
+                delivered.append(r.record.delivery_id)
             elif r.line is not None:
                 log.info("%s", r.line)
         if delivered and log.isEnabledFor(logging.INFO):
@@ -313,7 +314,7 @@ class Engine:
             await self._target_changed(flat[i], flat[i + 1], flat[i + 2])
         for r in results:
             if r.dead_reason is not None and r.target is not None:
-                await self._dead_letter_alert(r.target, r.record["d"], r.dead_reason)
+                await self._dead_letter_alert(r.target, r.record.delivery_id, r.dead_reason)
 
     async def _hand_back(self, tasks: dict[asyncio.Task[_Result], str], stats: Stats) -> None:
         for task in tasks:
@@ -372,14 +373,17 @@ class Engine:
         event_id, name = split_delivery_id(did)
         config = self._config
         target = config.target(name)
-        record: dict[str, Any] = {
-            "d": did,
-            "t": name,
-            "e": event_id,
-            "c": (target.concurrency or 0) if target else 0,
-            "pf": target.pause_failures if target else 0,
-            "ps": target.pause_seconds * 1000 if target else 0,
-        }
+        if target is not None:
+            record = Completion(
+                did,
+                name,
+                event_id,
+                target.concurrency or 0,
+                target.pause_failures,
+                target.pause_seconds * 1000,
+            )
+        else:
+            record = Completion(did, name, event_id)
         if not event_json:
             log.warning("delivery %s: its event is gone (past retention?); dropped", did)
             return _Result(record)
@@ -404,7 +408,7 @@ class Engine:
             if outcome is Outcome.DELIVERED and state is _NEW and attempt is not None:
                 fast = _first_delivered(attempt, now_ms())
                 if fast is not None:
-                    record["a"], record["s"] = fast
+                    record.attempt, record.state = fast
                     # Logged a group per line (_complete).
                     return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
             new = state.to_dict()  # a dict, not Delivery.but(): this runs for every delivery
@@ -416,13 +420,11 @@ class Engine:
                 new["attempts"] = state.attempts + 1
                 new["last_status_code"] = attempt.status_code
                 new["last_error"] = attempt.error
-                record["a"] = _dumps(attempt.to_dict())
-            record["s"] = _dumps(new)
-            if due is not None:
-                record["due"] = due
+                record.attempt = _dumps(attempt.to_dict())
+            record.state = _dumps(new)
+            record.due = due
             dead = status in (DeliveryStatus.FAILED, DeliveryStatus.EXPIRED)
-            if dead:
-                record["dead"] = True
+            record.dead = dead
             error = attempt.error if attempt is not None else None
             if outcome is Outcome.DELIVERED:
                 # Logged a group per line (_complete).
@@ -452,13 +454,13 @@ class Engine:
         attempt, outcome, retry_after, status_code = await self._attempt(target, event, number, now)
         probe = flag == "probe"
         if outcome is Outcome.DELIVERED:
-            record["h"] = "ok"
+            record.health = HealthSignal.OK
             return finish(Outcome.DELIVERED, DeliveryStatus.DELIVERED, attempt, waiting=None)
         if outcome is Outcome.SKIPPED:  # a lookup found nothing and says skip (lookups.py)
             return finish(Outcome.SKIPPED, DeliveryStatus.SKIPPED, attempt, waiting=None)
         if status_code == 410:
-            record["h"] = "gone"
-            record["park"] = True
+            record.health = HealthSignal.GONE
+            record.park = True
             attempt = _with(attempt, Outcome.DISABLED)
             return finish(
                 Outcome.DISABLED, DeliveryStatus.RETRYING, attempt, waiting="target disabled (410 Gone)"
@@ -466,7 +468,7 @@ class Engine:
         if status_code == 429 and state.throttles < MAX_THROTTLES:
             wait = retry_after if retry_after is not None else min(2**state.throttles, THROTTLE_BACKOFF_CAP)
             due = due_after(max(wait, 0.001))
-            record["thr"] = due
+            record.throttle_until = due
             attempt = _with(attempt, Outcome.THROTTLED)
             return finish(
                 Outcome.THROTTLED,
@@ -476,9 +478,9 @@ class Engine:
                 throttles=state.throttles + 1,
                 waiting=None,
             )
-        record["h"] = "fail"
+        record.health = HealthSignal.FAIL
         if probe:
-            record["park"] = True
+            record.park = True
             attempt = _with(attempt, Outcome.PAUSED)
             return finish(Outcome.PAUSED, DeliveryStatus.RETRYING, attempt, waiting="target paused")
         if outcome is Outcome.FAILED:

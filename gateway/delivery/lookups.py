@@ -32,7 +32,7 @@ from gateway.delivery.sender import SendError
 from gateway.events import InvitationEvent
 from gateway.exceptions import ConfigError
 from gateway.records import Outcome
-from gateway.store import lookup_cache_key
+from gateway.store.keys import Keys
 from gateway.targets import Lookup, Target
 
 log = logging.getLogger("gateway.lookups")
@@ -101,6 +101,7 @@ class Lookups:
         self.environ = environ
         self.client = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
 
     async def values(self, target: Target, event: InvitationEvent) -> dict[str, str]:
         """Every `%lookup.field%` value of the target for this event; raises LookupFailure."""
@@ -121,7 +122,7 @@ class Lookups:
                 f"{what}: cannot build the request ({type(exc).__name__}); check the ${{VARS}} on the worker",
                 Outcome.RETRYING,
             ) from None
-        key = lookup_cache_key(self.prefix, _digest(lookup, request)) if lookup.cache else None
+        key = self.keys.lookup(_digest(lookup, request)) if lookup.cache else None
         cached = await self._cached(key)
         if cached is not None:
             return cached

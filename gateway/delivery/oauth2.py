@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from gateway.delivery.request import OutboundRequest, Response, proxy_for
 from gateway.delivery.sender import SendError
-from gateway.store import TokenCache
+from gateway.store.token_cache import TokenCache
 from gateway.targets import Target
 from gateway.templating import Template
 

@@ -41,16 +41,18 @@ from gateway.exceptions import StoreUnavailable
 from gateway.fastredis import FastRedis, ScriptsViaRedisPy
 from gateway.ingest.spool import Spool, SpoolFull, claim_orphan, read_lines
 from gateway.logs import EventBatch
-from gateway.records import Delivery
-from gateway.store import ingest_script
+from gateway.store.ingest import (
+    ACCEPTED,
+    SPOOLED,
+    AcceptResult,
+    AcceptStatus,
+    IngestHead,
+    IngestItem,
+    ingest,
+)
 
 log = logging.getLogger("gateway.ingest")
 
-ACCEPTED = "accepted"
-DUPLICATE = "duplicate"
-SUPPRESSED = "suppressed:"  # followed by the reason
-SPOOLED = "spooled"
-EXISTS = "exists"  # a spool drain found the event already stored
 DRAIN_BATCH = 500
 MAX_BATCH = 16  # callbacks per Lua call at most (a drain's batches are DRAIN_BATCH)
 IN_FLIGHT = 6  # batches on their way to Redis at once: 96 callbacks
@@ -73,7 +75,7 @@ class _Waiting:
     targets: Sequence[str]
     version: int | None  # of the configuration `targets` were chosen by; None: unknown
     since: float  # loop.time() when it came
-    done: asyncio.Future[str] = field(repr=False)
+    done: asyncio.Future[AcceptResult] = field(repr=False)
 
 
 class Accepter:
@@ -102,16 +104,17 @@ class Accepter:
         self.wake = wake
         self.dedupe_ms = dedupe_seconds * 1000
         self.bound = bound
-        self._script = ingest_script()
         self._pending: list[_Waiting] = []
         self._collecting = False  # a flush task is about to take what is pending
         self._flushers: set[asyncio.Task[None]] = set()
         self._running = 0  # flush tasks started and not yet returned
-        self._state = _dumps(Delivery().to_dict())
         self.redis_down_since: float | None = None
 
-    async def accept(self, event: InvitationEvent, targets: Sequence[str], version: int | None = None) -> str:
-        """ACCEPTED, DUPLICATE or SPOOLED once it is durable; StoreUnavailable if neither works.
+    async def accept(
+        self, event: InvitationEvent, targets: Sequence[str], version: int | None = None
+    ) -> AcceptResult:
+        """Accepted, duplicate, suppressed or spooled, once it is durable; StoreUnavailable if
+        neither Redis nor the spool took it.
 
         `version`: of the configuration that chose `targets`, so that a configuration applied
         since then adds the deliveries it now calls for (commit()).
@@ -174,11 +177,13 @@ class Accepter:
             return
         self._redis_back()
         accepted = []
-        for w, status in zip(batch, results, strict=True):
-            if status == ACCEPTED and w.targets:
+        for w, result in zip(batch, results, strict=True):
+            status = result.status
+            if status is AcceptStatus.ACCEPTED and w.targets:
                 accepted.append((w.event.id, w.event.network_id, w.targets))
             if not w.done.done():
-                w.done.set_result(ACCEPTED if status == EXISTS else status)
+                # Stored by an earlier try that timed out (its batch was spooled): accepted.
+                w.done.set_result(ACCEPTED if status is AcceptStatus.EXISTS else result)
         if accepted and log.isEnabledFor(logging.INFO):
             # One record for the batch (the formatter writes a line per event from it): a record
             # per callback would cost as much CPU as the callback. Made without the stack walk
@@ -190,36 +195,23 @@ class Accepter:
         self,
         items: Sequence[tuple[InvitationEvent, Sequence[str]]],
         versions: Sequence[int | None] | None = None,
-    ) -> list[str]:
-        """Store events with their deliveries in one Lua call; the status of each, in order.
+    ) -> list[AcceptResult]:
+        """Store events with their deliveries in one Lua call; the result of each, in order.
 
         `versions`: of the configuration each item's targets were chosen by (None: unknown).
         """
         now = int(time.time() * 1000)
-        args: list[Any] = [self.prefix, now, self.retention, self.dedupe_ms, self._state]
+        head = IngestHead(self.prefix, now, self.retention, self.dedupe_ms)
         limits = self.limits
-        for ev, targets in items:
-            lim = limits(ev, now)
-            # Flat, 8 per event (store.ingest_script): the event's JSON is encoded once, here.
-            args += (
-                "n",
-                ev.id,
-                ev.to_json(),
-                ev.network_id,
-                ev.received_at_ms,
-                ",".join(targets),
-                dedupe_key(ev),
-                _dumps(lim) if lim else "",
-            )
-        raw = await self.client.evalsha(self._script, (), args)
-        version, woke = int(raw[0]), int(raw[1])
-        answers = [v.decode() if isinstance(v, bytes) else str(v) for v in raw[2:]]
-        statuses, holds = answers[: len(items)], answers[len(items) :]
-        for hold in holds:
-            _, network, reason = hold.split(":", 2)
-            log.warning("network %s: %s", network, reason)
-        if woke:
+        answer = await ingest(
+            self.client, head, [IngestItem.new(ev, t, dedupe_key(ev), limits(ev, now)) for ev, t in items]
+        )
+        results = answer.results
+        for hold in answer.holds:
+            log.warning("network %s: %s", hold.network, hold.reason)
+        if answer.woke:
             await self.wake()
+        version = answer.version
         changed = await self.on_version(version)
         # Targets chosen by an older configuration than the one Redis holds: deliveries for the
         # ones that now match as well, before the 204. Per item, as another batch in flight may
@@ -230,20 +222,20 @@ class Accepter:
         else:
             stale = [changed if v is None else v != version for v in versions]
         if any(stale):
-            extra: list[Any] = []
-            for (ev, targets), status, old in zip(items, statuses, stale, strict=True):
+            extra: list[IngestItem] = []
+            for (ev, targets), result, old in zip(items, results, stale, strict=True):
                 if not old:
                     continue
                 # (A suppressed event gets no deliveries now; a release adds them.)
-                more = [t for t in self.routes(ev) if t not in targets] if status == ACCEPTED else []
+                accepted = result.status is AcceptStatus.ACCEPTED
+                more = [t for t in self.routes(ev) if t not in targets] if accepted else []
                 if more:
-                    extra += ("a", ev.id, "", ev.network_id, ev.received_at_ms, ",".join(more), "", "")
+                    extra.append(IngestItem.add(ev, more))
             if extra:
-                head = [self.prefix, int(time.time() * 1000), self.retention, 0, self._state]
-                raw = await self.client.evalsha(self._script, (), head + extra)
-                if int(raw[1]):
+                head = IngestHead(self.prefix, int(time.time() * 1000), self.retention)
+                if (await ingest(self.client, head, extra)).woke:
                     await self.wake()
-        return statuses
+        return results
 
     async def _spool(self, batch: list[_Waiting]) -> None:
         records = [{"event": w.event.to_dict(), "dk": dedupe_key(w.event)} for w in batch]
@@ -293,9 +285,9 @@ class Accepter:
                 event = InvitationEvent.from_dict(r["event"])
                 chunk.append((event, self.routes(event)))
             async with asyncio.timeout(DRAIN_TIMEOUT):
-                statuses = await self.commit(chunk)
-            existing += sum(1 for s in statuses if s == EXISTS)
-            stored += sum(1 for s in statuses if s != EXISTS)
+                results = await self.commit(chunk)
+            existing += sum(1 for r in results if r.status is AcceptStatus.EXISTS)
+            stored += sum(1 for r in results if r.status is not AcceptStatus.EXISTS)
         path.unlink(missing_ok=True)
         if records:
             log.warning("spool %s drained: %d stored, %d were already stored", path.name, stored, existing)

@@ -28,12 +28,13 @@ from gateway.exceptions import (
     Unauthorized,
     UnsupportedBody,
 )
-from gateway.ingest.accept import ACCEPTED, DUPLICATE, SPOOLED, SUPPRESSED, Accepter
+from gateway.ingest.accept import Accepter
 from gateway.ingest.formats import decode_body, decode_query
 from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig
 from gateway.metrics import IngestMetrics
 from gateway.networks import NetworkPolicy
+from gateway.store.ingest import AcceptStatus
 from gateway.targets import Config
 
 log = logging.getLogger("gateway.ingest")
@@ -161,7 +162,7 @@ class Ingest:
                 self.auth.check(opens, event.network_id, client, cache.policy(live.current, event.network_id))
             version, current = live.in_hand  # the version the targets are chosen by
             targets = cache.names(current, event.type, event.network_id)
-            status = await self.accepter.accept(event, targets, version)
+            result = await self.accepter.accept(event, targets, version)
         except CallbackError as exc:
             if self.metrics is not None:
                 self.metrics.rejected(event_type, "unknown", exc.status_code, perf_counter() - started)
@@ -175,26 +176,26 @@ class Ingest:
                     body[:LOGGED_BODY],
                 )
             raise
+        status = result.status
         if self.metrics is not None:
-            outcome = status if status in (ACCEPTED, SPOOLED) else status.partition(":")[0]
-            self.metrics.callback(event_type, event.source_format, outcome, perf_counter() - started)
-        if status == ACCEPTED:
+            self.metrics.callback(event_type, event.source_format, status.value, perf_counter() - started)
+        if status is AcceptStatus.ACCEPTED:
             if not targets:
                 log.warning(
                     "accepted %s %s: no target serves network %r", event.type, event.id, event.network_id
                 )
             # Accepted ones with targets are logged a batch per line by the Accepter.
-        elif status.startswith(SUPPRESSED):
-            reason = status[len(SUPPRESSED) :]
+        elif status is AcceptStatus.SUPPRESSED:
+            reason = result.reason
             log.warning("suppressed %s %s (network %s): %s", event.type, event.id, event.network_id, reason)
             if live.current.limited_status == 429:
                 raise Limited(f"held back and kept, not delivered: {reason}")
-        elif status.startswith(DUPLICATE):
+        elif status is AcceptStatus.DUPLICATE:
             log.info(
                 "duplicate %s (network %s) of %s: not delivered again",
                 event.type,
                 event.network_id,
-                status[len(DUPLICATE) + 1 :] or "an earlier one",
+                result.duplicate_of or "an earlier one",
             )
 
     def parse(

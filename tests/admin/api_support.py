@@ -9,7 +9,7 @@ import httpx
 from redis import Redis
 
 from gateway.admin.keys import create_key
-from gateway.store import Store
+from gateway.store.events import Store
 from tests.conftest import Gateway, TargetServer
 from tests.e2e.e2e_support import SETTINGS, wait_final, wait_until
 

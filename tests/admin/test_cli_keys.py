@@ -13,9 +13,10 @@ from redis import Redis
 from gateway.admin.keys import authenticate
 from gateway.events import make_event
 from gateway.records import Delivery, DeliveryStatus, delivery_id
-from gateway.store import Store
+from gateway.store.events import Store
 from tests.conftest import Gateway
 from tests.e2e.e2e_support import run_gateway
+from tests.seeding import store_events
 
 FILE = """
 [[targets]]
@@ -101,9 +102,8 @@ def test_events_overview_pause_resume_and_replay_as_json(gateway: Gateway, redis
             "invitation_created",
             "query",
         )
-        with redis.pipeline() as pipe:
-            store.write_event(pipe, ev, ["file-crm"] if network == "net-a" else [])
-            pipe.execute()
+        targets = ["file-crm"] if network == "net-a" else []
+        store_events(store, [(ev, targets)])
         ids.append(ev.id)
     failed = Delivery(status=DeliveryStatus.FAILED, attempts=1, last_error="HTTP 500").to_dict()
     store.record_attempt(ids[0], "file-crm", {"attempt": 1, "outcome": "failed"}, failed)

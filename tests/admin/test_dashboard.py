@@ -16,7 +16,7 @@ from redis import Redis
 
 from gateway.admin.keys import revoke_key
 from gateway.admin.sessions import COOKIE_NAME, Session, SessionCodec
-from gateway.store import Store
+from gateway.store.events import Store
 from tests.admin.dashboard_support import SESSION_SECRET, Deployment, csrf_of, deploy, sign_in
 from tests.conftest import Gateway, TargetServer
 from tests.e2e.e2e_support import wait_until

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from gateway.store import Store
+from gateway.store.events import Store
 from tests.admin.dashboard_support import Deployment, deploy
 from tests.conftest import ROOT, Gateway, TargetServer
 from tests.e2e.e2e_support import wait_until

@@ -9,7 +9,7 @@ from redis import Redis
 
 from gateway.admin import Invalid
 from gateway.admin.keys import authenticate, create_key, get_key, list_keys, revoke_key
-from gateway.store import Store
+from gateway.store.events import Store
 
 
 def test_a_key_is_stored_hashed_and_shown_once(redis: Redis) -> None:
@@ -20,7 +20,7 @@ def test_a_key_is_stored_hashed_and_shown_once(redis: Redis) -> None:
     dump = b"".join(redis.dump(k) or b"" for k in redis.keys("*"))
     assert secret.encode() not in dump
     assert secret.split("_", 2)[2].encode() not in dump
-    stored = redis.hgetall(store.api_key_key(key.key_id))
+    stored = redis.hgetall(store.keys.api_key(key.key_id))
     assert stored[b"hash"] == hashlib.sha256(secret.encode()).hexdigest().encode()
     # Listing never shows it again.
     listed = [k.to_dict() for k in list_keys(store)]

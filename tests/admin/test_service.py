@@ -13,7 +13,8 @@ from gateway.admin.keys import Principal
 from gateway.admin.service import REDACTED, EventFilter, FailedFilter, Service
 from gateway.events import make_event
 from gateway.records import Delivery, DeliveryStatus, delivery_id
-from gateway.store import Store
+from gateway.store.events import Store
+from tests.seeding import store_events
 
 OPERATOR = Principal("op", "ops", None)
 ACME = Principal("acme", "acme", frozenset({"net-a"}))
@@ -31,9 +32,7 @@ def add_event(store: Store, network: str, invitee: str, targets: list[str], now:
         "query",
         now=now,
     )
-    with store.redis.pipeline() as pipe:
-        store.write_event(pipe, ev, targets)
-        pipe.execute()
+    store_events(store, [(ev, targets)])
     return ev.id
 
 

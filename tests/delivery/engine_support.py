@@ -25,8 +25,10 @@ from gateway.delivery.sender import Sender
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
 from gateway.fastredis import FastRedis
 from gateway.records import delivery_id
-from gateway.store import DeliveryQueue, Store
+from gateway.store.events import Store
+from gateway.store.queue import DeliveryQueue
 from gateway.targets import Config, config_from_dict
+from tests.seeding import store_events
 from tests.serving import serving
 
 PREFIX = "gw"
@@ -249,18 +251,16 @@ class Harness:
 
     def add_events(self, count: int, names: list[str], at: float | None = None) -> list[InvitationEvent]:
         """Store `count` events, each with a pending delivery to every target in `names`."""
-        events = []
-        with self.redis.pipeline(transaction=True) as pipe:
-            for i in range(count):
-                ev = make_event(
-                    {"invitee": f"+1555{i:07d}", "invitor": f"inv{i}", "network_id": NETWORK},
-                    INVITATION_CREATED,
-                    "json",
-                    now=at,
-                )
-                self.store.write_event(pipe, ev, names)
-                events.append(ev)
-            pipe.execute()
+        events = [
+            make_event(
+                {"invitee": f"+1555{i:07d}", "invitor": f"inv{i}", "network_id": NETWORK},
+                INVITATION_CREATED,
+                "json",
+                now=at,
+            )
+            for i in range(count)
+        ]
+        store_events(self.store, [(ev, names) for ev in events])  # the tests run their engines
         return events
 
     def async_queue(self, fast: bool = True) -> DeliveryQueue:

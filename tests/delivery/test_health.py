@@ -48,9 +48,9 @@ def test_failures_pause_a_target_and_a_successful_probe_resumes_it(
         assert len(srv.hits) == 3
 
         health = h.queue.health("sick")
-        assert health["state"] == "paused" and health["manual"] is False
-        assert health["reason"] == "3 consecutive failures in 0 s"
-        assert health["failures"] == 3 and health["held_deliveries"] == 5
+        assert health.state == "paused" and health.manual is False
+        assert health.reason == "3 consecutive failures in 0 s"
+        assert health.failures == 3 and health.held_deliveries == 5
         assert h.held() == {"sick"}
         assert h.parked("sick") == ids
         assert h.due() == {}
@@ -77,7 +77,7 @@ def test_failures_pause_a_target_and_a_successful_probe_resumes_it(
         assert stats.claimed == 1 and stats.outcomes == {"paused": 1}
         assert len(srv.hits) == 4 and srv.hits[-1].key == probed
         assert h.parked("sick") == ids
-        assert h.queue.health("sick")["state"] == "paused"
+        assert h.queue.health("sick").state == "paused"
         event_id = probed.split("-")[0]
         probed_state = h.state(event_id, "sick")
         assert probed_state["waiting"] == "target paused" and probed_state["status"] == "retrying"
@@ -99,7 +99,7 @@ def test_failures_pause_a_target_and_a_successful_probe_resumes_it(
         assert srv.hits[4].key == got[0]
         assert "target sick resumed: a probe succeeded" in caplog.text
         health = h.queue.health("sick")
-        assert (health["state"], health["failures"], health["held_deliveries"]) == ("active", 0, 0)
+        assert (health.state, health.failures, health.held_deliveries) == ("active", 0, 0)
         assert h.held() == set()
         assert h.due() == {}
         everything = _states(h, first + later, "sick")
@@ -120,7 +120,7 @@ def test_failures_faster_than_pause_seconds_do_not_pause(redis: Redis, redis_url
         stats = await h.engine().run(10)
         assert stats.outcomes == {"retrying": 4, "failed": 1}
         health = h.queue.health("s")
-        assert (health["state"], health["failures"]) == ("active", 5)
+        assert (health.state, health.failures) == ("active", 5)
         assert h.held() == set()
         state = h.state(ev.id, "s")
         assert (state["status"], state["attempts"], state["retries"]) == ("failed", 5, 4)
@@ -137,7 +137,7 @@ def test_410_disables_a_target_until_it_is_resumed(redis: Redis, redis_url: str)
         stats = await h.engine().run(10)
         assert stats.outcomes == {"disabled": 2}
         health = h.queue.health("g")
-        assert (health["state"], health["reason"], health["manual"]) == ("disabled", "410 Gone", False)
+        assert (health.state, health.reason, health.manual) == ("disabled", "410 Gone", False)
         assert h.held() == {"g"}
         for s in _states(h, first, "g"):
             assert (s["status"], s["attempts"], s["retries"]) == ("retrying", 1, 0)
@@ -156,7 +156,7 @@ def test_410_disables_a_target_until_it_is_resumed(redis: Redis, redis_url: str)
         assert h.queue.resume("g", _ms()) == "disabled"
         stats = await h.engine().run(10)
         assert stats.outcomes == {"delivered": 3}
-        assert h.queue.health("g")["state"] == "active"
+        assert h.queue.health("g").state == "active"
         assert h.held() == set() and h.parked("g") == set() and h.due() == {}
         for s in _states(h, first, "g"):
             assert (s["status"], s["attempts"], s["retries"], s["waiting"]) == ("delivered", 2, 0, None)
@@ -175,7 +175,7 @@ def test_a_manual_pause_holds_everything_until_resumed(redis: Redis, redis_url: 
         assert srv.hits == []
         assert h.parked("m") == {did(ev, "m") for ev in events}
         health = h.queue.health("m")
-        assert (health["state"], health["manual"], health["reason"]) == ("paused", True, "paused by hand")
+        assert (health.state, health.manual, health.reason) == ("paused", True, "paused by hand")
         assert h.queue.probe("m", _ms(), 1000) is None  # a manual pause is never probed
         assert all(s["attempts"] == 0 for s in _states(h, events, "m"))
 
@@ -243,7 +243,7 @@ def test_alerts_go_to_the_alert_target(redis: Redis, redis_url: str) -> None:
         for hit in srv.to("/ops")[1:]:
             assert hit.method == "POST" and hit.headers["content-type"] == "application/json"
             assert hit.key.endswith("-ops")
-        assert h.queue.health("ops")["state"] == "active"
+        assert h.queue.health("ops").state == "active"
 
         # The sick target recovers through a probe: one more alert. Another dead letter of the
         # same target within 10 minutes: none.
@@ -267,7 +267,7 @@ def test_a_probe_comes_back_after_its_interval(redis: Redis, redis_url: str) -> 
         h.configure([target("p", f"{srv.base}/p", retry=[0] * 3, pause_after={"failures": 1, "seconds": 0})])
         [ev] = h.add_events(1, ["p"])
         await h.engine().run(10)
-        assert h.queue.health("p")["state"] == "paused"
+        assert h.queue.health("p").state == "paused"
         assert h.queue.probe("p", _ms(), 300) == did(ev, "p")
         assert h.queue.probe("p", _ms(), 300) is None  # nothing parked, and the interval runs
         await h.engine().run(10)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from redis import Redis
 
 from gateway.queue import make_queue
-from gateway.store import Store
+from gateway.store.events import Store
 
 QUEUE_NAME = "gateway-deliveries"
 PREFIX = "gw"

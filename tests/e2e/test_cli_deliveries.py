@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from e2e_support import SETTINGS, attempts_of, dead_letter_ids, http_call, store_for, wait_final, wait_until
 
-from gateway.store import DeliveryQueue
+from gateway.store.queue import DeliveryQueue, TargetHealth
 
 if TYPE_CHECKING:
     from conftest import Gateway, TargetServer
     from redis import Redis
 
-    from gateway.store import Store
+    from gateway.store.events import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -84,7 +84,7 @@ def new_event(store: Store, known: set[str], base: str, event: str, network: str
     return eid
 
 
-def health(redis: Redis, target: str) -> dict[str, Any]:
+def health(redis: Redis, target: str) -> TargetHealth:
     return DeliveryQueue(redis, "gw", 86400).health(target)
 
 
@@ -113,7 +113,7 @@ def test_dead_letters_are_listed_filtered_and_replayed(
     gone = new_event(store, known, base, "invitation_created", "net2")  # crm; its event will expire
     dead = {f"{a}-crm", f"{a}-slack", f"{b}-crm", f"{c}-crm", f"{gone}-crm"}
     wait_until(lambda: set(dead_letter_ids(redis)) == dead, "five dead letters", 30)
-    redis.delete(store.event_key(gone))  # as retention would
+    redis.delete(store.keys.event(gone))  # as retention would
 
     # The table: a header, one row per dead letter whose event is still there, newest first.
     header, rows = table(ok(gateway, "deliveries", "failed"))
@@ -240,11 +240,9 @@ def test_pause_holds_deliveries_and_resume_releases_them(
 
     known: set[str] = set()
     events = [new_event(store, known, base, "invitation_created", "net1") for _ in range(3)]
-    wait_until(lambda: health(redis, "crm")["held_deliveries"] == 3, "crm's three held deliveries", 30)
+    wait_until(lambda: health(redis, "crm").held_deliveries == 3, "crm's three held deliveries", 30)
     wait_until(
-        lambda: (
-            health(redis, "gone")["state"] == "disabled" and health(redis, "gone")["held_deliveries"] == 3
-        ),
+        lambda: health(redis, "gone").state == "disabled" and health(redis, "gone").held_deliveries == 3,
         "gone disabled with its three deliveries held",
         30,
     )

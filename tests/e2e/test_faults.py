@@ -39,7 +39,7 @@ from redis import Redis
 
 from gateway.embedded import EmbeddedRedis
 from gateway.queue import enqueue_drain, make_queue
-from gateway.store import DeliveryQueue
+from gateway.store.queue import DeliveryQueue
 
 if TYPE_CHECKING:
     from conftest import Gateway, Process
@@ -419,7 +419,7 @@ def test_misbehaving_targets_do_not_hold_up_a_healthy_one(gateway: Gateway, redi
 
     def gone_held() -> bool:
         h = queue.health("gone")
-        return bool(h["state"] == "disabled" and h["held_deliveries"] == n)
+        return bool(h.state == "disabled" and h.held_deliveries == n)
 
     poll(
         gone_held, "the 410 target disabled, its deliveries held", 20, 0.1, lambda: str(queue.health("gone"))
@@ -448,7 +448,7 @@ def test_misbehaving_targets_do_not_hold_up_a_healthy_one(gateway: Gateway, redi
     assert len(gone) == len(set(gone)), "a disabled target was sent to"
     throttled = [s for d, s in result.states.items() if d.endswith("-throttle") and s["throttles"]]
     assert throttled and all(s["retries"] == 0 for s in throttled), throttled
-    assert queue.health("gone")["state"] == "active"
+    assert queue.health("gone").state == "active"
 
 
 # -- 5. a paused target resuming --------------------------------------------------------------------
@@ -466,14 +466,14 @@ def test_paused_target_is_probed_and_resumes(gateway: Gateway, redis: Redis) -> 
     sent = send_callbacks(base, NET, n, "pause")
     accepted(sent, gateway)
     queue = delivery_queue(redis)
-    poll(lambda: queue.health("p")["state"] == "paused", "the target paused", 20, 0.05, lambda: logs(gateway))
+    poll(lambda: queue.health("p").state == "paused", "the target paused", 20, 0.05, lambda: logs(gateway))
     paused_at = time.time()
     # Failing for a while longer: the probes fail, nothing else is sent, no retry is used up
     # (without the pause, three retries in 1 + 1 + 2 s would fail every delivery for good).
     time.sleep(4)
     held = expected_deliveries(redis, PREFIX)
     assert max(s["retries"] for s in held.values()) <= 1, held
-    assert queue.health("p")["state"] == "paused"
+    assert queue.health("p").state == "paused"
     target.rule("/p", {})  # answers 200 from now on
 
     result = settle("paused_target_resumes", gateway, redis, target, sent, started, 1, 30)
@@ -483,7 +483,7 @@ def test_paused_target_is_probed_and_resumes(gateway: Gateway, redis: Redis) -> 
     assert max_retries <= 1, result.states
     # One probe a second at most.
     assert 1 <= len(probes) <= 4 + 2, probes
-    assert queue.health("p")["state"] == "active"
+    assert queue.health("p").state == "active"
     assert result.duplicates == 0
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from e2e_support import HttpResponse
     from redis import Redis
 
-    from gateway.store import Store
+    from gateway.store.events import Store
 
 # The test's target server listens with a backlog of 5: a burst of connections beyond that may be
 # accepted only after the worker's 10 s timeout, and the delivery is then (rightly) made again.

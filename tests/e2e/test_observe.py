@@ -11,7 +11,7 @@ import pytest
 from e2e_support import SETTINGS, http_call, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.store import DeliveryQueue
+from gateway.store.queue import DeliveryQueue
 
 if TYPE_CHECKING:
     from conftest import Gateway, TargetServer

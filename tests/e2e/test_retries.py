@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from conftest import Gateway, TargetServer
     from redis import Redis
 
-    from gateway.store import Store
+    from gateway.store.events import Store
 
 CALLBACK = "/invitation_created/?invitee=15551231234&invitor=johnsnow&network_id=mynetwork"
 # Long enough for a wrongly scheduled retry (the shortest schedule here is 1 s) to show up.

@@ -1,0 +1,258 @@
+"""The ingest script's caller: the one way events are written.
+
+scripts/ingest.lua stores a batch of events in one call: per event a dedupe `SET NX`, the
+abuse limits, the event, its waiting deliveries and its index entries; for the whole batch one
+`SET wake NX` and one read of the configuration version (DESIGN.md decision 10). Its callers:
+the web's accept step (gateway/ingest/accept.py: every callback, and a spool's drain), the
+gateway's own alerts (DeliveryQueue.write_alert), and the tests and benchmarks that seed events.
+
+Its arguments are encoded here only: an `IngestHead` for the call, an `IngestItem` per event,
+flattened by `encode` (the layout below is the one the Lua reads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import NoScriptError
+
+from gateway.events import INVITATION_ACCEPTED, InvitationEvent
+from gateway.fastredis import FastRedis, Script, ScriptsViaRedisPy
+from gateway.networks import NetworkPolicy, prefix_allowed, prefix_of
+from gateway.records import Delivery
+from gateway.store import lua
+from gateway.store.codec import dumps, text
+from gateway.store.keys import limit_key
+
+SCRIPT: Script = lua.load("ingest")
+WAKE_TTL = 30  # seconds a queued drain job keeps others from being queued
+PENDING_STATE = dumps(Delivery().to_dict())  # a new delivery's state, as stored
+
+
+class ItemKind(StrEnum):
+    NEW = "n"  # a new event, with its deliveries
+    ADD = "a"  # deliveries to add to a stored event (targets added by a configuration change)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestHead:
+    """The arguments of one call, before its items."""
+
+    prefix: str
+    now_ms: int
+    retention: int  # seconds every key of the event lives
+    dedupe_ms: int = 0  # the dedupe window (0: off)
+    state: str = PENDING_STATE  # the JSON each new delivery's state starts as
+    wake_ttl: int = WAKE_TTL  # 0: leave the wake flag alone (the caller wakes the workers)
+
+
+@dataclass(slots=True)
+class IngestItem:
+    """One event of a call, in the order the Lua reads an item's arguments (not frozen: one is
+    made per callback, and a frozen dataclass's __init__ costs twice as much)."""
+
+    kind: ItemKind
+    id: str
+    event_json: str  # stored as it is ("" for ItemKind.ADD)
+    network: str
+    received_ms: int
+    targets: Sequence[str]
+    dedupe_key: str = ""  # the same key within the dedupe window is a duplicate
+    limits: Mapping[str, Any] | None = None  # limit_fields(); None or {}: none apply
+
+    @classmethod
+    def new(
+        cls,
+        event: InvitationEvent,
+        targets: Sequence[str],
+        dedupe_key: str = "",
+        limits: Mapping[str, Any] | None = None,
+    ) -> IngestItem:
+        return cls(
+            ItemKind.NEW,
+            event.id,
+            event.to_json(),
+            event.network_id,
+            event.received_at_ms,
+            targets,
+            dedupe_key,
+            limits,
+        )
+
+    @classmethod
+    def add(cls, event: InvitationEvent, targets: Sequence[str]) -> IngestItem:
+        return cls(ItemKind.ADD, event.id, "", event.network_id, event.received_at_ms, targets)
+
+
+# The ARGV layout, which scripts/ingest.lua reads in this order: the head's fields, then each
+# item's fields (targets comma-separated, limits as JSON or "").
+HEAD_ARGS = 6
+ITEM_ARGS = 8
+
+
+def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
+    args: list[Any] = [head.prefix, head.now_ms, head.retention, head.dedupe_ms, head.state, head.wake_ttl]
+    for it in items:
+        limits = it.limits
+        # Flat: JSON around the event's own JSON would escape it all again.
+        args += (
+            it.kind,
+            it.id,
+            it.event_json,
+            it.network,
+            it.received_ms,
+            ",".join(it.targets),
+            it.dedupe_key,
+            dumps(limits) if limits else "",
+        )
+    return args
+
+
+class AcceptStatus(StrEnum):
+    """What became of a callback: the ingest script's answer per item, or the spool's."""
+
+    ACCEPTED = "accepted"  # stored, its deliveries waiting
+    DUPLICATE = "duplicate"  # the same invitation within the dedupe window: not stored again
+    SUPPRESSED = "suppressed"  # held back by an abuse limit: stored, visible, not delivered
+    EXISTS = "exists"  # stored before (a spool drain, a batch sent again): completed, not repeated
+    SPOOLED = "spooled"  # not the script's: Redis did not answer in time, the spool has it
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    status: AcceptStatus
+    duplicate_of: str | None = None  # DUPLICATE: the first event's id (None: unknown)
+    reason: str | None = None  # SUPPRESSED: why
+
+
+# The answers without a detail, shared (one per callback would be garbage for nothing).
+ACCEPTED = AcceptResult(AcceptStatus.ACCEPTED)
+EXISTS = AcceptResult(AcceptStatus.EXISTS)
+SPOOLED = AcceptResult(AcceptStatus.SPOOLED)
+_PLAIN = {"accepted": ACCEPTED, "exists": EXISTS}
+
+
+def parse_status(answer: str) -> AcceptResult:
+    """The script's status text: accepted | exists | duplicate:ID | suppressed:REASON."""
+    plain = _PLAIN.get(answer)
+    if plain is not None:
+        return plain
+    kind, _, detail = answer.partition(":")
+    if kind == AcceptStatus.DUPLICATE:
+        return AcceptResult(AcceptStatus.DUPLICATE, duplicate_of=detail or None)
+    if kind == AcceptStatus.SUPPRESSED:
+        return AcceptResult(AcceptStatus.SUPPRESSED, reason=detail)
+    raise ValueError(f"not an ingest status: {answer!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A destination prefix the guard just held (the script's "held:NETWORK:REASON")."""
+
+    network: str
+    reason: str
+
+    @classmethod
+    def parse(cls, answer: str) -> Hold:
+        _, network, reason = answer.split(":", 2)
+        return cls(network, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestAnswer:
+    version: int  # of the configuration Redis holds
+    woke: bool  # the caller must queue a drain job (the wake flag was not set)
+    results: list[AcceptResult]  # per item, in order
+    holds: list[Hold]
+
+
+def decode(raw: Sequence[Any], items: int) -> IngestAnswer:
+    """The script's answer: [version, woke, status per item, then "held:NETWORK:REASON"s]."""
+    answers = [text(v) for v in raw[2:]]
+    return IngestAnswer(
+        int(raw[0]),
+        bool(int(raw[1])),
+        [parse_status(a) for a in answers[:items]],
+        [Hold.parse(a) for a in answers[items:]],
+    )
+
+
+async def ingest(
+    client: FastRedis | ScriptsViaRedisPy, head: IngestHead, items: Sequence[IngestItem]
+) -> IngestAnswer:
+    """Store a batch of events (the web's accept step: through the lean client)."""
+    return decode(await client.evalsha(SCRIPT, (), encode(head, items)), len(items))
+
+
+def ingest_sync(client: Redis, head: IngestHead, items: Sequence[IngestItem]) -> IngestAnswer:
+    """The same with a sync client (what tests and benchmarks seed their events with)."""
+    args = encode(head, items)
+    try:
+        raw = client.evalsha(SCRIPT.sha, 0, *args)
+    except NoScriptError:
+        raw = client.eval(SCRIPT.text, 0, *args)
+    return decode(raw, len(items))
+
+
+def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> dict[str, Any]:
+    """The abuse-limit part of an event's item for the ingest script.
+
+    Limits and the prefix guard apply to created invitations (what sends an SMS); an accepted
+    one only counts towards its prefix's accepted share. Windows are fixed buckets. The fields:
+    sup, a reason to suppress it; lim, [[key, max, ttl ms, reason]]; g, the prefix guard {h, c,
+    a keys, min, ratio, hold s, ttl ms, why}; ga, [key, ttl ms] to count an accepted invitation.
+    """
+    if not (policy.guard or policy.limits or policy.allowed_prefixes):
+        return {}  # most networks: nothing to count
+    net = event.network_id
+    fields: dict[str, Any] = {}
+    if event.type == INVITATION_ACCEPTED:
+        if policy.guard is not None:
+            g = policy.guard
+            prefix = prefix_of(event.invitee, g.digits)
+            bucket = now_ms // (g.window * 1000)
+            fields["ga"] = [limit_key("guard", net, prefix, "a", bucket), g.window * 2000]
+        return fields
+    if policy.allowed_prefixes and not prefix_allowed(event.invitee, policy.allowed_prefixes):
+        fields["sup"] = f"invitee prefix not allowed for network {net}"
+        return fields
+    lims: dict[str, list[Any]] = {}
+    for lim in policy.limits:
+        value = {
+            "invitee": event.invitee,
+            "invitor": event.invitor,
+            "prefix": prefix_of(event.invitee, lim.digits),
+            "network": "",
+        }[lim.per]
+        window_ms = lim.window * 1000
+        if lim.cooldown:
+            # Sliding: the key lives `cooldown` from the invitation that let it be set.
+            lims[limit_key("cool", net, value)] = [limit_key("cool", net, value), 1, window_ms, lim.reason]
+            continue
+        bucket = now_ms // window_ms
+        ttl = window_ms - now_ms % window_ms + 60_000
+        key = limit_key("lim", net, lim.per, str(lim.window), value, bucket)
+        # Two limits on the same thing over the same window count one counter: the lower max.
+        if key not in lims or lims[key][1] > lim.max:
+            lims[key] = [key, lim.max, ttl, lim.reason]
+    if lims:
+        fields["lim"] = list(lims.values())
+    if policy.guard is not None:
+        g = policy.guard
+        prefix = prefix_of(event.invitee, g.digits)
+        bucket = now_ms // (g.window * 1000)
+        fields["g"] = {
+            "h": limit_key("hold", net, prefix),
+            "c": limit_key("guard", net, prefix, "c", bucket),
+            "a": limit_key("guard", net, prefix, "a", bucket),
+            "min": g.min_created,
+            "ratio": g.max_accepted_ratio,
+            "hold": g.hold,
+            "ttl": g.window * 2000,
+            "why": f"prefix +{prefix} held: almost none of its invitations are accepted",
+        }
+    return fields

@@ -1,0 +1,84 @@
+-- Claim up to LIMIT due deliveries for a worker, applying the targets' policies: a held target's
+-- deliveries are parked (but one marked as its probe), a target at its concurrency cap parks the
+-- rest, a throttled or rate-limited one's are rescheduled; each claimed one is leased.
+--
+-- ARGV (DeliveryQueue.claim): prefix, now ms, lease ms, limit, the policies JSON ({target:
+--   {concurrency, interval}}), the configuration version they come from ('': any).
+-- Returns [next due ms (-1: none; now: claim again), config version, then 4 per delivery: id,
+-- event JSON, state JSON, flag ('probe' or '')], or ['stale', config version].
+local p, now, lease, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local pol = cjson.decode(ARGV[5])
+local version = redis.call('GET', p .. ':config:version') or '0'
+if ARGV[6] ~= '' and ARGV[6] ~= version then
+  -- The policies were built from another configuration version: claim nothing, reload, ask again.
+  return {'stale', version}
+end
+local due, held = p .. ':due', p .. ':held'
+local out = {'-1', version}
+local n = 0
+for _, did in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit * 4)) do
+  if n >= limit then break end
+  local sep = string.find(did, '-', 1, true)
+  if not sep then
+    redis.call('ZREM', due, did)
+  else
+    local eid, t = string.sub(did, 1, sep - 1), string.sub(did, sep + 1)
+    local tp = pol[t]
+    local go, flag = true, ''
+    if tp then
+      local ik = p .. ':inflight:' .. t
+      if redis.call('SISMEMBER', held, t) == 1 then
+        if redis.call('HDEL', p .. ':probes', did) == 1 then
+          flag = 'probe'
+        else
+          redis.call('ZREM', due, did)
+          redis.call('ZADD', p .. ':parked:' .. t, now, did)
+          go = false
+        end
+      end
+      if go and tp.concurrency > 0 then
+        redis.call('ZREMRANGEBYSCORE', ik, '-inf', now)
+        if redis.call('ZCARD', ik) >= tp.concurrency then
+          redis.call('ZREM', due, did)
+          redis.call('ZADD', p .. ':parked:' .. t, now, did)
+          go = false
+        end
+      end
+      if go then
+        local hold = tonumber(redis.call('GET', p .. ':throttle:' .. t) or '0')
+        if hold > now then
+          redis.call('ZADD', due, hold, did)
+          go = false
+        elseif tp.interval > 0 and redis.call('HDEL', p .. ':reserved', did) == 0 then
+          local rk = p .. ':rate:' .. t
+          local slot = math.max(tonumber(redis.call('GET', rk) or '0'), now)
+          redis.call('SET', rk, string.format('%.3f', slot + tp.interval),
+            'PX', math.floor(slot + tp.interval - now) + 1000)
+          if slot > now then
+            redis.call('ZADD', due, math.ceil(slot), did)
+            redis.call('HSET', p .. ':reserved', did, math.ceil(slot))
+            go = false
+          end
+        end
+      end
+      if go and tp.concurrency > 0 then
+        redis.call('ZADD', ik, now + lease, did)
+      end
+    end
+    if go then
+      redis.call('ZADD', due, now + lease, did)
+      local ek = p .. ':event:' .. eid
+      out[#out + 1] = did
+      out[#out + 1] = redis.call('GET', ek) or ''
+      out[#out + 1] = redis.call('HGET', ek .. ':deliveries', t) or ''
+      out[#out + 1] = flag
+      n = n + 1
+    end
+  end
+end
+local nxt = redis.call('ZRANGEBYSCORE', due, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if nxt[2] then out[1] = nxt[2] end
+-- More is due than this claim looked at (it looks at limit * 4; every one it looked at left the
+-- due range: claimed, parked or rescheduled): due now, so the caller claims again.
+if redis.call('ZCOUNT', due, '-inf', now) > 0 then out[1] = ARGV[2] end
+return out

@@ -1,0 +1,173 @@
+-- The accept step: store a batch of events and their deliveries in one call.
+--
+-- ARGV (encoded by gateway/store/ingest.py, `encode`; the layout is written there once):
+--   prefix, now ms, retention s, dedupe window ms (0: off), the pending delivery state JSON,
+--   wake TTL s (0: leave the wake flag alone), then 8 per item, in the order of `IngestItem`'s
+--   fields: kind ('n' a new event, 'a' deliveries to add to a stored one), id, the event's JSON
+--   (stored as it is), network, received ms, targets (comma-separated), dedupe key, limits JSON
+--   or '' (`limit_fields`).
+-- Returns [config version, 1 if a drain job must be queued, status per item (accepted |
+-- duplicate:ID OF THE FIRST | exists | suppressed:REASON), then 'held:NETWORK:REASON' per
+-- prefix just held]. Key names: gateway/store/keys.py.
+local p, now, ttl, win, state = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local wake_ttl = tonumber(ARGV[6])
+local out = {'0', 0}
+local holds = {}
+-- Sorted-set entries are gathered and written once per key at the end (a command per batch,
+-- not per event): most of the script's cost is per command, not per entry.
+local dues, evs, nets, sup = {}, {}, {}, {}
+local function add_all(cmd, key, flag, args)
+  -- unpack is bounded by Lua's C stack (8,000): a drain of 500 events x 100 targets is not
+  for j = 1, #args, 1000 do
+    local last = math.min(j + 999, #args)
+    if flag then
+      redis.call(cmd, key, flag, unpack(args, j, last))
+    else
+      redis.call(cmd, key, unpack(args, j, last))
+    end
+  end
+end
+local indexed = {}
+local function index(ms, id, n)
+  -- the event's entries in the global index and its network's, written after the loop
+  indexed[id] = true
+  evs[#evs + 1] = ms
+  evs[#evs + 1] = id
+  local byn = nets[n]
+  if not byn then
+    byn = {}
+    nets[n] = byn
+  end
+  byn[#byn + 1] = ms
+  byn[#byn + 1] = id
+end
+for i = 7, #ARGV - 7, 8 do
+  local kind, id, event, n, ms = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local targets, dedupe, limits = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local ek = p .. ':event:' .. id
+  local status = 'accepted'
+  if kind == 'a' then
+    -- targets added by a configuration change during the accept: deliveries only
+    for t in string.gmatch(targets, '[^,]+') do
+      if redis.call('HSETNX', ek .. ':deliveries', t, state) == 1 then
+        dues[#dues + 1] = ms
+        dues[#dues + 1] = id .. '-' .. t
+      end
+    end
+    redis.call('EXPIRE', ek .. ':deliveries', ttl)
+  elseif not redis.call('SET', ek, event, 'NX', 'EX', ttl) then
+    -- Stored before: a spool drain, or a batch sent again after a timeout. A script stopped by
+    -- an error keeps the writes it made, so the event may lack its deliveries or entries:
+    -- complete them (deliveries still pending, or missing, are due; no others), never twice.
+    -- (Deliveries are added only when the event has none at all: one with some, suppressed ones
+    -- say, gets no new ones here.)
+    status = 'exists'
+    local dk = ek .. ':deliveries'
+    local none = redis.call('EXISTS', dk) == 0
+    for t in string.gmatch(targets, '[^,]+') do
+      local cur = not none and redis.call('HGET', dk, t)
+      if none then
+        redis.call('HSET', dk, t, state)
+      end
+      if none or cur == state then
+        dues[#dues + 1] = ms
+        dues[#dues + 1] = id .. '-' .. t
+      end
+    end
+    if none and targets ~= '' then redis.call('EXPIRE', dk, ttl) end
+    if not indexed[id] and not redis.call('ZSCORE', p .. ':events', id) then index(ms, id, n) end
+  elseif win > 0 and not redis.call('SET', p .. ':dedupe:' .. dedupe, id, 'NX', 'PX', win)
+      and redis.call('GET', p .. ':dedupe:' .. dedupe) ~= id then
+    -- (the same id: this very event, from a run cut short before it was stored)
+    status = 'duplicate:' .. (redis.call('GET', p .. ':dedupe:' .. dedupe) or '')
+    redis.call('DEL', ek)  -- stored by the SET NX above: a duplicate is not kept
+    redis.call('HINCRBY', p .. ':counters', 'duplicates', 1)
+  else
+    -- abuse limits: a suppressed invitation is kept, visible and releasable, never delivered
+    local why
+    if limits ~= '' then
+      local it = cjson.decode(limits)
+      why = it.sup
+      if not why and it.g and redis.call('EXISTS', p .. ':' .. it.g.h) == 1 then
+        why = redis.call('GET', p .. ':' .. it.g.h)
+      end
+      if not why and it.lim then
+        for _, l in ipairs(it.lim) do
+          if tonumber(redis.call('GET', p .. ':' .. l[1]) or '0') >= l[2] then
+            why = l[4]
+            break
+          end
+        end
+      end
+      if not why and it.lim then
+        for _, l in ipairs(it.lim) do
+          if redis.call('INCR', p .. ':' .. l[1]) == 1 then redis.call('PEXPIRE', p .. ':' .. l[1], l[3]) end
+        end
+      end
+      if not why and it.g then
+        local g = it.g
+        local made = redis.call('INCR', p .. ':' .. g.c)
+        if made == 1 then redis.call('PEXPIRE', p .. ':' .. g.c, g.ttl) end
+        local took = tonumber(redis.call('GET', p .. ':' .. g.a) or '0')
+        if made >= g.min and took / made <= g.ratio then
+          local reason = g.why .. ': ' .. made .. ' invitations, ' .. took .. ' accepted'
+          if redis.call('SET', p .. ':' .. g.h, reason, 'NX', 'EX', g.hold) then
+            holds[#holds + 1] = 'held:' .. n .. ':' .. reason
+          end
+        end
+      end
+      if it.ga then
+        local ak = p .. ':' .. it.ga[1]
+        if redis.call('INCR', ak) == 1 then redis.call('PEXPIRE', ak, it.ga[2]) end
+      end
+    end
+    local st, into = state, dues
+    if why then
+      status = 'suppressed:' .. why
+      redis.call('HINCRBY', p .. ':counters', 'suppressed', 1)
+      st = cjson.encode({status = 'suppressed', attempts = 0, retries = 0, throttles = 0,
+        replays = 0, updated_at = now, waiting = why})
+      into = sup
+    end
+    if targets ~= '' then
+      local fields = {}
+      for t in string.gmatch(targets, '[^,]+') do
+        fields[#fields + 1] = t
+        fields[#fields + 1] = st
+        into[#into + 1] = ms
+        into[#into + 1] = id .. '-' .. t
+      end
+      add_all('HSET', ek .. ':deliveries', nil, fields)
+      redis.call('EXPIRE', ek .. ':deliveries', ttl)
+    end
+    index(ms, id, n)
+  end
+  out[#out + 1] = status
+end
+local cutoff = now - ttl * 1000
+for n, byn in pairs(nets) do
+  local nk = p .. ':events:net:' .. n
+  add_all('ZADD', nk, nil, byn)
+  redis.call('ZREMRANGEBYSCORE', nk, '-inf', cutoff)
+  redis.call('EXPIRE', nk, ttl)
+end
+if #evs > 0 then
+  add_all('ZADD', p .. ':events', nil, evs)
+  redis.call('EXPIRE', p .. ':events', ttl)
+end
+if #sup > 0 then
+  add_all('ZADD', p .. ':suppressed', nil, sup)
+end
+-- The two global indexes lose what is past retention at most every 10 s, not at every batch:
+-- at a few callbacks per batch, the batch's fixed commands cost Redis more than its events.
+if #evs > 0 and redis.call('SET', p .. ':trimmed', '1', 'NX', 'EX', 10) then
+  redis.call('ZREMRANGEBYSCORE', p .. ':events', '-inf', cutoff)
+  redis.call('ZREMRANGEBYSCORE', p .. ':suppressed', '-inf', cutoff)
+end
+if #dues > 0 then
+  add_all('ZADD', p .. ':due', 'NX', dues)
+  if wake_ttl > 0 and redis.call('SET', p .. ':wake', '1', 'NX', 'EX', wake_ttl) then out[2] = 1 end
+end
+out[1] = redis.call('GET', p .. ':config:version') or '0'
+for _, h in ipairs(holds) do out[#out + 1] = h end
+return out
