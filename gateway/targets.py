@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.config.addresses import AllowPrivate, address_policy, host_refusal, parse_networks
 from gateway.config.options import OPTION_KEYS, OAuth2, options_env_key, options_from_dict, options_to_dict
 from gateway.config.presets import apply_preset
-from gateway.delivery.netguard import AllowPrivate, host_refusal, parse_networks
 from gateway.events import DEFAULT_ALIASES, EVENT_TYPES, FIELDS, build_aliases
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.networks import NetworkPolicy, networks_from_dict
@@ -1005,20 +1004,6 @@ def _lookup(
     problems.raise_any()
     assert request is not None
     return Lookup(lname, request, tuple(fields), cache, not_found, on_not_found)
-
-
-def address_policy(allow: AllowPrivate, environ: Mapping[str, str] | None) -> AllowPrivate:
-    """The file's setting, or true when GATEWAY_ALLOW_PRIVATE_TARGETS says so (as on workers)."""
-    flag = (environ or {}).get("GATEWAY_ALLOW_PRIVATE_TARGETS", "").strip().lower()
-    return True if flag in ("1", "true", "yes", "on") else allow
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
 
 
 def target_hosts(config: Config, environ: Mapping[str, str] | None) -> Iterator[tuple[str, str, str]]:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli.config import private_target_warnings, resolved_refusals
-from gateway.delivery.netguard import AddressNotAllowed, check_address, host_refusal
+from gateway.cli.config import private_target_warnings
+from gateway.config.addresses import AddressNotAllowed, check_address, host_refusal
+from gateway.delivery.netguard import resolved_refusals
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.targets import config_from_dict, load_config
 

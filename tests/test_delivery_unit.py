@@ -1,4 +1,4 @@
-"""The pure parts of a delivery (gateway/delivery/request.py) and the address policy (netguard.py)."""
+"""The pure parts of a delivery (gateway/delivery/request.py) and the address policy (config/addresses.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from gateway.config.addresses import AddressNotAllowed, check_address
 from gateway.delivery.engine import due_after
-from gateway.delivery.netguard import AddressNotAllowed, check_address
 from gateway.delivery.request import Response, build_request, classify, parse_retry_after, retry_delay, sign
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
@@ -397,7 +397,7 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, NOW) == expected
 
 
-# -- netguard -------------------------------------------------------------------------------------
+# -- addresses -------------------------------------------------------------------------------------
 
 
 PRIVATE = [

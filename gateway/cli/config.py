@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
-import threading
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -27,12 +24,13 @@ from gateway.cli.common import (
     _wake,
     main,
 )
-from gateway.delivery.netguard import AddressNotAllowed, AllowPrivate, check_address, host_refusal
+from gateway.config.addresses import address_policy, host_refusal, is_ip_literal
+from gateway.delivery.netguard import resolved_refusals
 from gateway.events import make_alert
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.settings import Settings
 from gateway.store import Store
-from gateway.targets import Config, address_policy, is_ip_literal, load_config, target_hosts
+from gateway.targets import Config, load_config, target_hosts
 
 
 @main.command()
@@ -78,46 +76,6 @@ def private_target_warnings(config: Config, environ: Mapping[str, str] | None = 
         for target, key, host in named
         if host in refusals
     ]
-
-
-def resolved_refusals(
-    hosts: Iterable[str], allow_private: AllowPrivate, timeout: float = 3.0
-) -> dict[str, str]:
-    """Resolve `hosts` now, at once: why each one's addresses would be refused (if they would).
-
-    A name that does not resolve is left out (the connect-time check has the last word). Bounded
-    by `timeout` in all (getaddrinfo has no timeout of its own): a resolver thread still waiting
-    then is a daemon, and ends with its lookup.
-    """
-    found: dict[str, list[str]] = {}
-
-    def resolve(host: str) -> None:
-        try:
-            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            return
-        found[host] = sorted({str(info[4][0]) for info in infos})
-
-    threads = [
-        threading.Thread(target=resolve, args=(h,), name="gateway-resolve", daemon=True)
-        for h in sorted(set(hosts))
-    ]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(deadline - time.monotonic(), 0.0))
-    refusals = {}
-    for host, addresses in list(found.items()):
-        refused = []
-        for address in addresses:
-            try:
-                check_address(address, allow_private)
-            except AddressNotAllowed:
-                refused.append(address)
-        if refused:
-            refusals[host] = f"{host} resolves now to {', '.join(refused)} (private, loopback or reserved)"
-    return refusals
 
 
 def _echo_problems(exc: ConfigError) -> None:
