@@ -84,6 +84,7 @@ from support import (
     write_targets_config,
 )
 
+from gateway.config.load import load_config
 from gateway.delivery.request import build_request
 from gateway.delivery.sender import USER_AGENT
 from gateway.embedded import EmbeddedRedis
@@ -92,7 +93,6 @@ from gateway.live import LiveConfig
 from gateway.queue import accept, make_queue
 from gateway.settings import Settings
 from gateway.store import DELIVERED, Store
-from gateway.targets import load_config
 
 FIELDS = {"invitee": "15551231234", "invitor": "johnsnow", "network_id": "mynetwork"}
 SETTINGS = Settings()  # the defaults: prefix "gw", the default queue name, 30 days retention

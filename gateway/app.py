@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import wiring
 from gateway.admin.api import admin_api
 from gateway.admin.dashboard import create_dashboard
+from gateway.config.load import load_config
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import CallbackError, ConfigError, problem_document
 from gateway.fastredis import FastRedis, ScriptsViaRedisPy, script_client
@@ -41,7 +42,6 @@ from gateway.metrics import HEARTBEAT_SECONDS, IngestMetrics, flush_commands, re
 from gateway.queue import enqueue_drain, make_queue
 from gateway.settings import Settings
 from gateway.store import OpsKeys, Store, limit_fields, now_ms
-from gateway.targets import load_config
 
 log = logging.getLogger("gateway.app")
 

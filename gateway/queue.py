@@ -18,11 +18,11 @@ from rq import Queue, Retry
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from gateway.config.targets import MAX_TIMEOUT, Target
 from gateway.events import InvitationEvent
 from gateway.live import LiveConfig
 from gateway.records import delivery_id
 from gateway.store import Store
-from gateway.targets import MAX_TIMEOUT, Target
 
 __all__ = ["accept", "delivery_id", "enqueue_drain", "make_queue"]
 

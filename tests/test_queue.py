@@ -9,12 +9,12 @@ from redis import Redis
 from rq.serializers import JSONSerializer
 
 from gateway.app import apply_config_file
+from gateway.config.load import config_from_dict
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
 from gateway.exceptions import ConfigError
 from gateway.live import LiveConfig
 from gateway.queue import accept, delivery_id, make_queue
 from gateway.store import PENDING, Store
-from gateway.targets import config_from_dict
 
 
 def _config(*names: str) -> dict[str, object]:

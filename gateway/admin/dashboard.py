@@ -58,9 +58,9 @@ from gateway.admin.keys import Principal, authenticate, get_key
 from gateway.admin.service import REDACTED, STATE_FILTERS, EventFilter, FailedFilter, Service
 from gateway.admin.service import Page as ResultPage
 from gateway.admin.sessions import COOKIE_NAME, MAX_AGE, Session, SessionCodec, session_secret
+from gateway.config.load import target_from_dict
 from gateway.events import EVENT_TYPES
 from gateway.store import Store
-from gateway.targets import target_from_dict
 
 log = logging.getLogger("gateway.admin.dashboard")
 

@@ -60,11 +60,11 @@ from typing import Any
 
 from gateway.admin import Conflict, Invalid, NotFound, keys
 from gateway.admin.keys import Principal
+from gateway.config.load import config_from_dict, target_from_dict
 from gateway.events import ALERT_EVENT, EVENT_TYPES, InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, config_problems
 from gateway.records import DEAD, Delivery, DeliveryStatus, iso_ms, split_delivery_id
 from gateway.store import DeliveryQueue, Store
-from gateway.targets import config_from_dict, target_from_dict
 
 REDACTED = "********"
 READ_ONLY = frozenset({"source", "health"})  # in a target's JSON, not in its declaration

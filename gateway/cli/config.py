@@ -25,12 +25,14 @@ from gateway.cli.common import (
     main,
 )
 from gateway.config.addresses import address_policy, host_refusal, is_ip_literal
+from gateway.config.checks import target_hosts
+from gateway.config.load import load_config
+from gateway.config.targets import Config
 from gateway.delivery.netguard import resolved_refusals
 from gateway.events import make_alert
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.settings import Settings
 from gateway.store import Store
-from gateway.targets import Config, load_config, target_hosts
 
 
 @main.command()
@@ -316,7 +318,7 @@ def _preview_config(path: str | None) -> Config:
         except ConfigError as exc:
             _echo_problems(exc)
             sys.exit(1)
-    from gateway.targets import config_from_dict
+    from gateway.config.load import config_from_dict
 
     _, data = _store(_settings()).load_config()
     return config_from_dict(data or {})

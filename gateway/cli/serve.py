@@ -19,9 +19,10 @@ from gateway.cli.common import (
     main,
 )
 from gateway.cli.config import ingest_warnings
+from gateway.config.load import load_config
+from gateway.config.targets import Config
 from gateway.exceptions import ConfigError
 from gateway.settings import Settings
-from gateway.targets import Config, load_config
 
 if TYPE_CHECKING:
     from gateway.embedded import EmbeddedRedis

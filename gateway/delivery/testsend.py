@@ -19,13 +19,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from gateway.config.targets import Config, Target
 from gateway.delivery.lookups import LookupFailure, Lookups, lookup_request
 from gateway.delivery.request import OutboundRequest, Response, build_request, classify
 from gateway.delivery.sender import SendError
 from gateway.events import InvitationEvent, new_ulid
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from gateway.records import iso_ms
-from gateway.targets import Config, Target
 
 SAMPLE = {"invitee": "+15551231234", "invitee_raw": "15551231234", "invitor": "johnsnow"}
 BODY_SHOWN = 512  # bytes of a response body kept in a test result

@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
+from gateway.config.targets import Config
 from gateway.events import InvitationEvent, make_event, merge_fields, pick_fields
 from gateway.exceptions import (
     CallbackError,
@@ -34,7 +35,6 @@ from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig
 from gateway.metrics import IngestMetrics
 from gateway.networks import NetworkPolicy
-from gateway.targets import Config
 
 log = logging.getLogger("gateway.ingest")
 

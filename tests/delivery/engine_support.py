@@ -20,13 +20,14 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis import Redis
 
+from gateway.config.load import config_from_dict
+from gateway.config.targets import Config
 from gateway.delivery.engine import Engine, EngineSettings
 from gateway.delivery.sender import Sender
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
 from gateway.fastredis import FastRedis
 from gateway.records import delivery_id
 from gateway.store import DeliveryQueue, Store
-from gateway.targets import Config, config_from_dict
 from tests.serving import serving
 
 PREFIX = "gw"
