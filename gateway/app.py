@@ -32,7 +32,8 @@ from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEv
 from gateway.exceptions import CallbackError, ConfigError, problem_document
 from gateway.fastredis import FastRedis, ScriptsViaRedisPy, script_client
 from gateway.ingest.accept import Accepter
-from gateway.ingest.endpoint import Callback, ConfigCache, Ingest
+from gateway.ingest.callback import Callback
+from gateway.ingest.endpoint import ConfigCache, Ingest
 from gateway.ingest.spool import Spool
 from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig

@@ -181,12 +181,6 @@ class Settings:
     def spool_path(self) -> str:
         return self.spool_dir or os.path.join(self.data_dir, "spool")
 
-    def require_redis_url(self) -> str:
-        """REDIS_URL, or the embedded server of a running `gateway standalone` (gateway.wiring)."""
-        from gateway.wiring import redis_url
-
-        return redis_url(self)
-
 
 def __getattr__(name: str) -> Any:
     # LiveConfig moved to gateway.live; this keeps `from gateway.settings import LiveConfig` working.

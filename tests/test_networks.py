@@ -19,7 +19,7 @@ from gateway import networks
 from gateway.config.load import load_config
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent, make_event
 from gateway.exceptions import ConfigError
-from gateway.ingest.endpoint import Callback
+from gateway.ingest.callback import Callback
 from gateway.ingest.tokens import IngestAuth, presented_token
 from gateway.networks import (
     Guard,

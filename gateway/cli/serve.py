@@ -108,8 +108,11 @@ def worker(
 
 
 def _require_url(settings: Settings) -> None:
+    """REDIS_URL, or a running standalone's Redis (gateway.wiring), or one line saying what to do."""
+    from gateway.wiring import redis_url
+
     try:
-        settings.require_redis_url()
+        redis_url(settings)
     except ConfigError as exc:
         raise _UsageLine(str(exc)) from None
 
