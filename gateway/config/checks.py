@@ -9,6 +9,7 @@ placeholder and parses the result back.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.config.addresses import AllowPrivate, host_refusal
@@ -52,21 +53,14 @@ def check_templates(
             problems.errors.append(
                 ConfigError(f"environment variable {var} is not set", name, _env_key(target, var))
             )
-    # Real secrets are not needed to check the shape: a plain token stands in for each.
-    fake_env = {n: "envvalue" for n in target.own_env_names()}
-    # Values from outside (the phone, a lookup's answer): a distinct hostile value for each, so
-    # each one is checked on its own.
-    untrusted = EVENT_PLACEHOLDERS | lookup_placeholders(target.lookups)
-    values = {n: f"{HOSTILE} {n}" for n in untrusted}
-    values.update((k, v if v else "") for k, v in target.vars)
-
+    sample = _Sample.of(target)
     if not problems.failed("url", "vars", "lookups"):
         with problems.check("url"):
-            _check_url(target, allowed, values, untrusted, fake_env)
+            _check_url(target, allowed, sample)
 
     if target.post_data is not None and not problems.failed("post_data", "vars", "lookups"):
         with problems.check("post_data"):
-            _check_body(target, target.post_data, allowed, values, untrusted, fake_env)
+            _check_body(target, target.post_data, allowed, sample)
 
     for hname, hvalue in target.headers:
         with problems.check():
@@ -93,14 +87,27 @@ def check_templates(
                 check_proxy(proxy_t.render({}, escape_none, environ), name, expanded=True)
 
 
-def _check_url(
-    target: Target,
-    allowed: set[str],
-    values: Mapping[str, str],
-    untrusted: frozenset[str],
-    fake_env: Mapping[str, str],
-) -> None:
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    """What a target's templates are rendered with to check them."""
+
+    values: dict[str, str]  # every placeholder's value: hostile ones for what comes from outside
+    untrusted: frozenset[str]  # the placeholders whose values come from outside
+    env: dict[str, str]  # each ${VAR}: a stand-in (real secrets are not needed to check a shape)
+
+    @classmethod
+    def of(cls, target: Target) -> _Sample:
+        # Values from outside (the phone, a lookup's answer): a distinct hostile value for each,
+        # so each one is checked on its own.
+        untrusted = EVENT_PLACEHOLDERS | lookup_placeholders(target.lookups)
+        values = {n: f"{HOSTILE} {n}" for n in untrusted}
+        values.update((k, v if v else "") for k, v in target.vars)
+        return cls(values, untrusted, {n: "envvalue" for n in target.own_env_names()})
+
+
+def _check_url(target: Target, allowed: set[str], sample: _Sample) -> None:
     name = target.name
+    values, untrusted, fake_env = sample.values, sample.untrusted, sample.env
     url_t = Template.parse(target.url)
     _check_placeholders(url_t, allowed, name, "url")
     benign = {**values, **{n: "x" for n in untrusted}}
@@ -120,16 +127,10 @@ def _check_url(
             raise ConfigError(f"%{ph}% does not survive URL encoding where it stands", name, "url")
 
 
-def _check_body(
-    target: Target,
-    post_data: str,
-    allowed: set[str],
-    values: Mapping[str, str],
-    untrusted: frozenset[str],
-    fake_env: Mapping[str, str],
-) -> None:
+def _check_body(target: Target, post_data: str, allowed: set[str], sample: _Sample) -> None:
     """The body parses as its content type with hostile values, and gives each one back intact."""
     name = target.name
+    values, untrusted, fake_env = sample.values, sample.untrusted, sample.env
     body_t = Template.parse(post_data)
     _check_placeholders(body_t, allowed, name, "post_data")
     kind = target.body_kind

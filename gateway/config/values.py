@@ -112,7 +112,7 @@ def check_proxy(proxy: str, target: str, expanded: bool = False) -> None:
         return  # checked with the environment, in gateway.config.checks
     if any(c in proxy for c in " \t\r\n\0"):
         raise ConfigError("must not contain spaces or control characters", target, "proxy")
-    shown = "" if expanded else f", got {_hide_password(proxy)!r}"
+    shown = "" if expanded else f", got {hide_password(proxy)!r}"
     try:
         parts = urlsplit(proxy)
         _ = parts.port  # raises ValueError on a bad port
@@ -122,7 +122,8 @@ def check_proxy(proxy: str, target: str, expanded: bool = False) -> None:
         raise ConfigError(f"must be an http:// or https:// proxy URL{shown}", target, "proxy")
 
 
-def _hide_password(url: str) -> str:
+def hide_password(url: str) -> str:
+    """A URL with the password of its user:password@ shown as ***."""
     head, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")
     if not sep or not at or ":" not in userinfo:
