@@ -84,6 +84,7 @@ from support import (
     write_targets_config,
 )
 
+from gateway.config.load import load_config
 from gateway.delivery.request import build_request
 from gateway.delivery.sender import USER_AGENT
 from gateway.embedded import EmbeddedRedis
@@ -96,7 +97,6 @@ from gateway.settings import Settings
 from gateway.store.codec import now_ms
 from gateway.store.events import Store
 from gateway.store.ingest import IngestHead, IngestItem, ingest_sync
-from gateway.targets import load_config
 
 FIELDS = {"invitee": "15551231234", "invitor": "johnsnow", "network_id": "mynetwork"}
 SETTINGS = Settings()  # the defaults: prefix "gw", the default queue name, 30 days retention

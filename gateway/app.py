@@ -27,11 +27,13 @@ from starlette.types import Receive, Scope, Send
 from gateway import wiring
 from gateway.admin.api import admin_api
 from gateway.admin.dashboard import create_dashboard
+from gateway.config.load import load_config
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import CallbackError, ConfigError, problem_document
 from gateway.fastredis import FastRedis, ScriptsViaRedisPy, script_client
 from gateway.ingest.accept import Accepter
-from gateway.ingest.endpoint import Callback, ConfigCache, Ingest
+from gateway.ingest.callback import Callback
+from gateway.ingest.endpoint import ConfigCache, Ingest
 from gateway.ingest.spool import Spool
 from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig
@@ -44,7 +46,6 @@ from gateway.store.codec import now_ms
 from gateway.store.events import Store
 from gateway.store.ingest import limit_fields
 from gateway.store.ops import OpsKeys
-from gateway.targets import load_config
 
 log = logging.getLogger("gateway.app")
 

@@ -6,9 +6,10 @@ import logging
 import threading
 from typing import Any
 
+from gateway.config.load import config_from_dict
+from gateway.config.targets import Config
 from gateway.exceptions import ConfigError
 from gateway.store.events import Store
-from gateway.targets import Config, config_from_dict
 
 log = logging.getLogger("gateway.live")
 

@@ -17,7 +17,7 @@ from rq import Queue, Retry
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from gateway.targets import MAX_TIMEOUT
+from gateway.config.targets import MAX_TIMEOUT
 
 __all__ = ["enqueue_drain", "enqueue_test_send", "make_queue"]
 

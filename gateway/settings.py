@@ -180,9 +180,3 @@ class Settings:
     @property
     def spool_path(self) -> str:
         return self.spool_dir or os.path.join(self.data_dir, "spool")
-
-    def require_redis_url(self) -> str:
-        """REDIS_URL, or the embedded server of a running `gateway standalone` (gateway.wiring)."""
-        from gateway.wiring import redis_url
-
-        return redis_url(self)

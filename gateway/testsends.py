@@ -19,11 +19,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.config.load import config_from_dict
 from gateway.delivery.testsend import UnknownTarget, find_target, render_preview
 from gateway.queue import enqueue_test_send, make_queue
 from gateway.store.events import Store
 from gateway.store.testsends import get_send_test_result, put_send_test
-from gateway.targets import config_from_dict
 
 __all__ = ["UnknownTarget", "render_preview", "request_test", "wait_test_result"]
 

@@ -36,6 +36,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from gateway import wiring
+from gateway.config.targets import Config
 from gateway.delivery.engine import Engine, EngineSettings, now_ms
 from gateway.delivery.sender import Sender
 from gateway.fastredis import script_client
@@ -44,7 +45,6 @@ from gateway.metrics import Tally, flush_commands, worker_name
 from gateway.queue import DRAIN_BUDGET, GatewayJob, enqueue_drain, make_queue
 from gateway.settings import Settings
 from gateway.store.ops import OpsKeys
-from gateway.targets import Config
 
 log = logging.getLogger("gateway.worker")
 

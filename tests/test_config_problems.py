@@ -1,4 +1,4 @@
-"""Every problem of a file at once, and target addresses refused as written (gateway/targets.py)."""
+"""Every problem of a file at once, and target addresses refused as written (gateway/config/load.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli.config import private_target_warnings, resolved_refusals
-from gateway.delivery.netguard import AddressNotAllowed, check_address, host_refusal
+from gateway.cli.config import private_target_warnings
+from gateway.config.addresses import AddressNotAllowed, check_address, host_refusal
+from gateway.config.load import config_from_dict, load_config
+from gateway.delivery.netguard import resolved_refusals
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
-from gateway.targets import config_from_dict, load_config
 
 SEVERAL = """
 [settings]

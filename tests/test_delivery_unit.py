@@ -1,4 +1,4 @@
-"""The pure parts of a delivery (gateway/delivery/request.py) and the address policy (netguard.py)."""
+"""The pure parts of a delivery (gateway/delivery/request.py) and the address policy (config/addresses.py)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from gateway.config.addresses import AddressNotAllowed, check_address
+from gateway.config.load import target_from_dict
+from gateway.config.targets import Target
 from gateway.delivery.engine import due_after
-from gateway.delivery.netguard import AddressNotAllowed, check_address
 from gateway.delivery.request import Response, build_request, classify, parse_retry_after, retry_delay, sign
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
-from gateway.targets import Target, target_from_dict
 
 KEY = bytes(range(100, 132))
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -397,7 +398,7 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, NOW) == expected
 
 
-# -- netguard -------------------------------------------------------------------------------------
+# -- addresses -------------------------------------------------------------------------------------
 
 
 PRIVATE = [

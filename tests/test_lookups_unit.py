@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from gateway.config.load import config_from_dict
 from gateway.delivery.lookups import read_path
 from gateway.delivery.request import OutboundRequest
 from gateway.delivery.sender import SendError
 from gateway.delivery.testsend import redact, render_preview
-from gateway.targets import config_from_dict
 from tests.conftest import TargetServer
 from tests.test_sender import SyncSender
 
@@ -118,7 +118,7 @@ def test_a_network_list_is_honoured_at_connect_time(target_server: TargetServer)
 def test_the_readme_lookup_example_loads(tmp_path: Any) -> None:
     from pathlib import Path
 
-    from gateway.targets import load_config
+    from gateway.config.load import load_config
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = next(b for b in readme.split("```toml")[1:] if "[targets.lookups.crm]" in b).split("```")[0]

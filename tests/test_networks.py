@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from gateway import networks
+from gateway.config.load import load_config
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent, make_event
 from gateway.exceptions import ConfigError
-from gateway.ingest.endpoint import Callback
+from gateway.ingest.callback import Callback
 from gateway.ingest.tokens import IngestAuth, presented_token
 from gateway.networks import (
     Guard,
@@ -33,7 +34,6 @@ from gateway.networks import (
     token_digest,
 )
 from gateway.store.ingest import limit_fields
-from gateway.targets import load_config
 
 DIGEST = token_digest("a-token-kept-as-its-digest")
 NOW = 1_750_000_000_000  # ms, a fixed instant (not on any bucket edge used below)

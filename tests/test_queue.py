@@ -12,6 +12,7 @@ from redis import Redis
 from rq.serializers import JSONSerializer
 
 from gateway.app import IngestParts, apply_config_file, ingest_parts
+from gateway.config.load import config_from_dict
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
 from gateway.exceptions import ConfigError
 from gateway.ingest.spool import Spool
@@ -21,7 +22,6 @@ from gateway.records import DeliveryStatus, delivery_id
 from gateway.settings import Secret, Settings
 from gateway.store.events import Store
 from gateway.store.ingest import ACCEPTED, AcceptResult
-from gateway.targets import config_from_dict
 
 
 def _config(*names: str) -> dict[str, object]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.delivery.netguard import AddressNotAllowed, check_address
+from gateway.config.addresses import AddressNotAllowed, check_address
 from gateway.delivery.request import OutboundRequest, Response
 from gateway.delivery.sender import Sender, SendError
 from tests.conftest import TargetServer

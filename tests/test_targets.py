@@ -1,4 +1,4 @@
-"""Target declarations and their load-time validation (gateway/targets.py)."""
+"""Target declarations and their load-time validation (gateway/config/load.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, make_event
-from gateway.exceptions import ConfigError
-from gateway.targets import (
+from gateway.config.load import config_from_dict, load_config, target_from_dict
+from gateway.config.targets import (
     DEFAULT_CONTENT_TYPE,
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
@@ -20,10 +19,9 @@ from gateway.targets import (
     Config,
     Rate,
     Target,
-    config_from_dict,
-    load_config,
-    target_from_dict,
 )
+from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, make_event
+from gateway.exceptions import ConfigError
 from gateway.templating import FORM_KIND, JSON_KIND, TEXT_KIND, XML_KIND, Template, parse_body
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
@@ -695,8 +693,8 @@ def test_percent_encoded_literal_text_survives_rendering() -> None:
 
 
 def test_the_example_targets_file_loads_and_renders() -> None:
+    from gateway.config.load import load_config
     from gateway.delivery.request import build_request
-    from gateway.targets import load_config
 
     path = Path(__file__).resolve().parent.parent / "templates" / "targets.example.toml"
     secret = "whsec_" + base64.b64encode(b"s" * 32).decode()

@@ -25,9 +25,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.admin import AdminError, Invalid
+from gateway.admin.documents import replay_json
 from gateway.admin.keys import KeyAuthBackend, Principal
 from gateway.admin.openapi import SPEC
-from gateway.admin.service import MAX_LIMIT, EventFilter, FailedFilter, Page, Service
+from gateway.admin.queries import MAX_LIMIT, EventFilter, FailedFilter, Page
+from gateway.admin.service import Service
 from gateway.events import EVENT_TYPES
 from gateway.exceptions import problem_document
 from gateway.store.events import Store
@@ -158,7 +160,7 @@ def _object(data: Any) -> dict[str, Any]:
 
 
 def _page(page: Page) -> JSONResponse:
-    return JSONResponse({"items": page.items, "next_cursor": page.next_cursor})
+    return JSONResponse(page.to_dict())
 
 
 def _failed_filter(request: Request) -> FailedFilter:
@@ -260,7 +262,7 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
             return JSONResponse(
                 made, status_code=201, headers={"Location": f"/api/v1/targets/{made['name']}"}
             )
-        return JSONResponse({"items": await call(service.list_targets, p)})
+        return JSONResponse(await call(service.targets_page, p))
 
     async def target(request: Request) -> Response:
         p = _principal(request)
@@ -325,7 +327,7 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
         # Not found (or not the key's) before anything is replayed.
         await call(service.get_delivery, p, did)
         results = await call(service.replay, p, [did], force)
-        return JSONResponse(_replay_json(results))
+        return JSONResponse(replay_json(results))
 
     async def replay(request: Request) -> Response:
         p = _principal(request)
@@ -347,7 +349,7 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
             results = await call(service.replay, p, ids, force)
         else:
             results = await call(service.replay_failed, p, _failed_filter_from(body["failed"]), force)
-        return JSONResponse(_replay_json(results))
+        return JSONResponse(replay_json(results))
 
     async def overview(request: Request) -> Response:
         p = _principal(request)
@@ -405,10 +407,3 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
         ],
         exception_handlers={AdminError: _admin_error, HTTPException: _http_error},
     )
-
-
-def _replay_json(results: dict[str, str]) -> dict[str, Any]:
-    counts: dict[str, int] = {}
-    for r in results.values():
-        counts[r] = counts.get(r, 0) + 1
-    return {"results": results, "counts": counts}

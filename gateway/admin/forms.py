@@ -1,6 +1,6 @@
 """The dashboard's target form: form fields to a target declaration and back (pure).
 
-A declaration is validated by `gateway.targets.target_from_dict`, the same code that checks the
+A declaration is validated by `gateway.config.load.target_from_dict`, the same code that checks the
 targets file, so the dashboard shows the file's messages. That check stops at the first problem;
 `validate` asks again with the faulty key set aside, so that every field's message shows at
 once, each next to its field.
@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gateway.config.load import target_from_dict
 from gateway.events import EVENT_TYPES
 from gateway.exceptions import ConfigError, config_problems
-from gateway.targets import target_from_dict
 
 TEXT_FIELDS = (
     "name",

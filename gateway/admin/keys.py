@@ -82,12 +82,21 @@ class ApiKey:
 class Principal(BaseUser):
     """Who is asking: the key's id and name, and the networks it may see (None: all)."""
 
-    __slots__ = ("key_id", "name", "networks")
+    __slots__ = ("_acting", "key_id", "name", "networks")
 
-    def __init__(self, key_id: str, name: str, networks: frozenset[str] | None) -> None:
+    def __init__(
+        self, key_id: str, name: str, networks: frozenset[str] | None, acting: str | None = None
+    ) -> None:
         self.key_id = key_id
         self.name = name
         self.networks = networks
+        self._acting = acting
+
+    @property
+    def acting(self) -> str:
+        """How a change it makes is told (a paused target's reason, an alert): "through the API by
+        NAME", or what the principal says of itself (the `gateway` command: "by hand")."""
+        return self._acting or f"through the API by {self.name}"
 
     def __repr__(self) -> str:
         nets = "*" if self.networks is None else ",".join(sorted(self.networks))

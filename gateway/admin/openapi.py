@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
-from gateway.admin.service import EVENT_TYPE_CHOICES, MAX_LIMIT, STATE_FILTERS, STATES
+from gateway.admin.queries import EVENT_TYPE_CHOICES, MAX_LIMIT, STATE_FILTERS, STATES
 
 _EVENT_TYPES = ["invitation_created", "invitation_accepted"]
 
@@ -415,8 +415,26 @@ SPEC: dict[str, Any] = {
                     "200": _json(
                         {
                             "type": "object",
-                            "required": ["items"],
-                            "properties": {"items": {"type": "array", "items": _ref("Target")}},
+                            "required": ["version", "items", "unconfigured"],
+                            "properties": {
+                                "version": {
+                                    "type": "integer",
+                                    "description": "The configuration's version (0: none loaded).",
+                                },
+                                "items": {"type": "array", "items": _ref("Target")},
+                                "unconfigured": {
+                                    "type": "array",
+                                    "description": "Targets removed from the configuration while paused, "
+                                    "disabled or holding deliveries (resuming one lets the workers record "
+                                    "its deliveries as skipped). An operator key's only: empty for a "
+                                    "provider key.",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["name", "health"],
+                                        "properties": {"name": {"type": "string"}, "health": _HEALTH},
+                                    },
+                                },
+                            },
                         },
                         "The targets.",
                     ),
@@ -492,6 +510,10 @@ SPEC: dict[str, Any] = {
             "post": {
                 "operationId": "resumeTarget",
                 "summary": "Send the held deliveries now (also re-enables a target disabled by 410).",
+                "description": (
+                    "An operator key may also resume a target listed as `unconfigured` by GET "
+                    "/targets: its held deliveries are then recorded as skipped."
+                ),
                 "responses": {"200": _STATE_CHANGE, **_problems(401, 404)},
             },
         },
@@ -763,13 +785,25 @@ SPEC: dict[str, Any] = {
             },
             "Delivery": {
                 "type": "object",
-                "required": ["delivery_id", "target", "status", "event", "target_health", "attempts"],
+                "required": [
+                    "delivery_id",
+                    "target",
+                    "status",
+                    "event",
+                    "target_health",
+                    "target_configured",
+                    "attempts",
+                ],
                 "properties": {
                     "delivery_id": {"type": "string"},
                     "target": {"type": "string"},
                     **_DELIVERY_STATE,
                     "event": _ref("Event"),
                     "target_health": _HEALTH,
+                    "target_configured": {
+                        "type": "boolean",
+                        "description": "False once the target is gone from the configuration.",
+                    },
                     "attempts": {"type": "array", "items": _ref("Attempt")},
                 },
             },

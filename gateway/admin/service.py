@@ -1,4 +1,5 @@
-"""What the admin API and the dashboard read and change, always as one key (a `Principal`) sees it.
+"""What the admin API, the dashboard and the `gateway` command read and change, always as one
+key (a `Principal`) sees it (the command as an operator key).
 
 Build one `Service(store, queue_name)` per process; every method takes the Principal first and
 filters by its networks. Anything outside them answers exactly as if it did not exist
@@ -6,7 +7,9 @@ filters by its networks. Anything outside them answers exactly as if it did not 
 `gateway.admin.NotFound` (404), `Conflict` (409), `Invalid` (422: `field`, and `problems`,
 every (field, reason) found at once). All
 methods are synchronous (redis-py): call them from a thread (`run_in_threadpool`) in async code.
-Times are ISO 8601 UTC strings (`...Z`), with `_ms` twins where a chart needs numbers.
+Times are ISO 8601 UTC strings (`...Z`), with `_ms` twins where a chart needs numbers. The
+filters, pages and cursors are in queries.py, the JSON documents in documents.py, the hiding of
+secrets in redaction.py.
 
 Events
     list_events(p, EventFilter(...), cursor=None, limit=50) -> Page(items, next_cursor)
@@ -17,13 +20,16 @@ Events
         (the search looked at SCAN_BUDGET events).
     get_event(p, event_id) -> dict: the event and `deliveries`, a list with each delivery's state
         (`attempt_count`, ...), its target's health and its `attempts` (a list), oldest first.
-    get_delivery(p, delivery_id) -> dict: one delivery with its event and attempts.
+    get_delivery(p, delivery_id) -> dict: one delivery with its event, its target's health,
+        whether the target is still configured (`target_configured`) and its attempts.
 Targets (each with `source` "file" | "api", `health`, secrets shown as REDACTED)
     list_targets(p) -> list[dict]; get_target(p, name) -> dict
+    targets_page(p) -> dict: GET /targets ({"version", "items", "unconfigured"})
     create_target(p, data) -> dict; update_target(p, name, data) -> dict (API-made ones only;
         a secret given as REDACTED keeps the stored one); delete_target(p, name) -> None
     pause_target(p, name, reason=None) -> dict; resume_target(p, name) -> dict
-        ({"target", "before", "state", "held_deliveries"})
+        ({"target", "before", "state", "held_deliveries"}); the reason and the alert say how
+        (`Principal.acting`: "through the API by NAME", or the CLI's "by hand")
     validate_target(p, name, declaration=None) -> dict: the exact request for a sample event
         (gateway.delivery.testsend.render_preview), secrets redacted, nothing sent; with a
         declaration, that one (validated, not saved)
@@ -32,7 +38,7 @@ Targets (each with `source` "file" | "api", `health`, secrets shown as REDACTED)
 Deliveries
     failed_deliveries(p, FailedFilter(...), cursor=None, limit=50) -> Page: dead letters, newest
         first (delivery_id, failed_at, target, network, event, event_id, status, attempts,
-        replays, last_status_code, last_error)
+        replays, last_status_code, last_error); limit None: all of them
     replay(p, delivery_ids, force=False) -> dict[delivery_id, result]: the machinery of
         `gateway replay`; result replayed | pending | held | delivered | unknown | <status>
     replay_failed(p, FailedFilter(...), force=False) -> dict[delivery_id, result]
@@ -48,33 +54,45 @@ Keys (operator only; NotFound for a provider key)
 
 from __future__ import annotations
 
-import base64
 import heapq
 import json
 import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.admin import Conflict, Invalid, NotFound, keys
+from gateway.admin.documents import (
+    DeadLetter,
+    attempt_json,
+    delivery_json,
+    event_json,
+    event_summary,
+    health_json,
+)
 from gateway.admin.keys import Principal
-from gateway.events import ALERT_EVENT, EVENT_TYPES, InvitationEvent, make_alert
+from gateway.admin.queries import (
+    EventFilter,
+    FailedFilter,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    page_limit,
+)
+from gateway.admin.redaction import redact, scrub, secret_values, unredact
+from gateway.config.load import config_from_dict, target_from_dict
+from gateway.events import ALERT_EVENT, InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, config_problems
-from gateway.records import DEAD, Delivery, DeliveryStatus, iso_ms, split_delivery_id
+from gateway.records import DEAD, Delivery, iso_ms, split_delivery_id
 from gateway.store.events import Store
-from gateway.store.queue import DeliveryQueue, TargetHealth
-from gateway.targets import config_from_dict, target_from_dict
+from gateway.store.queue import DeliveryQueue
 
-REDACTED = "********"
 READ_ONLY = frozenset({"source", "health"})  # in a target's JSON, not in its declaration
-MAX_LIMIT = 500
 SCAN_BUDGET = 5000  # events one list_events call looks at before answering with a cursor
 OVERVIEW_BUDGET = 50_000  # events the 24-hour overview counts at most
 REPLAY_MAX = 10_000  # deliveries one replay_failed call replays at most
 _CHUNK = 500
-_SECRETISH = re.compile(r"(?i)auth|key|token|secret|passw|cookie|signature|credential")
 # What ids look like (ULIDs; target names): anything else is not looked up, so that no id can
 # name another Redis key (`EVENT:deliveries` would).
 _EVENT_ID = re.compile(r"[0-9A-Za-z]{1,64}")
@@ -89,122 +107,6 @@ _KINDS = {
     b"pending": "waiting",
     b"retrying": "waiting",
 }
-EVENT_TYPE_CHOICES = (*EVENT_TYPES, ALERT_EVENT)
-STATES = tuple(s.value for s in DeliveryStatus)
-# What an event filter takes: a delivery status, or `waiting` (pending or retrying: not finished).
-STATE_FILTERS = (*STATES, "waiting")
-_WAITING_STATES = frozenset({DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value})
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: list[dict[str, Any]]
-    next_cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilter:
-    network: str | None = None
-    type: str | None = None
-    invitee: str | None = None
-    invitor: str | None = None
-    state: str | None = None  # a DeliveryStatus value: events with a delivery in that state
-    since_ms: int | None = None
-    until_ms: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.type is not None and self.type not in EVENT_TYPE_CHOICES:
-            raise Invalid(
-                f"unknown event type {self.type!r} (known: {', '.join(EVENT_TYPE_CHOICES)})", "type"
-            )
-        if self.state is not None and self.state not in STATE_FILTERS:
-            raise Invalid(
-                f"unknown delivery state {self.state!r} (known: {', '.join(STATE_FILTERS)})", "state"
-            )
-        _check_range(self.since_ms, self.until_ms)
-
-    def _state_matches(self, status: Any) -> bool:
-        return status in _WAITING_STATES if self.state == "waiting" else status == self.state
-
-    def matches(self, event: InvitationEvent, deliveries: Mapping[str, Mapping[str, Any]]) -> bool:
-        return (
-            (self.type is None or event.type == self.type)
-            and (self.invitee is None or self.invitee in (event.invitee, event.invitee_raw))
-            and (self.invitor is None or event.invitor == self.invitor)
-            and (self.state is None or any(self._state_matches(d.get("status")) for d in deliveries.values()))
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A failed or expired delivery (what `gateway deliveries failed` lists, in the same JSON)."""
-
-    delivery_id: str
-    failed_at_ms: int
-    target: str
-    event: InvitationEvent
-    delivery: Delivery
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "delivery_id": self.delivery_id,
-            "failed_at": iso_ms(self.failed_at_ms),
-            "target": self.target,
-            "network": self.event.network_id,
-            "event": self.event.type,
-            "event_id": self.event.id,
-            "status": str(self.delivery.status),
-            "attempts": self.delivery.attempts,
-            "replays": self.delivery.replays,
-            "last_status_code": self.delivery.last_status_code,
-            "last_error": self.delivery.last_error,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class FailedFilter:
-    targets: frozenset[str] = field(default_factory=frozenset)
-    networks: frozenset[str] = field(default_factory=frozenset)
-    event: str | None = None
-    since_ms: int | None = None
-    until_ms: int | None = None
-    error: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.event is not None and self.event not in EVENT_TYPE_CHOICES:
-            raise Invalid(f"unknown event type {self.event!r}", "event")
-        _check_range(self.since_ms, self.until_ms)
-
-
-def _check_range(since_ms: int | None, until_ms: int | None) -> None:
-    if since_ms is not None and until_ms is not None and since_ms > until_ms:
-        raise Invalid(f"since ({iso_ms(since_ms)}) is after until ({iso_ms(until_ms)})", "since")
-
-
-# -- cursors: opaque to clients, "ms:id" inside -----------------------------------------------------
-
-
-def _encode_cursor(ms: int, ident: str) -> str:
-    return base64.urlsafe_b64encode(f"{ms}:{ident}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str | None) -> tuple[int, str] | None:
-    if not cursor:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        ms, _, ident = text.partition(":")
-        if not ident:
-            raise ValueError(cursor)
-        return int(ms), ident
-    except (ValueError, UnicodeDecodeError):
-        raise Invalid("not a cursor this API gave out", "cursor") from None
-
-
-def _limit(limit: int) -> int:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise Invalid(f"must be 1 to {MAX_LIMIT}, got {limit}", "limit")
-    return limit
 
 
 def _now_ms() -> int:
@@ -293,8 +195,8 @@ class Service:
         self, p: Principal, filters: EventFilter | None = None, cursor: str | None = None, limit: int = 50
     ) -> Page:
         f = filters or EventFilter()
-        limit = _limit(limit)
-        after = _decode_cursor(cursor)
+        limit = page_limit(limit)
+        after = decode_cursor(cursor)
         if f.until_ms is not None and (after is None or (f.until_ms + 1, "") < after):
             after = (f.until_ms + 1, "")  # everything received at or before until_ms
         min_ms: float = f.since_ms if f.since_ms is not None else float("-inf")
@@ -313,13 +215,13 @@ class Service:
                 last = (ms, eid)
                 if event is None or not self._sees_event(p, event) or not f.matches(event, deliveries):
                     continue
-                items.append(_event_summary(event, deliveries))
+                items.append(event_summary(event, deliveries))
                 if len(items) == limit:
                     more = next(ids, None) is not None or chunk[-1] != (ms, eid)
-                    return Page(items, _encode_cursor(ms, eid) if more else None)
+                    return Page(items, encode_cursor(ms, eid) if more else None)
         assert last is not None
         more = next(ids, None) is not None
-        return Page(items, _encode_cursor(*last) if more else None)
+        return Page(items, encode_cursor(*last) if more else None)
 
     def get_event(self, p: Principal, event_id: str) -> dict[str, Any]:
         event = self._event(p, event_id)
@@ -327,18 +229,18 @@ class Service:
         attempts = self.store.get_attempts(event_id)
         by_target: dict[str, list[dict[str, Any]]] = {}
         for a in attempts:
-            by_target.setdefault(str(a.get("target")), []).append(_attempt_json(a))
+            by_target.setdefault(str(a.get("target")), []).append(attempt_json(a))
         deliveries = [
             {
                 "delivery_id": f"{event_id}-{name}",
                 "target": name,
-                **_delivery_json(Delivery.from_dict(state), counted=True),
-                "target_health": _health_json(self.dq.health(name)),
+                **delivery_json(Delivery.from_dict(state)),
+                "target_health": health_json(self.dq.health(name)),
                 "attempts": by_target.get(name, []),
             }
             for name, state in sorted(states.items())
         ]
-        return {"event": _event_json(event), "deliveries": deliveries}
+        return {"event": event_json(event), "deliveries": deliveries}
 
     def get_delivery(self, p: Principal, delivery_id: str) -> dict[str, Any]:
         if not _DELIVERY_ID.fullmatch(delivery_id):
@@ -347,13 +249,15 @@ class Service:
         [(event, state)] = self.store.get_many_deliveries([delivery_id])
         if event is None or state is None or not self._sees_event(p, event):
             raise NotFound(f"no delivery {delivery_id}")
-        attempts = [_attempt_json(a) for a in self.store.get_attempts(event_id) if a.get("target") == name]
+        attempts = [attempt_json(a) for a in self.store.get_attempts(event_id) if a.get("target") == name]
+        targets, _, _ = self._config()
         return {
             "delivery_id": delivery_id,
             "target": name,
-            **_delivery_json(state, counted=True),
-            "event": _event_json(event),
-            "target_health": _health_json(self.dq.health(name)),
+            **delivery_json(state),
+            "event": event_json(event),
+            "target_health": health_json(self.dq.health(name)),
+            "target_configured": any(t.get("name") == name for t in targets),
             "attempts": attempts,
         }
 
@@ -371,7 +275,7 @@ class Service:
         raise NotFound(f"no target {name}")
 
     def _target_json(self, t: dict[str, Any], source: str) -> dict[str, Any]:
-        return {**redact(t), "source": source, "health": _health_json(self.dq.health(t["name"]))}
+        return {**redact(t), "source": source, "health": health_json(self.dq.health(t["name"]))}
 
     def list_targets(self, p: Principal) -> list[dict[str, Any]]:
         targets, api, _ = self._config()
@@ -380,6 +284,26 @@ class Service:
             for t in targets
             if p.can_see_target(t.get("networks", []))
         ]
+
+    def targets_page(self, p: Principal) -> dict[str, Any]:
+        """GET /targets: the configuration's `version`, the targets (`items`, as list_targets), and
+        (an operator's only) the `unconfigured` ones: removed from the configuration while paused,
+        disabled or holding deliveries, each a name and its health."""
+        version, _ = self.store.load_config()
+        return {
+            "version": version,
+            "items": self.list_targets(p),
+            "unconfigured": [
+                {"name": name, "health": health_json(self.dq.health(name))} for name in self._unconfigured(p)
+            ],
+        }
+
+    def _unconfigured(self, p: Principal) -> list[str]:
+        """Targets gone from the configuration that still have health (no networks: an operator's)."""
+        if not p.is_operator:
+            return []
+        names = {t.get("name") for t in self._config()[0]}
+        return sorted((set(self.dq.held_targets()) | set(self.dq.parked_targets())) - names)
 
     def get_target(self, p: Principal, name: str) -> dict[str, Any]:
         return self._target_json(*self._target(p, name))
@@ -461,8 +385,8 @@ class Service:
         self._target(p, name)
         if reason is not None and len(reason) > 500:
             raise Invalid("at most 500 characters", "reason")
-        before = self.dq.pause(name, _now_ms(), reason or f"paused through the API by {p.name}")
-        self._alert(name, f"target {name} paused through the API by {p.name}: {reason or 'no reason given'}")
+        before = self.dq.pause(name, _now_ms(), reason or f"paused {p.acting}")
+        self._alert(name, f"target {name} paused {p.acting}: {reason or 'no reason given'}")
         health = self.dq.health(name)
         return {
             "target": name,
@@ -472,13 +396,23 @@ class Service:
         }
 
     def resume_target(self, p: Principal, name: str) -> dict[str, Any]:
-        self._target(p, name)
-        held = self.dq.health(name).held_deliveries
+        """Resume a paused or disabled target (an operator's also one gone from the configuration,
+        whose held deliveries the workers then record as skipped)."""
+        if name not in self._unconfigured(p):
+            self._target(p, name)
+        health = self.dq.health(name)
         before = self.dq.resume(name, _now_ms())
         self._wake()
         if before != "active":
-            self._alert(name, f"target {name} resumed through the API by {p.name} (was {before})")
-        return {"target": name, "before": before, "state": "active", "held_deliveries": held}
+            self._alert(
+                name, f"target {name} resumed {p.acting} (was {was(before, health.manual, health.reason)})"
+            )
+        return {
+            "target": name,
+            "before": before,
+            "state": "active",
+            "held_deliveries": health.held_deliveries,
+        }
 
     def _alert(self, about: str, message: str) -> None:
         """Tell the alert target (if any, and not about itself) what was done, as the CLI does."""
@@ -592,24 +526,34 @@ class Service:
                     yield DeadLetter(did, ms, did.partition("-")[2], event, state)
 
     def failed_deliveries(
-        self, p: Principal, filters: FailedFilter | None = None, cursor: str | None = None, limit: int = 50
+        self,
+        p: Principal,
+        filters: FailedFilter | None = None,
+        cursor: str | None = None,
+        limit: int | None = 50,
     ) -> Page:
-        limit = _limit(limit)
-        letters = self._dead_letters(p, filters or FailedFilter(), _decode_cursor(cursor))
+        """Dead letters, newest first; `limit` None: all of them (`gateway deliveries failed --limit 0`)."""
+        letters = self._dead_letters(p, filters or FailedFilter(), decode_cursor(cursor))
+        if limit is None:
+            return Page([d.to_dict() for d in letters], None)
+        limit = page_limit(limit)
         items = [d for _, d in zip(range(limit), letters, strict=False)]
         more = len(items) == limit and next(letters, None) is not None
         return Page(
             [d.to_dict() for d in items],
-            _encode_cursor(items[-1].failed_at_ms, items[-1].delivery_id) if more else None,
+            encode_cursor(items[-1].failed_at_ms, items[-1].delivery_id) if more else None,
         )
 
     def replay(self, p: Principal, delivery_ids: Iterable[str], force: bool = False) -> dict[str, str]:
-        """Replay deliveries, as `gateway replay`; one the key may not see is "unknown"."""
-        ids = list(dict.fromkeys(delivery_ids))
-        if len(ids) > REPLAY_MAX:
+        """Replay deliveries, as `gateway replay`; one the key may not see is "unknown".
+
+        The results are in the order of the ids (each once).
+        """
+        asked = list(dict.fromkeys(delivery_ids))
+        if len(asked) > REPLAY_MAX:
             raise Invalid(f"at most {REPLAY_MAX} at once", "delivery_ids")
-        results = {did: "unknown" for did in ids if not _DELIVERY_ID.fullmatch(did)}
-        ids = [did for did in ids if did not in results]
+        results = {did: "unknown" for did in asked if not _DELIVERY_ID.fullmatch(did)}
+        ids = [did for did in asked if did not in results]
         loaded = self.store.get_many_deliveries(ids)
         for did, (event, state) in zip(ids, loaded, strict=True):
             if event is None or state is None or not self._sees_event(p, event):
@@ -621,7 +565,7 @@ class Service:
                 results[did] = "unknown"
         if "replayed" in results.values():
             self._wake()
-        return results
+        return {did: results[did] for did in asked}
 
     def replay_failed(
         self, p: Principal, filters: FailedFilter | None = None, force: bool = False
@@ -673,7 +617,7 @@ class Service:
         for name in sorted(counts):
             hours = counts[name]
             t = visible.get(name)
-            health = t["health"] if t else _health_json(self.dq.health(name))
+            health = t["health"] if t else health_json(self.dq.health(name))
             targets.append(
                 {
                     "target": name,
@@ -724,46 +668,11 @@ class Service:
         return key.to_dict()
 
 
-# -- JSON shapes ------------------------------------------------------------------------------------
-
-
-def _event_json(event: InvitationEvent) -> dict[str, Any]:
-    return {k: v for k, v in event.to_dict().items() if k != "received_at_ms"}
-
-
-def _event_summary(event: InvitationEvent, deliveries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    return {
-        **_event_json(event),
-        "deliveries": {
-            name: {
-                "status": d.get("status"),
-                "attempts": d.get("attempts", 0),
-                "last_status_code": d.get("last_status_code"),
-            }
-            for name, d in sorted(deliveries.items())
-        },
-    }
-
-
-def _delivery_json(state: Delivery, counted: bool = False) -> dict[str, Any]:
-    """A delivery's state; `counted`: its `attempts` count as `attempt_count` (the list is `attempts`)."""
-    data = state.to_dict()
-    for key in ("updated_at", "next_attempt_at"):
-        data[key] = iso_ms(data[key]) if data[key] else None
-    if counted:
-        data["attempt_count"] = data.pop("attempts")
-    return data
-
-
-def _attempt_json(attempt: Mapping[str, Any]) -> dict[str, Any]:
-    data = {k: v for k, v in attempt.items() if k != "at_ms"}
-    if "at" not in data and "at_ms" in attempt:
-        data["at"] = iso_ms(attempt["at_ms"])
-    return data
-
-
-def _health_json(health: TargetHealth) -> dict[str, Any]:
-    return {**health.to_dict(), "since": iso_ms(health.since) if health.since is not None else None}
+def was(before: str, manual: bool, reason: str | None) -> str:
+    """A target's state before a resume, told: `paused by hand: CRM maintenance`, `disabled: 410 Gone`."""
+    label = "paused by hand" if before == "paused" and manual else before
+    why = f": {reason}" if reason and reason != label else ""
+    return label + why
 
 
 def _invalid(exc: ConfigError) -> Invalid:
@@ -778,99 +687,3 @@ def _env_field(data: Mapping[str, Any], var: str) -> str:
         if ref in json.dumps(value):
             return str(key)
     return "name"
-
-
-def _secret_key(key: str) -> bool:
-    """A key whose string value is a secret: a password, a token, an API key header (not a URL)."""
-    return bool(_SECRETISH.search(key)) and not key.endswith(("_url", "_until"))
-
-
-def _is_env_ref(value: Any) -> bool:
-    return isinstance(value, str) and re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", value) is not None
-
-
-def _hide_url_password(url: str) -> str:
-    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1" + REDACTED + "@", url)
-
-
-def redact(target: Mapping[str, Any]) -> dict[str, Any]:
-    """A target's declaration with its secrets replaced by REDACTED (an ${ENV} reference stays).
-
-    Secrets: string values under a secret-sounding key (password, signing_secret, client_secret,
-    an Authorization or X-Api-Key header, a vars entry named like a key or token), at any depth
-    (auth, headers, vars, oauth2, lookups), and the password in a proxy URL.
-    """
-
-    def walk(value: Any, key: str) -> Any:
-        if isinstance(value, dict):
-            return {k: walk(v, str(k)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v, key) for v in value]
-        if isinstance(value, str):
-            if key == "proxy":
-                return _hide_url_password(value)
-            if _secret_key(key) and not _is_env_ref(value):
-                return REDACTED
-        return value
-
-    out: dict[str, Any] = walk(dict(target), "")
-    return out
-
-
-def unredact(data: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
-    """`data` with each REDACTED value replaced by the current target's at the same place."""
-
-    def walk(new: Any, old: Any) -> Any:
-        if new == REDACTED:
-            return old
-        if (
-            isinstance(new, str)
-            and REDACTED in new
-            and isinstance(old, str)
-            and new == _hide_url_password(old)
-        ):
-            return old
-        if isinstance(new, dict):
-            olds = old if isinstance(old, dict) else {}
-            return {k: walk(v, olds.get(k)) for k, v in new.items()}
-        return new
-
-    out: dict[str, Any] = walk(dict(data), dict(current))
-    return out
-
-
-def secret_values(target: Mapping[str, Any]) -> list[str]:
-    """The literal secrets of a declaration (what `redact` hides), longest first."""
-    found: list[str] = []
-
-    def walk(value: Any, key: str) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, str(k))
-        elif isinstance(value, list):
-            for v in value:
-                walk(v, key)
-        elif isinstance(value, str) and len(value) >= 3 and _secret_key(key) and not _is_env_ref(value):
-            found.append(value)
-        elif isinstance(value, str) and key == "proxy":
-            match = re.search(r"://[^/:@]*:([^@/]*)@", value)
-            if match and len(match[1]) >= 3:
-                found.append(match[1])
-
-    walk(dict(target), "")
-    return sorted(set(found), key=len, reverse=True)
-
-
-def scrub(data: Any, secrets: Sequence[str]) -> Any:
-    """`data` (JSON-like) with every occurrence of each secret replaced by REDACTED."""
-    if not secrets:
-        return data
-    if isinstance(data, str):
-        for secret in secrets:
-            data = data.replace(secret, REDACTED)
-        return data
-    if isinstance(data, dict):
-        return {k: scrub(v, secrets) for k, v in data.items()}
-    if isinstance(data, list):
-        return [scrub(v, secrets) for v in data]
-    return data

@@ -1,4 +1,5 @@
-"""Shared pieces of the commands: the group, settings and Store, operator command errors, tables."""
+"""Shared pieces of the commands: the group, settings and Store, the admin Service and the `CLI`
+principal that acts on it, operator command errors, tables."""
 
 from __future__ import annotations
 
@@ -7,23 +8,29 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from redis.exceptions import RedisError
 
 from gateway import __version__
-from gateway.admin.service import DeadLetter  # the same record, and JSON, as the admin API
-from gateway.events import EVENT_TYPES
+from gateway.admin import AdminError, NotFound
+from gateway.admin.keys import Principal
+from gateway.admin.queries import EVENT_TYPE_CHOICES, FailedFilter
+from gateway.admin.service import Service
 from gateway.exceptions import ConfigError
 from gateway.logs import setup_logging
-from gateway.records import DEAD, Delivery, iso_ms
+from gateway.records import iso_ms
 from gateway.settings import Settings
 from gateway.store.events import Store
-from gateway.store.queue import DeliveryQueue, TargetHealth, TargetState
+from gateway.store.queue import DeliveryQueue
+
+# The commands run where REDIS_URL is known: they act as an operator key would, through the same
+# Service as the admin API (so `--json` prints the API's document), and say "by hand" of what
+# they change (a paused target's reason, an alert).
+CLI = Principal("cli", "the gateway command", None, acting="by hand")
 
 
 def _settings() -> Settings:
@@ -113,9 +120,6 @@ class OperatorCommand(click.Command):
 
 _AGO = re.compile(r"([0-9]{1,9})\s*(s|m|h|d|w)")
 _AGO_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-# Alerts (gateway.events.ALERT_EVENT) are events too, and can fail like any other.
-_EVENT_CHOICES = (*EVENT_TYPES, "gateway_alert")
-_LOAD_CHUNK = 500  # deliveries read per pipeline
 
 
 class When(click.ParamType[int, Any]):
@@ -152,7 +156,7 @@ def dead_letter_filters(default_limit: int) -> Callable[[F], F]:
         click.option("--target", multiple=True, metavar="NAME", help="Only this target (repeatable)."),
         click.option("--network", multiple=True, metavar="ID", help="Only this network id (repeatable)."),
         click.option(
-            "--event", type=click.Choice(_EVENT_CHOICES), default=None, help="Only this event type."
+            "--event", type=click.Choice(EVENT_TYPE_CHOICES), default=None, help="Only this event type."
         ),
         click.option("--since", type=When(), default=None, help="Failed at or after WHEN."),
         click.option("--until", type=When(), default=None, help="Failed at or before WHEN."),
@@ -175,72 +179,38 @@ def dead_letter_filters(default_limit: int) -> Callable[[F], F]:
     return wrap
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetterFilter:
-    targets: frozenset[str] = frozenset()
-    networks: frozenset[str] = frozenset()
-    event: str | None = None
-    since_ms: int | None = None
-    until_ms: int | None = None
-    error: str | None = None
-    limit: int = 0  # 0: all
-
-    @classmethod
-    def from_options(
-        cls,
-        target: tuple[str, ...],
-        network: tuple[str, ...],
-        event: str | None,
-        since: int | None,
-        until: int | None,
-        error: str | None,
-        limit: int,
-    ) -> DeadLetterFilter:
-        if since is not None and until is not None and since > until:
-            raise click.BadParameter(
-                f"--since ({iso_ms(since)}) is after --until ({iso_ms(until)})", param_hint="'--since'"
-            )
-        return cls(frozenset(target), frozenset(network), event, since, until, error or None, limit)
-
-    def narrows(self) -> bool:
-        return self != DeadLetterFilter(limit=0)
-
-    def but(self, **changes: Any) -> DeadLetterFilter:
-        return replace(self, **changes)
-
-    def matches(self, d: DeadLetter) -> bool:
-        return (
-            (not self.networks or d.event.network_id in self.networks)
-            and (self.event is None or d.event.type == self.event)
-            and (self.error is None or self.error.lower() in (d.delivery.last_error or "").lower())
-        )
+def failed_filter(
+    target: tuple[str, ...],
+    network: tuple[str, ...],
+    event: str | None,
+    since: int | None,
+    until: int | None,
+    error: str | None,
+) -> FailedFilter:
+    """The dead letters the options of `dead_letter_filters` select (as GET /deliveries/failed)."""
+    try:
+        return FailedFilter(frozenset(target), frozenset(network), event, since, until, error or None)
+    except AdminError as exc:
+        raise _bad_parameter(exc) from None
 
 
-def select_dead_letters(store: Store, dq: DeliveryQueue, f: DeadLetterFilter) -> list[DeadLetter]:
-    """The dead letters `f` selects, newest first; those whose event expired are left out.
+def _service() -> Service:
+    """The admin API's Service on this environment's Redis (act on it as `CLI`)."""
+    settings = _settings()
+    return Service(_store(settings), settings.queue_name)
 
-    The time range is applied by Redis; the target from the id; the rest in Python, on events
-    and states read a pipeline at a time (and no further than `f.limit` needs).
-    """
-    rows = [
-        (did, ms)
-        for did, ms in dq.dead_letters(f.since_ms, f.until_ms)
-        if not f.targets or did.partition("-")[2] in f.targets
-    ]
-    found: list[DeadLetter] = []
-    for start in range(0, len(rows), _LOAD_CHUNK):
-        chunk = rows[start : start + _LOAD_CHUNK]
-        loaded = store.get_many_deliveries([did for did, _ in chunk])
-        for (did, ms), (event, state) in zip(chunk, loaded, strict=True):
-            # A dead letter replayed meanwhile is no longer one.
-            if event is None or state is None or state.status not in DEAD:
-                continue
-            letter = DeadLetter(did, ms, did.partition("-")[2], event, state)
-            if f.matches(letter):
-                found.append(letter)
-                if f.limit and len(found) >= f.limit:
-                    return found
-    return found
+
+def _bad_parameter(exc: AdminError) -> click.BadParameter:
+    """A value the Service refused, as the option that gave it (`--since`)."""
+    return click.BadParameter(exc.detail, param_hint=f"'--{exc.field}'" if exc.field else None)
+
+
+def _fail(exc: AdminError, not_found: str | None = None) -> NoReturn:
+    """Exit 1 with the Service's reason on one line (`not_found`: the text for a NotFound)."""
+    if isinstance(exc, NotFound) and not_found is not None:
+        raise click.ClickException(not_found)
+    where = f" ({exc.field})" if exc.field else ""
+    raise click.ClickException(f"{exc.detail}{where}")
 
 
 def _delivery_queue(store: Store) -> DeliveryQueue:
@@ -253,19 +223,6 @@ def _wake(store: Store, settings: Settings) -> None:
 
     if _delivery_queue(store).set_wake():
         enqueue_drain(make_queue(store.redis, settings.queue_name))
-
-
-def _require_target(store: Store, name: str, allow_unconfigured: bool) -> None:
-    _, data = store.load_config()
-    names = sorted(t["name"] for t in (data or {}).get("targets", []))
-    if name in names:
-        return
-    if allow_unconfigured:
-        dq = _delivery_queue(store)
-        if name in dq.held_targets() or name in dq.parked_targets():
-            return
-    known = ", ".join(names) if names else "none loaded"
-    raise click.BadParameter(f"unknown target {name!r} (known: {known})", param_hint="NAME")
 
 
 def _now_ms() -> int:
@@ -292,66 +249,9 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def _state_label(health: TargetHealth) -> str:
-    state = health.state
-    return "paused (by hand)" if state is TargetState.PAUSED and health.manual else state.value
-
-
-def _health_json(health: TargetHealth) -> dict[str, Any]:
-    return {**health.to_dict(), "since": iso_ms(health.since) if health.since is not None else None}
-
-
-def _delivery_json(state: Delivery) -> dict[str, Any]:
-    data = state.to_dict()
-    for key in ("updated_at", "next_attempt_at"):
-        data[key] = iso_ms(data[key]) if data[key] else None
-    return data
-
-
-def _attempt_json(attempt: dict[str, Any]) -> dict[str, Any]:
-    data = {k: v for k, v in attempt.items() if k != "at_ms"}
-    if "at" not in data and "at_ms" in attempt:
-        data["at"] = iso_ms(attempt["at_ms"])
-    return data
-
-
-# What `attempt-now` found: these are waiting (or about to be sent); anything else is not.
-_WAITING = frozenset({"scheduled", "due", "in-flight", "rate-limited", "held"})
-
-
-def _attempt_now_text(result: str, did: str, state: Delivery | None, health: TargetHealth | None) -> str:
-    target = did.partition("-")[2]
-    if result == "scheduled":
-        was = (
-            f" (its next retry was at {_iso(state.next_attempt_at)})"
-            if state and state.next_attempt_at
-            else ""
-        )
-        return f"scheduled: due now{was}"
-    if result == "held":
-        if health is not None and health.state is not TargetState.ACTIVE:
-            why = f" ({health.reason})" if health.reason else ""
-            return f"held: target {health.state.value}{why}; `gateway targets resume {target}` sends it"
-        return "held: the target is at its concurrency cap; it goes when a request to it finishes"
-    if result in ("failed", "expired"):
-        return f"{result} for good (a dead letter): `gateway replay {did}` sends it again"
-    texts = {
-        "due": "already due: a worker takes it within seconds",
-        "in-flight": "in flight: a worker is sending it now",
-        "rate-limited": "waiting for its turn under the target's rate limit",
-        "unknown": "unknown (no such delivery, or past retention)",
-        "delivered": "already delivered",
-        "skipped": "skipped: its target was removed",
-    }
-    return texts.get(result, f"{result}, but not waiting")
-
-
-# What `replay` answers, besides another status (a delivery neither waiting nor finished: refused).
-_REPLAY_RESULTS = frozenset({"replayed", "pending", "held", "delivered", "unknown"})
-_REPLAY_TEXT = {
-    "unknown": "unknown (no such delivery, or past retention)",
-    "delivered": "already delivered (--force sends it again)",
-}
+def _state_label(health: Mapping[str, Any]) -> str:
+    """A target's state, from its API health document (`documents.health_json`)."""
+    return "paused (by hand)" if health["state"] == "paused" and health["manual"] else str(health["state"])
 
 
 # -- the workers' environment (`targets apply`) ------------------------------------------------------

@@ -2,37 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import os
-import socket
 import sys
-import threading
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import click
 
+from gateway.admin import AdminError, NotFound
+from gateway.admin.service import Service, was
 from gateway.cli.common import (
+    CLI,
     OperatorCommand,
-    _delivery_queue,
+    _bad_parameter,
     _echo_json,
-    _health_json,
-    _iso,
-    _now_ms,
-    _require_target,
+    _service,
     _settings,
     _state_label,
     _store,
     _table,
-    _wake,
     main,
 )
-from gateway.delivery.netguard import AddressNotAllowed, AllowPrivate, check_address, host_refusal
-from gateway.events import make_alert
+from gateway.config.addresses import address_policy, host_refusal, is_ip_literal
+from gateway.config.checks import target_hosts
+from gateway.config.load import load_config
+from gateway.config.targets import Config
+from gateway.delivery.netguard import resolved_refusals
 from gateway.exceptions import ConfigError, ConfigErrors, config_problems
 from gateway.settings import Settings
-from gateway.store.events import Store
-from gateway.targets import Config, address_policy, is_ip_literal, load_config, target_hosts
 
 
 @main.command()
@@ -78,46 +76,6 @@ def private_target_warnings(config: Config, environ: Mapping[str, str] | None = 
         for target, key, host in named
         if host in refusals
     ]
-
-
-def resolved_refusals(
-    hosts: Iterable[str], allow_private: AllowPrivate, timeout: float = 3.0
-) -> dict[str, str]:
-    """Resolve `hosts` now, at once: why each one's addresses would be refused (if they would).
-
-    A name that does not resolve is left out (the connect-time check has the last word). Bounded
-    by `timeout` in all (getaddrinfo has no timeout of its own): a resolver thread still waiting
-    then is a daemon, and ends with its lookup.
-    """
-    found: dict[str, list[str]] = {}
-
-    def resolve(host: str) -> None:
-        try:
-            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            return
-        found[host] = sorted({str(info[4][0]) for info in infos})
-
-    threads = [
-        threading.Thread(target=resolve, args=(h,), name="gateway-resolve", daemon=True)
-        for h in sorted(set(hosts))
-    ]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(deadline - time.monotonic(), 0.0))
-    refusals = {}
-    for host, addresses in list(found.items()):
-        refused = []
-        for address in addresses:
-            try:
-                check_address(address, allow_private)
-            except AddressNotAllowed:
-                refused.append(address)
-        if refused:
-            refusals[host] = f"{host} resolves now to {', '.join(refused)} (private, loopback or reserved)"
-    return refusals
 
 
 def _echo_problems(exc: ConfigError) -> None:
@@ -205,62 +163,29 @@ def targets_apply(path: str, strict: bool) -> None:
 
 
 @targets.command("list", cls=OperatorCommand)
-@click.option("--json", "as_json", is_flag=True, help="The configuration and each target's health as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="As JSON, as GET /api/v1/targets.")
 def targets_list(as_json: bool) -> None:
     """Every target with its health: state, why, since when, failures, held and in-flight deliveries."""
-    store = _store(_settings())
-    dq = _delivery_queue(store)
-    version, data = store.load_config()
-    configured: list[dict[str, Any]] = list((data or {}).get("targets", []))
-    names = {t["name"] for t in configured}
-    # Targets removed from the configuration while paused, disabled or holding deliveries.
-    others = sorted((set(dq.held_targets()) | set(dq.parked_targets())) - names)
-    health = {name: dq.health(name) for name in [*names, *others]}
+    listed = _service().targets_page(CLI)
     if as_json:
-        out = {
-            "version": version,
-            **(data or {"targets": []}),
-            "targets": [{**t, "health": _health_json(health[t["name"]])} for t in configured],
-            "unconfigured": [{"name": n, "health": _health_json(health[n])} for n in others],
-        }
-        _echo_json(out)
+        _echo_json(listed)
         return
+    configured, others, version = listed["items"], listed["unconfigured"], listed["version"]
     if not configured and not others:
         click.echo(f"no targets loaded (version {version}): `gateway targets apply FILE` loads some")
         return
-    rows = []
-    for t in configured:
-        h = health[t["name"]]
-        rows.append(
-            [
-                t["name"],
-                _state_label(h),
-                h.reason or "-",
-                _iso(h.since),
-                str(h.failures),
-                str(h.held_deliveries),
-                str(h.in_flight),
-                str(t.get("rate") or "-"),
-                str(t.get("concurrency") or "-"),
-                ",".join(t.get("networks", [])),
-            ]
-        )
-    for name in others:
-        h = health[name]
-        rows.append(
-            [
-                name,
-                _state_label(h),
-                h.reason or "-",
-                _iso(h.since),
-                str(h.failures),
-                str(h.held_deliveries),
-                str(h.in_flight),
-                "-",
-                "-",
-                "(not configured)",
-            ]
-        )
+    rows = [
+        [
+            t["name"],
+            *_health_cells(t["health"]),
+            str(t.get("rate") or "-"),
+            str(t.get("concurrency") or "-"),
+            ",".join(t.get("networks", [])),
+        ]
+        for t in configured
+    ]
+    # Targets removed from the configuration while paused, disabled or holding deliveries.
+    rows += [[t["name"], *_health_cells(t["health"]), "-", "-", "(not configured)"] for t in others]
     _table(
         [
             "NAME",
@@ -279,21 +204,77 @@ def targets_list(as_json: bool) -> None:
     click.echo(f"configuration version {version}, {len(configured)} targets")
 
 
+def _health_cells(h: Mapping[str, Any]) -> list[str]:
+    """The health columns of a target, from its API document (`health_json`)."""
+    return [
+        _state_label(h),
+        h["reason"] or "-",
+        h["since"] or "-",
+        str(h["failures"]),
+        str(h["held_deliveries"]),
+        str(h["in_flight"]),
+    ]
+
+
+@targets.command("show", cls=OperatorCommand)
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="As JSON, as GET /api/v1/targets/{name}.")
+def targets_show(name: str, as_json: bool) -> None:
+    """One target: its health and its declaration (secrets redacted)."""
+    service = _service()
+    try:
+        target = service.get_target(CLI, name)
+    except NotFound:
+        raise _unknown_target(service, name) from None
+    if as_json:
+        _echo_json(target)
+        return
+    h = target["health"]
+    source = "the configuration file" if target["source"] == "file" else "made through the admin API"
+    why = f" ({h['reason']})" if h["reason"] else ""
+    since = f" since {h['since']}" if h["since"] else ""
+    lines = [
+        ("target", f"{name} ({source})"),
+        ("state", f"{_state_label(h)}{why}{since}"),
+        (
+            "health",
+            f"{h['failures']} consecutive failures, {h['held_deliveries']} held, {h['in_flight']} in flight",
+        ),
+    ]
+    declared = [(k, v) for k, v in target.items() if k not in ("name", "source", "health")]
+    width = max(len(k) for k, _ in [*lines, *declared])
+    for key, value in lines:
+        click.echo(f"{key:<{width}}  {value}")
+    click.echo()
+    for key, value in declared:
+        click.echo(
+            f"{key:<{width}}  {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}"
+        )
+
+
+def _unknown_target(service: Service, name: str) -> click.BadParameter:
+    names = sorted(t["name"] for t in service.list_targets(CLI))
+    known = ", ".join(names) if names else "none loaded"
+    return click.BadParameter(f"unknown target {name!r} (known: {known})", param_hint="NAME")
+
+
 @targets.command("pause", cls=OperatorCommand)
 @click.argument("name")
 @click.option("--reason", default=None, help="Why, shown by `gateway targets list`.")
 @click.option("--json", "as_json", is_flag=True, help="The state before and after, as JSON (as the API).")
 def targets_pause(name: str, reason: str | None, as_json: bool) -> None:
     """Hold every delivery to NAME until `gateway targets resume NAME` (no probes meanwhile)."""
-    store = _store(_settings())
-    _require_target(store, name, allow_unconfigured=False)
-    before = _delivery_queue(store).pause(name, _now_ms(), reason or "paused by hand")
-    was = "" if before == "active" else f" (was {before})"
-    _alert(store, name, f"target {name} paused by hand: {reason or 'no reason given'}")
+    service = _service()
+    try:
+        paused = service.pause_target(CLI, name, reason)
+    except NotFound:
+        raise _unknown_target(service, name) from None
+    except AdminError as exc:
+        raise _bad_parameter(exc) from None
     if as_json:
-        held = _delivery_queue(store).health(name).held_deliveries
-        _echo_json({"target": name, "before": before, "state": "paused", "held_deliveries": held})
+        _echo_json(paused)
         return
+    was = "" if paused["before"] == "active" else f" (was {paused['before']})"
     click.echo(f"{name} paused{was}; its deliveries wait until `gateway targets resume {name}`")
 
 
@@ -302,38 +283,25 @@ def targets_pause(name: str, reason: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The state before and after, as JSON (as the API).")
 def targets_resume(name: str, as_json: bool) -> None:
     """Send NAME's held deliveries now; also re-enables a target disabled by 410 Gone."""
-    settings = _settings()
-    store = _store(settings)
-    _require_target(store, name, allow_unconfigured=True)
-    dq = _delivery_queue(store)
-    health = dq.health(name)
-    before = dq.resume(name, _now_ms())
-    _wake(store, settings)
-    held = health.held_deliveries
+    service = _service()
+    listed = service.targets_page(CLI)
+    health = next(
+        (t["health"] for t in [*listed["items"], *listed["unconfigured"]] if t["name"] == name), None
+    )
+    try:
+        resumed = service.resume_target(CLI, name)
+    except NotFound:
+        raise _unknown_target(service, name) from None
     if as_json:
-        if before != "active":
-            _alert(store, name, f"target {name} resumed by hand (was {before})")
-        _echo_json({"target": name, "before": before, "state": "active", "held_deliveries": held})
+        _echo_json(resumed)
         return
+    before, held = resumed["before"], resumed["held_deliveries"]
     due = f"{held} held {'delivery is' if held == 1 else 'deliveries are'} due now"
     if before == "active":
         click.echo(f"{name} was not paused; {due}" if held else f"{name} was not paused; nothing was held")
         return
-    label = "paused by hand" if before == "paused" and health.manual else before
-    why = f": {health.reason}" if health.reason and health.reason != label else ""
-    _alert(store, name, f"target {name} resumed by hand (was {label}{why})")
-    click.echo(f"{name} resumed (was {label}{why}); {due}")
-
-
-def _alert(store: Store, about: str, message: str) -> None:
-    """Tell the alert target (if any, and not about itself) what an operator did."""
-    _, data = store.load_config()
-    name = ((data or {}).get("settings") or {}).get("alert_target")
-    if name and name != about:
-        _delivery_queue(store).write_alert(make_alert(message), name)
-
-
-# -- dead letters, replay, one delivery ---------------------------------------------------------------
+    told = was(before, health["manual"], health["reason"]) if health else before
+    click.echo(f"{name} resumed (was {told}); {due}")
 
 
 # -- targets validate / test: the request a target sends, shown or sent by a worker ------------------
@@ -358,7 +326,7 @@ def _preview_config(path: str | None) -> Config:
         except ConfigError as exc:
             _echo_problems(exc)
             sys.exit(1)
-    from gateway.targets import config_from_dict
+    from gateway.config.load import config_from_dict
 
     _, data = _store(_settings()).load_config()
     return config_from_dict(data or {})

@@ -1,4 +1,8 @@
-"""`gateway events ...`: what was received, and what became of each delivery."""
+"""`gateway events ...`: what was received, and what became of each delivery.
+
+Read through the admin API's Service as an operator key: `--json` prints the API's document
+(GET /events, GET /events/{id}).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,20 @@ from typing import Any
 
 import click
 
-from gateway.admin.service import MAX_LIMIT, STATE_FILTERS
+from gateway.admin import AdminError
+from gateway.admin.queries import EVENT_TYPE_CHOICES, MAX_LIMIT, STATE_FILTERS, EventFilter, Page
 from gateway.cli.common import (
-    _EVENT_CHOICES,
+    CLI,
     OperatorCommand,
     When,
-    _attempt_json,
+    _bad_parameter,
     _clip,
     _echo_json,
-    _iso,
-    _settings,
-    _store,
+    _fail,
+    _service,
     _table,
     main,
 )
-from gateway.events import InvitationEvent
 
 
 @main.group()
@@ -28,27 +31,10 @@ def events() -> None:
     """Watch invitations and their deliveries."""
 
 
-def _event_json(ev: InvitationEvent, deliveries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "event": ev.to_dict(),
-        "deliveries": {name: _delivery_times(d) for name, d in sorted(deliveries.items())},
-    }
-
-
-def _delivery_times(d: dict[str, Any]) -> dict[str, Any]:
-    out = dict(d)
-    for key in ("updated_at", "next_attempt_at"):
-        if out.get(key):
-            out[key] = _iso(out[key])
-        elif key in out:
-            out[key] = None
-    return out
-
-
 @events.command("list", cls=OperatorCommand)
 @click.option("--network", default=None, metavar="ID", help="Only this network id.")
 @click.option(
-    "--type", "event_type", type=click.Choice(_EVENT_CHOICES), default=None, help="Only this event type."
+    "--type", "event_type", type=click.Choice(EVENT_TYPE_CHOICES), default=None, help="Only this event type."
 )
 @click.option("--invitee", default=None, help="Only this invitee (as normalized or as sent).")
 @click.option("--invitor", default=None, help="Only this invitor.")
@@ -84,19 +70,14 @@ def events_list(
     as_json: bool,
 ) -> None:
     """The latest invitations with the state of each delivery, newest first (as GET /api/v1/events)."""
-    from gateway.admin import AdminError
-    from gateway.admin.service import EventFilter, Page, Service
-    from gateway.cli.keys import CLI
-
-    settings = _settings()
-    service = Service(_store(settings), settings.queue_name)
+    service = _service()
     try:
         filters = EventFilter(network, event_type, invitee, invitor, state, since, until)
         page = service.list_events(CLI, filters, cursor, limit) if limit else Page([], None)
     except AdminError as exc:
-        raise click.BadParameter(exc.detail, param_hint=f"'--{exc.field}'" if exc.field else None) from None
+        raise _bad_parameter(exc) from None
     if as_json:
-        _echo_json({"items": page.items, "next_cursor": page.next_cursor})
+        _echo_json(page.to_dict())
         return
     if not page.items:
         if limit > 0:
@@ -129,44 +110,45 @@ def events_list(
 
 @events.command("show", cls=OperatorCommand)
 @click.argument("event_id")
-@click.option("--json", "as_json", is_flag=True, help="JSON, for scripts (times in ISO 8601).")
+@click.option("--json", "as_json", is_flag=True, help="As JSON, as GET /api/v1/events/{id}.")
 def events_show(event_id: str, as_json: bool) -> None:
     """One invitation: the event, each delivery's state, every attempt."""
-    store = _store(_settings())
-    ev = store.get_event(event_id)
-    if ev is None:
-        raise click.ClickException(f"no event {event_id} (unknown or past retention)")
-    deliveries = store.get_deliveries(event_id)
-    attempts = [_attempt_json(a) for a in store.get_attempts(event_id)]
+    try:
+        shown = _service().get_event(CLI, event_id)
+    except AdminError as exc:
+        _fail(exc, f"no event {event_id} (unknown or past retention)")
     if as_json:
-        _echo_json({**_event_json(ev, deliveries), "attempts": attempts})
+        _echo_json(shown)
         return
-    click.echo(f"event      {ev.id}")
-    click.echo(f"type       {ev.type}")
-    click.echo(f"received   {ev.received_at} (as {ev.source_format}, from {ev.client or '?'})")
-    click.echo(f"network    {ev.network_id}")
-    click.echo(f"invitor    {ev.invitor}")
-    click.echo(f"invitee    {ev.invitee} (sent as {ev.invitee_raw!r})")
-    if ev.message:
-        click.echo(f"message    {ev.message}")
+    ev, deliveries = shown["event"], shown["deliveries"]
+    click.echo(f"event      {ev['id']}")
+    click.echo(f"type       {ev['type']}")
+    click.echo(f"received   {ev['received_at']} (as {ev['source_format']}, from {ev.get('client') or '?'})")
+    click.echo(f"network    {ev['network_id']}")
+    click.echo(f"invitor    {ev['invitor']}")
+    click.echo(f"invitee    {ev['invitee']} (sent as {ev['invitee_raw']!r})")
+    if ev.get("message"):
+        click.echo(f"message    {ev['message']}")
     click.echo("")
     if deliveries:
         _table(
             ["TARGET", "STATE", "ATTEMPTS", "UPDATED", "NEXT ATTEMPT", "LAST"],
             [
                 [
-                    name,
-                    str(d.get("status")) + (f" ({d['waiting']})" if d.get("waiting") else ""),
-                    str(d.get("attempts", 0)),
-                    _iso(d.get("updated_at") or None),
-                    _iso(d.get("next_attempt_at") or None),
+                    d["target"],
+                    str(d["status"]) + (f" ({d['waiting']})" if d.get("waiting") else ""),
+                    str(d["attempt_count"]),
+                    d["updated_at"] or "-",
+                    d["next_attempt_at"] or "-",
                     _clip(_last(d), 60),
                 ]
-                for name, d in sorted(deliveries.items())
+                for d in deliveries
             ],
         )
     else:
         click.echo("no deliveries (no target served this network and event)")
+    # Every attempt in the order made (each delivery's are oldest first).
+    attempts = sorted((a for d in deliveries for a in d["attempts"]), key=lambda a: str(a.get("at", "")))
     if attempts:
         click.echo("")
         _table(

@@ -11,29 +11,13 @@ import json
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from gateway.admin import AdminError
-from gateway.admin.keys import Principal
-from gateway.cli.common import OperatorCommand, _echo_json, _settings, _store, _table, main
+from gateway.cli.common import CLI, OperatorCommand, _echo_json, _fail, _service, _table, main
 from gateway.cli.config import targets
-
-# The CLI runs where REDIS_URL is known: it is the operator.
-CLI = Principal("cli", "the gateway command", None)
-
-
-def _service() -> Any:
-    from gateway.admin.service import Service
-
-    settings = _settings()
-    return Service(_store(settings), settings.queue_name)
-
-
-def _fail(exc: AdminError) -> NoReturn:
-    where = f" ({exc.field})" if exc.field else ""
-    raise click.ClickException(f"{exc.detail}{where}")
 
 
 @main.group()

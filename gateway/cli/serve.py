@@ -19,9 +19,10 @@ from gateway.cli.common import (
     main,
 )
 from gateway.cli.config import ingest_warnings
+from gateway.config.load import load_config
+from gateway.config.targets import Config
 from gateway.exceptions import ConfigError
 from gateway.settings import Settings
-from gateway.targets import Config, load_config
 
 if TYPE_CHECKING:
     from gateway.embedded import EmbeddedRedis
@@ -107,8 +108,11 @@ def worker(
 
 
 def _require_url(settings: Settings) -> None:
+    """REDIS_URL, or a running standalone's Redis (gateway.wiring), or one line saying what to do."""
+    from gateway.wiring import redis_url
+
     try:
-        settings.require_redis_url()
+        redis_url(settings)
     except ConfigError as exc:
         raise _UsageLine(str(exc)) from None
 

@@ -67,10 +67,11 @@ def spool_drain() -> None:
 
     from gateway.app import ingest_parts
     from gateway.ingest.spool import Spool
+    from gateway.wiring import redis_url
 
     settings = _settings()
     try:
-        settings.require_redis_url()
+        redis_url(settings)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     spool = Spool(settings.spool_path, name=f"cli-{os.getpid()}")

@@ -1,2 +1,3 @@
-"""Configuration: presets for well-known targets (the target model and loading are still in
-`gateway.targets`; DESIGN.md "Layout for the next stage" moves them here)."""
+"""Configuration: the target model (targets.py), loading and validating it (load.py, with
+values.py, checks.py, problems.py, options.py), presets (presets.py) and the address policy
+(addresses.py). Pure: nothing here reads Redis or the network."""

@@ -1,6 +1,7 @@
 """Target options that presets brought (pure): OAuth2 client credentials, answers that count as
-delivered, and signing-secret rotation. `gateway.targets` validates the rest of a target and
-calls `options_from_dict` for these keys.
+delivered, and signing-secret rotation, validated. `gateway.config.load` validates the rest of a
+target and calls `options_from_dict` for these keys; the values are the model's
+(gateway/config/targets.py: `OAuth2`, and the Target's fields).
 
 - `oauth2 = { token_url = "...", client_id = "${ID}", client_secret = "${SECRET}", scope = "..." }`:
   a token is fetched from `token_url` with HTTP Basic client_id:client_secret and sent as
@@ -15,19 +16,15 @@ calls `options_from_dict` for these keys.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.config.targets import OAuth2, Target
+from gateway.config.values import check_whsec
 from gateway.exceptions import ConfigError
 from gateway.templating import Template
-
-if TYPE_CHECKING:
-    from gateway.targets import Target
 
 OPTION_KEYS = (
     "preset",
@@ -37,25 +34,6 @@ OPTION_KEYS = (
     "previous_signing_secret_until",
 )
 _OAUTH2_KEYS = frozenset({"token_url", "client_id", "client_secret", "scope"})
-
-
-@dataclass(frozen=True, slots=True)
-class OAuth2:
-    """OAuth2 client credentials (RFC 6749 4.4); each part may use ${ENV}."""
-
-    token_url: str
-    client_id: str
-    client_secret: str
-    scope: str | None = None
-
-    def templates(self) -> tuple[str, ...]:
-        return (self.token_url, self.client_id, self.client_secret, *((self.scope,) if self.scope else ()))
-
-    def to_dict(self) -> dict[str, str]:
-        data = {"token_url": self.token_url, "client_id": self.client_id, "client_secret": self.client_secret}
-        if self.scope is not None:
-            data["scope"] = self.scope
-        return data
 
 
 def options_from_dict(
@@ -70,22 +48,6 @@ def options_from_dict(
     if "previous_signing_secret" in data or "previous_signing_secret_until" in data:
         fields.update(_previous_secret(data, target, environ))
     return fields
-
-
-def options_to_dict(target: Target) -> dict[str, Any]:
-    """Only what is set, so a target without these keys keeps its stored digest."""
-    data: dict[str, Any] = {}
-    if target.oauth2 is not None:
-        data["oauth2"] = target.oauth2.to_dict()
-    if target.delivered_statuses:
-        if all(not text for _, text in target.delivered_statuses):
-            data["delivered_statuses"] = [code for code, _ in target.delivered_statuses]
-        else:
-            data["delivered_statuses"] = {str(code): text for code, text in target.delivered_statuses}
-    if target.previous_signing_secret is not None:
-        data["previous_signing_secret"] = target.previous_signing_secret
-        data["previous_signing_secret_until"] = target.previous_signing_secret_until
-    return data
 
 
 def options_env_key(target: Target, ref: str) -> str | None:
@@ -226,15 +188,3 @@ def _previous_secret(
         "previous_signing_secret_until": text,
         "previous_signing_secret_expires": when.timestamp(),
     }
-
-
-def check_whsec(secret: str, target: str, key: str) -> None:
-    """A Standard Webhooks secret: whsec_ and the base64 of 24 to 64 bytes."""
-    if not secret.startswith("whsec_"):
-        raise ConfigError("must be whsec_ followed by base64 (or ${ENV_VAR} holding one)", target, key)
-    try:
-        raw = base64.b64decode(secret[len("whsec_") :], validate=True)
-    except binascii.Error:
-        raise ConfigError("is not valid base64 after whsec_", target, key) from None
-    if not 24 <= len(raw) <= 64:
-        raise ConfigError("must decode to 24 to 64 bytes", target, key)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring as _json_string
 from typing import Any
 
+from gateway.config.targets import MAX_TIMEOUT, Config, Target
 from gateway.delivery.lookups import LookupFailure, Lookups
 from gateway.delivery.oauth2 import TokenError, TokenSource
 from gateway.delivery.request import RequestPlan, build_request, classify, retry_delay
@@ -45,7 +46,6 @@ from gateway.records import (
 )
 from gateway.store.queue import Completion, DeliveryQueue, HealthSignal
 from gateway.store.token_cache import TokenCache
-from gateway.targets import MAX_TIMEOUT, Config, Target
 
 log = logging.getLogger("gateway.delivery")
 

@@ -27,13 +27,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from gateway.config.targets import Lookup, Target
 from gateway.delivery.request import OutboundRequest, Response, build_request
 from gateway.delivery.sender import SendError
 from gateway.events import InvitationEvent
 from gateway.exceptions import ConfigError
 from gateway.records import Outcome
 from gateway.store.keys import Keys
-from gateway.targets import Lookup, Target
 
 log = logging.getLogger("gateway.lookups")
 

@@ -23,10 +23,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import quote
 
+from gateway.config.targets import Target
 from gateway.delivery.request import OutboundRequest, Response, proxy_for
 from gateway.delivery.sender import SendError
 from gateway.store.token_cache import TokenCache
-from gateway.targets import Target
 from gateway.templating import Template
 
 log = logging.getLogger("gateway.delivery")

@@ -20,10 +20,10 @@ from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from json.encoder import encode_basestring as _encode_json_string
 
+from gateway.config.targets import Target
 from gateway.events import InvitationEvent
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from gateway.records import delivery_id
-from gateway.targets import Target
 from gateway.templating import JSON_KIND, Escape, Template, escape_header, escape_url
 
 log = logging.getLogger("gateway.delivery")

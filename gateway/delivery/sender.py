@@ -9,7 +9,7 @@ one event loop, across jobs. No redirects are followed, the environment's proxie
 target's `proxy`, or HTTPS_PROXY, is passed explicitly), a total deadline bounds every request,
 only the first bytes of a response are read, and no cookie or compressed body is accepted.
 
-Every address connected to is vetted by `gateway.delivery.netguard`. An IP literal is checked
+Every address connected to is vetted by `gateway.config.addresses`. An IP literal is checked
 as it is. A name is resolved here, its addresses checked, and the request goes through a client
 pinned to an allowed address (reqwest's `resolve` override): the client never resolves the name
 itself, so a DNS answer that changes between the check and the connect (rebinding) cannot slip
@@ -41,7 +41,7 @@ from pyreqwest.proxy import ProxyBuilder
 from pyreqwest.response import ResponseBodyReader
 
 from gateway import __version__
-from gateway.delivery.netguard import AddressNotAllowed, AllowPrivate, check_address
+from gateway.config.addresses import AddressNotAllowed, AllowPrivate, check_address
 from gateway.delivery.request import OutboundRequest, Response
 
 log = logging.getLogger("gateway.sender")

@@ -19,13 +19,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from gateway.config.targets import Config, Target
+from gateway.config.values import hide_password
 from gateway.delivery.lookups import LookupFailure, Lookups, lookup_request
 from gateway.delivery.request import OutboundRequest, Response, build_request, classify
 from gateway.delivery.sender import SendError
 from gateway.events import InvitationEvent, new_ulid
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from gateway.records import iso_ms
-from gateway.targets import Config, Target
 
 SAMPLE = {"invitee": "+15551231234", "invitee_raw": "15551231234", "invitor": "johnsnow"}
 BODY_SHOWN = 512  # bytes of a response body kept in a test result
@@ -103,16 +104,8 @@ def redact(request: OutboundRequest, secrets: Mapping[str, str] | None = None) -
         "headers": headers,
         "body": scrub(body) if body is not None else None,
         "timeout": request.timeout,
-        "proxy": _hide_password(scrub(request.proxy)) if request.proxy else None,
+        "proxy": hide_password(scrub(request.proxy)) if request.proxy else None,
     }
-
-
-def _hide_password(url: str) -> str:
-    head, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    return f"{head}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def _preview_env(target: Target) -> dict[str, str]:

@@ -15,8 +15,8 @@ from time import perf_counter
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope
 
+from gateway.config.targets import Config
 from gateway.events import InvitationEvent, make_event, merge_fields, pick_fields
 from gateway.exceptions import (
     CallbackError,
@@ -29,52 +29,18 @@ from gateway.exceptions import (
     UnsupportedBody,
 )
 from gateway.ingest.accept import Accepter
+from gateway.ingest.callback import Callback
 from gateway.ingest.formats import decode_body, decode_query
 from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig
 from gateway.metrics import IngestMetrics
 from gateway.networks import NetworkPolicy
 from gateway.store.ingest import AcceptStatus
-from gateway.targets import Config
 
 log = logging.getLogger("gateway.ingest")
 
 LOGGED_BODY = 1024  # bytes of a rejected body written to the log, for the provider to debug
 NO_CONTENT = Response(status_code=204)
-
-
-class Callback:
-    """What the ingest reads of a request, straight from the ASGI scope.
-
-    The fast path (gateway/app.py) builds one per callback instead of a Starlette `Request`,
-    whose headers, client and path parameters are objects built on first use.
-    """
-
-    __slots__ = ("headers", "method", "peer", "query", "receive", "token")
-
-    def __init__(self, scope: Scope, receive: Receive, token: str | None = None) -> None:
-        self.method: str = scope["method"]
-        self.query: bytes = scope.get("query_string", b"")
-        self.headers: list[tuple[bytes, bytes]] = scope["headers"]  # names in lower case (ASGI)
-        client = scope.get("client")
-        self.peer: str | None = client[0] if client else None
-        self.token = token  # the path segment /invitation_created/<token>
-        self.receive = receive
-
-    @classmethod
-    def of(cls, request: Request) -> Callback:
-        token = request.path_params.get("token")
-        return cls(request.scope, request.receive, str(token) if token else None)
-
-    def header(self, name: bytes) -> str | None:
-        """The first value of a header (`name` in lower case)."""
-        for key, value in self.headers:
-            if key == name:
-                return value.decode("latin-1")
-        return None
-
-    def header_list(self, name: bytes) -> list[str]:
-        return [value.decode("latin-1") for key, value in self.headers if key == name]
 
 
 class ConfigCache:
@@ -125,7 +91,8 @@ class Ingest:
 
     async def __call__(self, request: Request, event_type: str) -> Response:
         """The Starlette endpoint (routes the fast path does not take, such as HEAD)."""
-        await self.take(Callback.of(request), event_type)
+        token = request.path_params.get("token")
+        await self.take(Callback(request.scope, request.receive, str(token) if token else None), event_type)
         return NO_CONTENT
 
     async def take(self, callback: Callback, event_type: str) -> None:

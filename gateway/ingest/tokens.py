@@ -12,15 +12,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
+from gateway.config.targets import Config
 from gateway.exceptions import Forbidden, Unauthorized
+from gateway.ingest.callback import Callback
 from gateway.networks import NetworkPolicy, TokenTable
-from gateway.targets import Config
-
-if TYPE_CHECKING:
-    from gateway.ingest.endpoint import Callback
 
 log = logging.getLogger("gateway.ingest")
 

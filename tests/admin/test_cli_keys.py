@@ -72,7 +72,7 @@ def test_targets_set_and_delete_beside_the_file(gateway: Gateway, redis: Redis, 
     made = gw(gateway, "targets", "set", "sms", str(declaration))
     assert made["source"] == "api" and made["headers"]["X-Token"] == "********"
     listed = gw(gateway, "targets", "list")
-    assert [t["name"] for t in listed["targets"]] == ["file-crm", "sms"]
+    assert [t["name"] for t in listed["items"]] == ["file-crm", "sms"]
     # Set again: replaced; TOML works too.
     toml = tmp_path / "sms.toml"
     toml.write_text('networks = ["net-a"]\nurl = "https://sms.example.com/v2?to=%invitee%"\n')

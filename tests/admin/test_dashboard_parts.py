@@ -15,8 +15,8 @@ from gateway.admin.charts import Bucket, activity_chart
 from gateway.admin.dashboard import _when
 from gateway.admin.forms import declaration_from_form, form_from_declaration, validate
 from gateway.admin.sessions import Session, SessionCodec, session_secret
+from gateway.config.load import target_from_dict
 from gateway.exceptions import ConfigError
-from gateway.targets import target_from_dict
 
 SECRET = b"k" * 40
 

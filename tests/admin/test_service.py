@@ -10,7 +10,9 @@ from redis import Redis
 
 from gateway.admin import Conflict, Invalid, NotFound
 from gateway.admin.keys import Principal
-from gateway.admin.service import REDACTED, EventFilter, FailedFilter, Service
+from gateway.admin.queries import EventFilter, FailedFilter
+from gateway.admin.redaction import REDACTED
+from gateway.admin.service import Service
 from gateway.events import make_event
 from gateway.records import Delivery, DeliveryStatus, delivery_id
 from gateway.store.events import Store

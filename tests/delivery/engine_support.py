@@ -20,6 +20,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis import Redis
 
+from gateway.config.load import config_from_dict
+from gateway.config.targets import Config
 from gateway.delivery.engine import Engine, EngineSettings
 from gateway.delivery.sender import Sender
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
@@ -27,7 +29,6 @@ from gateway.fastredis import FastRedis
 from gateway.records import delivery_id
 from gateway.store.events import Store
 from gateway.store.queue import DeliveryQueue
-from gateway.targets import Config, config_from_dict
 from tests.seeding import store_events
 from tests.serving import serving
 

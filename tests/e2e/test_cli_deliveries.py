@@ -133,14 +133,16 @@ def test_dead_letters_are_listed_filtered_and_replayed(
     assert by_id[f"{a}-slack"][7].startswith("HTTP 500")
     assert by_id[f"{b}-crm"][2:8] == ["crm", "net2", "invitation_accepted", "failed", "1", "HTTP 400"]
 
-    listed = as_json(gateway, "deliveries", "failed")
+    page = as_json(gateway, "deliveries", "failed")  # GET /api/v1/deliveries/failed's document
+    listed = page["items"]
+    assert page["next_cursor"] is None
     assert [d["delivery_id"] for d in listed] == [r[0] for r in rows]
     times = [d["failed_at"] for d in listed]
     assert times == sorted(times, reverse=True) and all(ISO.match(t) for t in times)
     assert {d["delivery_id"]: d["event_id"] for d in listed}[f"{c}-crm"] == c
 
     def ids(*filters: str) -> set[str]:
-        return {d["delivery_id"] for d in as_json(gateway, "deliveries", "failed", *filters)}
+        return {d["delivery_id"] for d in as_json(gateway, "deliveries", "failed", *filters)["items"]}
 
     assert ids("--target", "slack") == {f"{a}-slack"}
     assert ids("--network", "net2") == {f"{b}-crm", f"{c}-crm"}
@@ -152,6 +154,10 @@ def test_dead_letters_are_listed_filtered_and_replayed(
     newest = ok(gateway, "deliveries", "failed", "--limit", "2")
     assert [r[0] for r in table(newest)[1]] == [r[0] for r in rows[:2]]
     assert "(the newest 2; --limit 0 shows all)" in newest
+    more = as_json(gateway, "deliveries", "failed", "--limit", "2")
+    rest = as_json(gateway, "deliveries", "failed", "--cursor", more["next_cursor"])
+    assert [d["delivery_id"] for d in more["items"] + rest["items"]] == [r[0] for r in rows]
+    assert rest["next_cursor"] is None
     assert ok(gateway, "deliveries", "failed", "--until", "1d").strip() == "no dead letters match"
     bad = gw(gateway, "deliveries", "failed", "--since", "last tuesday")
     assert bad.returncode == 2 and "--since" in one_line_error(bad)
@@ -197,7 +203,7 @@ def test_dead_letters_are_listed_filtered_and_replayed(
     keys = [r.headers["idempotency-key"] for r in crm]
     assert sorted(keys) == sorted([f"{e}-crm" for e in (a, b, c, gone)] + [f"{e}-crm" for e in (a, b, c)])
     assert len(target_server.requests_to("/slack")) == 1
-    assert [d["delivery_id"] for d in as_json(gateway, "deliveries", "failed")] == [f"{a}-slack"]
+    assert [d["delivery_id"] for d in as_json(gateway, "deliveries", "failed")["items"]] == [f"{a}-slack"]
     assert [x["outcome"] for x in attempts_of(store, a, "crm")] == ["failed", "delivered"]
 
     # A delivered one is sent again only with --force.
@@ -260,7 +266,7 @@ def test_pause_holds_deliveries_and_resume_releases_them(
     assert (gone["HELD"], gone["CONCURRENCY"], gone["NETWORKS"]) == ("3", "4", "*")
     listed = as_json(gateway, "targets", "list")
     assert listed["version"] >= 1
-    states = {t["name"]: t["health"] for t in listed["targets"]}
+    states = {t["name"]: t["health"] for t in listed["items"]}
     assert states["crm"]["state"] == "paused" and states["crm"]["manual"] is True
     assert states["gone"]["state"] == "disabled" and ISO.match(states["gone"]["since"])
     assert target_server.requests_to("/crm") == []  # still nothing while paused
@@ -313,11 +319,12 @@ def test_attempt_now_sends_a_scheduled_retry_and_show_tells_its_story(
     header, rows = table(shown.split("\n\n", 1)[1])
     assert header == ["#", "AT", "OUTCOME", "STATUS", "LATENCY", "ERROR"]
     assert rows[0][0] == "1" and ISO.match(rows[0][1]) and rows[0][2:4] == ["retrying", "503"]
-    data = as_json(gateway, "deliveries", "show", did)
-    assert data["delivery"]["status"] == "retrying" and ISO.match(data["delivery"]["next_attempt_at"])
+    data = as_json(gateway, "deliveries", "show", did)  # GET /api/v1/deliveries/{id}'s document
+    assert data["status"] == "retrying" and ISO.match(data["next_attempt_at"])
+    assert data["attempt_count"] == 1 and data["target"] == "slow" and data["target_configured"] is True
     assert [(x["outcome"], x["status_code"]) for x in data["attempts"]] == [("retrying", 503)]
     assert ISO.match(data["attempts"][0]["at"]) and "at_ms" not in data["attempts"][0]
-    assert data["target"]["health"]["state"] == "active"
+    assert data["target_health"]["state"] == "active"
 
     now = gw(gateway, "deliveries", "attempt-now", did, "NOSUCHEVENT-slow")
     assert now.returncode == 1  # one id is unknown

@@ -89,10 +89,12 @@ def test_events_list_and_show(gateway: Gateway, target_server: TargetServer, red
     assert "TARGET" in out and "OUTCOME" in out and "later" in out and "HTTP 503" in out
     assert ISO.search(out) and not EPOCH_MS.search(out), out
     out, _ = cli("show", event_id, "--json")
-    shown = json.loads(out)
+    shown = json.loads(out)  # GET /api/v1/events/{id}'s document
     assert shown["event"]["id"] == event_id
-    assert {a["target"] for a in shown["attempts"]} == {"crm", "later"}
-    assert all(ISO.fullmatch(a["at"]) for a in shown["attempts"])
-    assert ISO.fullmatch(shown["deliveries"]["later"]["next_attempt_at"])
+    deliveries = {d["target"]: d for d in shown["deliveries"]}
+    assert {a["target"] for d in shown["deliveries"] for a in d["attempts"]} == {"crm", "later"}
+    assert all(ISO.fullmatch(a["at"]) for d in shown["deliveries"] for a in d["attempts"])
+    assert ISO.fullmatch(deliveries["later"]["next_attempt_at"])
+    assert deliveries["later"]["attempt_count"] == 1 and deliveries["later"]["status"] == "retrying"
     result = run_gateway("events", "show", "01NOSUCHEVENT0000000000000", env=env)
     assert result.returncode == 1 and "no event" in result.stderr

@@ -13,9 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from redis import Redis
 
+from gateway.config.load import target_from_dict
 from gateway.config.presets import PRESETS_DIR, load_preset, preset_from_dict, preset_names
 from gateway.exceptions import ConfigError
-from gateway.targets import target_from_dict
 from tests.delivery.engine_support import NETWORK, AsyncTarget, Harness, did, run
 
 ENV = {"API_KEY": "key-123", "API_SECRET": "secret-456", "USER": "SUPERSUDS", "PASSWORD": "pw:789"}

@@ -14,8 +14,8 @@ import pytest
 from redis import Redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from gateway.config.load import target_from_dict
 from gateway.exceptions import ConfigError
-from gateway.targets import target_from_dict
 from tests.delivery.engine_support import NETWORK, AsyncTarget, Harness, did, run
 
 NEW = "whsec_" + base64.b64encode(b"n" * 32).decode()

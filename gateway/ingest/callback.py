@@ -1,0 +1,41 @@
+"""What the ingest reads of a callback request, straight from the ASGI scope: no Starlette
+objects built per callback, and no Starlette here (who may call, gateway/ingest/tokens.py,
+reads a Callback too)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+# The ASGI types, as starlette.types spells them.
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+class Callback:
+    """What the ingest reads of a request, straight from the ASGI scope.
+
+    The fast path (gateway/app.py) builds one per callback instead of a Starlette `Request`,
+    whose headers, client and path parameters are objects built on first use.
+    """
+
+    __slots__ = ("headers", "method", "peer", "query", "receive", "token")
+
+    def __init__(self, scope: Scope, receive: Receive, token: str | None = None) -> None:
+        self.method: str = scope["method"]
+        self.query: bytes = scope.get("query_string", b"")
+        self.headers: list[tuple[bytes, bytes]] = scope["headers"]  # names in lower case (ASGI)
+        client = scope.get("client")
+        self.peer: str | None = client[0] if client else None
+        self.token = token  # the path segment /invitation_created/<token>
+        self.receive = receive
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of a header (`name` in lower case)."""
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
+    def header_list(self, name: bytes) -> list[str]:
+        return [value.decode("latin-1") for key, value in self.headers if key == name]
