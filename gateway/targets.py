@@ -1157,5 +1157,5 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
 
 
 def _with_preset(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The declaration with its `preset` (templates/presets/NAME.toml) filled in."""
+    """The declaration with its `preset` (shipped, or in GATEWAY_PRESETS_DIR) filled in."""
     return apply_preset(data)
