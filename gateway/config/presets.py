@@ -23,7 +23,6 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -93,13 +92,18 @@ def load_preset(name: str, directory: Traversable | None = None) -> Preset:
     raise ConfigError(f"unknown preset {name!r} (known: {known})")
 
 
-@cache
+_loaded: dict[str, Preset] = {}  # by file: each is read once per process
+
+
 def _load_preset_file(name: str, path: Traversable) -> Preset:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"preset {name!r} ({path}) cannot be read: {exc}") from None
-    return preset_from_dict(name, data)
+    key = str(path)
+    if key not in _loaded:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"preset {name!r} ({path}) cannot be read: {exc}") from None
+        _loaded[key] = preset_from_dict(name, data)
+    return _loaded[key]
 
 
 def preset_from_dict(name: str, data: Mapping[str, Any]) -> Preset:
