@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+from redis import Redis
+from rq.worker import Worker
 
 from gateway.embedded import free_port
 from tests.conftest import ROOT, TargetServer
@@ -86,12 +88,13 @@ def _running(process: psutil.Process) -> bool:
 
 
 @contextmanager
-def procfile_app(tmp_path: Path, redis_url: str, targets: str) -> Iterator[tuple[Honcho, str]]:
-    """An app folder with the shipped Procfile and `targets.toml`, run by `honcho start`."""
+def procfile_app(tmp_path: Path, redis_url: str, target_url: str) -> Iterator[tuple[Honcho, str]]:
+    """An app folder with the shipped Procfile and a `targets.toml`, run by `honcho start`."""
     folder = tmp_path / "app"
     folder.mkdir()
     shutil.copy(ROOT / "Procfile", folder / "Procfile")
-    (folder / "targets.toml").write_text(targets)
+    target = f'[[targets]]\nname = "crm"\nnetworks = ["*"]\nurl = {toml_str(target_url)}\n'
+    (folder / "targets.toml").write_text(SETTINGS + target)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "REDIS_", "HONCHO_"))}
     env.update(
@@ -110,13 +113,9 @@ def procfile_app(tmp_path: Path, redis_url: str, targets: str) -> Iterator[tuple
 
 
 def test_the_procfile_under_honcho_delivers_and_stops_cleanly(
-    tmp_path: Path, redis_url: str, target_server: TargetServer
+    tmp_path: Path, redis_url: str, redis: Redis, target_server: TargetServer
 ) -> None:
-    targets = (
-        SETTINGS
-        + f'[[targets]]\nname = "crm"\nnetworks = ["*"]\nurl = {toml_str(target_server.url + "/crm")}\n'
-    )
-    with procfile_app(tmp_path, redis_url, targets) as (honcho, base):
+    with procfile_app(tmp_path, redis_url, target_server.url + "/crm") as (honcho, base):
 
         def ready() -> bool:
             # Web answers, a worker beats, and the release step applied the file.
@@ -133,7 +132,12 @@ def test_the_procfile_under_honcho_delivers_and_stops_cleanly(
         assert answer.status == 204, answer.body
         (request,) = target_server.wait_for("/crm", 1)
         assert request.method == "GET"
-        time.sleep(1.5)  # an idle worker after its job, as in the reported hang
+        wait_until(  # an idle worker after its job, as in the reported hang
+            lambda: any(w.successful_job_count and w.get_state() == "idle" for w in Worker.all(redis)),
+            "the worker idle after its job",
+            10,
+            explain=honcho.output,
+        )
         output = honcho.stop_and_check()
     assert "applied; staying up until honcho stops the processes" in output, output
     assert re.search(r"worker\.1\s*\| .*warm shut down requested", output), output
@@ -142,10 +146,6 @@ def test_the_procfile_under_honcho_delivers_and_stops_cleanly(
 def test_the_procfile_under_honcho_stops_cleanly_one_second_after_the_start(
     tmp_path: Path, redis_url: str, target_server: TargetServer
 ) -> None:
-    targets = (
-        SETTINGS
-        + f'[[targets]]\nname = "crm"\nnetworks = ["*"]\nurl = {toml_str(target_server.url + "/crm")}\n'
-    )
-    with procfile_app(tmp_path, redis_url, targets) as (honcho, _):
+    with procfile_app(tmp_path, redis_url, target_server.url + "/crm") as (honcho, _):
         time.sleep(1.0)  # the stop of the issue: one second after the start, whatever each is doing
         honcho.stop_and_check()
