@@ -1,4 +1,4 @@
-"""Presets: ready-made targets for well-known APIs, filled in from a few variables (pure).
+"""Presets: ready-made targets for well-known APIs, filled in from a few variables (pure but for I/O).
 
 A preset is a TOML file, `NAME.toml`, shipped in this package's `presets/` (package data, read
 through importlib.resources) or in the operator's own directory named by `GATEWAY_PRESETS_DIR`
