@@ -3,6 +3,7 @@
     python scripts/lockfile.py write UV        compile the three files with the uv binary UV
     python scripts/lockfile.py check           every disagreement with pyproject.toml, one a line
     python scripts/lockfile.py digest          the digest of pyproject.toml's dependency tables
+    python scripts/lockfile.py build-requires  pyproject.toml's build requirements, one a line
 
 `scripts/lock` runs `write` (uv comes from a throwaway venv); `scripts/bootstrap` installs a file
 with `pip install --require-hashes` and runs `check` to warn; tests/test_lock.py fails on any
@@ -244,6 +245,9 @@ def main(argv: list[str]) -> int:
         return 0
     if argv == ["digest"]:
         print(digest())
+        return 0
+    if argv == ["build-requires"]:
+        print("\n".join(pyproject().get("build-system", {}).get("requires", [])))
         return 0
     if argv == ["check"]:
         problems = check()
