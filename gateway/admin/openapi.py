@@ -141,7 +141,7 @@ _TARGET_FIELDS: dict[str, Any] = {
     "probe_interval": {"type": "integer", "minimum": 1, "maximum": 3600},
     "preset": {
         "type": "string",
-        "description": "A preset of templates/presets/; `vars` gives its variables.",
+        "description": "A preset (shipped, or in GATEWAY_PRESETS_DIR); `vars` gives its variables.",
     },
     "oauth2": {
         "type": "object",
