@@ -835,7 +835,11 @@ def _validate_url(
     _check_placeholders(url_t, allowed, name, "url")
     benign = {**values, **{n: "x" for n in untrusted}}
     plain_url = url_t.render(benign, escape_url, fake_env)
-    parts = urlsplit(plain_url)
+    try:  # a stray [ or ] in the host, a port that is no number (ValueError, not a 500)
+        parts = urlsplit(plain_url)
+        _ = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"must be an http:// or https:// URL ({exc}): {target.url!r}", name, "url") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"must be an http:// or https:// URL, got {target.url!r}", name, "url")
     if parts.username is not None or parts.password is not None:
