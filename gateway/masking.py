@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import quote, quote_plus, unquote_plus
 from xml.sax.saxutils import escape
 
@@ -32,12 +32,13 @@ from gateway.logs import mask_numbers
 
 MASK = "****"
 BODY_LIMIT = 1024  # bytes kept of a body (logged or inspected)
-# Bytes past the limit that are looked at too, so that a field cut by the limit is masked by its
-# name (its value is masked to the end of the text when its end is not in sight).
-_SLACK = 1024
+# Bytes past the limit that are looked at too, so that a generated token the limit cuts is still
+# seen whole (a field the limit cuts is masked by its name, to the end of the text).
+_SLACK = 64
 
 # A name is secret when, lower-cased and with everything but letters and digits dropped, it
-# contains one of these, or is one of _SECRET_NAMES, or ends in "key" (api_key, X-Api-Key).
+# contains one of _SECRET_PARTS, or is one of _SECRET_NAMES, or ends in "key" (api_key, X-Api-Key),
+# or has "auth" in it but is no "author".
 _SECRET_PARTS = (
     "token",
     "secret",
@@ -51,36 +52,45 @@ _SECRET_PARTS = (
     "privatekey",
     "authoriz",
 )
-_SECRET_NAMES = frozenset({"auth", "sig", "pass", "pin", "otp", "session", "sessionid", "sid", "jwt"})
-# The same, as a regex over names as written (the last net, for text no structure was found in).
+_SECRET_NAMES = frozenset({"auth", "sig", "pass", "pw", "pin", "otp", "session", "sessionid", "sid", "jwt"})
+
+# Every regex below runs over the text with A-Z lowered (same length, so its spans are the
+# text's): sre's IGNORECASE costs about 50 times as much, a case fold per character it looks at.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+# Where a secret name may be at all; no field is looked at in a text without one.
+_FRAGMENTS = "|".join(sorted({*_SECRET_PARTS, "auth", "key", *_SECRET_NAMES}, key=len, reverse=True))
+_FRAGMENT = re.compile(_FRAGMENTS)
+_DIGITS = re.compile(r"\d{7}")  # the shortest run mask_numbers masks
+
+# The last net, for text no structure was found in: a secret name, an optional closing quote,
+# `:` or `=`, then the value: quoted (to its closing quote, or to the end when cut), or bare (with
+# an auth scheme word before it: `Bearer abc`) to a delimiter. Names are bounded (48 characters
+# either side of the secret part) so that a long run of name characters costs linear time.
 _C = r"[\w.\-]"  # a character of a name
-_SECRET_NAME_RE = (
-    rf"(?<!{_C})(?:"
-    rf"{_C}*?(?:{'|'.join(_SECRET_PARTS)}|auth(?!or))[\w.\-]*"
-    rf"|{_C}*?key[._\-]*"
-    r"|sig|pass|pin|otp|session(?:[._\-]?id)?|sid|jwt"
-    rf")(?!{_C})"
-)
+_SCHEMES = "bearer|basic|digest|token"
 _QUOTES = "\"'\u201c\u201d\u2018\u2019"
-# name, an optional closing quote, `:` or `=`, then the value: quoted (to its closing quote, or to
-# the end when cut), or bare (with an auth scheme word before it: `Bearer abc`) to a delimiter.
 _PAIR = re.compile(
-    rf"(?P<name>{_SECRET_NAME_RE})(?P<sep>[{_QUOTES}]?\s*[:=]\s*)"
+    rf"(?<!{_C})(?P<name>"
+    rf"{_C}{{0,48}}?(?:{'|'.join(_SECRET_PARTS)}|auth(?!or)){_C}{{0,48}}"
+    rf"|{_C}{{0,48}}?key[._\-]{{0,4}}"
+    rf"|session[._\-]?id|{'|'.join(sorted(_SECRET_NAMES, key=len, reverse=True))}"
+    rf")(?!{_C})(?P<sep>[{_QUOTES}]?\s*[:=]\s*)"
     r"(?P<value>"
     r'"(?:\\.|[^"\\])*"?'
     r"|'(?:\\.|[^'\\])*'?"
     "|[\u201c\u201d][^\u201c\u201d]*[\u201c\u201d]?"
     "|[\u2018\u2019][^\u2018\u2019]*[\u2018\u2019]?"
-    r"|(?:(?:bearer|basic|digest|token)\s+)?[^\s&,;}\]<>" + _QUOTES + r"]*"
+    rf"|(?:(?:{_SCHEMES})\s+)?[^\s&,;}}\]<>{_QUOTES}]*"
     r")",
-    re.IGNORECASE | re.DOTALL,
+    re.DOTALL,
 )
-_SCHEME = re.compile(r"(?i)(?:bearer|basic|digest|token)\s+")
-_BEARER = re.compile(r"(?i)\b(bearer\s+)([^\s&,;}\]<>\"']+)")
+_SCHEME = re.compile(rf"(?:{_SCHEMES})\s+")
+_BEARER = re.compile(r"\b(bearer\s+)[^\s&,;}\]<>\"']+")
 # What `gateway tokens new` makes (secrets.token_urlsafe(32): 43 characters), or any run of 32 or
 # more URL-safe characters mixing cases and digits: a generated secret, not a word or an id
-# (ULIDs are 26 characters, UUIDs and hex digests have no capitals).
+# (ULIDs are 26 characters, UUIDs and hex digests have no capitals). Over the text as it is.
 _GENERATED = re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{32,}(?![A-Za-z0-9_\-])")
+_UPPER, _LOWER, _DIGIT = re.compile("[A-Z]"), re.compile("[a-z]"), re.compile("[0-9]")
 
 
 def is_secret_name(name: str) -> bool:
@@ -126,22 +136,38 @@ def mask_text(
     `cut`: the text is the start of a longer one (a known secret at its very end may be cut too).
     """
     text = _mask_known(text, [s for s in secrets if len(s) >= 4], cut)
-    kind = (content_type or "").lower()
-    start = text.lstrip(" \t\r\n\ufeff")[:1]
-    if start in ("{", "[") or "json" in kind:
-        text = _mask_json(text)
-    if start == "<" or "xml" in kind:
-        text = _mask_xml(text)
-    if "multipart/" in kind or "content-disposition" in text[:4096].lower():
-        text = _mask_multipart(text)
-    if start not in ("{", "[", "<"):
-        text = _mask_form(text)
-    text = _PAIR.sub(_mask_pair, text)
-    text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
-    text = _GENERATED.sub(_mask_generated, text)
-    if numbers and any(c.isdigit() for c in text):
+    # No secret part of a name anywhere, nor an escape that could spell one: no field to mask.
+    if "%" in text or "\\" in text or _FRAGMENT.search(text.translate(_ASCII_LOWER)):
+        kind = (content_type or "").lower()
+        start = text.lstrip(" \t\r\n\ufeff")[:1]
+        if start in ("{", "[") or "json" in kind:
+            text = _mask_json(text)
+        if start == "<" or "xml" in kind:
+            text = _mask_xml(text)
+        if "multipart/" in kind or "content-disposition" in text.translate(_ASCII_LOWER):
+            text = _mask_multipart(text)
+        if start not in ("{", "[", "<"):
+            text = _sub(_FORM_PAIR, text, _form_pair)
+        text = _sub(_PAIR, text, _pair)
+        text = _sub(_BEARER, text, lambda m, t: t[m.start(1) : m.end(1)] + MASK)
+    text = _GENERATED.sub(_generated, text)
+    if numbers and _DIGITS.search(text):
         text = mask_numbers(text)
     return text
+
+
+def _sub(pattern: re.Pattern[str], text: str, fn: Callable[[re.Match[str], str], str | None]) -> str:
+    """`pattern.sub` over the lowered text; `fn(match, text)` gives the replacement (None: keep)."""
+    out: list[str] = []
+    i = 0
+    for m in pattern.finditer(text.translate(_ASCII_LOWER)):
+        replacement = fn(m, text)
+        if replacement is not None:
+            out.append(text[i : m.start()])
+            out.append(replacement)
+            i = m.end()
+    out.append(text[i:])
+    return "".join(out)
 
 
 # -- known values --------------------------------------------------------------------------------
@@ -177,42 +203,47 @@ def _mask_known(text: str, secrets: list[str], cut: bool) -> str:
 
 # A string (to its closing quote, or to the end when cut short).
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
-_COLON = re.compile(r"\s*:\s*")
 _BARE = re.compile(r"[^,}\]\s]*")
+# A key that may be secret, its colon and the blanks after it: a string with a secret part in its
+# name (bounded, so that long strings cost linear time), or with an escape that may spell one.
+_KEY = re.compile(
+    rf'"(?P<key>[^"\\]{{0,64}}?(?:{_FRAGMENTS})[^"\\]{{0,64}}|[^"\\]*(?:\\.[^"\\]*)+)"\s*:\s*',
+    re.DOTALL,
+)
 
 
 def _mask_json(text: str) -> str:
-    """Every value under a secret key masked, whether or not the text parses as JSON."""
+    """Every value under a secret key masked, whether or not the text parses as JSON.
+
+    Only keys that may be secret come back from the regex engine: a body of many keys or quotes
+    costs no Python per key. A match that starts inside a string (the engine does not know where
+    strings start) finds a key that is no key: it can only mask more, never hide a real key.
+    """
+    low = text.translate(_ASCII_LOWER)
     out: list[str] = []
     i = 0
-    while True:
-        j = text.find('"', i)
-        if j < 0:
-            out.append(text[i:])
-            return "".join(out)
-        m = _STRING.match(text, j)
-        assert m is not None  # the pattern matches any text from a quote
-        colon = _COLON.match(text, m.end())
-        if colon is None:  # a value, not a key
-            out.append(text[i : m.end()])
-            i = m.end()
-            continue
-        out.append(text[i : colon.end()])
-        i = colon.end()
-        if not is_secret_name(_json_string(m.group(0))):
-            continue
+    for m in _KEY.finditer(low):
+        if m.start() < i or not is_secret_name(_json_string(m.group("key"))):
+            continue  # inside the value just masked, or not a secret
+        out.append(text[i : m.end()])
+        i = m.end()
         end = _value_end(text, i)
         if end > i:
             out.append(f'"{MASK}"')
         i = end
+    out.append(text[i:])
+    return "".join(out)
 
 
-def _json_string(token: str) -> str:
+def _json_string(inner: str) -> str:
+    """A key's text between its quotes, unescaped (`\\u0074oken` is `token`)."""
+    if "\\" not in inner:
+        return inner
     try:
-        value = json.loads(token)
+        value = json.loads(f'"{inner}"')
     except ValueError:
-        return token.strip('"')
-    return value if isinstance(value, str) else token
+        return inner
+    return value if isinstance(value, str) else inner
 
 
 def _value_end(text: str, i: int) -> int:
@@ -246,91 +277,83 @@ def _value_end(text: str, i: int) -> int:
 
 # -- XML -------------------------------------------------------------------------------------------
 
-_OPEN_TAG = re.compile(r"<(?P<name>[A-Za-z_][\w.\-]*(?::[A-Za-z_][\w.\-]*)?)(?P<rest>[^<>]*?)(?P<empty>/?)>")
+# An opening tag whose (local) name has a secret part; empty ones (`<token/>`) hold nothing.
+_OPEN_TAG = re.compile(
+    rf"<(?P<name>(?:[a-z_][\w.\-]*:)?[\w.\-]{{0,64}}?(?:{_FRAGMENTS})[\w.\-]{{0,64}})"
+    r"(?P<rest>\s[^<>]*?)?(?P<empty>/?)>"
+)
 
 
 def _mask_xml(text: str) -> str:
     """The content of every element with a secret name, up to its closing tag (or the end)."""
+    low = text.translate(_ASCII_LOWER)
     out: list[str] = []
     i = 0
-    while True:
-        m = _OPEN_TAG.search(text, i)
-        if m is None:
-            out.append(text[i:])
-            return "".join(out)
+    for m in _OPEN_TAG.finditer(low):
         name = m.group("name")
-        local = name.rpartition(":")[2]
-        if m.group("empty") or not is_secret_name(local):
-            out.append(text[i : m.end()])
-            i = m.end()
+        if m.start() < i or m.group("empty") or not is_secret_name(name.rpartition(":")[2]):
             continue
-        close = re.compile(rf"</\s*{re.escape(name)}\s*>").search(text, m.end())
         out.append(text[i : m.end()])
         out.append(MASK)
+        close = re.compile(rf"</\s*{re.escape(name)}\s*>").search(low, m.end())
         if close is None:
             return "".join(out)
         i = close.start()
+    out.append(text[i:])
+    return "".join(out)
 
 
 # -- multipart -------------------------------------------------------------------------------------
 
 _PART_HEAD = re.compile(
     r"content-disposition:[^\r\n]*?\bname=(?:\"(?P<q>[^\"]*)\"|(?P<bare>[^;\s]+))[^\r\n]*"
-    r"(?:\r?\n[^\r\n]+)*\r?\n\r?\n",
-    re.IGNORECASE,
+    r"(?:\r?\n[^\r\n]+)*\r?\n\r?\n"
 )
 _PART_END = re.compile(r"\r?\n--")
 
 
 def _mask_multipart(text: str) -> str:
+    """The content of every part whose name is secret, up to the next boundary (or the end)."""
+    low = text.translate(_ASCII_LOWER)
     out: list[str] = []
     i = 0
-    while True:
-        m = _PART_HEAD.search(text, i)
-        if m is None:
-            out.append(text[i:])
-            return "".join(out)
-        out.append(text[i : m.end()])
-        i = m.end()
+    for m in _PART_HEAD.finditer(low):
         name = m.group("q") if m.group("q") is not None else m.group("bare")
-        if is_secret_name(name):
-            end = _PART_END.search(text, i)
-            out.append(MASK)
-            i = end.start() if end else len(text)
+        if m.start() < i or not is_secret_name(name):
+            continue
+        out.append(text[i : m.end()])
+        out.append(MASK)
+        end = _PART_END.search(text, m.end())
+        i = end.start() if end else len(text)
+    out.append(text[i:])
+    return "".join(out)
 
 
-# -- form ------------------------------------------------------------------------------------------
+# -- form and the last net -------------------------------------------------------------------------
 
-_FORM_PAIR = re.compile(r"([^&;=\s]+)(=)([^&;]*)")
-
-
-def _mask_form(text: str) -> str:
-    """`name=value` pairs whose name (percent-decoded) is secret."""
-    if "=" not in text:
-        return text
-
-    def one(m: re.Match[str]) -> str:
-        return m.group(1) + "=" + MASK if is_secret_name(unquote_plus(m.group(1))) else m.group(0)
-
-    return _FORM_PAIR.sub(one, text)
+# A pair whose name may be secret: a secret part in it, or percent-encoded (%74oken).
+_FORM_PAIR = re.compile(rf"(?<![^&;\s])([^&;=\s]{{0,64}}?(?:{_FRAGMENTS}|%)[^&;=\s]{{0,64}})=([^&;]*)")
 
 
-# -- the last net ----------------------------------------------------------------------------------
+def _form_pair(m: re.Match[str], text: str) -> str | None:
+    name = text[m.start(1) : m.end(1)]
+    if "%" in name or "+" in name:
+        name = unquote_plus(name)
+    return text[m.start(1) : m.end(1)] + "=" + MASK if is_secret_name(name) else None
 
 
-def _mask_pair(m: re.Match[str]) -> str:
-    value = m.group("value")
+def _pair(m: re.Match[str], text: str) -> str | None:
+    value = text[m.start("value") : m.end("value")]
     if not value or value.strip(_QUOTES) == MASK or not is_secret_name(m.group("name")):
-        return m.group(0)
-    head = m.group("name") + m.group("sep")
+        return None
+    head = text[m.start() : m.start("value")]
     if value[0] in _QUOTES:
         closed = len(value) > 1 and value[-1] in _QUOTES
         return head + value[0] + MASK + (value[-1] if closed else "")
-    scheme = _SCHEME.match(value)  # Authorization: Basic ...: the scheme helps, and is no secret
-    return head + (scheme.group(0) if scheme else "") + MASK
+    scheme = _SCHEME.match(value.translate(_ASCII_LOWER))  # Authorization: Basic ...: no secret
+    return head + (value[: scheme.end()] if scheme else "") + MASK
 
 
-def _mask_generated(m: re.Match[str]) -> str:
+def _generated(m: re.Match[str]) -> str:
     run = m.group(0)
-    mixed = any(c.isupper() for c in run) and any(c.islower() for c in run) and any(c.isdigit() for c in run)
-    return MASK if mixed else run
+    return MASK if _UPPER.search(run) and _LOWER.search(run) and _DIGIT.search(run) else run
