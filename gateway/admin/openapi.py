@@ -64,6 +64,9 @@ _DATETIME = {"type": "string", "format": "date-time"}
 # Query parameters are never empty: an empty one is refused (400), not read as "no filter".
 _TEXT = {"type": "string", "minLength": 1}
 _TEXTS = {"type": "array", "items": _TEXT}
+# minLength with an enum says nothing more to a validator, but it has schemathesis' coverage phase
+# try the empty value every run (its fuzzing found `?type=` read as "no filter" only by luck).
+_EVENT_TYPE = {**_TEXT, "enum": list(EVENT_TYPE_CHOICES)}
 _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _LIMIT = _param(
@@ -79,7 +82,7 @@ _DELIVERY_ID = _param(
 _FAILED_FILTERS = [
     _param("target", "query", _TEXTS, "Only these targets."),
     _param("network", "query", _TEXTS, "Only these network ids."),
-    _param("event", "query", {"type": "string", "enum": list(EVENT_TYPE_CHOICES)}, "Only this event type."),
+    _param("event", "query", _EVENT_TYPE, "Only this event type."),
     _param("since", "query", _DATETIME, "Failed at or after."),
     _param("until", "query", _DATETIME, "Failed at or before."),
     _param("error", "query", _TEXT, "The last error contains this (any case)."),
@@ -375,15 +378,13 @@ SPEC: dict[str, Any] = {
                 ),
                 "parameters": [
                     _param("network", "query", _TEXT, "Only this network id."),
-                    _param(
-                        "type", "query", {"type": "string", "enum": list(EVENT_TYPE_CHOICES)}, "Event type."
-                    ),
+                    _param("type", "query", _EVENT_TYPE, "Event type."),
                     _param("invitee", "query", _TEXT, "Invitee, as normalized or as sent."),
                     _param("invitor", "query", _TEXT, "Invitor."),
                     _param(
                         "state",
                         "query",
-                        {"type": "string", "enum": list(STATE_FILTERS)},
+                        {**_TEXT, "enum": list(STATE_FILTERS)},
                         "A delivery in this state (waiting: pending or retrying).",
                     ),
                     _param("since", "query", _DATETIME, "Received at or after."),
@@ -598,7 +599,7 @@ SPEC: dict[str, Any] = {
                                         "properties": {
                                             "target": _TEXTS,
                                             "network": _TEXTS,
-                                            "event": {"type": "string", "enum": list(EVENT_TYPE_CHOICES)},
+                                            "event": _EVENT_TYPE,
                                             "since": _DATETIME,
                                             "until": _DATETIME,
                                             "error": _TEXT,
