@@ -184,16 +184,26 @@ def _page(page: Page) -> JSONResponse:
     return JSONResponse({"items": page.items, "next_cursor": page.next_cursor})
 
 
+def _event_filter(request: Request) -> EventFilter:
+    return EventFilter(
+        network=_query(request, "network"),
+        type=_query(request, "type"),
+        invitee=_query(request, "invitee"),
+        invitor=_query(request, "invitor"),
+        state=_query(request, "state"),
+        since_ms=_time(request, "since"),
+        until_ms=_time(request, "until"),
+    )
+
+
 def _failed_filter(request: Request) -> FailedFilter:
-    return _in_query(
-        lambda: FailedFilter(
-            targets=_query_list(request, "target"),
-            networks=_query_list(request, "network"),
-            event=_query(request, "event"),
-            since_ms=_time(request, "since"),
-            until_ms=_time(request, "until"),
-            error=_query(request, "error"),
-        )
+    return FailedFilter(
+        targets=_query_list(request, "target"),
+        networks=_query_list(request, "network"),
+        event=_query(request, "event"),
+        since_ms=_time(request, "since"),
+        until_ms=_time(request, "until"),
+        error=_query(request, "error"),
     )
 
 
@@ -270,17 +280,7 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
 
     async def events(request: Request) -> Response:
         p = _principal(request)
-        filters = _in_query(
-            lambda: EventFilter(
-                network=_query(request, "network"),
-                type=_query(request, "type"),
-                invitee=_query(request, "invitee"),
-                invitor=_query(request, "invitor"),
-                state=_query(request, "state"),
-                since_ms=_time(request, "since"),
-                until_ms=_time(request, "until"),
-            )
-        )
+        filters = _in_query(lambda: _event_filter(request))
         limit = _int(request, "limit", 50, 1, MAX_LIMIT)
         return _page(await listing(service.list_events, p, filters, _query(request, "cursor"), limit))
 
@@ -346,7 +346,7 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
 
     async def failed(request: Request) -> Response:
         p = _principal(request)
-        filters = _failed_filter(request)
+        filters = _in_query(lambda: _failed_filter(request))
         limit = _int(request, "limit", 50, 1, MAX_LIMIT)
         return _page(await listing(service.failed_deliveries, p, filters, _query(request, "cursor"), limit))
 
