@@ -162,9 +162,14 @@ def _in_query(build: Callable[[], T]) -> T:
         raise BadParameter(exc.detail, exc.field) from None
 
 
+def _blank(raw: bytes) -> bool:
+    """No body: nothing, or JSON's whitespace only (bytes.strip() would take \x0c for it too)."""
+    return not raw.strip(b" \t\r\n")
+
+
 async def _body(request: Request, required: bool = True) -> Any:
     raw = await request.body()
-    if not raw.strip():
+    if _blank(raw):
         if required:
             raise AdminError("a JSON body is required")
         return {}
@@ -324,7 +329,7 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
     async def validate(request: Request) -> Response:
         p = _principal(request)
         # No body: the stored target. A body, even {}, is a declaration to validate.
-        declaration = _object(await _body(request)) if (await request.body()).strip() else None
+        declaration = None if _blank(await request.body()) else _object(await _body(request))
         return JSONResponse(await call(service.validate_target, p, request.path_params["name"], declaration))
 
     async def test(request: Request) -> Response:

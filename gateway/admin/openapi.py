@@ -12,6 +12,7 @@ from gateway import __version__
 from gateway.admin.service import EVENT_TYPE_CHOICES, MAX_LIMIT, STATE_FILTERS, STATES
 
 _EVENT_TYPES = ["invitation_created", "invitation_accepted"]
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -114,7 +115,7 @@ _TARGET_FIELDS: dict[str, Any] = {
     "url": {"type": "string", "pattern": "^https?://", "description": "URL template with %placeholders%."},
     "post_data": {"type": "string", "description": "Body template; none means GET."},
     "content_type": {"type": "string", "minLength": 1},
-    "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE"]},
+    "method": {"type": "string", "enum": list(_METHODS)},
     "headers": {"type": "object", "additionalProperties": {"type": "string"}},
     "auth": {
         "type": "object",
@@ -186,6 +187,18 @@ _TARGET_DECLARATION = {
     "additionalProperties": False,
     "properties": {
         **_TARGET_FIELDS,
+        # What a declaration may say more loosely than a read answers, as in the file: one network
+        # or event as a string, a method in any case, null for no post_data, secret or proxy.
+        "networks": {"anyOf": [_TARGET_FIELDS["networks"], {"type": "string", "minLength": 1}]},
+        "events": {"anyOf": [_TARGET_FIELDS["events"], {"type": "string", "enum": _EVENT_TYPES}]},
+        "method": {
+            "type": "string",
+            "pattern": "^(" + "|".join("".join(f"[{c}{c.lower()}]" for c in m) for m in _METHODS) + ")$",
+        },
+        **{
+            k: {**_TARGET_FIELDS[k], "type": ["string", "null"]}
+            for k in ("post_data", "signing_secret", "proxy")
+        },
         # What a read adds may be sent back with an update; it is ignored.
         "source": {"type": "string", "enum": ["file", "api"], "readOnly": True},
         "health": {**_HEALTH, "readOnly": True},
