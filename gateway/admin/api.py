@@ -163,7 +163,7 @@ def _in_query(build: Callable[[], T]) -> T:
 
 
 def _blank(raw: bytes) -> bool:
-    """No body: nothing, or JSON's whitespace only (bytes.strip() would take \x0c for it too)."""
+    """No body: nothing, or JSON's whitespace only (bytes.strip() also strips a form feed)."""
     return not raw.strip(b" \t\r\n")
 
 
