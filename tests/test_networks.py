@@ -69,9 +69,11 @@ def test_a_full_table_is_read() -> None:
                 "hold": "1d",
                 "digits": 3,
             },
+            "default_region": "GB",
         },
         {"MYNETWORK_TOKEN": "s3cret"},
     )
+    assert policy.default_region == "GB"
     assert policy.network == "mynetwork"
     assert policy.tokens == ("${MYNETWORK_TOKEN}", DIGEST)
     assert [str(n) for n in policy.networks()] == ["203.0.113.0/24", "2001:db8::/32"]
@@ -108,6 +110,7 @@ def test_to_dict_round_trips_including_the_cooldown() -> None:
         ],
         "cooldown": "5m",
         "guard": {"min_created": 5, "max_accepted_ratio": 0.2},
+        "default_region": "US",
     }
     policy = policy_from_dict("n", data)
     stored = json.loads(json.dumps(policy.to_dict()))  # as it travels through Redis
@@ -171,6 +174,11 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"guard": {"window": "an hour"}}, "guard.window"),
     ({"guard": {"hold": "6 hours"}}, "guard.hold"),
     ({"guard": {"digits": 0}}, "guard.digits"),
+    ({"default_region": "us"}, "default_region"),
+    ({"default_region": "USA"}, "default_region"),
+    ({"default_region": "+1"}, "default_region"),
+    ({"default_region": "ZZ"}, "default_region"),
+    ({"default_region": 1}, "default_region"),
 ]
 
 
@@ -447,6 +455,30 @@ def test_two_limits_on_the_same_counter_count_it_once_with_the_lower_max() -> No
         cooldown="10m",
     )
     assert len({lim[0] for lim in limit_fields(_event(), policy, NOW)["lim"]}) == 3
+
+
+def test_every_spelling_of_one_number_counts_as_one() -> None:
+    policy = _policy(
+        limits=[{"per": "invitee", "max": 3, "window": "1h"}, {"per": "prefix", "max": 9, "window": "1h"}],
+        cooldown="10m",
+        guard={"min_created": 5},
+        default_region="US",
+    )
+
+    def keys(invitee: str, region: str | None = "US") -> list[str]:
+        fields = {"invitee": invitee, "invitor": "johnsnow", "network_id": "mynetwork"}
+        event = make_event(fields, INVITATION_CREATED, "query", now=NOW / 1000, region_of=lambda n: region)
+        return _keys(limit_fields(event, policy, NOW))
+
+    first = keys("+15550100009")
+    assert keys("15550100009") == first
+    assert keys("5550100009") == first
+    assert keys("(555) 010-0009") == first
+    assert keys("0015550100009") == first  # 00 read as international, even where 011 is
+    assert keys("0015550100009", "GB") == first
+    assert keys("+1 555 010 0009", None) == first
+    assert keys("15550100009", None) == first  # no region: counted on its digits, the same ones
+    assert keys("+15550100008") != first
 
 
 def test_a_refused_prefix_is_suppressed_without_counting() -> None:

@@ -218,6 +218,10 @@ _EVENT: dict[str, Any] = {
         "type": {"type": "string", "enum": list(EVENT_TYPE_CHOICES)},
         "invitee": {"type": "string"},
         "invitee_raw": {"type": "string"},
+        "invitee_e164": {
+            **_NULLABLE_STR,
+            "description": "The number in E.164 (null: it has none, or the event predates the field).",
+        },
         "invitor": {"type": "string"},
         "network_id": {"type": "string"},
         "received_at": {"type": "string", "format": "date-time"},
@@ -364,7 +368,9 @@ SPEC: dict[str, Any] = {
                     _param(
                         "type", "query", {"type": "string", "enum": list(EVENT_TYPE_CHOICES)}, "Event type."
                     ),
-                    _param("invitee", "query", {"type": "string"}, "Invitee, as normalized or as sent."),
+                    _param(
+                        "invitee", "query", {"type": "string"}, "Invitee, as normalized, as sent or in E.164."
+                    ),
                     _param("invitor", "query", {"type": "string"}, "Invitor."),
                     _param(
                         "state",

@@ -56,7 +56,9 @@ class EventFilter:
     def matches(self, event: InvitationEvent, deliveries: Mapping[str, Mapping[str, Any]]) -> bool:
         return (
             (self.type is None or event.type == self.type)
-            and (self.invitee is None or self.invitee in (event.invitee, event.invitee_raw))
+            and (
+                self.invitee is None or self.invitee in (event.invitee, event.invitee_raw, event.invitee_e164)
+            )
             and (self.invitor is None or event.invitor == self.invitor)
             and (self.state is None or any(self._state_matches(d.get("status")) for d in deliveries.values()))
         )

@@ -36,7 +36,7 @@ def events() -> None:
 @click.option(
     "--type", "event_type", type=click.Choice(EVENT_TYPE_CHOICES), default=None, help="Only this event type."
 )
-@click.option("--invitee", default=None, help="Only this invitee (as normalized or as sent).")
+@click.option("--invitee", default=None, help="Only this invitee (as normalized, as sent or in E.164).")
 @click.option("--invitor", default=None, help="Only this invitor.")
 @click.option(
     "--state",
@@ -126,7 +126,11 @@ def events_show(event_id: str, as_json: bool) -> None:
     click.echo(f"received   {ev['received_at']} (as {ev['source_format']}, from {ev.get('client') or '?'})")
     click.echo(f"network    {ev['network_id']}")
     click.echo(f"invitor    {ev['invitor']}")
-    click.echo(f"invitee    {ev['invitee']} (sent as {ev['invitee_raw']!r})")
+    e164 = ev.get("invitee_e164")
+    click.echo(
+        f"invitee    {ev['invitee']} (sent as {ev['invitee_raw']!r}; "
+        + (f"E.164 {e164})" if e164 else "no E.164 form)")
+    )
     if ev.get("message"):
         click.echo(f"message    {ev['message']}")
     click.echo("")

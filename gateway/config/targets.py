@@ -39,6 +39,7 @@ EVENT_PLACEHOLDERS = frozenset(
     {
         "invitee",
         "invitee_raw",
+        "invitee_e164",
         "invitor",
         "network_id",
         "event",

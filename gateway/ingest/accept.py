@@ -41,6 +41,7 @@ from gateway.exceptions import StoreUnavailable
 from gateway.fastredis import FastRedis, ScriptsViaRedisPy
 from gateway.ingest.spool import Spool, SpoolFull, claim_orphan, read_lines
 from gateway.logs import EventBatch
+from gateway.numbers import identity
 from gateway.store.ingest import (
     ACCEPTED,
     SPOOLED,
@@ -60,8 +61,10 @@ DRAIN_TIMEOUT = 30.0  # seconds for one batch of a drain: Redis answering, but s
 
 
 def dedupe_key(event: InvitationEvent) -> str:
-    """The same (event type, network, invitor, invitee) is the same invitation."""
-    raw = "\x00".join((event.type, event.network_id, event.invitor, event.invitee))
+    """The same (event type, network, invitor, invitee's number) is the same invitation, however
+    the number was spelt (gateway/numbers.py)."""
+    number = identity(event.invitee, event.invitee_e164)
+    raw = "\x00".join((event.type, event.network_id, event.invitor, number))
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 

@@ -165,6 +165,10 @@ class Ingest:
                 result.duplicate_of or "an earlier one",
             )
 
+    def region_of(self, network_id: str) -> str | None:
+        """The network's default region, completing national numbers (gateway/numbers.py)."""
+        return self.cache.policy(self.live.current, network_id).default_region
+
     def parse(
         self, callback: Callback, event_type: str, body: bytes, aliases: Mapping[str, str], client: str | None
     ) -> InvitationEvent:
@@ -184,7 +188,7 @@ class Ingest:
         else:  # the usual callback: fields in the query (GET) or in the body (POST), not both
             fields = pick_fields(pairs or query, aliases)
         try:
-            return make_event(fields, event_type, source, client=client)
+            return make_event(fields, event_type, source, client=client, region_of=self.region_of)
         except InvalidCallback:
             if body:
                 _refuse_encoding(callback)

@@ -23,6 +23,7 @@ from redis.exceptions import NoScriptError
 from gateway.events import INVITATION_ACCEPTED, InvitationEvent
 from gateway.fastredis import FastRedis, Script, ScriptsViaRedisPy
 from gateway.networks import NetworkPolicy, prefix_allowed, prefix_of
+from gateway.numbers import identity
 from gateway.records import Delivery
 from gateway.store import lua
 from gateway.store.codec import dumps, text
@@ -209,23 +210,25 @@ def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> 
     if not (policy.guard or policy.limits or policy.allowed_prefixes):
         return {}  # most networks: nothing to count
     net = event.network_id
+    # One number, one identity: its E.164 digits, however it was spelt (gateway/numbers.py).
+    number = identity(event.invitee, event.invitee_e164)
     fields: dict[str, Any] = {}
     if event.type == INVITATION_ACCEPTED:
         if policy.guard is not None:
             g = policy.guard
-            prefix = prefix_of(event.invitee, g.digits)
+            prefix = prefix_of(number, g.digits)
             bucket = now_ms // (g.window * 1000)
             fields["ga"] = [limit_key("guard", net, prefix, "a", bucket), g.window * 2000]
         return fields
-    if policy.allowed_prefixes and not prefix_allowed(event.invitee, policy.allowed_prefixes):
+    if policy.allowed_prefixes and not prefix_allowed(number, policy.allowed_prefixes):
         fields["sup"] = f"invitee prefix not allowed for network {net}"
         return fields
     lims: dict[str, list[Any]] = {}
     for lim in policy.limits:
         value = {
-            "invitee": event.invitee,
+            "invitee": number,
             "invitor": event.invitor,
-            "prefix": prefix_of(event.invitee, lim.digits),
+            "prefix": prefix_of(number, lim.digits),
             "network": "",
         }[lim.per]
         window_ms = lim.window * 1000
@@ -243,7 +246,7 @@ def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> 
         fields["lim"] = list(lims.values())
     if policy.guard is not None:
         g = policy.guard
-        prefix = prefix_of(event.invitee, g.digits)
+        prefix = prefix_of(number, g.digits)
         bucket = now_ms // (g.window * 1000)
         fields["g"] = {
             "h": limit_key("hold", net, prefix),

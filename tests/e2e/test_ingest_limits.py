@@ -47,6 +47,18 @@ allowed_prefixes = ["+1"]
 
 [networks.grd]
 guard = { window = "1h", min_created = 5, max_accepted_ratio = 0.2, hold = "6h", digits = 4 }
+
+[networks.us]
+default_region = "US"
+limits = [{ per = "invitee", max = 2, window = "1d" }]
+
+[networks.uscool]
+default_region = "US"
+cooldown = "10m"
+
+[networks.gbcool]
+default_region = "GB"
+cooldown = "10m"
 """
 
 
@@ -54,7 +66,8 @@ def config(target_server: TargetServer, settings: str = SETTINGS) -> str:
     return (
         settings
         + '[[targets]]\nname = "t"\nnetworks = ["*"]\n'
-        + f'url = "{target_server.url}/t?n=%network_id%&i=%invitee%&by=%invitor%&e=%event%"\n'
+        + f'url = "{target_server.url}/t?n=%network_id%&i=%invitee%&by=%invitor%&e=%event%'
+        + '&e164=%invitee_e164%"\n'
         + NETWORKS
     )
 
@@ -249,6 +262,45 @@ def test_cooldown_per_invitee(gateway: Gateway, target_server: TargetServer, red
         ("+15551230002", "johnsnow"),
     ]
     assert len(suppressed_log_lines(gateway, "cool")) == 2
+
+
+def test_every_spelling_of_one_number_shares_one_limit_and_one_cooldown(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    """+15550100009, 15550100009 (default_region US), 0015550100009 (00: international) and the
+    national 5550100009 are one number to the limits and the cooldown."""
+    clear_of_window_edge(86400)
+    base = start(gateway, target_server)
+    spellings = ["+15550100009", "15550100009", "0015550100009", "5550100009"]
+    for n, invitee in enumerate(spellings):
+        ok(base, "us", invitee, f"u{n}")  # a limit of 2 per invitee: the last two are over it
+        ok(base, "uscool", invitee, f"u{n}")  # a cooldown: only the first goes out
+    ok(base, "gbcool", "+15550100009")
+    ok(base, "gbcool", "0015550100009")  # GB dials 00 for abroad: the same number
+    ok(base, "gbcool", "07700900123")  # a national GB number: another one
+    settle(base, target_server, redis)
+
+    over = assert_suppressed(redis, "us", 2, "over 2 invitations per 86400 s for this invitee")
+    assert sorted(e.invitee_raw for e in over) == ["0015550100009", "5550100009"]
+    cooling = assert_suppressed(redis, "uscool", 3, "(cooldown)")
+    assert sorted(e.invitee_raw for e in cooling) == ["0015550100009", "15550100009", "5550100009"]
+    assert_suppressed(redis, "gbcool", 1, "(cooldown)")
+    # Each event keeps the number as it came and as normalized, and gains its E.164 form.
+    store = store_for(redis)
+    events = [e for e, _ in store.events_with_deliveries(store.recent_events(100, "us"))]
+    assert sorted((e.invitee_raw, e.invitee, e.invitee_e164) for e in events) == sorted(
+        (s, s, "+15550100009") for s in spellings
+    )
+    # The target sees %invitee% as before and %invitee_e164%.
+    queries = [dict(r.query) for r in target_server.requests_to("/t")]
+    got = sorted((q["n"], q["i"], q["e164"]) for q in queries)
+    assert [g for g in got if g[0] in ("us", "uscool", "gbcool")] == [
+        ("gbcool", "+15550100009", "+15550100009"),
+        ("gbcool", "07700900123", "+447700900123"),
+        ("us", "+15550100009", "+15550100009"),
+        ("us", "15550100009", "+15550100009"),
+        ("uscool", "+15550100009", "+15550100009"),
+    ]
 
 
 def test_a_prefix_that_is_not_allowed_is_suppressed_not_refused(
