@@ -37,6 +37,8 @@ UNREADABLE_LOG_EVERY = 3600.0  # seconds between two "cannot be made E.164" line
 UNREADABLE_NETWORKS = 1024  # networks remembered for that (networks are the callers' choice)
 
 _E164 = PhoneNumberFormat.E164
+# Country calling codes as text ("1", "44", "882"): no code is the start of another.
+_COUNTRY_CODES = frozenset(str(code) for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 
 
 def _read(number: str, region: str | None) -> str | None:
@@ -75,6 +77,14 @@ def identity(invitee: str, invitee_e164: str | None) -> str:
     network without a default region then counts the two as one.
     """
     return (invitee_e164 or invitee).lstrip("+")
+
+
+def country_code(digits: str) -> str | None:
+    """The country calling code a number's digits (its E.164 form without +) start with."""
+    for size in (1, 2, 3):
+        if digits[:size] in _COUNTRY_CODES:
+            return digits[:size]
+    return None
 
 
 _told: dict[str, float] = {}  # network -> monotonic time of its last "cannot be made E.164" line

@@ -389,11 +389,11 @@ def test_limit_fields_per_kind(per: str) -> None:
     policy = _policy(limits=[{"per": per, "max": 3, "window": "1h", "digits": 4}])
     fields = limit_fields(_event(), policy, NOW)
     assert set(fields) == {"lim"}
-    [[key, most, ttl, reason]] = fields["lim"]
+    [[key, most, window, reason, kind]] = fields["lim"]
     assert most == 3
-    # The key lives to the end of its fixed window, plus a minute.
-    assert ttl == 3_600_000 - NOW % 3_600_000 + 60_000
+    assert window == 3_600_000  # the log keeps what is younger than that
     assert reason == f"over 3 invitations per 3600 s for this {'4-digit prefix' if per == 'prefix' else per}"
+    assert kind == ("prefix" if per == "prefix" else "limit")
     _assert_no_personal_data(fields, "15551234567", "5551234567", "johnsnow")
     # Which callbacks share a counter:
     same_invitee = limit_fields(_event(invitor="arya"), policy, NOW)["lim"][0][0]
@@ -414,18 +414,21 @@ def test_limit_fields_per_kind(per: str) -> None:
     assert limit_fields(other, policy, NOW)["lim"][0][0] != key
 
 
-def test_limit_keys_are_fixed_windows() -> None:
+def test_limit_keys_do_not_move_with_time() -> None:
+    # A limit's log slides: the same key whenever the invitation comes.
     policy = _policy(limits=[{"per": "invitee", "max": 3, "window": "1h"}])
-    start = NOW - NOW % 3_600_000
-    key = limit_fields(_event(), policy, start)["lim"][0][0]
-    assert limit_fields(_event(), policy, start + 3_599_999)["lim"][0][0] == key
-    assert limit_fields(_event(), policy, start + 3_600_000)["lim"][0][0] != key
+    key = limit_fields(_event(), policy, NOW)["lim"][0][0]
+    assert limit_fields(_event(), policy, NOW + 3_600_000 * 7 + 1)["lim"][0][0] == key
+    # A limit of one is a key, not a log: another name.
+    one = _policy(limits=[{"per": "invitee", "max": 1, "window": "1h"}])
+    assert limit_fields(_event(), one, NOW)["lim"][0][0].startswith("lim1:")
+    assert key.startswith("lim:")
 
 
 def test_the_cooldown_is_an_invitee_limit_of_one() -> None:
     fields = limit_fields(_event(), _policy(cooldown="10m"), NOW)
-    [[_, most, _, reason]] = fields["lim"]
-    assert most == 1
+    [[_, most, window, reason, kind]] = fields["lim"]
+    assert (most, window, kind) == (1, 600_000, "cooldown")
     assert reason == "another invitation to this number less than 600 s ago (cooldown)"
 
 
@@ -447,7 +450,7 @@ def test_two_limits_on_the_same_counter_count_it_once_with_the_lower_max() -> No
     policy = _policy(
         limits=[{"per": "invitee", "max": 5, "window": "1d"}, {"per": "invitee", "max": 3, "window": "1d"}]
     )
-    [[_, most, _, _]] = limit_fields(_event(), policy, NOW)["lim"]
+    [[_, most, _, _, _]] = limit_fields(_event(), policy, NOW)["lim"]
     assert most == 3
     # Another window or another kind is another counter.
     policy = _policy(
@@ -488,7 +491,12 @@ def test_a_refused_prefix_is_suppressed_without_counting() -> None:
         guard={"min_created": 5},
     )
     fields = limit_fields(_event(invitee="+447700900123"), policy, NOW)
-    assert fields == {"sup": "invitee prefix not allowed for network mynetwork"}
+    assert fields == {"sup": "invitee prefix +44 not allowed for network mynetwork", "k": "allowlist"}
+    # Named as finely as the allowlist is written.
+    finer = _policy(allowed_prefixes=["+1", "+4477"])
+    assert limit_fields(_event(invitee="+447810000000"), finer, NOW)["sup"].startswith(
+        "invitee prefix +4478 not allowed"
+    )
     assert set(limit_fields(_event(), policy, NOW)) == {"lim", "g"}
 
 
@@ -500,7 +508,13 @@ def test_guard_fields_and_accepted_invitations_count_on_the_same_key() -> None:
     g = created["g"]
     assert g["min"] == 5 and g["ratio"] == 0.2 and g["hold"] == 6 * 3600 and g["ttl"] == 2 * 3_600_000
     assert g["why"].startswith("prefix +8821 held")
-    assert len({g["h"], g["c"], g["a"]}) == 3
+    assert (g["n"], g["p"]) == ("mynetwork", "8821")  # for the list of holds
+    assert len({g["h"], g["c"], g["a"], g["cp"], g["ap"]}) == 5
+    # The previous window weighs as much of it as the sliding window still covers.
+    assert g["w"] == 1 - (NOW % 3_600_000) / 3_600_000
+    start = NOW - NOW % 3_600_000
+    later = limit_fields(_event(invitee="+882161234567"), policy, start + 3_600_000)["g"]
+    assert (later["cp"], later["ap"], later["w"]) == (g["c"], g["a"], 1.0)
     _assert_no_personal_data(created, "882161234567", "johnsnow")
     accepted = limit_fields(_event(invitee="+882169999999", event_type=INVITATION_ACCEPTED), policy, NOW)
     # An accepted invitation only counts towards its prefix's accepted share, on the key the

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from gateway import numbers
-from gateway.numbers import canonical, e164, identity
+from gateway.numbers import canonical, country_code, e164, identity
 
 
 @pytest.mark.parametrize(
@@ -69,3 +69,10 @@ def test_the_networks_told_about_are_bounded(monkeypatch: pytest.MonkeyPatch) ->
     for n in range(25):
         canonical("5550100009", None, f"net-{n}")
         assert len(numbers._told) <= 10
+
+
+def test_country_code() -> None:
+    assert country_code("15550100009") == "1"
+    assert country_code("447700900123") == "44"
+    assert country_code("882161234567") == "882"
+    assert country_code("0123") is None

@@ -28,8 +28,12 @@ Events (the ingest script writes them; gateway/store/ingest.py):
                                suppressed) of what is past retention
     {p}:dedupe:{digest}        the first event id of an invitation, for the dedupe window
     {p}:counters               HASH duplicates, suppressed: counts since the start
-    {p}:{limit}                abuse-limit counters and holds (`limit_key`: lim:, cool:, guard:,
-                               hold: and a digest), each expiring with its window
+    {p}:{limit}                abuse-limit logs, counters and holds (`limit_key`: lim:, lim1:,
+                               cool:, guard:, hold: and a digest), each expiring with its window
+    {p}:holds                  HASH hold key ({p}:hold:...) -> JSON {network, prefix, reason,
+                               since, ends, told, lifted}: the guard's holds, listed, lifted and
+                               told to the alert target (a hold lives on in it until a worker's
+                               ticker has told its end)
 
 The delivery queue (gateway/store/queue.py):
     {p}:due                    ZSET delivery id -> ms when it may be attempted. Waiting
@@ -94,6 +98,7 @@ LUA_KEYS = (
     "{p}:dedupe:{digest}",
     "{p}:counters",
     "{p}:{limit}",
+    "{p}:holds",
     "{p}:due",
     "{p}:parked:{target}",
     "{p}:held",
@@ -128,6 +133,7 @@ class Keys:
         "events",
         "heartbeats",
         "held",
+        "holds",
         "marker",
         "metrics",
         "prefix",
@@ -152,6 +158,7 @@ class Keys:
         self.counters = p + "counters"
         self.due = p + "due"
         self.held = p + "held"
+        self.holds = p + "holds"
         self.reserved = p + "reserved"
         self.probes = p + "probes"
         self.dead = p + "dead"
@@ -214,8 +221,9 @@ class Keys:
 def limit_key(kind: str, *parts: object) -> str:
     """An abuse-limit key, without the prefix (the ingest script adds it): `kind:digest`.
 
-    kind: lim (a fixed-window counter), cool (a cooldown), guard (a prefix guard's counts),
-    hold (a held prefix). Hashed: numbers are personal data and have no place in key names.
+    kind: lim (a limit's sliding log: a sorted set), lim1 (a limit of one: a key), cool (a
+    cooldown), guard (a prefix guard's counts per fixed window), hold (a held prefix). Hashed:
+    numbers are personal data and have no place in key names.
     """
     digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:24]
     return f"{kind}:{digest}"
