@@ -47,7 +47,9 @@ def event_json(event: InvitationEvent) -> dict[str, Any]:
 
 
 def event_summary(event: InvitationEvent, deliveries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """An item of GET /events: the event, and per target its delivery's status and request count."""
+    """An item of GET /events: the event, and per target its delivery's status, request count,
+    why it waits (`waiting`: a suppressed one's reason, "target paused", ...) and, suppressed,
+    the rule that held it back (`suppressed_by`)."""
     return {
         **event_json(event),
         "deliveries": {
@@ -55,6 +57,8 @@ def event_summary(event: InvitationEvent, deliveries: Mapping[str, Mapping[str, 
                 "status": d.get("status"),
                 "attempts": d.get("attempts", 0),
                 "last_status_code": d.get("last_status_code"),
+                "waiting": d.get("waiting"),
+                "suppressed_by": d.get("suppressed_by"),
             }
             for name, d in sorted(deliveries.items())
         },

@@ -42,6 +42,9 @@ Deliveries
     replay(p, delivery_ids, force=False) -> dict[delivery_id, result]: the machinery of
         `gateway replay`; result replayed | pending | held | delivered | unknown | <status>
     replay_failed(p, FailedFilter(...), force=False) -> dict[delivery_id, result]
+Holds and suppressed deliveries (suppression.py, mixed in)
+    list_holds(p, network=None); lift_hold(p, hold_id); suppressed(p, SuppressedFilter(...),
+    cursor=None, limit=50) -> Page; release_suppressed(p, SuppressedFilter(...)) -> results
 Overview
     overview(p, now_ms=None) -> dict: per target over the last 24 hours, received, delivered,
         failed, waiting, suppressed, and the same per hour (`hours`, oldest first, 24 buckets)
@@ -81,6 +84,7 @@ from gateway.admin.queries import (
     page_limit,
 )
 from gateway.admin.redaction import redact, scrub, secret_values, unredact
+from gateway.admin.suppression import REPLAY_MAX, SuppressionQueries
 from gateway.config.load import config_from_dict, target_from_dict
 from gateway.events import ALERT_EVENT, InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, config_problems
@@ -91,7 +95,6 @@ from gateway.store.queue import DeliveryQueue
 READ_ONLY = frozenset({"source", "health"})  # in a target's JSON, not in its declaration
 SCAN_BUDGET = 5000  # events one list_events call looks at before answering with a cursor
 OVERVIEW_BUDGET = 50_000  # events the 24-hour overview counts at most
-REPLAY_MAX = 10_000  # deliveries one replay_failed call replays at most
 _CHUNK = 500
 # What ids look like (ULIDs; target names): anything else is not looked up, so that no id can
 # name another Redis key (`EVENT:deliveries` would).
@@ -117,7 +120,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Service:
+class Service(SuppressionQueries):
     def __init__(self, store: Store, queue_name: str = "gateway-deliveries") -> None:
         self.store = store
         self.queue_name = queue_name

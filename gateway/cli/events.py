@@ -90,7 +90,16 @@ def events_list(
             click.echo("no events" + (f" matched ({', '.join(what)})" if what else " yet"), err=True)
         return
     _table(
-        ["RECEIVED", "EVENT", "TYPE", "NETWORK", "INVITOR", "INVITEE", "DELIVERIES (target=state/attempts)"],
+        [
+            "RECEIVED",
+            "EVENT",
+            "TYPE",
+            "NETWORK",
+            "INVITOR",
+            "INVITEE",
+            "DELIVERIES (target=state/attempts)",
+            "SUPPRESSED BECAUSE",
+        ],
         [
             [
                 ev["received_at"],
@@ -100,12 +109,21 @@ def events_list(
                 _clip(str(ev["invitor"]), 24),
                 ev["invitee"],
                 " ".join(f"{n}={d['status']}/{d['attempts']}" for n, d in ev["deliveries"].items()) or "-",
+                _suppressed_because(ev["deliveries"]),
             ]
             for ev in page.items
         ],
     )
     if page.next_cursor:
         click.echo(f"more: --cursor {page.next_cursor}", err=True)
+
+
+def _suppressed_because(deliveries: dict[str, Any]) -> str:
+    """The reason an event's deliveries were held back (one for all: they share it), or -."""
+    for d in deliveries.values():
+        if d.get("status") == "suppressed" and d.get("waiting"):
+            return f"[{d.get('suppressed_by') or '?'}] {d['waiting']}"
+    return "-"
 
 
 @events.command("show", cls=OperatorCommand)

@@ -154,6 +154,8 @@ class Ingest:
             # Accepted ones with targets are logged a batch per line by the Accepter.
         elif status is AcceptStatus.SUPPRESSED:
             reason = result.reason
+            if self.metrics is not None and result.kind is not None:
+                self.metrics.suppressed(event_type, result.kind.value)
             log.warning("suppressed %s %s (network %s): %s", event.type, event.id, event.network_id, reason)
             if live.current.limited_status == 429:
                 raise Limited(f"held back and kept, not delivered: {reason}")
