@@ -156,6 +156,12 @@ _TARGET_FIELDS: dict[str, Any] = {
         },
     },
     "probe_interval": {"type": "integer", "minimum": 1, "maximum": 3600},
+    "sends": {
+        "type": "string",
+        "enum": ["sms", "email"],
+        "description": "What it sends to the invitee, at the provider's cost (check and startup warn "
+        "about a network routing to it without limits).",
+    },
     "preset": {
         "type": "string",
         "description": "A preset of templates/presets/; `vars` gives its variables.",
