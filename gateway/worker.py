@@ -38,12 +38,12 @@ from rq.worker import SimpleWorker
 
 from gateway import wiring
 from gateway.config.targets import Config
-from gateway.delivery.engine import Engine, EngineSettings, now_ms
+from gateway.delivery.engine import DEAD_ALERT_EVERY, Engine, EngineSettings, dead_letter_message, now_ms
 from gateway.delivery.sender import Sender
 from gateway.events import make_alert
 from gateway.fastredis import script_client
 from gateway.live import LiveConfig
-from gateway.metrics import Tally, flush_commands, worker_name
+from gateway.metrics import Tally, count_deliveries, flush_commands, worker_name
 from gateway.queue import DRAIN_BUDGET, GatewayJob, enqueue_drain, make_queue
 from gateway.records import iso_ms
 from gateway.settings import Settings
@@ -242,6 +242,7 @@ class Ticker(threading.Thread):
                 if name not in capped and config.target(name) is not None:
                     self.waiting.unpark(name, now, 0)
         self.tell_holds(config, now)
+        self.expire_due(config, now)
         first = self.waiting.next_due()
         if first is not None and first <= now:
             overdue = first <= now - 1000
@@ -265,6 +266,30 @@ class Ticker(threading.Thread):
             name = config.alert_target
             if name is not None and config.target(name) is not None:
                 self.waiting.write_alert(make_alert(message), name)
+                told = True
+        if told and self.waiting.set_wake():
+            enqueue_drain(self.queue)
+
+    def expire_due(self, config: Config, now: int) -> None:
+        """Record as expired the waiting deliveries whose expire_after passed (a dead letter,
+        counted and alerted now, not at their next try; one Lua call, store/scripts/expire.lua)."""
+        expired = self.waiting.expire_due(
+            now, [(t.name, t.expire_after) for t in config.targets if t.expire_after is not None]
+        )
+        if not expired:
+            return
+        if self.tally is not None:
+            count_deliveries(self.tally, [(did.partition("-")[2], "expired", None) for did, _ in expired])
+        told = False
+        for did, reason in expired:
+            log.warning("delivery %s expired: %s", did, reason)
+        for target in sorted({did.partition("-")[2] for did, _ in expired}):
+            name = config.alert_target
+            if name is None or name == target or config.target(name) is None:
+                continue
+            if self.waiting.alert_gate(f"dead:{target}", DEAD_ALERT_EVERY):
+                did, reason = next((d, r) for d, r in expired if d.partition("-")[2] == target)
+                self.waiting.write_alert(make_alert(dead_letter_message(target, did, reason)), name)
                 told = True
         if told and self.waiting.set_wake():
             enqueue_drain(self.queue)

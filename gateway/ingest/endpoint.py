@@ -35,7 +35,7 @@ from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig
 from gateway.metrics import IngestMetrics
 from gateway.networks import NetworkPolicy
-from gateway.store.ingest import AcceptStatus
+from gateway.store.ingest import AcceptStatus, expiries
 
 log = logging.getLogger("gateway.ingest")
 
@@ -53,10 +53,18 @@ class ConfigCache:
         self._config: Config | None = None
         self._names: dict[tuple[str, str], tuple[str, ...]] = {}
         self._policies: dict[str, NetworkPolicy] = {}
+        self._expiries: str | None = None
 
     def _check(self, config: Config) -> None:
         if config is not self._config:
-            self._config, self._names, self._policies = config, {}, {}
+            self._config, self._names, self._policies, self._expiries = config, {}, {}, None
+
+    def expiries(self, config: Config) -> str:
+        """The targets with an expire_after, for the ingest script's deadlines (one per config)."""
+        self._check(config)
+        if self._expiries is None:
+            self._expiries = expiries((t.name, t.expire_after) for t in config.targets)
+        return self._expiries
 
     def names(self, config: Config, event_type: str, network_id: str) -> tuple[str, ...]:
         self._check(config)

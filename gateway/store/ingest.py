@@ -12,7 +12,7 @@ flattened by `encode` (the layout below is the one the Lua reads).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -49,6 +49,10 @@ class IngestHead:
     dedupe_ms: int = 0  # the dedupe window (0: off)
     state: str = PENDING_STATE  # the JSON each new delivery's state starts as
     wake_ttl: int = WAKE_TTL  # 0: leave the wake flag alone (the caller wakes the workers)
+    # The targets with an expire_after and its ms, "name=ms,name=ms" (`expiries`): each new
+    # waiting delivery to one gets its deadline in `{p}:deadlines`, where a worker's ticker
+    # records it expired when it passes ("": none)
+    expiries: str = ""
 
 
 @dataclass(slots=True)
@@ -91,12 +95,20 @@ class IngestItem:
 
 # The ARGV layout, which scripts/ingest.lua reads in this order: the head's fields, then each
 # item's fields (targets comma-separated, limits as JSON or "").
-HEAD_ARGS = 6
+HEAD_ARGS = 7
 ITEM_ARGS = 8
 
 
 def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
-    args: list[Any] = [head.prefix, head.now_ms, head.retention, head.dedupe_ms, head.state, head.wake_ttl]
+    args: list[Any] = [
+        head.prefix,
+        head.now_ms,
+        head.retention,
+        head.dedupe_ms,
+        head.state,
+        head.wake_ttl,
+        head.expiries,
+    ]
     for it in items:
         limits = it.limits
         # Flat: JSON around the event's own JSON would escape it all again.
@@ -209,6 +221,11 @@ def ingest_sync(client: Redis, head: IngestHead, items: Sequence[IngestItem]) ->
     except NoScriptError:
         raw = client.eval(SCRIPT.text, 0, *args)
     return decode(raw, len(items))
+
+
+def expiries(targets: Iterable[tuple[str, int | None]]) -> str:
+    """IngestHead.expiries of (target name, expire_after seconds or None) pairs."""
+    return ",".join(f"{name}={seconds * 1000}" for name, seconds in targets if seconds)
 
 
 def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> dict[str, Any]:

@@ -52,6 +52,8 @@ The delivery queue (gateway/store/queue.py):
     {p}:probes                 HASH deliveries let through a paused target as its probe
     {p}:probe-at:{target}      set while a probe interval runs
     {p}:dead                   ZSET failed and expired deliveries -> ms (dead letters)
+    {p}:deadlines              ZSET waiting deliveries to targets with an expire_after -> the ms it
+                               passes (set at ingest); a worker's ticker records them expired then
     {p}:wake                   set while a drain job is queued (a backlog is one job, not thousands)
     {p}:alerted:{what}         set while an alert of that kind may not be sent again
 
@@ -110,6 +112,7 @@ LUA_KEYS = (
     "{p}:probes",
     "{p}:probe-at:{target}",
     "{p}:dead",
+    "{p}:deadlines",
     "{p}:wake",
 )
 
@@ -127,6 +130,7 @@ class Keys:
         "config_version",
         "counters",
         "dead",
+        "deadlines",
         "due",
         "env_wanted",
         "env_workers",
@@ -162,6 +166,7 @@ class Keys:
         self.reserved = p + "reserved"
         self.probes = p + "probes"
         self.dead = p + "dead"
+        self.deadlines = p + "deadlines"
         self.wake = p + "wake"
         self.env_wanted = p + "env:wanted"
         self.env_workers = p + "env:workers"

@@ -59,6 +59,7 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
         dedupe_ms=555_000,
         state='{"status":"pending","mark":"the head state"}',
         wake_ttl=44,
+        expiries="tb=3000,zz=9",
     )
     first = IngestItem(
         kind=ItemKind.NEW,
@@ -124,6 +125,8 @@ def _check_ingest(redis: Redis, answer: IngestAnswer) -> None:
     assert not redis.exists("pfx:event:01AGAIN")
     # the wake TTL
     assert 40 < redis.ttl("pfx:wake") <= 44
+    # the targets' expire_after: a deadline for the waiting delivery to tb only
+    assert redis.zrange("pfx:deadlines", 0, -1, withscores=True) == [(b"01FIRST-tb", RECEIVED + 3000)]
 
 
 def test_each_ingest_argument_lands_where_it_should(redis: Redis) -> None:

@@ -2,7 +2,9 @@
 --
 -- ARGV (encoded by gateway/store/ingest.py, `encode`; the layout is written there once):
 --   prefix, now ms, retention s, dedupe window ms (0: off), the pending delivery state JSON,
---   wake TTL s (0: leave the wake flag alone), then 8 per item, in the order of `IngestItem`'s
+--   wake TTL s (0: leave the wake flag alone), the targets' expire_after ('name=ms,...': each
+--   new waiting delivery to one gets a deadline in {p}:deadlines), then 8 per item, in the order
+--   of `IngestItem`'s
 --   fields: kind ('n' a new event, 'a' deliveries to add to a stored one), id, the event's JSON
 --   (stored as it is), network, received ms, targets (comma-separated), dedupe key, limits JSON
 --   or '' (`limit_fields`).
@@ -15,6 +17,8 @@
 -- and a limit of 1 a key holding the time of the one it let through, expiring a window after it.
 local p, now, ttl, win, state = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local wake_ttl = tonumber(ARGV[6])
+local expire = {}
+for t, ms in string.gmatch(ARGV[7], '([^,=]+)=(%d+)') do expire[t] = tonumber(ms) end
 local out = {'0', 0}
 local holds = {}
 -- Sorted-set entries are gathered and written once per key at the end (a command per batch,
@@ -45,7 +49,7 @@ local function index(ms, id, n)
   byn[#byn + 1] = ms
   byn[#byn + 1] = id
 end
-for i = 7, #ARGV - 7, 8 do
+for i = 8, #ARGV - 7, 8 do
   local kind, id, event, n, ms = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local targets, dedupe, limits = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local ek = p .. ':event:' .. id
@@ -194,6 +198,19 @@ if #evs > 0 and redis.call('SET', p .. ':trimmed', '1', 'NX', 'EX', 10) then
   redis.call('ZREMRANGEBYSCORE', p .. ':suppressed', '-inf', cutoff)
 end
 if #dues > 0 then
+  if next(expire) then
+    -- each waiting delivery to a target with expire_after: its deadline (received + expire_after)
+    local deadlines = {}
+    for j = 1, #dues, 2 do
+      local did = dues[j + 1]
+      local ms = expire[string.sub(did, string.find(did, '-', 1, true) + 1)]
+      if ms then
+        deadlines[#deadlines + 1] = dues[j] + ms
+        deadlines[#deadlines + 1] = did
+      end
+    end
+    if #deadlines > 0 then add_all('ZADD', p .. ':deadlines', 'NX', deadlines) end
+  end
   add_all('ZADD', p .. ':due', 'NX', dues)
   if wake_ttl > 0 and redis.call('SET', p .. ':wake', '1', 'NX', 'EX', wake_ttl) then out[2] = 1 end
 end
