@@ -21,6 +21,7 @@ import gc
 import itertools
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -313,7 +314,7 @@ def hold_message(change: HoldChange, hold: PrefixHold) -> str:
     how = f"lifted {hold.lifted_by}" if hold.lifted_by else "its time ran out"
     return (
         f"{where} no longer held ({how}). What it held back stays suppressed: "
-        f"`gateway suppressed release --network {hold.network} --reason guard` sends it"
+        f"`gateway suppressed release --network {shlex.quote(hold.network)} --reason guard` sends it"
     )
 
 

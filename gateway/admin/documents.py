@@ -42,6 +42,30 @@ class DeadLetter:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Suppressed:
+    """A delivery held back by an abuse limit (an item of GET /suppressed)."""
+
+    delivery_id: str
+    received_ms: int
+    target: str
+    event: InvitationEvent
+    delivery: Delivery
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "delivery_id": self.delivery_id,
+            "received_at": iso_ms(self.received_ms),
+            "target": self.target,
+            "network": self.event.network_id,
+            "event": self.event.type,
+            "event_id": self.event.id,
+            "reason": self.delivery.waiting,
+            "kind": self.delivery.suppressed_by,
+            "replays": self.delivery.replays,
+        }
+
+
 def event_json(event: InvitationEvent) -> dict[str, Any]:
     return {k: v for k, v in event.to_dict().items() if k != "received_at_ms"}
 

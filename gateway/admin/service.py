@@ -498,35 +498,22 @@ class Service(SuppressionQueries):
     def _dead_letters(
         self, p: Principal, f: FailedFilter, after: tuple[int, str] | None
     ) -> Iterator[DeadLetter]:
-        nets = f.networks if p.networks is None else (f.networks or p.networks) & p.networks
-        if p.networks is not None and not nets:
+        nets = self._scope(p, f.networks)
+        if nets is None:
             return
         until = f.until_ms if after is None else min(after[0], f.until_ms or after[0])
         rows = [
             (did, ms)
             for did, ms in self.dq.dead_letters(f.since_ms, until)
-            if (after is None or (ms, did) < after) and (not f.targets or did.partition("-")[2] in f.targets)
+            if not f.targets or did.partition("-")[2] in f.targets
         ]
-        # Newest first, and in a stable order within a millisecond (the cursor relies on it).
-        rows.sort(key=lambda row: (row[1], row[0]), reverse=True)
-        for start in range(0, len(rows), _CHUNK):
-            chunk = rows[start : start + _CHUNK]
-            for (did, ms), (event, state) in zip(
-                chunk, self.store.get_many_deliveries([d for d, _ in chunk]), strict=True
+        for did, ms, event, state in self._visible(p, rows, after, DEAD):
+            if (
+                (not nets or event.network_id in nets)
+                and (f.event is None or event.type == f.event)
+                and (f.error is None or f.error.lower() in (state.last_error or "").lower())
             ):
-                if (
-                    event is None
-                    or state is None
-                    or state.status not in DEAD
-                    or not self._sees_event(p, event)
-                ):
-                    continue
-                if (
-                    (not nets or event.network_id in nets)
-                    and (f.event is None or event.type == f.event)
-                    and (f.error is None or f.error.lower() in (state.last_error or "").lower())
-                ):
-                    yield DeadLetter(did, ms, did.partition("-")[2], event, state)
+                yield DeadLetter(did, ms, did.partition("-")[2], event, state)
 
     def failed_deliveries(
         self,

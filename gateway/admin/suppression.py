@@ -15,44 +15,21 @@ Suppressed deliveries
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.admin import NotFound
+from gateway.admin.documents import Suppressed
 from gateway.admin.keys import Principal
 from gateway.admin.queries import Page, SuppressedFilter, decode_cursor, encode_cursor, page_limit
 from gateway.events import InvitationEvent
-from gateway.records import Delivery, DeliveryStatus, iso_ms
+from gateway.records import Delivery, DeliveryStatus
 from gateway.store.codec import now_ms, text
 from gateway.store.events import Store
 from gateway.store.holds import Holds
 
 _CHUNK = 500
-REPLAY_MAX = 10_000  # (as service.py's): deliveries one release call sends at most
-
-
-@dataclass(frozen=True, slots=True)
-class Suppressed:
-    """A delivery held back by an abuse limit (an item of GET /suppressed)."""
-
-    delivery_id: str
-    received_ms: int
-    target: str
-    event: InvitationEvent
-    delivery: Delivery
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "delivery_id": self.delivery_id,
-            "received_at": iso_ms(self.received_ms),
-            "target": self.target,
-            "network": self.event.network_id,
-            "event": self.event.type,
-            "event_id": self.event.id,
-            "reason": self.delivery.waiting,
-            "kind": self.delivery.suppressed_by,
-            "replays": self.delivery.replays,
-        }
+REPLAY_MAX = 10_000  # deliveries one replay or release call sends at most
+_SUPPRESSED = frozenset({DeliveryStatus.SUPPRESSED})
 
 
 class SuppressionQueries:
@@ -90,11 +67,41 @@ class SuppressionQueries:
         return {**lifted.to_dict(), "lifted": p.acting}
 
     # -- suppressed deliveries --------------------------------------------------------------------
+    def _scope(self, p: Principal, networks: frozenset[str]) -> frozenset[str] | None:
+        """The networks a filter may reach for the key (empty: any it sees); None: none at all."""
+        nets = networks if p.networks is None else (networks or p.networks) & p.networks
+        return None if p.networks is not None and not nets else nets
+
+    def _visible(
+        self,
+        p: Principal,
+        rows: Iterable[tuple[str, int]],
+        after: tuple[int, str] | None,
+        statuses: frozenset[DeliveryStatus],
+    ) -> Iterator[tuple[str, int, InvitationEvent, Delivery]]:
+        """(delivery id, ms, event, state) of an index's rows the key may see, in one of
+        `statuses`: newest first, strictly after the cursor, in a stable order within a
+        millisecond (the cursor relies on it); loaded _CHUNK at a time."""
+        ordered = sorted(
+            ((did, ms) for did, ms in rows if after is None or (ms, did) < after),
+            key=lambda row: (row[1], row[0]),
+            reverse=True,
+        )
+        for start in range(0, len(ordered), _CHUNK):
+            chunk = ordered[start : start + _CHUNK]
+            for (did, ms), (event, state) in zip(
+                chunk, self.store.get_many_deliveries([d for d, _ in chunk]), strict=True
+            ):
+                if event is None or state is None or state.status not in statuses:
+                    continue
+                if self._sees_event(p, event):
+                    yield did, ms, event, state
+
     def _suppressed(
         self, p: Principal, f: SuppressedFilter, after: tuple[int, str] | None
     ) -> Iterator[Suppressed]:
-        nets = f.networks if p.networks is None else (f.networks or p.networks) & p.networks
-        if p.networks is not None and not nets:
+        nets = self._scope(p, f.networks)
+        if nets is None:
             return
         until = f.until_ms if after is None else min(after[0], f.until_ms or after[0])
         raw: list[tuple[bytes, float]] = self.store.redis.zrevrangebyscore(  # type: ignore[assignment]
@@ -104,24 +111,11 @@ class SuppressionQueries:
             withscores=True,
         )
         rows = [(text(did), int(ms)) for did, ms in raw]
-        rows = [(did, ms) for did, ms in rows if after is None or (ms, did) < after]
-        rows.sort(key=lambda row: (row[1], row[0]), reverse=True)
-        for start in range(0, len(rows), _CHUNK):
-            chunk = rows[start : start + _CHUNK]
-            for (did, ms), (event, state) in zip(
-                chunk, self.store.get_many_deliveries([d for d, _ in chunk]), strict=True
+        for did, ms, event, state in self._visible(p, rows, after, _SUPPRESSED):
+            if (not nets or event.network_id in nets) and (
+                not f.reasons or (state.suppressed_by or "") in f.reasons
             ):
-                if (
-                    event is None
-                    or state is None
-                    or state.status is not DeliveryStatus.SUPPRESSED
-                    or not self._sees_event(p, event)
-                ):
-                    continue
-                if (not nets or event.network_id in nets) and (
-                    not f.reasons or (state.suppressed_by or "") in f.reasons
-                ):
-                    yield Suppressed(did, ms, did.partition("-")[2], event, state)
+                yield Suppressed(did, ms, did.partition("-")[2], event, state)
 
     def suppressed(
         self,

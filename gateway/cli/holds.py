@@ -7,6 +7,7 @@ Through the admin API's Service as an operator key, so `--json` prints the API's
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -73,7 +74,7 @@ def holds_lift(hold_id: str, as_json: bool) -> None:
         return
     click.echo(
         f"lifted the hold on {lifted['prefix']} (network {lifted['network']}); what it kept back: "
-        f"`gateway suppressed list --network {lifted['network']} --reason guard`"
+        f"`gateway suppressed list --network {shlex.quote(lifted['network'])} --reason guard`"
     )
 
 

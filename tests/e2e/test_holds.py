@@ -9,43 +9,15 @@ shows why an invitation was held back, and /metrics which rule held it.
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from e2e_support import SETTINGS, http_call, wait_until, waiting_count
+from test_cli_deliveries import as_json, gw, ok
 
 if TYPE_CHECKING:
     from conftest import Gateway, TargetServer
     from redis import Redis
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def gw(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        env=gateway.environ(),
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def ok(gateway: Gateway, *args: str) -> str:
-    result = gw(gateway, *args)
-    assert result.returncode == 0, (args, result.stdout, result.stderr)
-    return result.stdout
-
-
-def as_json(gateway: Gateway, *args: str) -> Any:
-    return json.loads(ok(gateway, *args, "--json"))
 
 
 def config(target_server: TargetServer) -> str:
