@@ -41,6 +41,7 @@ from gateway.exceptions import StoreUnavailable
 from gateway.fastredis import FastRedis, ScriptsViaRedisPy
 from gateway.ingest.spool import Spool, SpoolFull, claim_orphan, read_lines
 from gateway.logs import EventBatch
+from gateway.numbers import identity
 from gateway.store.ingest import (
     ACCEPTED,
     SPOOLED,
@@ -60,8 +61,10 @@ DRAIN_TIMEOUT = 30.0  # seconds for one batch of a drain: Redis answering, but s
 
 
 def dedupe_key(event: InvitationEvent) -> str:
-    """The same (event type, network, invitor, invitee) is the same invitation."""
-    raw = "\x00".join((event.type, event.network_id, event.invitor, event.invitee))
+    """The same (event type, network, invitor, invitee's number) is the same invitation, however
+    the number was spelt (gateway/numbers.py)."""
+    number = identity(event.invitee, event.invitee_e164)
+    raw = "\x00".join((event.type, event.network_id, event.invitor, number))
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
@@ -93,6 +96,7 @@ class Accepter:
         wake: Callable[[], Awaitable[None]],
         dedupe_seconds: int = 600,
         bound: float = 1.0,
+        expiries: Callable[[], str] | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -104,6 +108,8 @@ class Accepter:
         self.wake = wake
         self.dedupe_ms = dedupe_seconds * 1000
         self.bound = bound
+        # The configuration's targets with an expire_after (store/ingest.py, `expiries`)
+        self.expiries = expiries or str
         self._pending: list[_Waiting] = []
         self._collecting = False  # a flush task is about to take what is pending
         self._flushers: set[asyncio.Task[None]] = set()
@@ -201,7 +207,7 @@ class Accepter:
         `versions`: of the configuration each item's targets were chosen by (None: unknown).
         """
         now = int(time.time() * 1000)
-        head = IngestHead(self.prefix, now, self.retention, self.dedupe_ms)
+        head = IngestHead(self.prefix, now, self.retention, self.dedupe_ms, expiries=self.expiries())
         limits = self.limits
         answer = await ingest(
             self.client, head, [IngestItem.new(ev, t, dedupe_key(ev), limits(ev, now)) for ev, t in items]
@@ -232,7 +238,9 @@ class Accepter:
                 if more:
                     extra.append(IngestItem.add(ev, more))
             if extra:
-                head = IngestHead(self.prefix, int(time.time() * 1000), self.retention)
+                head = IngestHead(
+                    self.prefix, int(time.time() * 1000), self.retention, expiries=self.expiries()
+                )
                 if (await ingest(self.client, head, extra)).woke:
                     await self.wake()
         return results
