@@ -72,8 +72,8 @@ def redis_client(settings: Settings, socket_timeout: float | None = SOCKET_TIMEO
         from redis.sentinel import Sentinel
 
         nodes, master, kwargs, sentinel_kwargs = _sentinel(url, socket_timeout)
-        sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
-        client: Redis = sentinel.master_for(master)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs, **kwargs)
+        client: Redis = sentinel.master_for(master)
         return client
     return Redis.from_url(url, **_timeouts(socket_timeout))
 
@@ -85,7 +85,7 @@ def aio_redis_client(settings: Settings, socket_timeout: float | None = SOCKET_T
         from redis.asyncio.sentinel import Sentinel as AioSentinel
 
         nodes, master, kwargs, sentinel_kwargs = _sentinel(url, socket_timeout)
-        sentinel = AioSentinel(nodes, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
+        sentinel = AioSentinel(nodes, sentinel_kwargs=sentinel_kwargs, **kwargs)
         client: aioredis.Redis = sentinel.master_for(master)
         return client
     return aioredis.Redis.from_url(url, **_timeouts(socket_timeout))

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.events import InvitationEvent
-from gateway.exceptions import StoreUnavailable
-from gateway.fastredis import FastRedis, ScriptsViaRedisPy
+from gateway.exceptions import NotDurable, StoreUnavailable
+from gateway.fastredis import ScriptClient
 from gateway.ingest.spool import Spool, SpoolFull, claim_orphan, read_lines
 from gateway.logs import EventBatch
 from gateway.records import Delivery
@@ -63,6 +63,11 @@ def dedupe_key(event: InvitationEvent) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
+def _why(exc: BaseException) -> str:
+    """Why a batch is spooled, for each callback's log line."""
+    return f"not confirmed: {exc}" if isinstance(exc, NotDurable) else "Redis unreachable"
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
@@ -81,7 +86,7 @@ class Accepter:
 
     def __init__(
         self,
-        client: FastRedis | ScriptsViaRedisPy,
+        client: ScriptClient,
         prefix: str,
         retention: int,
         spool: Spool,
@@ -168,9 +173,9 @@ class Accepter:
         try:
             async with asyncio.timeout(self.bound):  # no task per batch, unlike wait_for
                 results = await self.commit([(w.event, w.targets) for w in batch], [w.version for w in batch])
-        except Exception as exc:
+        except Exception as exc:  # NotDurable too: Redis ran it, but did not confirm it in time
             self._redis_failed(exc)
-            await self._spool(batch)
+            await self._spool(batch, _why(exc))
             return
         self._redis_back()
         accepted = []
@@ -245,7 +250,7 @@ class Accepter:
                     await self.wake()
         return statuses
 
-    async def _spool(self, batch: list[_Waiting]) -> None:
+    async def _spool(self, batch: list[_Waiting], why: str = "Redis unreachable") -> None:
         records = [{"event": w.event.to_dict(), "dk": dedupe_key(w.event)} for w in batch]
         try:
             await asyncio.to_thread(self.spool.append, records)
@@ -266,16 +271,15 @@ class Accepter:
                     )
             return
         for w in batch:
-            log.warning(
-                "spooled %s %s (network %s): Redis unreachable", w.event.type, w.event.id, w.event.network_id
-            )
+            log.warning("spooled %s %s (network %s): %s", w.event.type, w.event.id, w.event.network_id, why)
             if not w.done.done():
                 w.done.set_result(SPOOLED)
 
     def _redis_failed(self, exc: BaseException) -> None:
         if self.redis_down_since is None:
             self.redis_down_since = time.monotonic()
-            log.error("Redis did not take a batch (%s); spooling to %s", type(exc).__name__, self.spool.path)
+            what = str(exc) if isinstance(exc, NotDurable) else type(exc).__name__
+            log.error("Redis did not take a batch (%s); spooling to %s", what, self.spool.path)
 
     def _redis_back(self) -> None:
         if self.redis_down_since is not None:
