@@ -203,6 +203,12 @@ def test_check_server_names_what_the_server_lacks(
             await aio.aclose()
 
     assert run(check(aof_server.url, Durability.DISK)) is None
+    everysec = EmbeddedRedis(data_dir=tmp_path / "everysec", appendfsync="everysec").start()
+    try:
+        slow = run(check(everysec.url, Durability.DISK)) or ""
+        assert slow.startswith("its appendfsync is everysec, not always: "), slow
+    finally:
+        everysec.stop()
     assert run(check(plain_server.url, Durability.DISK)) == "its append-only file is off (appendonly no)"
     assert run(check(plain_server.url, Durability.MEMORY)) is None
     lacking = run(check(plain_server.url, Durability.REPLICA, 2))

@@ -14,10 +14,11 @@ write; its events may then be in Redis as well, and the spool's drain finds them
 (`exists`) and stores nothing twice. Drains go through the same wrapper, so a drain batch is
 confirmed too, or the spool file stays.
 
-`check_server` tells whether the server can give the level at all (append-only file on, WAITAOF
-known, enough replicas connected): at startup (one ERROR line naming the setting), in /readyz
-and in /metrics (`DurabilityState`). A server that cannot never gets a silent downgrade: every
-batch's wait fails, so every callback is spooled (fsync'd, answered 204) until it can.
+`check_server` tells whether the server can give the level at all (append-only file on and
+fsync'd on every write, WAITAOF known, enough replicas connected): at startup (one ERROR line
+naming the setting), in /readyz and in /metrics (`DurabilityState`). A server that cannot never
+gets a silent downgrade: every batch's wait fails, so every callback is spooled (fsync'd,
+answered 204) until it can.
 """
 
 from __future__ import annotations
@@ -137,19 +138,25 @@ class DurableScripts:
 
 
 async def check_server(aio: Any, level: Durability, replicas: int) -> str | None:
-    """What the server lacks to give `level` (None: nothing), asked without CONFIG.
+    """What the server lacks to give `level` (None: nothing), asked without changing anything.
 
     disk: `WAITAOF 1 0 1` itself: Redis before 7.2 does not know it, and it is refused when the
-    append-only file is off or the server is a replica. replica: INFO replication's role and
-    its replicas whose link is online. (Whether Redis fsyncs on every write, `appendfsync
-    always`, cannot be read without CONFIG: with `everysec`, every wait takes up to a second.)
-    Redis unreachable: raises (the caller keeps its last answer).
+    append-only file is off or the server is a replica; then `CONFIG GET appendfsync` where the
+    ACL allows it (only `always` makes the waits both quick and sound). replica: INFO
+    replication's role and its replicas whose link is online. Redis unreachable: raises (the
+    caller keeps its last answer).
     """
     if level is Durability.DISK:
         try:
             await aio.execute_command("WAITAOF", 1, 0, 1)
         except ResponseError as exc:
             return _waitaof_refused(str(exc))
+        try:
+            policy = (await aio.config_get("appendfsync")).get("appendfsync")
+        except ResponseError:
+            return None  # CONFIG not allowed (a hosted Redis): the waits will tell
+        if policy is not None and str(policy) != "always":
+            return EVERYSEC_PROBLEM.format(policy=policy)
         return None
     if level is Durability.REPLICA:
         info = await aio.info("replication")
@@ -165,6 +172,15 @@ async def check_server(aio: Any, level: Durability, replicas: int) -> str | None
             return f"{online} replica(s) connected and online, {replicas} asked (INFO replication)"
         return None
     return None
+
+
+# With `everysec`, each WAITAOF waits for the next once-a-second fsync; and Redis 7.4.0-7.4.2 and
+# Valkey 8 (8.1.8 at least: tests/e2e/test_durability.py found it) can even confirm one before the
+# fsync, when the file has unsynced writes less than a second old (redis/redis#13793).
+EVERYSEC_PROBLEM = (
+    "its appendfsync is {policy}, not always: each wait lasts until the next once-a-second fsync, "
+    "and some Redis and Valkey versions confirm it before that fsync (redis/redis#13793)"
+)
 
 
 def _waitaof_refused(text: str) -> str:
