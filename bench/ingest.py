@@ -28,6 +28,15 @@ wrk. Rows:
 
 `--rows` picks the rows (sat, paced, x2, dup; default all of them).
 
+Durability (README, "What a 204 promises"): by default Redis keeps nothing on disk and the gateway
+runs at GATEWAY_DURABILITY=memory, as in every row before. `--appendfsync everysec|always` gives
+Redis an append-only file in the run's temporary folder with that fsync policy, and
+`--durability disk` makes the gateway wait for its fsync (WAITAOF) behind every batch; the
+standalone's default is measured by
+``bench/ingest.py --rows sat --rounds 3 --appendfsync everysec`` (memory, as before),
+``... --appendfsync always --durability disk`` and ``... --appendfsync always`` (memory on a
+server that fsyncs before each answer), each against bare Starlette in the same run.
+
 After every run it checks that wrk saw no error and no answer of 400 or above, that nothing was
 in flight when wrk stopped, and for the gateway that Redis holds exactly one new event (ZCARD
 gw:events) and one due delivery per 2xx answer, and no duplicate (a duplicates row: no new
@@ -274,6 +283,7 @@ def start_server(run: Run, spec: ServerSpec, pin: bool) -> ServerTree:
                 "GATEWAY_LOG_LEVEL": spec.log_level,
                 "GATEWAY_OPEN_INGEST": "true",
                 "GATEWAY_DATA_DIR": str(run.tmp / f"data-{spec.key}"),  # its own spool folder
+                "GATEWAY_DURABILITY": getattr(run.args, "durability", "memory"),  # (capacity.py: unset)
             }
         )
 
@@ -893,6 +903,8 @@ def duplicates_text(rows: Sequence[Row]) -> list[str]:
 def default_output(args: argparse.Namespace) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     rows = "" if set(args.rows) == set(ROWS) else "-" + "-".join(args.rows)  # a partial run: its own file
+    if args.appendfsync != "off" or args.durability != "memory":
+        rows += f"-aof-{args.appendfsync}-{args.durability}"
     return RESULTS_DIR / f"ingest-{stamp}{rows}{'-quick' if args.quick else ''}.md"
 
 
@@ -922,6 +934,9 @@ def report(run: Run, started_at: str, load_start: str, argv: Sequence[str]) -> s
         f"{redis_version}, {wrk_version(run.wrk)}; gateway {env['gateway_commit']}",
         f"- Command: `{' '.join(['.venv/bin/python', 'bench/ingest.py', *argv])}`",
         f"- Pinning: {pin}",
+        f"- Durability: Redis {aof_text(run.args.appendfsync)}; the gateway at GATEWAY_DURABILITY="
+        f"{run.args.durability}"
+        + (" (WAITAOF 1 0 behind each batch)" if run.args.durability == "disk" else " (no wait sent)"),
         f"- wrk: `wrk -t1 -cC -d{t.wrk_duration(t.send_s)}s --latency --timeout 10s -s bench/ingest.lua URL"
         f" -- METHOD BASE {t.send_s:g} RATE REPEAT`: requests sent for {t.send_s:g} s, then the connections "
         f"wait until wrk stops, so none is in flight; req/s = answers in those {t.send_s:g} s / "
@@ -965,6 +980,12 @@ def report(run: Run, started_at: str, load_start: str, argv: Sequence[str]) -> s
     return "\n".join(lines) + "\n"
 
 
+def aof_text(appendfsync: str) -> str:
+    if appendfsync == "off":
+        return "without persistence (appendonly no)"
+    return f"with an append-only file on the run's temporary folder, appendfsync {appendfsync}"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="0.5 s per run instead of 10 s (a smoke run)")
@@ -988,6 +1009,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DUP_KEYS,
         help="dup rows: how many invitations the flood repeats (default 1: every request the same)",
     )
+    parser.add_argument(
+        "--appendfsync",
+        choices=("off", "everysec", "always"),
+        default="off",
+        help="Redis' append-only file: off (default: no persistence), or on with this fsync policy",
+    )
+    parser.add_argument(
+        "--durability",
+        choices=("memory", "disk"),
+        default="memory",
+        help="the gateway's GATEWAY_DURABILITY (disk needs --appendfsync; always, to be fast)",
+    )
     parser.add_argument("--profile", action="store_true", help="also profile bare and gateway with py-spy")
     parser.add_argument("--stacks", type=Path, metavar="DIR", help="--profile: keep py-spy's raw stacks here")
     parser.add_argument(
@@ -996,6 +1029,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 5:
         parser.error("--rounds must be 1 to 5")
+    if args.durability == "disk" and args.appendfsync == "off":
+        parser.error("--durability disk needs an append-only file: --appendfsync always (or everysec)")
     if not 1 <= args.dup_keys <= MAX_DUP_KEYS:
         parser.error(f"--dup-keys must be 1 to {MAX_DUP_KEYS}")
     if "paced" in args.rows and "sat" not in args.rows:
@@ -1021,7 +1056,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_start = machine()["loadavg"]
     timing = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        redis = EmbeddedRedis()
+        if args.appendfsync == "off":
+            redis = EmbeddedRedis()
+        else:
+            redis = EmbeddedRedis(data_dir=Path(tmp) / "redis", appendfsync=args.appendfsync)
         try:
             redis.start()
             assert redis.process is not None
