@@ -30,7 +30,7 @@ from gateway.admin.dashboard import create_dashboard
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import CallbackError, ConfigError, problem_document
 from gateway.fastredis import FastRedis, ScriptClient, ScriptsViaRedisPy, script_client
-from gateway.ingest.accept import Accepter
+from gateway.ingest.accept import MAX_BATCH, MAX_BATCH_WAITED, Accepter
 from gateway.ingest.durable import DurabilityState, DurableScripts, check_server
 from gateway.ingest.endpoint import Callback, ConfigCache, Ingest
 from gateway.ingest.spool import Spool
@@ -171,8 +171,10 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
     bound = settings.spool_after_ms / 1000
     # memory: the script call alone, as ever; otherwise the level's wait behind each one.
     scripts: ScriptClient = fast
+    max_batch = MAX_BATCH
     if durability.level is not Durability.MEMORY:
         scripts = DurableScripts(fast, durability, bound)
+        max_batch = MAX_BATCH_WAITED
     accepter = Accepter(
         scripts,
         settings.prefix,
@@ -184,6 +186,7 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         wake,
         dedupe_seconds=settings.dedupe_seconds,
         bound=bound,
+        max_batch=max_batch,
     )
     return IngestParts(redis, aio, fast, store, live, accepter, refresh_config, cache, durability)
 
@@ -241,7 +244,8 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         return durability.ok
 
     async def ready(request: Request) -> Response:
-        """For a load balancer: Redis answers, a worker is alive, the spool has room."""
+        """For a load balancer: Redis answers, a worker is alive, the spool has room, and Redis gives
+        GATEWAY_DURABILITY."""
         checks: dict[str, str] = {}
         try:
             async with asyncio.timeout(2):

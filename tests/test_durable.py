@@ -173,7 +173,7 @@ def test_durable_scripts_confirm_or_raise_not_durable(
     refused, state = run(go(plain_server.url))
     assert isinstance(refused, NotDurable)
     assert "GATEWAY_DURABILITY=disk" in str(refused) and "appendonly is disabled" in str(refused)
-    assert not state.ok and state.wait_failed_at is not None
+    assert not state.ok and state.wait_problem is not None
     # The script itself ran: what Redis holds is there, only not confirmed (a drain finds it).
     assert Redis.from_url(plain_server.url).get("d") == b"1"
 

@@ -53,6 +53,10 @@ SPOOLED = "spooled"
 EXISTS = "exists"  # a spool drain found the event already stored
 DRAIN_BATCH = 500
 MAX_BATCH = 16  # callbacks per Lua call at most (a drain's batches are DRAIN_BATCH)
+# With a durability wait behind each call (GATEWAY_DURABILITY, gateway/ingest/durable.py), Redis
+# spends most of a batch's time in its fsync or on its replicas, not running it: what is in
+# flight per fsync is what one fsync covers, so batches may be larger.
+MAX_BATCH_WAITED = 64
 IN_FLIGHT = 6  # batches on their way to Redis at once: 96 callbacks
 DRAIN_TIMEOUT = 30.0  # seconds for one batch of a drain: Redis answering, but slowly, or not at all
 
@@ -96,6 +100,7 @@ class Accepter:
         wake: Callable[[], Awaitable[None]],
         dedupe_seconds: int = 600,
         bound: float = 1.0,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -107,6 +112,7 @@ class Accepter:
         self.wake = wake
         self.dedupe_ms = dedupe_seconds * 1000
         self.bound = bound
+        self.max_batch = max_batch
         self._script = ingest_script()
         self._pending: list[_Waiting] = []
         self._collecting = False  # a flush task is about to take what is pending
@@ -154,7 +160,7 @@ class Accepter:
                 # Redis is away (a hung one makes each batch wait out the bound before it is
                 # spooled), or slow (the oldest has waited a quarter of the bound already), as
                 # IN_FLIGHT x MAX_BATCH callbacks per round trip would make the last wait on.
-                cap = MAX_BATCH
+                cap = self.max_batch
                 if self.redis_down_since is not None or (
                     asyncio.get_running_loop().time() - pending[0].since > self.bound / 4
                 ):

@@ -23,7 +23,6 @@ answered 204) until it can.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +71,6 @@ class DurabilityState:
     replicas: int = 1
     server_problem: str | None = None  # check_server's answer, from startup on
     wait_problem: str | None = None  # the last wait's, cleared by one that confirms
-    wait_failed_at: float | None = None  # time.monotonic() of the first failure in a row
 
     @property
     def problem(self) -> str | None:
@@ -90,12 +88,7 @@ class DurabilityState:
         return f"GATEWAY_DURABILITY={self.level.value}"
 
     def waited(self, problem: str | None) -> None:
-        if problem is None:
-            self.wait_problem = self.wait_failed_at = None
-        else:
-            if self.wait_failed_at is None:
-                self.wait_failed_at = time.monotonic()
-            self.wait_problem = problem
+        self.wait_problem = problem
 
 
 class DurableScripts:
