@@ -167,9 +167,10 @@ async def check_server(aio: Any, level: Durability, replicas: int) -> str | None
     return None
 
 
-# With `everysec`, each WAITAOF waits for the next once-a-second fsync; and Redis 7.4.0-7.4.2 and
-# Valkey 8 (8.1.8 at least: tests/e2e/test_durability.py found it) can even confirm one before the
-# fsync, when the file has unsynced writes less than a second old (redis/redis#13793).
+# With `everysec`, each WAITAOF waits for the next once-a-second fsync; and Redis 7.4 (before the
+# fix of redis/redis#13793) and Valkey 8 (8.1.8 at least: found with tests/e2e/test_durability.py's
+# held fsync) can even confirm one before the fsync, when the file has unsynced writes less than a
+# second old.
 EVERYSEC_PROBLEM = (
     "its appendfsync is {policy}, not always: each wait lasts until the next once-a-second fsync, "
     "and some Redis and Valkey versions confirm it before that fsync (redis/redis#13793)"
