@@ -107,10 +107,7 @@ class DurableScripts:
     async def evalsha(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """The script's reply once the wait confirms it; NotDurable (the batch is spooled) if not."""
         reply, answer = await self.client.evalsha_then_wait(script, keys, args, self.wait)
-        problem = confirmed(self.state.level, self.state.replicas, answer)
-        self.state.waited(problem)
-        if problem is not None:
-            raise NotDurable(f"{self.state.shown}: {problem}")
+        self._judge(answer)
         return reply
 
     async def ping(self) -> bool:
@@ -120,11 +117,15 @@ class DurableScripts:
             answer = await self.client.execute(*self.wait)
         except ResponseError as exc:
             answer = exc
+        self._judge(answer)
+        return True
+
+    def _judge(self, answer: Any) -> None:
+        """Record what the wait confirmed; NotDurable unless it is the level."""
         problem = confirmed(self.state.level, self.state.replicas, answer)
         self.state.waited(problem)
         if problem is not None:
             raise NotDurable(f"{self.state.shown}: {problem}")
-        return True
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -170,6 +170,36 @@ def durability_gauge(base: str, level: str) -> str | None:
     return next((line.removeprefix(prefix) for line in text.splitlines() if line.startswith(prefix)), None)
 
 
+def serve(gateway: Gateway, target_server: TargetServer, server: Server, level: str | None) -> str:
+    """`gateway web` at `level` (None: unset) and a worker, on `server`; the web's base URL."""
+    gateway.redis_url = server.url
+    gateway.write_config(config(target_server))
+    base = gateway.start_web(**({"GATEWAY_DURABILITY": level} if level else {}))
+    gateway.start_worker()
+    return base
+
+
+def stored_not_spooled(gateway: Gateway, target_server: TargetServer, base: str, level: str) -> None:
+    """A first callback confirmed at `level`: answered, delivered, never spooled; /readyz and
+    /metrics say the level is given."""
+    assert http_call(base, "GET", callback(0)).status == 204
+    target_server.wait_for("/t", 1, timeout=30)
+    assert spool_lines(gateway.tmp_path / "data" / "spool") == 0, gateway.logs()
+    wait_until(lambda: http_call(base, "GET", "/readyz").status == 200, "/readyz 200", timeout=20)
+    assert http_call(base, "GET", "/readyz").json()["checks"]["durability"] == f"{level} (ok)"
+    assert durability_gauge(base, level) == "1.0"
+
+
+def spooled_one_by_one(gateway: Gateway, base: str, numbers: range) -> None:
+    """Each callback is answered 204 only once it is in the spool (fsync'd by the gateway)."""
+    spool = gateway.tmp_path / "data" / "spool"
+    for count, n in enumerate(numbers, 1):
+        resp = http_call(base, "GET", callback(n), timeout=30)
+        assert resp.status == 204, (resp.status, resp.body, gateway.logs())
+        assert spool_lines(spool) == count, gateway.logs()
+    assert spooled_ids(spool) == {f"1555123{n:04d}" for n in numbers}
+
+
 def delivered_once(target_server: TargetServer, redis: Redis, count: int) -> None:
     """`count` deliveries at the target, one per event, and nothing more due."""
     got = target_server.wait_for("/t", count, timeout=60)
@@ -199,27 +229,13 @@ def test_a_stalled_fsync_gets_callbacks_spooled_not_answered_from_an_unsynced_wr
         servers, tmp_path, "redis", "--appendonly", "yes", "--appendfsync", "always", env=env
     )
     redis = server.client()
-    gateway.redis_url = server.url
-    gateway.write_config(config(target_server))
     spool = tmp_path / "data" / "spool"
-    base = gateway.start_web(GATEWAY_DURABILITY="disk")
-    gateway.start_worker()
-
-    # Confirmed by WAITAOF: stored, not spooled.
-    assert http_call(base, "GET", callback(0)).status == 204
-    target_server.wait_for("/t", 1, timeout=30)
-    assert spool_lines(spool) == 0, gateway.logs()
-    assert http_call(base, "GET", "/readyz").json()["checks"]["durability"] == "disk (ok)"
-    assert durability_gauge(base, "disk") == "1.0"
+    base = serve(gateway, target_server, server, "disk")
+    stored_not_spooled(gateway, target_server, base, "disk")  # confirmed by WAITAOF
 
     control.touch()
     sent = 5
-    for n in range(1, sent + 1):
-        resp = http_call(base, "GET", callback(n))
-        assert resp.status == 204, (resp.status, resp.body, gateway.logs())
-        # Answered only once it is in the spool (fsync'd by the gateway, not by Redis).
-        assert spool_lines(spool) == n, gateway.logs()
-    assert spooled_ids(spool) == {f"1555123{n:04d}" for n in range(1, sent + 1)}
+    spooled_one_by_one(gateway, base, range(1, sent + 1))
     assert Path(f"/proc/{server.proc.pid}").exists()  # hung in its fsync, not gone
     assert spool_lines(spool) == sent, "drained while Redis could not confirm"
 
@@ -247,24 +263,13 @@ def test_a_stopped_replica_makes_callbacks_spool_within_the_bound_then_drain(
         return isinstance(slave, dict) and slave.get("state") == "online"
 
     wait_until(online, "the replica's link to be up", timeout=30)
-    gateway.redis_url = primary.url
-    gateway.write_config(config(target_server))
     spool = tmp_path / "data" / "spool"
-    base = gateway.start_web(GATEWAY_DURABILITY="replica")
-    gateway.start_worker()
-
-    assert http_call(base, "GET", callback(0)).status == 204
-    target_server.wait_for("/t", 1, timeout=30)
-    assert spool_lines(spool) == 0
-    wait_until(lambda: http_call(base, "GET", "/readyz").status == 200, "ready", timeout=20)
-    assert http_call(base, "GET", "/readyz").json()["checks"]["durability"] == "replica (ok)"
+    base = serve(gateway, target_server, primary, "replica")
+    stored_not_spooled(gateway, target_server, base, "replica")  # acknowledged by the replica
 
     os.kill(replica.proc.pid, signal.SIGSTOP)  # still connected, acknowledging nothing
     sent = 5
-    for n in range(1, sent + 1):
-        resp = http_call(base, "GET", callback(n), timeout=30)
-        assert resp.status == 204, (resp.status, resp.body)
-        assert spool_lines(spool) == n
+    spooled_one_by_one(gateway, base, range(1, sent + 1))
     body = http_call(base, "GET", "/readyz").json()
     assert "durability" in body["failed"]
     assert body["checks"]["durability"] == "replica: 0 of 1 replica(s) acknowledged in time (WAIT)"
@@ -285,11 +290,8 @@ def test_disk_on_a_server_without_an_append_only_file_is_named_and_every_callbac
     # (fsync'd on every write once the file is on: what disk needs)
     server = start_server(servers, tmp_path, "redis", "--appendonly", "no", "--appendfsync", "always")
     redis = server.client()
-    gateway.redis_url = server.url
-    gateway.write_config(config(target_server))
     spool = tmp_path / "data" / "spool"
-    base = gateway.start_web(GATEWAY_DURABILITY="disk")
-    gateway.start_worker()
+    base = serve(gateway, target_server, server, "disk")
     problem = "its append-only file is off (appendonly no)"
     line = (
         f"GATEWAY_DURABILITY=disk cannot be given by Redis at {server.url}: {problem}; every callback is "
@@ -349,16 +351,11 @@ def test_memory_level_sends_no_wait(
 ) -> None:
     server = start_server(servers, tmp_path, "redis", "--appendonly", "yes", "--appendfsync", "everysec")
     redis = server.client()
-    gateway.redis_url = server.url
-    gateway.write_config(config(target_server))
-    base = gateway.start_web()  # GATEWAY_DURABILITY unset: memory
-    gateway.start_worker()
-    for n in range(5):
+    base = serve(gateway, target_server, server, None)  # GATEWAY_DURABILITY unset: memory
+    stored_not_spooled(gateway, target_server, base, "memory")
+    for n in range(1, 5):
         assert http_call(base, "GET", callback(n)).status == 204
     delivered_once(target_server, redis, 5)
     stats = redis.info("commandstats")
     assert stats["cmdstat_evalsha"]["calls"] >= 1
     assert "cmdstat_wait" not in stats and "cmdstat_waitaof" not in stats, sorted(stats)
-    body = http_call(base, "GET", "/readyz").json()
-    assert body["checks"]["durability"] == "memory (ok)"
-    assert durability_gauge(base, "memory") == "1.0"
