@@ -34,6 +34,7 @@ from gateway.fastredis import FastRedis, ScriptsViaRedisPy, script_client
 from gateway.ingest.accept import Accepter
 from gateway.ingest.callback import Callback
 from gateway.ingest.endpoint import ConfigCache, Ingest
+from gateway.ingest.inspector import CallbackWriter, Inspector
 from gateway.ingest.spool import Spool
 from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig
@@ -42,6 +43,7 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import HEARTBEAT_SECONDS, IngestMetrics, flush_commands, render, spool_depth
 from gateway.queue import enqueue_drain, make_queue
 from gateway.settings import Settings
+from gateway.store.callbacks import Kept
 from gateway.store.codec import now_ms
 from gateway.store.events import Store
 from gateway.store.ingest import limit_fields
@@ -182,8 +184,14 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         wake,
         dedupe_seconds=settings.dedupe_seconds,
         bound=settings.spool_after_ms / 1000,
+        callbacks=callbacks_kept(settings),
     )
     return IngestParts(redis, aio, fast, store, live, accepter, refresh_config, cache)
+
+
+def callbacks_kept(settings: Settings) -> Kept:
+    """The callbacks inspector's bounds (GATEWAY_CALLBACKS_KEPT, GATEWAY_CALLBACKS_DAYS)."""
+    return Kept(settings.callbacks_kept, settings.callbacks_days * 86_400_000)
 
 
 def create_app(settings: Settings | None = None) -> IngestFastPath:
@@ -195,8 +203,15 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
     redis, aio, store, live, accepter = parts.redis, parts.aio, parts.store, parts.live, parts.accepter
     auth = IngestAuth(settings.open_ingest, settings.trusted_proxies, os.environ)
     ingest_metrics = IngestMetrics()
+    # The callbacks inspector: rejected and spooled callbacks are written on a connection of
+    # their own (gateway/ingest/inspector.py); taken ones by the ingest script.
+    writer = inspector = None
+    if settings.callbacks_kept > 0:
+        side = script_client(wiring.redis_url(settings), aio, connect_timeout=2)
+        writer = CallbackWriter(side, settings.prefix, callbacks_kept(settings), ingest_metrics.tally)
+        inspector = Inspector(writer, parts.fast, settings.prefix)
     ingest = Ingest(
-        live, accepter, settings.max_body, parts.refresh_config, auth, parts.cache, ingest_metrics
+        live, accepter, settings.max_body, parts.refresh_config, auth, parts.cache, ingest_metrics, inspector
     )
     ops = OpsKeys(settings.prefix)
     tally = ingest_metrics.tally
@@ -324,16 +339,21 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         watcher = asyncio.create_task(_watch_config(aio, store.keys.config_changed, parts.refresh_config))
         data_watch = asyncio.create_task(_watch_data(store))
         flusher = asyncio.create_task(_every(1.0, flush_metrics))
+        inspecting = asyncio.create_task(writer.run()) if writer is not None else None
         yield
+        if writer is not None:
+            await writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(flush_metrics(), 2)
-        for task in (drainer, watcher, data_watch, flusher, applier):
+        for task in (drainer, watcher, data_watch, flusher, applier, inspecting):
             if task is None:
                 continue
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         spool.close()
+        if writer is not None:
+            await writer.client.aclose()
         await parts.fast.aclose()
         await aio.aclose()
         redis.close()
@@ -353,7 +373,7 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
     routes_.append(Route("/healthz", health, methods=["GET"]))
     routes_.append(Route("/readyz", ready, methods=["GET"]))
     routes_.append(Route("/metrics", metrics, methods=["GET"]))
-    routes_.append(Mount("/api/v1", app=admin_api(store, settings.queue_name)))
+    routes_.append(Mount("/api/v1", app=admin_api(store, settings.queue_name, settings.public_url)))
     dashboard = create_dashboard(store, settings.queue_name, settings.trusted_proxies)
     routes_.append(Mount("/dashboard", app=dashboard, name="dashboard"))
     app = Starlette(

@@ -28,7 +28,7 @@ from gateway.store import lua
 from gateway.store.codec import dumps, text
 from gateway.store.keys import limit_key
 
-SCRIPT: Script = lua.load("ingest")
+SCRIPT: Script = lua.load("ingest", "callbacks")  # the callbacks inspector's lists too
 WAKE_TTL = 30  # seconds a queued drain job keeps others from being queued
 PENDING_STATE = dumps(Delivery().to_dict())  # a new delivery's state, as stored
 
@@ -48,6 +48,8 @@ class IngestHead:
     dedupe_ms: int = 0  # the dedupe window (0: off)
     state: str = PENDING_STATE  # the JSON each new delivery's state starts as
     wake_ttl: int = WAKE_TTL  # 0: leave the wake flag alone (the caller wakes the workers)
+    callbacks_kept: int = 0  # the callbacks inspector's list of a network: at most this many (0: off)
+    callbacks_ms: int = 0  # ... received within this many ms (gateway/store/callbacks.py)
 
 
 @dataclass(slots=True)
@@ -63,6 +65,9 @@ class IngestItem:
     targets: Sequence[str]
     dedupe_key: str = ""  # the same key within the dedupe window is a duplicate
     limits: Mapping[str, Any] | None = None  # limit_fields(); None or {}: none apply
+    # The callbacks inspector's entry of the callback, unclosed: the script adds its outcome and
+    # pushes it onto the network's list (gateway/ingest/inspector.py). "": none.
+    entry: str = ""
 
     @classmethod
     def new(
@@ -71,6 +76,7 @@ class IngestItem:
         targets: Sequence[str],
         dedupe_key: str = "",
         limits: Mapping[str, Any] | None = None,
+        entry: str = "",
     ) -> IngestItem:
         return cls(
             ItemKind.NEW,
@@ -81,6 +87,7 @@ class IngestItem:
             targets,
             dedupe_key,
             limits,
+            entry,
         )
 
     @classmethod
@@ -90,12 +97,21 @@ class IngestItem:
 
 # The ARGV layout, which scripts/ingest.lua reads in this order: the head's fields, then each
 # item's fields (targets comma-separated, limits as JSON or "").
-HEAD_ARGS = 6
-ITEM_ARGS = 8
+HEAD_ARGS = 8
+ITEM_ARGS = 9
 
 
 def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
-    args: list[Any] = [head.prefix, head.now_ms, head.retention, head.dedupe_ms, head.state, head.wake_ttl]
+    args: list[Any] = [
+        head.prefix,
+        head.now_ms,
+        head.retention,
+        head.dedupe_ms,
+        head.state,
+        head.wake_ttl,
+        head.callbacks_kept,
+        head.callbacks_ms,
+    ]
     for it in items:
         limits = it.limits
         # Flat: JSON around the event's own JSON would escape it all again.
@@ -108,6 +124,7 @@ def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
             ",".join(it.targets),
             it.dedupe_key,
             dumps(limits) if limits else "",
+            it.entry,
         )
     return args
 

@@ -58,6 +58,8 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
         dedupe_ms=555_000,
         state='{"status":"pending","mark":"the head state"}',
         wake_ttl=44,
+        callbacks_kept=5,
+        callbacks_ms=777_000,
     )
     first = IngestItem(
         kind=ItemKind.NEW,
@@ -68,6 +70,7 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
         targets=["ta", "tb"],
         dedupe_key="dk-1",
         limits=None,
+        entry=f'{{"at":{RECEIVED},"mark":"first"',
     )
     held_back = IngestItem(
         ItemKind.NEW,
@@ -78,8 +81,18 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
         ["tc"],
         "dk-2",
         {"sup": "no, because"},
+        f'{{"at":{RECEIVED + 1},"mark":"held"',
     )
-    again = IngestItem(ItemKind.NEW, "01AGAIN", '{"mark":"again"}', "net-x", RECEIVED + 2, ["ta"], "dk-1")
+    again = IngestItem(
+        ItemKind.NEW,
+        "01AGAIN",
+        '{"mark":"again"}',
+        "net-x",
+        RECEIVED + 2,
+        ["ta"],
+        "dk-1",
+        entry=f'{{"at":{RECEIVED + 2},"mark":"again"',
+    )
     more = IngestItem(ItemKind.ADD, "01FIRST", "", "net-x", RECEIVED, ["td"])
     return head, [first, held_back, again, more]
 
@@ -118,6 +131,21 @@ def _check_ingest(redis: Redis, answer: IngestAnswer) -> None:
     assert not redis.exists("pfx:event:01AGAIN")
     # the wake TTL
     assert 40 < redis.ttl("pfx:wake") <= 44
+    # the callbacks inspector's entries, closed with each outcome, on each network's list, newest
+    # first; its cap (5: all kept) and window (the lists' life)
+    inspected = [json.loads(e) for e in redis.lrange("pfx:callbacks:net:net-x", 0, -1)]
+    assert inspected == [
+        {"at": RECEIVED + 2, "mark": "again", "outcome": "duplicate", "duplicate_of": "01FIRST"},
+        {"at": RECEIVED, "mark": "first", "outcome": "accepted"},
+    ]
+    assert [json.loads(e) for e in redis.lrange("pfx:callbacks:net:net-y", 0, -1)] == [
+        {"at": RECEIVED + 1, "mark": "held", "outcome": "suppressed", "reason": "no, because"}
+    ]
+    assert 770_000 < redis.pttl("pfx:callbacks:net:net-x") <= 777_000
+    assert redis.zrange("pfx:callbacks:networks", 0, -1, withscores=True) == [
+        (b"net-x", NOW),
+        (b"net-y", NOW),
+    ]
 
 
 def test_each_ingest_argument_lands_where_it_should(redis: Redis) -> None:
