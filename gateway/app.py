@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import wiring
 from gateway.admin.api import admin_api
+from gateway.admin.callback_pages import callback_routes
 from gateway.admin.dashboard import create_dashboard
 from gateway.config.load import load_config
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
@@ -374,7 +375,9 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
     routes_.append(Route("/readyz", ready, methods=["GET"]))
     routes_.append(Route("/metrics", metrics, methods=["GET"]))
     routes_.append(Mount("/api/v1", app=admin_api(store, settings.queue_name, settings.public_url)))
-    dashboard = create_dashboard(store, settings.queue_name, settings.trusted_proxies)
+    dashboard = create_dashboard(
+        store, settings.queue_name, settings.trusted_proxies, extra=callback_routes(settings.public_url)
+    )
     routes_.append(Mount("/dashboard", app=dashboard, name="dashboard"))
     app = Starlette(
         routes=routes_,

@@ -233,7 +233,7 @@ def portal_hint(doc: Mapping[str, Any]) -> str | None:
             + f": use this network's token in {url}, and check that %network_id% is this network."
         )
     if status == 400:
-        return _hint_400(str(field or ""), reason, names, where, data, ctype)
+        return _hint_400(str(field or ""), reason, names, where, data, ctype, _shape(doc))
     if status == 413:
         return (
             f"413: the body is over the gateway's limit (GATEWAY_MAX_BODY): {data} should hold the "
@@ -252,13 +252,34 @@ def portal_hint(doc: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _hint_400(field: str, reason: str, names: Sequence[str], where: str, data: str, ctype: str) -> str:
+def _shape(doc: Mapping[str, Any]) -> str:
+    """How the callback carried its fields: query (GET), form, json or xml (as the ingest reads it)."""
+    if doc.get("method") != "POST":
+        return "query"
+    start = str(doc.get("body") or "").lstrip()[:1]
+    return {"{": "json", "<": "xml"}.get(start, "form")
+
+
+def _field_text(field: str, shape: str) -> str:
+    """How a field is written in a template of that shape."""
+    if shape == "json":
+        return f'"{field}": "%{field}%"'
+    if shape == "xml":
+        return f"<{field}>%{field}%</{field}>"
+    return f"{field}=%{field}%"
+
+
+def _hint_400(
+    field: str, reason: str, names: Sequence[str], where: str, data: str, ctype: str, shape: str
+) -> str:
     had = f" (the callback had: {', '.join(names)})" if names else ""
     if field in _FIELDS and reason.endswith("is missing"):
         also = (
             " (or net, network)" if field == "network_id" else " (or inviter)" if field == "invitor" else ""
         )
-        return f"{field} is missing: your {where} has no %{field}%{had}: add {field}=%{field}%{also}."
+        return (
+            f"{field} is missing: your {where} has no %{field}%{had}: add {_field_text(field, shape)}{also}."
+        )
     if field in _FIELDS and reason.startswith("conflicting"):
         return f"{reason}: your {where} names {field} twice; keep one."
     if field == "invitee":

@@ -37,7 +37,8 @@ from gateway.admin.callbacks import CallbackFilter, Callbacks
 from gateway.admin.keys import Principal
 from gateway.config.load import config_from_dict
 from gateway.events import EVENT_TYPES, INVITATION_CREATED
-from gateway.ingest.inspector import TEST_TOKEN_PREFIX, token_digest_hex
+from gateway.ingest.inspector import token_digest_hex
+from gateway.ingest.tokens import TEST_TOKEN_PREFIX
 from gateway.networks import token_digest
 from gateway.records import iso_ms
 from gateway.store.callbacks import put_test_token

@@ -48,7 +48,7 @@ from gateway.exceptions import CallbackError, Unauthorized
 from gateway.fastredis import FastRedis, ScriptsViaRedisPy
 from gateway.ingest.callback import Callback
 from gateway.ingest.formats import decode_body, decode_query
-from gateway.ingest.tokens import presented_token
+from gateway.ingest.tokens import TEST_TOKEN_PREFIX, presented_token
 from gateway.logs import mask_numbers
 from gateway.masking import BODY_LIMIT, MASK, mask_body, mask_text
 from gateway.metrics import Tally
@@ -58,7 +58,6 @@ from gateway.store.codec import now_ms
 log = logging.getLogger("gateway.ingest")
 
 FORM = "application/x-www-form-urlencoded"
-TEST_TOKEN_PREFIX = "gwtest_"  # noqa: S105 - a prefix, not a secret: a one-time token of "send test callback" (gateway/admin/connect.py)
 MAX_NAMES = 20  # field names kept of a rejected callback
 DROPPED = ("gateway_inspector_dropped",)
 _PATHS = {"invitation_created": "/invitation_created", "invitation_accepted": "/invitation_accepted"}
@@ -237,8 +236,8 @@ class Inspector:
         self._known: tuple[Config | None, frozenset[str]] = (None, frozenset())
 
     # -- the hot path ---------------------------------------------------------------------------
+    @staticmethod
     def taken(
-        self,
         callback: Callback,
         event: InvitationEvent,
         body: bytes,
