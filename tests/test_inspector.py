@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from gateway.admin.callbacks import callback_json, portal_hint
-from gateway.events import make_event
+from gateway.events import build_aliases, make_event
 from gateway.ingest.callback import Callback
 from gateway.ingest.inspector import Inspector, network_of
+from gateway.store.callbacks import Entry
 
 TOKEN = "plain-lower-case-token-value"
 
@@ -30,9 +31,8 @@ def _callback(method: str, query: bytes = b"", token: str | None = None, **heade
     return Callback(scope, _no_body, token)
 
 
-def _closed(entry: str, outcome: str = ',"outcome":"accepted"}') -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(entry + outcome)  # what the ingest script appends
-    return data
+def _closed(entry: str, outcome: str = ',"accepted"]') -> Entry:
+    return Entry.parse(entry + outcome)  # what the ingest script appends
 
 
 @pytest.mark.parametrize(
@@ -54,17 +54,22 @@ def test_a_taken_entry_is_json_without_the_token(callback: Callback, body: bytes
     )
     entry = Inspector.taken(callback, event, body, 204, None)
     assert TOKEN not in entry
-    data = _closed(entry)
-    assert next(iter(data)) == "at" and data["at"] == event.received_at_ms
-    assert (
-        data["event_id"] == event.id
-        and data["network"] == "n"
-        and data["fields"]["invitee"] == "+15551231234"
+    kept = _closed(entry)
+    assert (kept.at, kept.id, kept.event, kept.outcome) == (
+        event.received_at_ms,
+        event.id,
+        "invitation_created",
+        "accepted",
     )
-    assert data["token"] in ("path", "query", "header")
-    assert "ls" not in data
-    limited = _closed(Inspector.taken(callback, event, body, 429, "t1"))
-    assert (limited["ls"], limited["test_id"]) == (429, "t1")
+    assert kept.token in ("path", "query", "header") and kept.client == event.client and kept.extra == {}
+    # The fields, read again from its path and body when shown.
+    doc = callback_json(kept, "n", build_aliases())
+    assert doc["fields"] == {"invitee": "+15551231234" if body or b"%2B" in callback.query else "15551231234",
+                             "invitor": "bob", "network_id": "n"}  # fmt: skip
+    assert (doc["event_id"], doc["network"], doc["status"]) == (event.id, "n", 204)
+    limited = _closed(Inspector.taken(callback, event, body, 429, "t1"), ',"suppressed","over the limit"]')
+    doc = callback_json(limited, "n", build_aliases())
+    assert (doc["status"], doc["test_id"], doc["reason"]) == (429, "t1", "over the limit")
 
 
 @pytest.mark.parametrize(
@@ -87,16 +92,26 @@ def test_the_network_a_rejected_callback_is_kept_under(
     assert network_of(opens, claimed, frozenset(known)) == kept
 
 
-def _rejected(**doc: Any) -> dict[str, Any]:
-    entry = {
-        "at": 1,
-        "id": "x",
-        "event": "invitation_created",
-        "method": "POST",
-        "outcome": "rejected",
-        **doc,
-    }
-    return callback_json(entry)
+def _rejected(**extra: Any) -> dict[str, Any]:
+    method = extra.pop("method", "POST")
+    event = extra.pop("event", "invitation_created")
+    body = extra.pop("body", "")
+    token = extra.pop("token", None)
+    extra.setdefault("fields", {})  # a rejected one's fields are kept as read
+    entry = Entry(
+        1,
+        "x",
+        method,
+        f"/{event}",
+        None,
+        body,
+        len(body),
+        token,
+        extra.pop("client", None),
+        extra,
+        "rejected",
+    )
+    return callback_json(entry, "n", build_aliases())
 
 
 def test_what_to_change_in_the_portal() -> None:
@@ -126,6 +141,10 @@ def test_what_to_change_in_the_portal() -> None:
         portal_hint(_rejected(status=400, field="body", reason="body is not valid JSON"))
     )
     assert "application/json" in str(portal_hint(_rejected(status=415, reason="no recognisable shape")))
-    assert callback_json({"at": 1, "id": "y", "outcome": "accepted"})["hint"] is None
-    suppressed = callback_json({"at": 1, "id": "z", "outcome": "suppressed", "reason": "r", "ls": 429})
-    assert suppressed["status"] == 429 and "Nothing to change in the portal" in suppressed["hint"]
+    accepted = Entry(1, "y", "GET", "/invitation_created?invitee=1", None, "", 0, None, None, {}, "accepted")
+    assert callback_json(accepted, "n", {})["hint"] is None
+    suppressed = Entry(
+        1, "z", "GET", "/invitation_created", None, "", 0, None, None, {"ls": 429}, "suppressed", "r"
+    )
+    doc = callback_json(suppressed, "n", {})
+    assert doc["status"] == 429 and "Nothing to change in the portal" in doc["hint"]

@@ -13,7 +13,6 @@ the reason: `invitee is missing: your invitationCreatedPostData has no %invitee%
 from __future__ import annotations
 
 import heapq
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +20,10 @@ from typing import Any
 from gateway.admin import Invalid, NotFound
 from gateway.admin.keys import Principal
 from gateway.admin.queries import Page, check_range, decode_cursor, encode_cursor, page_limit
+from gateway.events import build_aliases
+from gateway.ingest.inspector import read_fields
 from gateway.records import iso_ms
-from gateway.store.callbacks import networks_with_lists, read_entries
+from gateway.store.callbacks import Entry, networks_with_lists, read_entries
 from gateway.store.events import Store
 
 OUTCOMES = ("accepted", "duplicate", "suppressed", "spooled", "rejected")
@@ -49,18 +50,21 @@ class CallbackFilter:
             raise Invalid("unroutable callbacks were all rejected", "outcome")
         check_range(self.since_ms, self.until_ms)
 
-    def matches(self, entry: Mapping[str, Any]) -> bool:
-        at = entry.get("at", 0)
+    def matches(self, entry: Entry) -> bool:
         return (
-            (self.outcome is None or entry.get("outcome") == self.outcome)
-            and (self.since_ms is None or at >= self.since_ms)
-            and (self.until_ms is None or at <= self.until_ms)
-            and (self.test_id is None or entry.get("test_id") == self.test_id)
+            (self.outcome is None or entry.outcome == self.outcome)
+            and (self.since_ms is None or entry.at >= self.since_ms)
+            and (self.until_ms is None or entry.at <= self.until_ms)
+            and (self.test_id is None or entry.extra.get("test_id") == self.test_id)
         )
 
 
-def _key(entry: Mapping[str, Any]) -> tuple[int, str]:
-    return int(entry.get("at", 0)), str(entry.get("id", ""))
+# An entry with the network of the list it was read from (None: the unroutable list).
+Kept = tuple[Entry, str | None]
+
+
+def _key(kept: Kept) -> tuple[int, str]:
+    return kept[0].at, kept[0].id
 
 
 class Callbacks:
@@ -69,29 +73,30 @@ class Callbacks:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def _lists(self, p: Principal, f: CallbackFilter) -> list[str]:
+    def _lists(self, p: Principal, f: CallbackFilter) -> list[tuple[str, str | None]]:
+        """(list key, its network) of every list the filter reads."""
         keys = self.store.keys
         rejected = f.outcome in (None, "rejected")
         taken = f.outcome is None or f.outcome in TAKEN
         if f.unroutable:
             if not p.is_operator:
                 raise NotFound("unroutable callbacks are an operator key's")
-            return [keys.callbacks_unroutable]
+            return [(keys.callbacks_unroutable, None)]
         if f.network is not None:
             networks = [f.network] if p.can_see(f.network) else []
         elif p.networks is not None:
             networks = sorted(p.networks)
         else:
             networks = networks_with_lists(self.store.redis, keys)
-        lists = [keys.callbacks(n) for n in networks if taken]
-        lists += [keys.callbacks_rejected(n) for n in networks if rejected]
+        lists: list[tuple[str, str | None]] = [(keys.callbacks(n), n) for n in networks if taken]
+        lists += [(keys.callbacks_rejected(n), n) for n in networks if rejected]
         if p.is_operator and f.network is None and rejected:
-            lists.append(keys.callbacks_unroutable)
+            lists.append((keys.callbacks_unroutable, None))
         return lists
 
     def _entries(
-        self, key: str, after: tuple[int, str] | None, since_ms: int | None
-    ) -> Iterator[dict[str, Any]]:
+        self, key: str, network: str | None, after: tuple[int, str] | None, since_ms: int | None
+    ) -> Iterator[Kept]:
         """A list's entries newest first (each chunk sorted: web processes' clocks may differ by a
         millisecond), strictly after the cursor position."""
         start = 0
@@ -100,14 +105,19 @@ class Callbacks:
             if not raw:
                 return
             start += len(raw)
-            chunk = sorted((json.loads(e) for e in raw), key=_key, reverse=True)
-            for entry in chunk:
-                if after is None or _key(entry) < after:
-                    yield entry
-            if since_ms is not None and _key(chunk[-1])[0] < since_ms:
+            chunk = sorted(((Entry.parse(e), network) for e in raw), key=_key, reverse=True)
+            for kept in chunk:
+                if after is None or _key(kept) < after:
+                    yield kept
+            if since_ms is not None and chunk[-1][0].at < since_ms:
                 return  # older from here on
             if len(raw) < _CHUNK:
                 return
+
+    def _aliases(self) -> dict[str, str]:
+        """The field names of the configuration in use (a kept callback's fields are read again)."""
+        _, data = self.store.load_config()
+        return build_aliases((data or {}).get("aliases") or {})
 
     def list(
         self, p: Principal, filters: CallbackFilter | None = None, cursor: str | None = None, limit: int = 50
@@ -118,16 +128,17 @@ class Callbacks:
         after = decode_cursor(cursor)
         if f.until_ms is not None and (after is None or (f.until_ms + 1, "") < after):
             after = (f.until_ms + 1, "")
-        scans = [self._entries(key, after, f.since_ms) for key in self._lists(p, f)]
+        scans = [self._entries(key, network, after, f.since_ms) for key, network in self._lists(p, f)]
         merged = heapq.merge(*scans, key=_key, reverse=True)
+        aliases = self._aliases()
         items: list[dict[str, Any]] = []
         last: tuple[int, str] | None = None
-        for looked, entry in enumerate(merged, 1):
-            last = _key(entry)
+        for looked, kept in enumerate(merged, 1):
+            last = _key(kept)
             if f.since_ms is not None and last[0] < f.since_ms:
                 return Page(items, None)
-            if f.matches(entry):
-                items.append(callback_json(entry))
+            if f.matches(kept[0]):
+                items.append(callback_json(kept[0], kept[1], aliases))
                 if len(items) == limit:
                     more = next(merged, None) is not None
                     return Page(items, encode_cursor(*last) if more else None)
@@ -142,36 +153,43 @@ class Callbacks:
         return found[0] if found else None
 
 
-def callback_json(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """An item of GET /callbacks, from a stored entry."""
-    outcome = str(entry.get("outcome", "rejected"))
+def callback_json(entry: Entry, network: str | None, aliases: Mapping[str, str]) -> dict[str, Any]:
+    """An item of GET /callbacks, from a kept entry and the network of its list."""
+    extra = entry.extra
+    outcome = entry.outcome
     if outcome == "rejected":
-        status = int(entry.get("status") or 400)
+        status = int(extra.get("status") or 400)
     elif outcome == "suppressed":
-        status = int(entry.get("ls") or 204)
+        status = int(extra.get("ls") or 204)
     else:
         status = 204
+    if "fields" in extra:  # read when it was rejected
+        fields, names = dict(extra["fields"]), extra.get("names")
+    else:  # taken: its fields are in its path and body
+        query = entry.path.partition("?")[2].encode("latin-1", "replace")
+        fields, _ = read_fields(query, entry.content_type, entry.body.encode(), aliases)
+        names = None
     doc: dict[str, Any] = {
-        "id": entry.get("id"),
-        "received_at": iso_ms(int(entry.get("at", 0))),
-        "network": entry.get("network"),
-        "event": entry.get("event"),
-        "method": entry.get("method"),
-        "path": entry.get("path"),
-        "content_type": entry.get("content_type"),
-        "body": entry.get("body", ""),
-        "body_bytes": entry.get("body_bytes", 0),
-        "fields": entry.get("fields") or {},
-        "field_names": entry.get("names"),
-        "client": entry.get("client"),
-        "token": entry.get("token"),
+        "id": entry.id,
+        "received_at": iso_ms(entry.at),
+        "network": network,
+        "event": entry.event,
+        "method": entry.method,
+        "path": entry.path,
+        "content_type": entry.content_type,
+        "body": entry.body,
+        "body_bytes": entry.body_bytes,
+        "fields": fields,
+        "field_names": names,
+        "client": entry.client,
+        "token": entry.token,
         "outcome": outcome,
         "status": status,
-        "event_id": entry.get("event_id") if outcome in ("accepted", "suppressed", "spooled") else None,
-        "duplicate_of": entry.get("duplicate_of"),
-        "reason": entry.get("reason"),
-        "field": entry.get("field"),
-        "test_id": entry.get("test_id"),
+        "event_id": entry.id if outcome in ("accepted", "suppressed", "spooled") else None,
+        "duplicate_of": entry.detail if outcome == "duplicate" else None,
+        "reason": entry.detail if outcome == "suppressed" else extra.get("reason"),
+        "field": extra.get("field"),
+        "test_id": extra.get("test_id"),
     }
     doc["hint"] = portal_hint(doc)
     return doc

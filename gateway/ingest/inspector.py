@@ -1,15 +1,11 @@
 """The callbacks inspector, the ingest's side: each callback as it arrived, and what became of it.
 
-Every callback a web process answers becomes an entry, one JSON object (gateway/store/callbacks.py
-keeps them in capped lists per network; gateway/admin/callbacks.py reads them):
-
-    at, id, event, method, path, content_type, body, body_bytes, fields, names, network, client,
-    token, test_id, event_id, ls, outcome, duplicate_of, reason, status, field
-
-`at` first (ms received: the lists are trimmed by it). `path` is the request's path and query with
-the token segment as `****` and secrets masked; `body` its first 1 KiB, secrets masked; `fields`
-the three fields as read (`names`: every field name the callback had, for a rejected one); `token`
-where a token was (`path`, `query`, `header`), never its value.
+Every callback a web process answers becomes an entry (gateway/store/callbacks.py, `Entry`: a
+JSON array, kept in capped lists per network; gateway/admin/callbacks.py reads them): when it
+came, its id, method, path, content type, body, size, where its token was, its caller, then a few
+rarer things and the outcome. The path is the request's path and query with the token segment as
+`****` and secrets masked; the body its first 1 KiB, secrets masked; the token's place (`path`,
+`query`, `header`), never its value.
 
 * **Taken** (`taken`, the hot path): built from what the ingest already has (the event, the body
   it read), the body masked only when a cheap look finds something secret-looking
@@ -107,16 +103,17 @@ def _claimed(value: str | None) -> str | None:
 
 
 def read_fields(
-    callback: Callback, body: bytes, aliases: Mapping[str, str]
+    query: bytes, content_type: str | None, body: bytes, aliases: Mapping[str, str]
 ) -> tuple[dict[str, str], list[str]]:
-    """What a rejected callback carried, read leniently: the three fields by alias (the body's
-    winning) and every field name, whatever failed to decode."""
+    """What a callback carried, read leniently: the three fields by alias (the body's winning)
+    and every field name, whatever failed to decode (a rejected callback as it came; a kept one
+    when shown)."""
     pairs: list[tuple[str, str]] = []
     with contextlib.suppress(CallbackError):
-        pairs += decode_query(callback.query)
+        pairs += decode_query(query)
     if body:
         with contextlib.suppress(CallbackError):
-            pairs += decode_body(callback.header(b"content-type"), body).pairs
+            pairs += decode_body(content_type, body).pairs
     fields: dict[str, str] = {}
     names: list[str] = []
     for name, value in pairs:
@@ -245,7 +242,8 @@ class Inspector:
         test_id: str | None,
     ) -> str:
         """The entry of a callback the ingest takes, without its end (the ingest script adds the
-        outcome): `IngestItem.entry`."""
+        outcome): `IngestItem.entry`. Positional and without the fields (its path and body hold
+        them): every taken callback's entry travels in the ingest script's arguments."""
         token = presented_token(callback)
         secrets = (token,) if token else ()
         path = _PATHS.get(event.type, "/" + event.type) + ("/" + MASK if callback.token else "")
@@ -254,28 +252,23 @@ class Inspector:
         content_type = callback.header(b"content-type")
         text = mask_body(content_type, body, secrets=secrets, numbers=False) if body else ""
         place = "path" if callback.token else token_place(callback) if token else None
+        client = event.client
+        extra = "null"
+        if test_id is not None or limited_status != 204:
+            extra = json.dumps({"test_id": test_id, "ls": limited_status})
         entry = (
-            f'{{"at":{event.received_at_ms},"id":{_enc(event.id)},"event":{_enc(event.type)},'
-            f'"method":{_enc(callback.method)},"path":{_enc(path)},'
-            f'"content_type":{"null" if content_type is None else _enc(content_type)},'
-            f'"body":{_enc(text)},"body_bytes":{len(body)},'
-            f'"fields":{{"invitee":{_enc(event.invitee_raw)},"invitor":{_enc(event.invitor)},'
-            f'"network_id":{_enc(event.network_id)}}},"network":{_enc(event.network_id)},'
-            f'"client":{"null" if event.client is None else _enc(event.client)},'
-            f'"token":{"null" if place is None else _enc(place)},"event_id":{_enc(event.id)}'
+            f"[{event.received_at_ms},{_enc(event.id)},{_enc(callback.method)},{_enc(path)},"
+            f"{'null' if content_type is None else _enc(content_type)},{_enc(text)},{len(body)},"
+            f"{'null' if place is None else _enc(place)},{'null' if client is None else _enc(client)},{extra}"
         )
-        if test_id is not None:
-            entry += f',"test_id":{_enc(test_id)}'
-        if limited_status != 204:
-            entry += f',"ls":{int(limited_status)}'  # the answer had it been suppressed
-        if token and token in entry:  # the last net: the token in a field's value, say
+        if token and token in entry:  # the last net: the token in the body's values, say
             entry = entry.replace(token, MASK)
         return entry
 
     def spooled(self, event: InvitationEvent, entry: str) -> None:
         """A taken callback Redis did not answer for (the spool has it): the writer's."""
         if entry:
-            self.writer.submit(CallbackList.TAKEN, event.network_id, entry + ',"outcome":"spooled"}')
+            self.writer.submit(CallbackList.TAKEN, event.network_id, entry + ',"spooled"]')
 
     # -- the error path -----------------------------------------------------------------------------
     async def rejected(
@@ -296,64 +289,13 @@ class Inspector:
             return
         if isinstance(exc, Unauthorized) and callback.method == "POST" and not body:
             body = await read_head(callback, BODY_LIMIT + 64)  # refused before its body was read
-        fields, names = read_fields(callback, body, aliases)
+        fields, names = read_fields(callback.query, callback.header(b"content-type"), body, aliases)
         if event is not None:  # refused after it was read (403): the fields as the ingest read them
             fields = {"invitee": event.invitee_raw, "invitor": event.invitor, "network_id": event.network_id}
         network, proven = network_of(opens, _claimed(fields.get("network_id")), self._known_networks(config))
-        entry = self._rejected_entry(
-            callback, event_type, body, exc, fields, names, network, client, test_id, proven
-        )
+        entry = _rejected_entry(callback, event_type, body, exc, fields, names, client, test_id, proven)
         kind = CallbackList.UNROUTABLE if network is None else CallbackList.REJECTED
         self.writer.submit(kind, network or "", entry)
-
-    def _rejected_entry(
-        self,
-        callback: Callback,
-        event_type: str,
-        body: bytes,
-        exc: CallbackError,
-        fields: dict[str, str],
-        names: list[str],
-        network: str | None,
-        client: str | None,
-        test_id: str | None,
-        proven: bool,
-    ) -> str:
-        token = presented_token(callback)
-        secrets = (token,) if token else ()
-        numbers = not proven  # as the logs mask them: nobody proved whose numbers these are
-        path = _PATHS.get(event_type, "/" + event_type) + ("/" + MASK if callback.token else "")
-        if callback.query:
-            path += "?" + mask_text(callback.query.decode("latin-1"), FORM, secrets, numbers=numbers)
-        content_type = callback.header(b"content-type")
-        declared = callback.header(b"content-length")
-        kept_fields = {f: _masked_value(fields[f], secrets, numbers) for f in FIELDS if f in fields}
-        now = now_ms()
-        data: dict[str, Any] = {
-            "at": now,
-            "id": new_ulid(now),
-            "event": event_type,
-            "method": callback.method,
-            "path": path,
-            "content_type": content_type,
-            "body": mask_body(content_type, body, secrets=secrets, numbers=numbers) if body else "",
-            "body_bytes": int(declared) if declared and declared.isdigit() else len(body),
-            "fields": kept_fields,
-            "names": [_masked_value(n, secrets, numbers) for n in names],
-            "network": network,
-            "client": client,
-            "token": token_place(callback),
-            "outcome": "rejected",
-            "status": exc.status_code,
-            "field": exc.field,
-            "reason": _masked_value(exc.detail, secrets, numbers),
-        }
-        if test_id is not None:
-            data["test_id"] = test_id
-        entry = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-        if token and token in entry:
-            entry = entry.replace(token, MASK)
-        return entry
 
     def _known_networks(self, config: Config) -> frozenset[str]:
         if self._known[0] is not config:
@@ -379,6 +321,55 @@ class Inspector:
             return None
         data = json.loads(value)
         return {str(data["network"])}, str(data["test_id"])
+
+
+def _rejected_entry(
+    callback: Callback,
+    event_type: str,
+    body: bytes,
+    exc: CallbackError,
+    fields: dict[str, str],
+    names: list[str],
+    client: str | None,
+    test_id: str | None,
+    proven: bool,
+) -> str:
+    """A rejected callback's whole entry (`Entry`), its fields and reason in `extra`."""
+    token = presented_token(callback)
+    secrets = (token,) if token else ()
+    numbers = not proven  # as the logs mask them: nobody proved whose numbers these are
+    path = _PATHS.get(event_type, "/" + event_type) + ("/" + MASK if callback.token else "")
+    if callback.query:
+        path += "?" + mask_text(callback.query.decode("latin-1"), FORM, secrets, numbers=numbers)
+    content_type = callback.header(b"content-type")
+    declared = callback.header(b"content-length")
+    extra: dict[str, Any] = {
+        "status": exc.status_code,
+        "field": exc.field,
+        "reason": _masked_value(exc.detail, secrets, numbers),
+        "fields": {f: _masked_value(fields[f], secrets, numbers) for f in FIELDS if f in fields},
+        "names": [_masked_value(n, secrets, numbers) for n in names],
+        "test_id": test_id,
+    }
+    now = now_ms()
+    entry = json.dumps(
+        [
+            now,
+            new_ulid(now),
+            callback.method,
+            path,
+            content_type,
+            mask_body(content_type, body, secrets=secrets, numbers=numbers) if body else "",
+            int(declared) if declared and declared.isdigit() else len(body),
+            token_place(callback),
+            client,
+            extra,
+            "rejected",
+        ],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return entry.replace(token, MASK) if token else entry
 
 
 def _masked_value(value: str, secrets: tuple[str, ...], numbers: bool) -> str:

@@ -11,13 +11,15 @@ Three kinds of list (key names: keys.py; the Lua: scripts/callbacks.lua):
   `network_id` of a known network): one list, an operator's.
 
 Each keeps the newest `Kept.count` entries received within `Kept.window_ms`, newest first. An
-entry is one JSON object whose first key is `"at"` (ms received); gateway/ingest/inspector.py
-makes them, gateway/admin/callbacks.py reads them. The one-time tokens of "send test callback"
-live here too (`put_test_token`, `take_test_token`).
+entry is a JSON array (`Entry`: positional, so that the ingest script's arguments stay small, as
+every taken callback sends one): gateway/ingest/inspector.py makes them, gateway/admin/callbacks.py
+reads them. The one-time tokens of "send test callback" live here too (`put_test_token`,
+`take_test_token`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -39,6 +41,51 @@ class CallbackList(StrEnum):
     TAKEN = "n"  # the network's callbacks the ingest took
     REJECTED = "r"  # the network's rejected callbacks
     UNROUTABLE = "u"  # rejected ones of no network that could be told (network "")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One callback as kept: a JSON array of these fields in this order. The ingest script (or
+    the writer) appends the outcome, and for a duplicate the first event's id, for a suppressed
+    one the reason. A taken callback's fields are read again from its path and body when shown;
+    a rejected one's are in `extra`."""
+
+    at: int  # ms received
+    id: str  # the event's id (a taken callback), or the entry's own (a rejected one)
+    method: str
+    path: str  # path and query, token segment and secrets masked; its first segment is the event
+    content_type: str | None
+    body: str  # the first KiB, secrets masked
+    body_bytes: int
+    token: str | None  # where a token was: path, query, header
+    client: str | None
+    # test_id, ls (the status a suppressed one was answered with, if not 204); a rejected one's
+    # status, field, reason, fields, names
+    extra: Mapping[str, Any]
+    outcome: str  # accepted | duplicate | suppressed | spooled | rejected
+    detail: str | None = None  # duplicate: the first event's id; suppressed: why
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Entry:
+        v = json.loads(raw)
+        return cls(
+            int(v[0]),
+            str(v[1]),
+            str(v[2]),
+            str(v[3]),
+            v[4],
+            str(v[5]),
+            int(v[6]),
+            v[7],
+            v[8],
+            v[9] or {},
+            str(v[10]),
+            v[11] if len(v) > 11 else None,
+        )
+
+    @property
+    def event(self) -> str:
+        return self.path.lstrip("/").partition("/")[0].partition("?")[0]
 
 
 @dataclass(frozen=True, slots=True)

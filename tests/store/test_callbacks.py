@@ -26,7 +26,7 @@ KEYS = Keys("pfx")
 
 
 def _entry(at: int, n: int) -> str:
-    return json.dumps({"at": at, "n": n})
+    return json.dumps([at, n])
 
 
 def _run(
@@ -55,15 +55,15 @@ def test_the_writer_keeps_the_newest_n_of_each_list(redis_url: str, redis: Redis
             (CallbackList.TAKEN, "net-b"): [_entry(NOW, 200)],
         },
     )
-    assert [json.loads(e)["n"] for e in redis.lrange(KEYS.callbacks_rejected("net-a"), 0, -1)] == [
+    assert [json.loads(e)[1] for e in redis.lrange(KEYS.callbacks_rejected("net-a"), 0, -1)] == [
         7,
         6,
         5,
         4,
         3,
     ]
-    assert [json.loads(e)["n"] for e in redis.lrange(KEYS.callbacks_unroutable, 0, -1)] == [100]
-    assert [json.loads(e)["n"] for e in redis.lrange(KEYS.callbacks("net-b"), 0, -1)] == [200]
+    assert [json.loads(e)[1] for e in redis.lrange(KEYS.callbacks_unroutable, 0, -1)] == [100]
+    assert [json.loads(e)[1] for e in redis.lrange(KEYS.callbacks("net-b"), 0, -1)] == [200]
     assert 55_000 < redis.pttl(KEYS.callbacks("net-b")) <= 60_000
     # The unroutable list names no network.
     assert networks_with_lists(redis, KEYS) == ["net-a", "net-b"]
@@ -80,27 +80,24 @@ def test_entries_past_the_window_go_at_the_next_push(redis_url: str, redis: Redi
     assert redis.llen(KEYS.callbacks_rejected("n")) == 2
     _run(redis_url, kept, {(CallbackList.REJECTED, "n"): [_entry(NOW - 30_000, 3)]}, now=NOW - 30_000)
     # Pushed at NOW - 30 s with a 60 s window: the entry of NOW - 95 s is gone, NOW - 70 s kept.
-    assert [json.loads(e)["n"] for e in redis.lrange(KEYS.callbacks_rejected("n"), 0, -1)] == [3, 2]
+    assert [json.loads(e)[1] for e in redis.lrange(KEYS.callbacks_rejected("n"), 0, -1)] == [3, 2]
     _run(redis_url, kept, {(CallbackList.REJECTED, "n"): [_entry(NOW, 4)]})
-    assert [json.loads(e)["n"] for e in redis.lrange(KEYS.callbacks_rejected("n"), 0, -1)] == [4, 3]
+    assert [json.loads(e)[1] for e in redis.lrange(KEYS.callbacks_rejected("n"), 0, -1)] == [4, 3]
 
 
 def test_the_ingest_script_caps_each_network_list_in_the_accept_call(redis: Redis) -> None:
     head = IngestHead("pfx", NOW, 3600, callbacks_kept=3, callbacks_ms=60_000)
-    items = [
-        IngestItem(ItemKind.NEW, f"01E{i}", "{}", "net", NOW, [], entry=f'{{"at":{NOW},"n":{i}')
-        for i in range(5)
-    ]
+    items = [IngestItem(ItemKind.NEW, f"01E{i}", "{}", "net", NOW, [], entry=f"[{NOW},{i}") for i in range(5)]
     answer = ingest_sync(redis, head, items)
     assert len(answer.results) == 5
     kept = [json.loads(e) for e in redis.lrange(KEYS.callbacks("net"), 0, -1)]
-    assert [(e["n"], e["outcome"]) for e in kept] == [(4, "accepted"), (3, "accepted"), (2, "accepted")]
+    assert kept == [[NOW, 4, "accepted"], [NOW, 3, "accepted"], [NOW, 2, "accepted"]]
     # Off (a cap of 0), or an item without an entry: nothing pushed.
     redis.delete(KEYS.callbacks("net"))
     ingest_sync(
         redis,
         IngestHead("pfx", NOW, 3600),
-        [IngestItem(ItemKind.NEW, "01X", "{}", "net", NOW, [], entry="{")],
+        [IngestItem(ItemKind.NEW, "01X", "{}", "net", NOW, [], entry="[")],
     )
     ingest_sync(redis, head, [IngestItem(ItemKind.NEW, "01Y", "{}", "net", NOW, [])])
     assert not redis.exists(KEYS.callbacks("net"))

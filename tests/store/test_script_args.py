@@ -70,7 +70,7 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
         targets=["ta", "tb"],
         dedupe_key="dk-1",
         limits=None,
-        entry=f'{{"at":{RECEIVED},"mark":"first"',
+        entry=f'[{RECEIVED},"first"',
     )
     held_back = IngestItem(
         ItemKind.NEW,
@@ -81,7 +81,7 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
         ["tc"],
         "dk-2",
         {"sup": "no, because"},
-        f'{{"at":{RECEIVED + 1},"mark":"held"',
+        f'[{RECEIVED + 1},"held"',
     )
     again = IngestItem(
         ItemKind.NEW,
@@ -91,7 +91,7 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
         RECEIVED + 2,
         ["ta"],
         "dk-1",
-        entry=f'{{"at":{RECEIVED + 2},"mark":"again"',
+        entry=f'[{RECEIVED + 2},"again"',
     )
     more = IngestItem(ItemKind.ADD, "01FIRST", "", "net-x", RECEIVED, ["td"])
     return head, [first, held_back, again, more]
@@ -134,12 +134,9 @@ def _check_ingest(redis: Redis, answer: IngestAnswer) -> None:
     # the callbacks inspector's entries, closed with each outcome, on each network's list, newest
     # first; its cap (5: all kept) and window (the lists' life)
     inspected = [json.loads(e) for e in redis.lrange("pfx:callbacks:net:net-x", 0, -1)]
-    assert inspected == [
-        {"at": RECEIVED + 2, "mark": "again", "outcome": "duplicate", "duplicate_of": "01FIRST"},
-        {"at": RECEIVED, "mark": "first", "outcome": "accepted"},
-    ]
+    assert inspected == [[RECEIVED + 2, "again", "duplicate", "01FIRST"], [RECEIVED, "first", "accepted"]]
     assert [json.loads(e) for e in redis.lrange("pfx:callbacks:net:net-y", 0, -1)] == [
-        {"at": RECEIVED + 1, "mark": "held", "outcome": "suppressed", "reason": "no, because"}
+        [RECEIVED + 1, "held", "suppressed", "no, because"]
     ]
     assert 770_000 < redis.pttl("pfx:callbacks:net:net-x") <= 777_000
     assert redis.zrange("pfx:callbacks:networks", 0, -1, withscores=True) == [

@@ -2,7 +2,7 @@
 -- the ingest took, pushed in the same call as their accept) and callbacks_write.lua (rejected
 -- ones, and spooled ones, from each web process' writer). Each list keeps the newest `cap`
 -- entries received within `window` ms, newest first, and lives `window` ms after its last push.
--- An entry is a JSON object whose first key is "at": the ms it was received.
+-- An entry is a JSON array whose first item is the ms it was received (`Entry` in callbacks.py).
 local function callbacks_key(p, list, network)
   if list == 'r' then return p .. ':callbacks:rejected:' .. network end
   if list == 'u' then return p .. ':callbacks:unroutable' end
@@ -19,7 +19,7 @@ local function callbacks_push(p, list, network, entries, cap, now, window)
   local cutoff = now - window
   for _ = 1, 100 do
     local last = redis.call('LINDEX', key, -1)
-    local at = last and tonumber(string.match(last, '^{"at":%s*(%d+)'))
+    local at = last and tonumber(string.match(last, '^%[%s*(%d+)'))
     if not at or at >= cutoff then break end
     redis.call('RPOP', key)
   end
@@ -28,13 +28,14 @@ local function callbacks_push(p, list, network, entries, cap, now, window)
   if list ~= 'u' then redis.call('ZADD', p .. ':callbacks:networks', now, network) end
 end
 
--- What became of a callback the ingest took, closing its entry (the ingest's status text).
+-- What became of a callback the ingest took, closing its entry (the ingest's status text): the
+-- outcome, and for a duplicate the first event's id, for a suppressed one the reason.
 local function callbacks_outcome(status)
   local kind, detail = string.match(status, '^([a-z]+):?(.*)$')
   if kind == 'duplicate' then
-    return ',"outcome":"duplicate","duplicate_of":' .. (detail ~= '' and cjson.encode(detail) or 'null') .. '}'
+    return ',"duplicate",' .. (detail ~= '' and cjson.encode(detail) or 'null') .. ']'
   elseif kind == 'suppressed' then
-    return ',"outcome":"suppressed","reason":' .. cjson.encode(detail) .. '}'
+    return ',"suppressed",' .. cjson.encode(detail) .. ']'
   end
-  return ',"outcome":"accepted"}'  -- accepted, or exists (stored by an earlier try of the batch)
+  return ',"accepted"]'  -- accepted, or exists (stored by an earlier try of the batch)
 end
