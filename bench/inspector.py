@@ -10,7 +10,8 @@ its Redis client; not uvicorn's HTTP parsing, the same either way), Redis comman
 server's CPU per callback (from /proc, during the run). Scenarios: new invitations by GET (query)
 and by JSON POST (taken: the entry is built and pushed by the ingest script), and callbacks
 rejected with 400 (their entries go through the background writer). Also the entry's build
-alone (timeit of Inspector.taken).
+alone (timeit of Inspector.taken), and the ingest script alone with entries and without (its time
+in Redis, the least noisy of these figures).
 
 This is a cost measurement, not a throughput benchmark (bench/ingest.py is): CPU time per
 callback moves less with the machine's load than a rate does, but still moves; medians of the
@@ -46,6 +47,7 @@ from gateway.events import make_event  # noqa: E402
 from gateway.ingest.callback import Callback  # noqa: E402
 from gateway.ingest.inspector import Inspector  # noqa: E402
 from gateway.settings import Settings, parse_redis_url  # noqa: E402
+from gateway.store.ingest import IngestHead, IngestItem, ingest_sync  # noqa: E402
 
 CONFIG = """
 [settings]
@@ -116,14 +118,13 @@ async def drive(app: Any, kind: str, start: int, count: int, concurrency: int) -
     return time.process_time() - cpu
 
 
-def commands(redis: Redis) -> int:
-    """Commands so far (INFO commandstats: a Lua script's own commands counted one by one)."""
+def commands(redis: Redis) -> tuple[int, float]:
+    """(commands so far, µs in scripts so far): INFO commandstats, a Lua script's own commands
+    counted one by one, its time (theirs included) as EVALSHA's."""
+    stats = {k: v for k, v in redis.info("commandstats").items() if isinstance(v, dict)}
     skip = ("cmdstat_info", "cmdstat_config|resetstat")
-    return sum(
-        int(v["calls"])
-        for k, v in redis.info("commandstats").items()
-        if isinstance(v, dict) and k not in skip
-    )
+    calls = sum(int(v["calls"]) for k, v in stats.items() if k not in skip)
+    return calls, sum(float(v["usec"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
 async def run_mode(
@@ -155,7 +156,7 @@ async def run_mode(
         if kind == "rejected":
             await asyncio.sleep(0.3)
         redis_cpu = (cpu_seconds(redis_pid) or 0.0) - redis_cpu
-        calls = commands(redis)
+        calls, script_us = commands(redis)
         # What the writer (rejected ones) did not keep: its count of drops.
         dropped = (
             app.ingest.metrics.tally.data.get(("gateway_inspector_dropped",), 0) if app.ingest.metrics else 0
@@ -164,7 +165,51 @@ async def run_mode(
         "cpu_us": cpu / count * 1e6,
         "cmds": calls / count,
         "redis_us": redis_cpu / count * 1e6,
+        "script_us": script_us / count,
         "dropped": dropped,
+    }
+
+
+def script_cost(redis: Redis, count: int, rounds: int) -> dict[str, float]:
+    """µs of the ingest script per callback (EVALSHA's time in INFO commandstats) for batches of
+    16 new events with entries (the inspector on) and without: Redis alone, no web process in it."""
+    now = int(time.time() * 1000)
+    taken: dict[str, list[float]] = {"get": [], "json": []}
+    off: list[float] = []
+    serial = 0
+    for n in range(rounds):
+        for mode in ("off", "get", "json") if n % 2 == 0 else ("json", "get", "off"):
+            redis.flushdb()
+            redis.config_resetstat()
+            for _batch in range(count // 16):
+                items = []
+                for _ in range(16):
+                    serial += 1
+                    sc, body = request(mode if mode != "off" else "get", serial)
+                    event = make_event(
+                        {"invitee": f"+1555{serial:07d}", "invitor": "bench", "network_id": "bench"},
+                        "invitation_created",
+                        "json",
+                        now=now / 1000,
+                    )
+
+                    async def receive() -> dict[str, Any]:
+                        return {}
+
+                    entry = (
+                        ""
+                        if mode == "off"
+                        else Inspector.taken(Callback(sc, receive, "t"), event, body, 204, None)
+                    )
+                    items.append(IngestItem.new(event, ["sink"], entry=entry))
+                head = IngestHead("bench", now, 3600, callbacks_kept=1000, callbacks_ms=7 * 86_400_000)
+                ingest_sync(redis, head, items)
+            usec = float(redis.info("commandstats")["cmdstat_evalsha"]["usec"]) / count
+            (off if mode == "off" else taken[mode]).append(usec)
+    return {
+        "off": statistics.median(off),
+        "get": statistics.median(taken["get"]),
+        "json": statistics.median(taken["json"]),
     }
 
 
@@ -207,11 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.app import apply_config_file
         from gateway.store.events import Store
 
-        apply_config_file(Store(redis), str(config_path), None)
         serial = 0
-        for _ in range(rounds):
+        for n in range(rounds):
             for kind in ("get", "json", "rejected"):
-                for mode, kept in (("off", 0), ("on", 1000)):
+                # Each run on an empty database (a keyspace that grows run after run makes the later
+                # runs pay Redis' rehashing), the two modes in turn first.
+                modes = (("off", 0), ("on", 1000)) if n % 2 == 0 else (("on", 1000), ("off", 0))
+                for mode, kept in modes:
+                    redis.flushdb()
+                    apply_config_file(Store(redis), str(config_path), None)
                     serial += count + 2 * args.concurrency
                     r = asyncio.run(
                         run_mode(
@@ -219,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )
                     )
                     results.setdefault((kind, mode), []).append(r)
+        script = script_cost(redis, count, rounds)
         redis.close()
     finally:
         server.stop()
@@ -227,23 +277,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"callbacks inspector cost: {count} callbacks per run, {rounds} round(s), "
         f"{args.concurrency} at once; medians",
         "",
-        "| callbacks | inspector | web CPU µs/callback | Redis commands/callback | Redis CPU µs/callback |",
-        "|---|---|---:|---:|---:|",
+        "| callbacks | inspector | web CPU µs/callback | Redis commands/callback | Redis CPU µs/callback "
+        "| in scripts µs/callback |",
+        "|---|---|---:|---:|---:|---:|",
     ]
+    columns = ("cpu_us", "cmds", "redis_us", "script_us")
     for kind in ("get", "json", "rejected"):
         for mode in ("off", "on"):
-            rs = results[(kind, mode)]
-            med = {k: statistics.median(r[k] for r in rs) for k in ("cpu_us", "cmds", "redis_us")}
+            med = {k: statistics.median(r[k] for r in results[(kind, mode)]) for k in columns}
             lines.append(
-                f"| {kind} | {mode} | {med['cpu_us']:.1f} | {med['cmds']:.2f} | {med['redis_us']:.1f} |"
+                f"| {kind} | {mode} | {med['cpu_us']:.1f} | {med['cmds']:.2f} | {med['redis_us']:.1f} "
+                f"| {med['script_us']:.1f} |"
             )
-        diff = {
+        d = {
             k: statistics.median(r[k] for r in results[(kind, "on")])
             - statistics.median(r[k] for r in results[(kind, "off")])
-            for k in ("cpu_us", "cmds", "redis_us")
+            for k in columns
         }
         lines.append(
-            f"| {kind} | difference | {diff['cpu_us']:+.1f} | {diff['cmds']:+.2f} | {diff['redis_us']:+.1f} |"
+            f"| {kind} | difference | {d['cpu_us']:+.1f} | {d['cmds']:+.2f} | {d['redis_us']:+.1f} "
+            f"| {d['script_us']:+.1f} |"
         )
     dropped = sum(r["dropped"] for r in results[("rejected", "on")])
     load = os.getloadavg()[0]
@@ -251,6 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"load average at the end: {load:.2f} on {os.cpu_count()} cores (Redis CPU moves most with it)",
         f"entry build alone (Inspector.taken): GET {entry['get']:.1f} µs, JSON {entry['json']:.1f} µs",
+        f"the ingest script alone, µs of Redis per callback in batches of 16: without entries "
+        f"{script['off']:.1f}, with GET entries {script['get']:.1f} ({script['get'] - script['off']:+.1f}), "
+        f"with JSON entries {script['json']:.1f} ({script['json'] - script['off']:+.1f})",
         f"rejected entries the writer dropped: {dropped:g}",
     ]
     print("\n".join(lines))
