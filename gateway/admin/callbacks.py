@@ -105,7 +105,9 @@ class Callbacks:
             if not raw:
                 return
             start += len(raw)
-            chunk = sorted(((Entry.parse(e), network) for e in raw), key=_key, reverse=True)
+            chunk = sorted(((entry, network) for entry in _parsed(raw)), key=_key, reverse=True)
+            if not chunk:
+                continue
             for kept in chunk:
                 if after is None or _key(kept) < after:
                     yield kept
@@ -151,6 +153,15 @@ class Callbacks:
         """The entry of one "send test callback" (None: not there yet)."""
         found = self.list(p, CallbackFilter(network=network, test_id=test_id), None, 1).items
         return found[0] if found else None
+
+
+def _parsed(raw: Sequence[bytes | str]) -> Iterator[Entry]:
+    """The entries of a chunk; one that does not parse (written by another release) is skipped."""
+    for item in raw:
+        try:
+            yield Entry.parse(item)
+        except (ValueError, TypeError, IndexError):
+            continue
 
 
 def callback_json(entry: Entry, network: str | None, aliases: Mapping[str, str]) -> dict[str, Any]:

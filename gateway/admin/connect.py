@@ -37,6 +37,7 @@ from gateway.admin.callbacks import CallbackFilter, Callbacks
 from gateway.admin.keys import Principal
 from gateway.config.load import config_from_dict
 from gateway.events import EVENT_TYPES, INVITATION_CREATED
+from gateway.exceptions import ConfigError
 from gateway.ingest.inspector import token_digest_hex
 from gateway.ingest.tokens import TEST_TOKEN_PREFIX
 from gateway.networks import token_digest
@@ -106,7 +107,10 @@ class Connect:
         """GET /connect: what to paste into the portal for `network` (the token as <TOKEN>)."""
         network = self._network(p, network)
         _, data = self.store.load_config()
-        config = config_from_dict(data) if data else None
+        try:
+            config = config_from_dict(data) if data else None
+        except ConfigError:  # unreadable here (a newer release's?): no targets named, the rest holds
+            config = None
         targets = sorted(
             {t.name for event in EVENT_TYPES for t in (config.routes(event, network) if config else [])}
         )
@@ -271,7 +275,7 @@ def _send(
         conn.request("POST" if body else "GET", target, body=body.encode() if body else None, headers=headers)
         response = conn.getresponse()
         return response.status, response.read(1024).decode("utf-8", "replace"), None
-    except OSError as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # unreachable, a URL it refuses
         where = f"{parts.scheme}://{parts.netloc}"
         return None, "", f"cannot reach the ingest at {where} ({type(exc).__name__}): set GATEWAY_PUBLIC_URL"
     finally:

@@ -166,6 +166,10 @@ class CallbackWriter:
         self._waiting = asyncio.Event()
         self._failed_since: float | None = None
 
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
     def has_room(self) -> bool:
         if len(self._queue) < self.MAX_QUEUED:
             return True
@@ -243,7 +247,18 @@ class Inspector:
     ) -> str:
         """The entry of a callback the ingest takes, without its end (the ingest script adds the
         outcome): `IngestItem.entry`. Positional and without the fields (its path and body hold
-        them): every taken callback's entry travels in the ingest script's arguments."""
+        them): every taken callback's entry travels in the ingest script's arguments. "" (none
+        kept) should it fail: the inspector never costs a callback its answer."""
+        try:
+            return Inspector._taken(callback, event, body, limited_status, test_id)
+        except Exception:
+            log.warning("callbacks inspector: no entry for %s", event.id, exc_info=True)
+            return ""
+
+    @staticmethod
+    def _taken(
+        callback: Callback, event: InvitationEvent, body: bytes, limited_status: int, test_id: str | None
+    ) -> str:
         token = presented_token(callback)
         secrets = (token,) if token else ()
         path = _PATHS.get(event.type, "/" + event.type) + ("/" + MASK if callback.token else "")
@@ -284,9 +299,30 @@ class Inspector:
         client: str | None,
         test_id: str | None,
     ) -> None:
-        """Hand a rejected callback's entry to the writer (nothing when its queue is full)."""
+        """Hand a rejected callback's entry to the writer (nothing when its queue is full). Never
+        raises: the callback's answer is the error it was refused with."""
         if not self.writer.has_room():
             return
+        try:
+            await self._rejected(
+                callback, event_type, body, exc, opens, event, config, aliases, client, test_id
+            )
+        except Exception:
+            log.warning("callbacks inspector: no entry for a rejected %s", event_type, exc_info=True)
+
+    async def _rejected(
+        self,
+        callback: Callback,
+        event_type: str,
+        body: bytes,
+        exc: CallbackError,
+        opens: set[str] | None,
+        event: InvitationEvent | None,
+        config: Config,
+        aliases: Mapping[str, str],
+        client: str | None,
+        test_id: str | None,
+    ) -> None:
         if isinstance(exc, Unauthorized) and callback.method == "POST" and not body:
             body = await read_head(callback, BODY_LIMIT + 64)  # refused before its body was read
         fields, names = read_fields(callback.query, callback.header(b"content-type"), body, aliases)
