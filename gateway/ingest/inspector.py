@@ -304,34 +304,22 @@ class Inspector:
         if not self.writer.has_room():
             return
         try:
-            await self._rejected(
-                callback, event_type, body, exc, opens, event, config, aliases, client, test_id
-            )
+            if isinstance(exc, Unauthorized) and callback.method == "POST" and not body:
+                body = await read_head(callback, BODY_LIMIT + 64)  # refused before its body was read
+            fields, names = read_fields(callback.query, callback.header(b"content-type"), body, aliases)
+            if event is not None:  # refused after it was read (403): the fields as the ingest read them
+                fields = {
+                    "invitee": event.invitee_raw,
+                    "invitor": event.invitor,
+                    "network_id": event.network_id,
+                }
+            claimed = _claimed(fields.get("network_id"))
+            network, proven = network_of(opens, claimed, self._known_networks(config))
+            entry = _rejected_entry(callback, event_type, body, exc, fields, names, client, test_id, proven)
+            kind = CallbackList.UNROUTABLE if network is None else CallbackList.REJECTED
+            self.writer.submit(kind, network or "", entry)
         except Exception:
             log.warning("callbacks inspector: no entry for a rejected %s", event_type, exc_info=True)
-
-    async def _rejected(
-        self,
-        callback: Callback,
-        event_type: str,
-        body: bytes,
-        exc: CallbackError,
-        opens: set[str] | None,
-        event: InvitationEvent | None,
-        config: Config,
-        aliases: Mapping[str, str],
-        client: str | None,
-        test_id: str | None,
-    ) -> None:
-        if isinstance(exc, Unauthorized) and callback.method == "POST" and not body:
-            body = await read_head(callback, BODY_LIMIT + 64)  # refused before its body was read
-        fields, names = read_fields(callback.query, callback.header(b"content-type"), body, aliases)
-        if event is not None:  # refused after it was read (403): the fields as the ingest read them
-            fields = {"invitee": event.invitee_raw, "invitor": event.invitor, "network_id": event.network_id}
-        network, proven = network_of(opens, _claimed(fields.get("network_id")), self._known_networks(config))
-        entry = _rejected_entry(callback, event_type, body, exc, fields, names, client, test_id, proven)
-        kind = CallbackList.UNROUTABLE if network is None else CallbackList.REJECTED
-        self.writer.submit(kind, network or "", entry)
 
     def _known_networks(self, config: Config) -> frozenset[str]:
         if self._known[0] is not config:

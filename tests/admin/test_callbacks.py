@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 from redis import Redis
 
-from gateway.admin.keys import create_key
 from gateway.networks import token_digest
 from gateway.store.events import Store
+from tests.admin.callbacks_support import KeyedDeployment, keyed
 from tests.conftest import Gateway, TargetServer
 from tests.e2e.e2e_support import SETTINGS, run_gateway, wait_until
 
@@ -60,24 +59,8 @@ tokens = ["${{GLOBEX_TOKEN}}"]
     )
 
 
-@dataclass
-class Deployment:
-    base: str
-    store: Store
-    keys: dict[str, str]
-    env: dict[str, str]
-    clients: list[httpx.Client] = field(default_factory=list)
-
-    def api(self, who: str) -> httpx.Client:
-        client = httpx.Client(
-            base_url=self.base + "/api/v1", headers={"Authorization": f"Bearer {self.keys[who]}"}, timeout=30
-        )
-        self.clients.append(client)
-        return client
-
-
 @pytest.fixture
-def deployment(gateway: Gateway, redis: Redis, target_server: TargetServer) -> Iterator[Deployment]:
+def deployment(gateway: Gateway, redis: Redis, target_server: TargetServer) -> Iterator[KeyedDeployment]:
     gateway.write_config(config(target_server.url))
     env = {
         "GATEWAY_OPEN_INGEST": "false",
@@ -89,17 +72,11 @@ def deployment(gateway: Gateway, redis: Redis, target_server: TargetServer) -> I
     base = gateway.start_web()
     gateway.start_worker()
     store = Store(redis)
-    keys = {
-        "acme": create_key(store, "acme", ["acme"])[1],
-        "globex": create_key(store, "globex", ["globex"])[1],
-        "operator": create_key(store, "ops", None)[1],
-    }
-    d = Deployment(base, store, keys, gateway.environ())
+    d = keyed(base, store, gateway.environ(), KeyedDeployment)
     try:
         yield d
     finally:
-        for client in d.clients:
-            client.close()
+        d.close()
 
 
 def get(base: str, path: str, **params: str) -> httpx.Response:
@@ -140,7 +117,7 @@ def every_value_in_redis(redis: Redis) -> str:
 
 @pytest.mark.timeout(180)
 def test_every_outcome_is_kept_with_its_reason_and_no_token(
-    deployment: Deployment, redis: Redis, target_server: TargetServer
+    deployment: KeyedDeployment, redis: Redis, target_server: TargetServer
 ) -> None:
     d = deployment
     base = d.base
@@ -249,7 +226,7 @@ def test_every_outcome_is_kept_with_its_reason_and_no_token(
 
 
 @pytest.mark.timeout(180)
-def test_the_caps_hold(deployment: Deployment, redis: Redis) -> None:
+def test_the_caps_hold(deployment: KeyedDeployment, redis: Redis) -> None:
     d = deployment
     # KEPT + 3 accepted and KEPT + 3 rejected for acme: the newest KEPT of each are kept.
     for i in range(KEPT + 3):

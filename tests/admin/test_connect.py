@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 from redis import Redis
 
-from gateway.admin.keys import create_key
 from gateway.embedded import free_port
 from gateway.store.events import Store
+from tests.admin.callbacks_support import KeyedDeployment, keyed
 from tests.conftest import Gateway, TargetServer
 from tests.e2e.e2e_support import SETTINGS, run_gateway, wait_until
 
@@ -44,21 +43,7 @@ tokens = ["${{ACME_FILE_TOKEN}}"]
     )
 
 
-@dataclass
-class Deployment:
-    base: str
-    store: Store
-    keys: dict[str, str]
-    env: dict[str, str]
-    clients: list[httpx.Client] = field(default_factory=list)
-
-    def api(self, who: str) -> httpx.Client:
-        client = httpx.Client(
-            base_url=self.base + "/api/v1", headers={"Authorization": f"Bearer {self.keys[who]}"}, timeout=60
-        )
-        self.clients.append(client)
-        return client
-
+class Deployment(KeyedDeployment):
     def callback(self, token: str, network: str = "acme", invitee: str = "+15551239999") -> int:
         r = httpx.get(
             f"{self.base}/invitation_created/{token}",
@@ -87,17 +72,11 @@ def deployment(gateway: Gateway, redis: Redis, target_server: TargetServer) -> I
     gateway.start_web(port)
     gateway.start_worker()
     store = Store(redis)
-    keys = {
-        "acme": create_key(store, "acme", ["acme"])[1],
-        "globex": create_key(store, "globex", ["globex"])[1],
-        "operator": create_key(store, "ops", None)[1],
-    }
-    d = Deployment(base, store, keys, gateway.environ())
+    d = keyed(base, store, gateway.environ(), Deployment)
     try:
         yield d
     finally:
-        for client in d.clients:
-            client.close()
+        d.close()
 
 
 @pytest.mark.timeout(180)

@@ -39,6 +39,7 @@ def test_callbacks_and_connect_in_a_browser(
     redis: Redis,
     target_server: TargetServer,
 ) -> None:
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
 
     gateway.write_config(
@@ -113,12 +114,20 @@ tokens = ["${{ACME_FILE_TOKEN}}"]
     shot(browser, "11-connect")
 
     # A rotation: a new token, shown once, works at once; a second; the first removed: refused.
-    def make_token() -> str:
+    def make_token(previous: str | None = None) -> str:
         browser.find_element(By.CSS_SELECTOR, "#make-token button").click()
-        shown = wait_until(
-            lambda: browser.find_elements(By.CSS_SELECTOR, "#new-token input"), "the new token"
-        )
-        token = str(shown[0].get_attribute("value"))
+
+        def shown() -> str | None:
+            # The click returns before the next page is there: the previous token's page may still
+            # be the one found (or be replaced while it is read).
+            try:
+                found = browser.find_elements(By.CSS_SELECTOR, "#new-token input")
+                value = found[0].get_attribute("value") if found else None
+            except WebDriverException:
+                return None
+            return str(value) if value and value != previous else None
+
+        token = wait_until(shown, "the new token")
         pasted = browser.find_element(By.CSS_SELECTOR, "#portal-json input[aria-label=invitationCreatedUrl]")
         assert pasted.get_attribute("value") == f"{base}/invitation_created/{token}"
         return token
@@ -126,7 +135,7 @@ tokens = ["${{ACME_FILE_TOKEN}}"]
     first = make_token()
     shot(browser, "12-connect-new-token")
     assert callback(base, first) == 204
-    second = make_token()
+    second = make_token(first)
     assert callback(base, second) == 204 and callback(base, first) == 204
     [first_id] = [i for i, t in store.api_tokens().items() if t["digest"] == token_digest(first)]
     browser.get(root + "/connect")
