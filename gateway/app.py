@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import wiring
 from gateway.admin.api import admin_api
+from gateway.admin.callback_pages import callback_routes
 from gateway.admin.dashboard import create_dashboard
 from gateway.config.load import load_config
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
@@ -35,6 +36,7 @@ from gateway.ingest.accept import MAX_BATCH, MAX_BATCH_WAITED, Accepter
 from gateway.ingest.callback import Callback
 from gateway.ingest.durable import DurabilityState, DurableScripts, check_server
 from gateway.ingest.endpoint import ConfigCache, Ingest
+from gateway.ingest.inspector import CallbackWriter, Inspector
 from gateway.ingest.spool import Spool
 from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig
@@ -43,6 +45,7 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import HEARTBEAT_SECONDS, IngestMetrics, flush_commands, render, spool_depth
 from gateway.queue import enqueue_drain, make_queue
 from gateway.settings import Durability, Settings
+from gateway.store.callbacks import Kept
 from gateway.store.codec import now_ms
 from gateway.store.events import Store
 from gateway.store.ingest import limit_fields
@@ -197,8 +200,14 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         bound=bound,
         max_batch=max_batch,
         expiries=deadlines,
+        callbacks=callbacks_kept(settings),
     )
     return IngestParts(redis, aio, fast, store, live, accepter, refresh_config, cache, durability)
+
+
+def callbacks_kept(settings: Settings) -> Kept:
+    """The callbacks inspector's bounds (GATEWAY_CALLBACKS_KEPT, GATEWAY_CALLBACKS_DAYS)."""
+    return Kept(settings.callbacks_kept, settings.callbacks_days * 86_400_000)
 
 
 def create_app(settings: Settings | None = None) -> IngestFastPath:
@@ -211,8 +220,15 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
     durability = parts.durability
     auth = IngestAuth(settings.open_ingest, settings.trusted_proxies, os.environ)
     ingest_metrics = IngestMetrics()
+    # The callbacks inspector: rejected and spooled callbacks are written on a connection of
+    # their own (gateway/ingest/inspector.py); taken ones by the ingest script.
+    writer = inspector = None
+    if settings.callbacks_kept > 0:
+        side = script_client(wiring.redis_url(settings), aio, connect_timeout=2)
+        writer = CallbackWriter(side, settings.prefix, callbacks_kept(settings), ingest_metrics.tally)
+        inspector = Inspector(writer, parts.fast, settings.prefix)
     ingest = Ingest(
-        live, accepter, settings.max_body, parts.refresh_config, auth, parts.cache, ingest_metrics
+        live, accepter, settings.max_body, parts.refresh_config, auth, parts.cache, ingest_metrics, inspector
     )
     ops = OpsKeys(settings.prefix)
     tally = ingest_metrics.tally
@@ -364,16 +380,21 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         if durability.level is not Durability.MEMORY:
             where = wiring.shown_url(settings)
             durability_watch = asyncio.create_task(_watch_durability(aio, durability, where))
+        inspecting = asyncio.create_task(writer.run()) if writer is not None else None
         yield
+        if writer is not None:
+            await writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(flush_metrics(), 2)
-        for task in (drainer, watcher, data_watch, flusher, applier, durability_watch):
+        for task in (drainer, watcher, data_watch, flusher, applier, durability_watch, inspecting):
             if task is None:
                 continue
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         spool.close()
+        if writer is not None:
+            await writer.client.aclose()
         await parts.fast.aclose()
         await aio.aclose()
         redis.close()
@@ -393,8 +414,10 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
     routes_.append(Route("/healthz", health, methods=["GET"]))
     routes_.append(Route("/readyz", ready, methods=["GET"]))
     routes_.append(Route("/metrics", metrics, methods=["GET"]))
-    routes_.append(Mount("/api/v1", app=admin_api(store, settings.queue_name)))
-    dashboard = create_dashboard(store, settings.queue_name, settings.trusted_proxies)
+    routes_.append(Mount("/api/v1", app=admin_api(store, settings.queue_name, settings.public_url)))
+    dashboard = create_dashboard(
+        store, settings.queue_name, settings.trusted_proxies, extra=callback_routes(settings.public_url)
+    )
     routes_.append(Mount("/dashboard", app=dashboard, name="dashboard"))
     app = Starlette(
         routes=routes_,

@@ -63,6 +63,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Deliveries that failed for good or expired, by target",
         ("target",),
     ),
+    "gateway_inspector_dropped": (
+        "Callbacks the callbacks inspector did not keep: its writer's queue was full (a flood of "
+        "rejected ones) or Redis did not take them",
+        (),
+    ),
 }
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
     "gateway_ingest_seconds": (

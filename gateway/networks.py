@@ -27,7 +27,7 @@ import hmac
 import ipaddress
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -276,6 +276,24 @@ def networks_from_dict(data: object, environ: Mapping[str, str] | None = None) -
     if not isinstance(data, dict):
         raise ConfigError("must be a table of [networks.<network id>] tables", None, "networks")
     return {str(name): policy_from_dict(str(name), table, environ) for name, table in data.items()}
+
+
+def with_api_tokens(networks: Mapping[str, Any], tokens: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The `[networks]` tables of a configuration (as `NetworkPolicy.to_dict` writes them) with the
+    digests of ingest tokens made through the admin API added to their networks' `tokens`.
+
+    A network the file declares keeps its table, with the tokens added. One it does not declare
+    gets the `[networks."*"]` defaults (allow_from, limits, ...) but not their tokens, which open
+    every network anyway: the API's tokens add a way in, never take a rule away.
+    """
+    merged = {name: dict(table) for name, table in networks.items()}
+    defaults = {k: v for k, v in (networks.get("*") or {}).items() if k != "tokens"}
+    for token in tokens:
+        network, digest = str(token["network"]), str(token["digest"])
+        table = merged.setdefault(network, dict(defaults))
+        if digest not in table.get("tokens", []):
+            table["tokens"] = [*table.get("tokens", []), digest]
+    return merged
 
 
 # -- at ingest time ---------------------------------------------------------------------------------

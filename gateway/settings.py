@@ -152,6 +152,23 @@ def _cidrs(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return items
 
 
+def _public_url(environ: Mapping[str, str], name: str) -> str | None:
+    """A scheme and host (and a path prefix, if the gateway is served under one), no trailing /."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            f"must be an http:// or https:// base URL like https://gateway.example.com, got {raw!r}",
+            None,
+            name,
+        )
+    if parts.username or parts.password:
+        raise ConfigError("must not carry a user or password", None, name)
+    return raw.rstrip("/")
+
+
 def _bool(environ: Mapping[str, str], name: str) -> bool:
     raw = environ.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
@@ -186,6 +203,9 @@ class Settings:
     durability_replicas: int = 1  # for Durability.REPLICA
     # The embedded Redis' fsync policy (`standalone`); None: `always` unless durability is memory
     embedded_appendfsync: str | None = None
+    callbacks_kept: int = 1000  # the callbacks inspector: entries per network and list (0: off)
+    callbacks_days: int = 7  # ... for at most this many days
+    public_url: str | None = None  # the ingest's base URL as the Acrobits portal reaches it
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -210,6 +230,9 @@ class Settings:
             durability=_durability(env),
             durability_replicas=_int(env, "GATEWAY_DURABILITY_REPLICAS", 1),
             embedded_appendfsync=_appendfsync(env),
+            callbacks_kept=_int(env, "GATEWAY_CALLBACKS_KEPT", 1000, minimum=0),
+            callbacks_days=_int(env, "GATEWAY_CALLBACKS_DAYS", 7),
+            public_url=_public_url(env, "GATEWAY_PUBLIC_URL"),
         )
 
     @property

@@ -226,8 +226,8 @@ class Gateway:
         self.env["GATEWAY_CONFIG"] = str(path)
         return path
 
-    def start_web(self, **extra: str) -> str:
-        port = free_port()
+    def start_web(self, port: int | None = None, **extra: str) -> str:
+        port = port or free_port()
         proc = Process(
             [sys.executable, "-m", "gateway", "web", "--host", "127.0.0.1", "--port", str(port)],
             self.environ(**extra),

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.logs import mask_numbers
-from gateway.masking import BODY_LIMIT, is_secret_name, mask_body, mask_text
+from gateway.masking import BODY_LIMIT, _mask_fields, _may_name_secret, is_secret_name, mask_body, mask_text
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -299,3 +299,47 @@ def test_a_body_without_secrets_is_unchanged_but_for_numbers(
 def test_any_bytes_give_text_within_the_limit(body: bytes, content_type: str | None) -> None:
     out = mask_body(content_type, body)
     assert len(out) <= 4 * BODY_LIMIT  # \xNN for each byte at most
+
+
+# Names a secret may hide behind (what is_secret_name reads through: split by a separator, which
+# may be percent- or JSON-escaped, or with a letter escaped), and names that are no secret.
+def _disguised(name: str, at: int, sep: str, escape_letter: bool) -> str:
+    at %= len(name) + 1
+    head, tail = name[:at], name[at:]
+    if escape_letter and tail:
+        tail = f"%{ord(tail[0]):02X}" + tail[1:]
+    return head + sep + tail
+
+
+_NAME = st.builds(
+    _disguised,
+    st.sampled_from(["token", "password", "secret", "invitee"]),
+    st.integers(1, 4),
+    st.sampled_from(["-", "%2D", "_", "\\u002d", "%2B"]),
+    st.booleans(),
+)
+_FIELD = st.tuples(
+    st.sampled_from(["{}={}&", '"{}": "{}", ', "<{0}>{1}</{0}>", "{}: {}\n",
+                     '--XX\r\nContent-Disposition: form-data; name="{}"\r\n\r\n{}\r\n']),
+    _NAME,
+    st.sampled_from(["v", "1", "%2B1555", "a b"]),
+).map(lambda t: t[0].format(t[1], t[2]))  # fmt: skip
+_PIECES = st.one_of(
+    _FIELD,
+    st.sampled_from(["&", "=", ";", ":", '"', "{", "}", "<", ">", " ", "\r\n", "%", "bearer ", "--XX--"]),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.lists(_PIECES, max_size=4).map("".join),
+    st.sampled_from([None, FORM, "application/json", "application/xml", "multipart/form-data; boundary=XX"]),
+)
+def test_the_precheck_never_skips_what_the_field_maskers_would_mask(
+    text: str, content_type: str | None
+) -> None:
+    """The maskers run only where a secret name may be (a cheap look first: every callback's body
+    is kept by the inspector); where the look finds none, running them changes nothing."""
+    kind = (content_type or "").lower()
+    if not _may_name_secret(text, kind):
+        assert _mask_fields(text, kind) == text

@@ -1196,3 +1196,14 @@ def test_message_survives_hostile_values(content_type: str, post_data: str) -> N
 )
 def test_a_url_urlsplit_refuses_is_a_config_error(changes: dict[str, Any], key: str) -> None:
     assert _config_error(_target(**changes)).key == key
+
+
+def test_a_status_code_in_other_digits_is_refused_not_a_crash() -> None:
+    """ "²" is a digit to str.isdigit() but no int(): a 500 of POST /targets (schemathesis)."""
+    from gateway.config.load import target_from_dict
+
+    with pytest.raises(ConfigError) as caught:
+        target_from_dict(
+            {"name": "t", "networks": ["n"], "url": "https://example.com/x", "delivered_statuses": {"²": "x"}}
+        )
+    assert caught.value.key == "delivered_statuses"

@@ -26,12 +26,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.admin import AdminError, BadParameter, Invalid
+from gateway.admin.callbacks import CallbackFilter
 from gateway.admin.documents import replay_json
 from gateway.admin.keys import KeyAuthBackend, Principal
 from gateway.admin.openapi import SPEC
 from gateway.admin.queries import MAX_LIMIT, EventFilter, FailedFilter, Page, SuppressedFilter
 from gateway.admin.service import Service
-from gateway.events import EVENT_TYPES
+from gateway.events import EVENT_TYPES, INVITATION_CREATED
 from gateway.exceptions import problem_document
 from gateway.store.events import Store
 
@@ -287,8 +288,40 @@ def _suppressed_filter_from(data: Any) -> SuppressedFilter:
 # -- the API ------------------------------------------------------------------------------------
 
 
-def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette:
-    """The ASGI app to mount at /api/v1."""
+def _callback_filter(request: Request) -> CallbackFilter:
+    return CallbackFilter(
+        network=_query(request, "network"),
+        outcome=_query(request, "outcome"),
+        unroutable=_bool(request, "unroutable"),
+        since_ms=_time(request, "since"),
+        until_ms=_time(request, "until"),
+    )
+
+
+def base_url(request: Request, public_url: str | None) -> tuple[str, str]:
+    """(the ingest's base URL as the portal reaches it, where it came from): GATEWAY_PUBLIC_URL,
+    else the scheme and host this request came to."""
+    if public_url:
+        return public_url, "GATEWAY_PUBLIC_URL"
+    return f"{request.url.scheme}://{request.url.netloc}", "request"
+
+
+def send_to(request: Request, public_url: str | None) -> str:
+    """Where a test callback goes: GATEWAY_PUBLIC_URL, else this web process' own address (never
+    the Host header the request named)."""
+    if public_url:
+        return public_url
+    server = request.scope.get("server")
+    if not server or server[1] is None:
+        raise Invalid("this web process listens on no TCP port: set GATEWAY_PUBLIC_URL", "network")
+    host = f"[{server[0]}]" if ":" in server[0] else server[0]
+    return f"{request.url.scheme}://{host}:{server[1]}"
+
+
+def admin_api(
+    store: Store, queue_name: str = "gateway-deliveries", public_url: str | None = None
+) -> Starlette:
+    """The ASGI app to mount at /api/v1 (`public_url`: GATEWAY_PUBLIC_URL)."""
     service = Service(store, queue_name)
 
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
@@ -301,6 +334,14 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
         except Invalid as exc:  # a cursor this API did not give out
             raise BadParameter(exc.detail, exc.field) from None
         return page
+
+    async def from_query(fn: Callable[..., Any], *args: Any) -> Any:
+        """A read whose arguments all came from the query string: what the service refuses is a
+        bad parameter (400), not a bad body (422)."""
+        try:
+            return await call(fn, *args)
+        except Invalid as exc:
+            raise BadParameter(exc.detail, exc.field) from None
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(SPEC)
@@ -450,6 +491,68 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
         p = _principal(request)
         return JSONResponse(await call(service.overview, p))
 
+    # -- callbacks as received, connecting Acrobits (callbacks.py, connect.py) --------------------
+    async def callbacks(request: Request) -> Response:
+        p = _principal(request)
+        filters = _in_query(lambda: _callback_filter(request))
+        limit = _int(request, "limit", 50, 1, MAX_LIMIT)
+        if filters.unroutable and not p.is_operator:
+            raise HTTPException(403, "Forbidden: unroutable callbacks are an operator key's")
+        return _page(await listing(service.callbacks.list, p, filters, _query(request, "cursor"), limit))
+
+    async def test_callback(request: Request) -> Response:
+        p = _principal(request)
+        body = _object(await _body(request))
+        unknown = sorted(set(body) - {"network", "event", "format", "invitee"})
+        if unknown:
+            raise Invalid("unknown key (known: network, event, format, invitee)", unknown[0])
+        for key in ("event", "format", "invitee"):
+            if key in body and not isinstance(body[key], str):
+                raise Invalid("must be a string", key)
+        where = send_to(request, public_url)
+        return JSONResponse(
+            await call(
+                service.connect.send_test,
+                p,
+                body.get("network"),
+                where,
+                body.get("event", INVITATION_CREATED),
+                body.get("format", "json"),
+                body.get("invitee"),
+            )
+        )
+
+    async def connect(request: Request) -> Response:
+        p = _principal(request)
+        network = _query(request, "network")
+        if network is None:
+            raise BadParameter("is required: the network to connect", "network")
+        url, source = base_url(request, public_url)
+        return JSONResponse(await from_query(service.connect.settings, p, network, url, source))
+
+    async def tokens(request: Request) -> Response:
+        p = _principal(request)
+        if request.method == "POST":
+            body = _object(await _body(request))
+            unknown = sorted(set(body) - {"network"})
+            if unknown:
+                raise Invalid("unknown key (known: network)", unknown[0])
+            made = await call(
+                service.connect.create_token, p, body.get("network"), base_url(request, public_url)[0]
+            )
+            log.info("ingest token %s for network %s made by key %s", made["id"], made["network"], p.key_id)
+            return JSONResponse(made, status_code=201)
+        network = _query(request, "network")
+        return JSONResponse({"items": await from_query(service.connect.list_tokens, p, network)})
+
+    async def token(request: Request) -> Response:
+        p = _principal(request)
+        removed = await call(service.connect.remove_token, p, request.path_params["token_id"])
+        log.info(
+            "ingest token %s of network %s removed by key %s", removed["id"], removed["network"], p.key_id
+        )
+        return JSONResponse(removed)
+
     async def keys_(request: Request) -> Response:
         p = _operator(request)
         if request.method == "POST":
@@ -496,6 +599,11 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
         Route("/suppressed", suppressed, methods=["GET"]),
         Route("/suppressed/release", release, methods=["POST"]),
         Route("/overview", overview, methods=["GET"]),
+        Route("/callbacks", callbacks, methods=["GET"]),
+        Route("/callbacks/test", test_callback, methods=["POST"]),
+        Route("/connect", connect, methods=["GET"]),
+        Route("/tokens", tokens, methods=["GET", "POST"]),
+        Route("/tokens/{token_id}", token, methods=["DELETE"]),
         Route("/keys", keys_, methods=["GET", "POST"]),
         Route("/keys/{key_id}", key, methods=["DELETE"]),
     ]

@@ -39,7 +39,7 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -800,8 +800,10 @@ def create_dashboard(
     queue_name: str = "gateway-deliveries",
     trusted_proxies: tuple[str, ...] = (),
     environ: Mapping[str, str] | None = None,
+    extra: Callable[[Pages], list[BaseRoute]] | None = None,
 ) -> ASGIApp:
-    """The dashboard's ASGI app, to be mounted at /dashboard."""
+    """The dashboard's ASGI app, to be mounted at /dashboard (`extra`: more pages' routes, given
+    the Pages: the Callbacks and Connect pages of callback_pages.py)."""
     dash = Dashboard(store, session_secret(os.environ if environ is None else environ), trusted_proxies)
     pages = Pages(dash, Service(store, queue_name), queue_name)
     p = pages.page
@@ -835,6 +837,7 @@ def create_dashboard(
         Route("/failures/replay", p(pages.replay), methods=["POST"]),
         Route("/holds", p(pages.holds), methods=["GET"]),
         Route("/holds/{hold_id}/lift", p(pages.lift_hold), methods=["POST"]),
+        *(extra(pages) if extra is not None else []),
         Mount("/static", app=StaticFiles(packages=[(PACKAGE, "static")]), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})

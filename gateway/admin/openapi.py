@@ -368,6 +368,279 @@ _STATE_CHANGE = _json(
     "The state before and after.",
 )
 
+# -- callbacks as received, connecting Acrobits (gateway/admin/callbacks.py, connect.py) -----------
+
+_OUTCOMES = ["accepted", "duplicate", "suppressed", "spooled", "rejected"]
+_PORTAL_KEYS = [
+    f"invitation{which}{key}"
+    for which in ("Created", "Accepted")
+    for key in ("Url", "PostData", "ContentType")
+]
+_PORTAL = {
+    "type": "object",
+    "required": _PORTAL_KEYS,
+    "properties": {k: {"type": "string"} for k in _PORTAL_KEYS},
+}
+_NETWORK_BODY = {"type": "string", "minLength": 1, "maxLength": 128, "description": "A network id (not '*')."}
+
+_CALLBACK_SCHEMAS: dict[str, Any] = {
+    "Callback": {
+        "type": "object",
+        "required": [
+            "id",
+            "received_at",
+            "network",
+            "event",
+            "method",
+            "path",
+            "content_type",
+            "body",
+            "body_bytes",
+            "fields",
+            "field_names",
+            "client",
+            "token",
+            "outcome",
+            "status",
+            "event_id",
+            "duplicate_of",
+            "reason",
+            "field",
+            "test_id",
+            "hint",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "received_at": {"type": "string", "format": "date-time"},
+            "network": {"type": ["string", "null"], "description": "null: unroutable (operator keys only)."},
+            "event": {"type": "string", "enum": _EVENT_TYPES},
+            "method": {"type": "string"},
+            "path": {"type": "string", "description": "Path and query, the token segment as ****."},
+            "content_type": _NULLABLE_STR,
+            "body": {"type": "string", "description": "The first 1 KiB, secrets masked."},
+            "body_bytes": {"type": "integer"},
+            "fields": {"type": "object", "additionalProperties": {"type": "string"}},
+            "field_names": {"type": ["array", "null"], "items": {"type": "string"}},
+            "client": _NULLABLE_STR,
+            "token": {"type": ["string", "null"], "enum": ["path", "query", "header", None]},
+            "outcome": {"type": "string", "enum": _OUTCOMES},
+            "status": {"type": "integer", "description": "The HTTP status answered."},
+            "event_id": _NULLABLE_STR,
+            "duplicate_of": _NULLABLE_STR,
+            "reason": _NULLABLE_STR,
+            "field": _NULLABLE_STR,
+            "test_id": _NULLABLE_STR,
+            "hint": {
+                "type": ["string", "null"],
+                "description": "What to change in the portal (or why nothing).",
+            },
+        },
+    },
+    "IngestToken": {
+        "type": "object",
+        "required": ["id", "network", "source", "ref", "created_at", "created_by"],
+        "properties": {
+            "id": {"type": ["string", "null"], "description": "null: declared in the file."},
+            "network": {"type": "string"},
+            "source": {"type": "string", "enum": ["api", "file"]},
+            "ref": {"type": "string", "description": "${VAR}, or the start of the token's sha256 digest."},
+            "created_at": {"type": ["string", "null"], "format": "date-time"},
+            "created_by": _NULLABLE_STR,
+        },
+    },
+    "PortalSettings": {
+        "type": "object",
+        "required": ["get", "json"],
+        "properties": {"get": _PORTAL, "json": _PORTAL},
+    },
+}
+
+_TOKENS = _json(
+    {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("IngestToken")}},
+    },
+    "The tokens.",
+)
+_CALLBACK_PATHS: dict[str, Any] = {
+    "/callbacks": {
+        "get": {
+            "operationId": "listCallbacks",
+            "summary": "Callbacks as received, newest first, each with what became of it.",
+            "description": (
+                "The last GATEWAY_CALLBACKS_KEPT callbacks the ingest took and as many rejected ones, per "
+                "network, for GATEWAY_CALLBACKS_DAYS. A page may hold fewer than `limit` items and still "
+                "carry a `next_cursor`."
+            ),
+            "parameters": [
+                _param("network", "query", _TEXT, "Only this network id."),
+                _param("outcome", "query", {**_TEXT, "enum": _OUTCOMES}, "Only this outcome."),
+                _param(
+                    "unroutable",
+                    "query",
+                    {"type": "boolean"},
+                    "Only the callbacks whose network could not be told (operator keys only: 403).",
+                ),
+                _param("since", "query", _DATETIME, "Received at or after."),
+                _param("until", "query", _DATETIME, "Received at or before."),
+                _CURSOR,
+                _LIMIT,
+            ],
+            "responses": {
+                "200": _json(_page(_ref("Callback")), "A page of callbacks."),
+                **_problems(400, 401, 403),
+            },
+        }
+    },
+    "/callbacks/test": {
+        "post": {
+            "operationId": "sendTestCallback",
+            "summary": "Send one callback through this deployment's ingest, as the Contacts server would.",
+            "description": (
+                "With a one-time token for the network, to GATEWAY_PUBLIC_URL or this web process. It is "
+                "delivered to the network's real targets (invitee +12025550123 unless given)."
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["network"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "network": _NETWORK_BODY,
+                                "event": {"type": "string", "enum": _EVENT_TYPES},
+                                "format": {"type": "string", "enum": ["get", "json"]},
+                                "invitee": {"type": "string", "pattern": "^[+]?[0-9]{3,20}$"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": [
+                            "test_id",
+                            "network",
+                            "sent",
+                            "status",
+                            "answer",
+                            "error",
+                            "callback",
+                            "event",
+                        ],
+                        "properties": {
+                            "test_id": {"type": "string"},
+                            "network": {"type": "string"},
+                            "sent": {"type": "object"},
+                            "status": _NULLABLE_INT,
+                            "answer": {"type": "string"},
+                            "error": _NULLABLE_STR,
+                            "callback": {"anyOf": [_ref("Callback"), {"type": "null"}]},
+                            "event": {"type": ["object", "null"]},
+                        },
+                    },
+                    "What was sent, the answer, the callback as kept, its event with the deliveries so far.",
+                ),
+                **_problems(400, 401, 404, 422),
+            },
+        }
+    },
+    "/connect": {
+        "get": {
+            "operationId": "connectAcrobits",
+            "summary": "What to paste into the Cloud Softphone portal for a network (the token as <TOKEN>).",
+            "parameters": [_param("network", "query", _TEXT, "The network id.", required=True)],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": [
+                            "network",
+                            "base_url",
+                            "base_url_source",
+                            "token",
+                            "settings",
+                            "tokens",
+                            "targets",
+                        ],
+                        "properties": {
+                            "network": {"type": "string"},
+                            "base_url": {"type": "string"},
+                            "base_url_source": {
+                                "type": "string",
+                                "enum": ["GATEWAY_PUBLIC_URL", "request", "--url"],
+                            },
+                            "token": {"type": "string"},
+                            "settings": _ref("PortalSettings"),
+                            "tokens": {"type": "array", "items": _ref("IngestToken")},
+                            "targets": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                    "The portal's values, the network's tokens and the targets its callbacks go to.",
+                ),
+                **_problems(400, 401, 404),
+            },
+        }
+    },
+    "/tokens": {
+        "get": {
+            "operationId": "listIngestTokens",
+            "summary": "Ingest tokens: made through the API (by id) and declared in the file.",
+            "parameters": [_param("network", "query", _TEXT, "Only this network's.")],
+            "responses": {"200": _TOKENS, **_problems(400, 401, 404)},
+        },
+        "post": {
+            "operationId": "createIngestToken",
+            "summary": "Make an ingest token for a network: shown in this answer only, kept hashed.",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["network"],
+                            "additionalProperties": False,
+                            "properties": {"network": _NETWORK_BODY},
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": _json(
+                    {
+                        "allOf": [
+                            _ref("IngestToken"),
+                            {
+                                "type": "object",
+                                "required": ["token", "settings"],
+                                "properties": {
+                                    "token": {"type": "string"},
+                                    "settings": _ref("PortalSettings"),
+                                },
+                            },
+                        ]
+                    },
+                    "The token (its secret in `token`) and the portal's values with it.",
+                ),
+                **_problems(400, 401, 404, 409, 422),
+            },
+        },
+    },
+    "/tokens/{token_id}": {
+        "parameters": [_param("token_id", "path", {"type": "string"}, "The token's id.")],
+        "delete": {
+            "operationId": "removeIngestToken",
+            "summary": "Remove an API-made ingest token: refused (401) from the next callback on.",
+            "responses": {"200": _json(_ref("IngestToken"), "The removed token."), **_problems(401, 404)},
+        },
+    },
+}
+
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -804,6 +1077,7 @@ SPEC: dict[str, Any] = {
                 "responses": {"200": _json(_ref("Overview"), "The counts."), **_problems(401)},
             }
         },
+        **_CALLBACK_PATHS,
         "/keys": {
             "get": {
                 "operationId": "listKeys",
@@ -903,6 +1177,7 @@ SPEC: dict[str, Any] = {
                     },
                 },
             },
+            **_CALLBACK_SCHEMAS,
             "Event": _EVENT,
             "EventSummary": {
                 **_EVENT,

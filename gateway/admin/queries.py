@@ -49,7 +49,7 @@ class EventFilter:
             raise Invalid(
                 f"unknown delivery state {self.state!r} (known: {', '.join(STATE_FILTERS)})", "state"
             )
-        _check_range(self.since_ms, self.until_ms)
+        check_range(self.since_ms, self.until_ms)
 
     def _state_matches(self, status: Any) -> bool:
         return status in _WAITING_STATES if self.state == "waiting" else status == self.state
@@ -77,7 +77,7 @@ class FailedFilter:
     def __post_init__(self) -> None:
         if self.event is not None and self.event not in EVENT_TYPE_CHOICES:
             raise Invalid(f"unknown event type {self.event!r}", "event")
-        _check_range(self.since_ms, self.until_ms)
+        check_range(self.since_ms, self.until_ms)
 
 
 SUPPRESSION_KINDS = tuple(k.value for k in SuppressionKind)
@@ -97,10 +97,10 @@ class SuppressedFilter:
         bad = sorted(self.reasons - set(SUPPRESSION_KINDS))
         if bad:
             raise Invalid(f"unknown reason {bad[0]!r} (known: {', '.join(SUPPRESSION_KINDS)})", "reason")
-        _check_range(self.since_ms, self.until_ms)
+        check_range(self.since_ms, self.until_ms)
 
 
-def _check_range(since_ms: int | None, until_ms: int | None) -> None:
+def check_range(since_ms: int | None, until_ms: int | None) -> None:
     if since_ms is not None and until_ms is not None and since_ms > until_ms:
         raise Invalid(f"since ({iso_ms(since_ms)}) is after until ({iso_ms(until_ms)})", "since")
 

@@ -53,6 +53,10 @@ Overview
 Keys (operator only; NotFound for a provider key)
     list_keys(p) -> list[dict]; create_key(p, name, networks|None) -> (dict, secret);
     revoke_key(p, key_id) -> dict
+Callbacks as received, and connecting Acrobits (callbacks.py, connect.py)
+    callbacks.list(p, CallbackFilter(...), cursor=None, limit=50) -> Page: the inspector's entries
+    connect.settings(p, network, base_url, source) -> dict: the portal's values;
+        connect.list_tokens / create_token / remove_token; connect.send_test(p, network, send_to, ...)
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from gateway.admin import Conflict, Invalid, NotFound, keys
+from gateway.admin.callbacks import Callbacks
+from gateway.admin.connect import Connect
 from gateway.admin.documents import (
     DeadLetter,
     attempt_json,
@@ -125,6 +131,8 @@ class Service(SuppressionQueries):
         self.store = store
         self.queue_name = queue_name
         self.dq = DeliveryQueue(store.redis, store.prefix, store.retention)
+        self.callbacks = Callbacks(store)
+        self.connect = Connect(store, self.callbacks, self.get_event)
 
     # -- visibility -------------------------------------------------------------------------------
     @staticmethod

@@ -139,7 +139,8 @@ def _delivered_statuses(value: object, target: str) -> tuple[tuple[int, str], ..
         raise ConfigError(hint, target, "delivered_statuses")
     out: list[tuple[int, str]] = []
     for code, text in items:
-        if isinstance(code, str) and code.isdigit():
+        # ASCII digits only: str.isdigit() takes "²", which int() refuses (a 500 schemathesis found).
+        if isinstance(code, str) and code.isascii() and code.isdigit():
             code = int(code)
         if isinstance(code, bool) or not isinstance(code, int) or not 300 <= code <= 599:
             raise ConfigError(

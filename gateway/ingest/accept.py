@@ -42,6 +42,7 @@ from gateway.fastredis import ScriptClient
 from gateway.ingest.spool import Spool, SpoolFull, claim_orphan, read_lines
 from gateway.logs import EventBatch
 from gateway.numbers import identity
+from gateway.store.callbacks import Kept
 from gateway.store.ingest import (
     ACCEPTED,
     SPOOLED,
@@ -62,6 +63,7 @@ MAX_BATCH = 16  # callbacks per Lua call at most (a drain's batches are DRAIN_BA
 MAX_BATCH_WAITED = 64
 IN_FLIGHT = 6  # batches on their way to Redis at once: 96 callbacks
 DRAIN_TIMEOUT = 30.0  # seconds for one batch of a drain: Redis answering, but slowly, or not at all
+NO_CALLBACKS = Kept(0, 0)  # the callbacks inspector off
 
 
 def dedupe_key(event: InvitationEvent) -> str:
@@ -88,6 +90,7 @@ class _Waiting:
     version: int | None  # of the configuration `targets` were chosen by; None: unknown
     since: float  # loop.time() when it came
     done: asyncio.Future[AcceptResult] = field(repr=False)
+    entry: str = ""  # the callbacks inspector's entry, unclosed (gateway/ingest/inspector.py)
 
 
 class Accepter:
@@ -107,6 +110,7 @@ class Accepter:
         bound: float = 1.0,
         expiries: Callable[[], str] | None = None,
         max_batch: int = MAX_BATCH,
+        callbacks: Kept = NO_CALLBACKS,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -121,6 +125,7 @@ class Accepter:
         # The configuration's targets with an expire_after (store/ingest.py, `expiries`)
         self.expiries = expiries or str
         self.max_batch = max_batch
+        self.callbacks = callbacks  # the bounds of the inspector's lists the ingest script pushes to
         self._pending: list[_Waiting] = []
         self._collecting = False  # a flush task is about to take what is pending
         self._flushers: set[asyncio.Task[None]] = set()
@@ -128,16 +133,17 @@ class Accepter:
         self.redis_down_since: float | None = None
 
     async def accept(
-        self, event: InvitationEvent, targets: Sequence[str], version: int | None = None
+        self, event: InvitationEvent, targets: Sequence[str], version: int | None = None, entry: str = ""
     ) -> AcceptResult:
         """Accepted, duplicate, suppressed or spooled, once it is durable; StoreUnavailable if
         neither Redis nor the spool took it.
 
         `version`: of the configuration that chose `targets`, so that a configuration applied
-        since then adds the deliveries it now calls for (commit()).
+        since then adds the deliveries it now calls for (commit()). `entry`: the callbacks
+        inspector's, pushed with the accept (a spooled one is the caller's to hand on).
         """
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(event, targets, version, loop.time(), loop.create_future())
+        waiting = _Waiting(event, targets, version, loop.time(), loop.create_future(), entry)
         self._pending.append(waiting)
         if not self._collecting and self._running < IN_FLIGHT:
             self._start_flusher(loop)
@@ -187,7 +193,11 @@ class Accepter:
     async def _flush(self, batch: list[_Waiting]) -> None:
         try:
             async with asyncio.timeout(self.bound):  # no task per batch, unlike wait_for
-                results = await self.commit([(w.event, w.targets) for w in batch], [w.version for w in batch])
+                results = await self.commit(
+                    [(w.event, w.targets) for w in batch],
+                    [w.version for w in batch],
+                    [w.entry for w in batch],
+                )
         except Exception as exc:  # NotDurable too: Redis ran it, but did not confirm it in time
             self._redis_failed(exc)
             await self._spool(batch, _why(exc))
@@ -212,16 +222,33 @@ class Accepter:
         self,
         items: Sequence[tuple[InvitationEvent, Sequence[str]]],
         versions: Sequence[int | None] | None = None,
+        entries: Sequence[str] | None = None,
     ) -> list[AcceptResult]:
         """Store events with their deliveries in one Lua call; the result of each, in order.
 
         `versions`: of the configuration each item's targets were chosen by (None: unknown).
+        `entries`: each item's callbacks inspector entry ("" or None: none).
         """
         now = int(time.time() * 1000)
-        head = IngestHead(self.prefix, now, self.retention, self.dedupe_ms, expiries=self.expiries())
+        kept = self.callbacks
+        head = IngestHead(
+            self.prefix,
+            now,
+            self.retention,
+            self.dedupe_ms,
+            expiries=self.expiries(),
+            callbacks_kept=kept.count,
+            callbacks_ms=kept.window_ms,
+        )
         limits = self.limits
+        notes = entries if entries is not None else [""] * len(items)
         answer = await ingest(
-            self.client, head, [IngestItem.new(ev, t, dedupe_key(ev), limits(ev, now)) for ev, t in items]
+            self.client,
+            head,
+            [
+                IngestItem.new(ev, t, dedupe_key(ev), limits(ev, now), note)
+                for (ev, t), note in zip(items, notes, strict=True)
+            ],
         )
         results = answer.results
         for hold in answer.holds:

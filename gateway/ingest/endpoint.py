@@ -31,6 +31,7 @@ from gateway.exceptions import (
 from gateway.ingest.accept import Accepter
 from gateway.ingest.callback import Callback
 from gateway.ingest.formats import decode_body, decode_query
+from gateway.ingest.inspector import Inspector
 from gateway.ingest.tokens import IngestAuth, presented_token
 from gateway.live import LiveConfig
 from gateway.masking import mask_body
@@ -96,6 +97,7 @@ class Ingest:
     auth: IngestAuth
     cache: ConfigCache = field(default_factory=ConfigCache)
     metrics: IngestMetrics | None = None
+    inspector: Inspector | None = None  # the callbacks inspector (None: GATEWAY_CALLBACKS_KEPT=0)
 
     async def __call__(self, request: Request, event_type: str) -> Response:
         """The Starlette endpoint (routes the fast path does not take, such as HEAD)."""
@@ -108,15 +110,27 @@ class Ingest:
         started = perf_counter()
         body = b""
         live = self.live
+        inspector = self.inspector
+        # [inspector] what a rejected callback's entry can tell, as far as the ingest got
+        opens: set[str] | None = None
+        event: InvitationEvent | None = None
+        client: str | None = None
+        test_id: str | None = None
         try:
             client = self.auth.client_address(callback)
             try:
                 opens = self.auth.networks_of(callback, live.version, live.current)
             except Unauthorized:
+                # [inspector] The one-time token of a "send test callback" (Redis only for a
+                # token with its prefix).
+                test = await inspector.one_time(callback) if inspector is not None else None
+                if test is not None:
+                    opens, test_id = test
                 # A token added a moment ago: check the configuration once, on the error path.
-                if not await self.refresh_config():
+                elif not await self.refresh_config():
                     raise
-                opens = self.auth.networks_of(callback, live.version, live.current)
+                else:
+                    opens = self.auth.networks_of(callback, live.version, live.current)
             if callback.method == "POST":
                 body = await read_capped(callback, self.max_body)
             try:
@@ -131,13 +145,18 @@ class Ingest:
                 self.auth.check(opens, event.network_id, client, cache.policy(live.current, event.network_id))
             except Forbidden:
                 # A network or an address given to this caller a moment ago: likewise.
-                if not await self.refresh_config():
+                if test_id is not None or not await self.refresh_config():
                     raise
                 opens = self.auth.networks_of(callback, live.version, live.current)
                 self.auth.check(opens, event.network_id, client, cache.policy(live.current, event.network_id))
             version, current = live.in_hand  # the version the targets are chosen by
             targets = cache.names(current, event.type, event.network_id)
-            result = await self.accepter.accept(event, targets, version)
+            entry = (
+                ""
+                if inspector is None
+                else inspector.taken(callback, event, body, current.limited_status, test_id)
+            )
+            result = await self.accepter.accept(event, targets, version, entry)
         except CallbackError as exc:
             if self.metrics is not None:
                 self.metrics.rejected(event_type, "unknown", exc.status_code, perf_counter() - started)
@@ -152,6 +171,10 @@ class Ingest:
                     content_type,
                     # Numbers are the log formatter's to mask (GATEWAY_LOG_MASK); secrets always.
                     mask_body(content_type, body, secrets=[token] if token else (), numbers=False),
+                )
+            if inspector is not None:
+                await inspector.rejected(
+                    callback, event_type, body, exc, opens, event, live.current, live.aliases, client, test_id
                 )
             raise
         status = result.status
@@ -170,6 +193,8 @@ class Ingest:
             log.warning("suppressed %s %s (network %s): %s", event.type, event.id, event.network_id, reason)
             if live.current.limited_status == 429:
                 raise Limited(f"held back and kept, not delivered: {reason}")
+        elif status is AcceptStatus.SPOOLED and inspector is not None:
+            inspector.spooled(event, entry)
         elif status is AcceptStatus.DUPLICATE:
             log.info(
                 "duplicate %s (network %s) of %s: not delivered again",

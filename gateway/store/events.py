@@ -19,6 +19,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from gateway.events import InvitationEvent
+from gateway.networks import with_api_tokens
 from gateway.records import Delivery, split_delivery_id
 from gateway.store.codec import dumps, now_ms, text
 from gateway.store.keys import Keys
@@ -61,14 +62,30 @@ class Store:
     def delete_api_target(self, name: str) -> tuple[int, bool]:
         return self._write_config(api_delete=name)
 
+    # Ingest tokens made through the admin API (gateway/admin/connect.py): only their digests, kept
+    # beside the file's configuration and merged into it as API-made targets are, so that a new
+    # one (or one removed) reaches every web process with the configuration's version.
+    def api_tokens(self) -> dict[str, dict[str, Any]]:
+        """Token id -> {network, digest, created_at, created_by}."""
+        return {text(k): json.loads(v) for k, v in self.redis.hgetall(self.keys.config_tokens).items()}
+
+    def save_api_token(self, token_id: str, record: dict[str, Any]) -> tuple[int, bool]:
+        return self._write_config(token_set=(token_id, record))
+
+    def delete_api_token(self, token_id: str) -> tuple[int, bool]:
+        return self._write_config(token_delete=token_id)
+
     def _write_config(
         self,
         file_config: dict[str, Any] | None = None,
         api_set: dict[str, Any] | None = None,
         api_delete: str | None = None,
+        token_set: tuple[str, dict[str, Any]] | None = None,
+        token_delete: str | None = None,
     ) -> tuple[int, bool]:
         k = self.keys
         fk, ak, ck, dk, vk = k.config_file, k.config_api, k.config, k.config_digest, k.config_version
+        tk = k.config_tokens
 
         def write(pipe: Pipeline) -> tuple[int, bool]:
             # WATCHed: a concurrent `targets apply` or API change makes this run again.
@@ -90,6 +107,13 @@ class Store:
                 **file_part,
                 "targets": file_targets + [api[n] for n in sorted(api) if n not in declared],
             }
+            tokens = {text(k): json.loads(v) for k, v in pipe.hgetall(tk).items()}
+            if token_delete is not None:
+                tokens.pop(token_delete, None)
+            if token_set is not None:
+                tokens[token_set[0]] = token_set[1]
+            if tokens:
+                merged["networks"] = with_api_tokens(file_part.get("networks") or {}, tokens.values())
             blob = dumps(merged)
             digest = hashlib.sha256(blob.encode()).hexdigest()
             changed = pipe.get(dk) != digest.encode()
@@ -99,6 +123,10 @@ class Store:
                 pipe.hdel(ak, *{*shadowed, *([api_delete] if api_delete is not None else [])})
             if api_set is not None and api_set["name"] not in declared:
                 pipe.hset(ak, api_set["name"], dumps(api_set))
+            if token_delete is not None:
+                pipe.hdel(tk, token_delete)
+            if token_set is not None:
+                pipe.hset(tk, token_set[0], dumps(token_set[1]))
             pipe.set(k.marker, str(now_ms()), nx=True)  # (see redis_lost_data)
             if changed:
                 pipe.set(ck, blob)
@@ -114,6 +142,7 @@ class Store:
             ak,
             ck,
             dk,
+            tk,
             value_from_callable=True,
         )
         if not changed:

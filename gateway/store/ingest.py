@@ -29,7 +29,7 @@ from gateway.store import lua
 from gateway.store.codec import dumps, text
 from gateway.store.keys import limit_key
 
-SCRIPT: Script = lua.load("ingest")
+SCRIPT: Script = lua.load("ingest", "callbacks")  # the callbacks inspector's lists too
 WAKE_TTL = 30  # seconds a queued drain job keeps others from being queued
 PENDING_STATE = dumps(Delivery().to_dict())  # a new delivery's state, as stored
 
@@ -53,6 +53,8 @@ class IngestHead:
     # waiting delivery to one gets its deadline in `{p}:deadlines`, where a worker's ticker
     # records it expired when it passes ("": none)
     expiries: str = ""
+    callbacks_kept: int = 0  # the callbacks inspector's list of a network: at most this many (0: off)
+    callbacks_ms: int = 0  # ... received within this many ms (gateway/store/callbacks.py)
 
 
 @dataclass(slots=True)
@@ -68,6 +70,9 @@ class IngestItem:
     targets: Sequence[str]
     dedupe_key: str = ""  # the same key within the dedupe window is a duplicate
     limits: Mapping[str, Any] | None = None  # limit_fields(); None or {}: none apply
+    # The callbacks inspector's entry of the callback, unclosed: the script adds its outcome and
+    # pushes it onto the network's list (gateway/ingest/inspector.py). "": none.
+    entry: str = ""
 
     @classmethod
     def new(
@@ -76,6 +81,7 @@ class IngestItem:
         targets: Sequence[str],
         dedupe_key: str = "",
         limits: Mapping[str, Any] | None = None,
+        entry: str = "",
     ) -> IngestItem:
         return cls(
             ItemKind.NEW,
@@ -86,6 +92,7 @@ class IngestItem:
             targets,
             dedupe_key,
             limits,
+            entry,
         )
 
     @classmethod
@@ -95,8 +102,8 @@ class IngestItem:
 
 # The ARGV layout, which scripts/ingest.lua reads in this order: the head's fields, then each
 # item's fields (targets comma-separated, limits as JSON or "").
-HEAD_ARGS = 7
-ITEM_ARGS = 8
+HEAD_ARGS = 9
+ITEM_ARGS = 9
 
 
 def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
@@ -108,6 +115,8 @@ def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
         head.state,
         head.wake_ttl,
         head.expiries,
+        head.callbacks_kept,
+        head.callbacks_ms,
     ]
     for it in items:
         limits = it.limits
@@ -121,6 +130,7 @@ def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
             ",".join(it.targets),
             it.dedupe_key,
             dumps(limits) if limits else "",
+            it.entry,
         )
     return args
 
@@ -206,9 +216,7 @@ def decode(raw: Sequence[Any], items: int) -> IngestAnswer:
     )
 
 
-async def ingest(
-    client: ScriptClient, head: IngestHead, items: Sequence[IngestItem]
-) -> IngestAnswer:
+async def ingest(client: ScriptClient, head: IngestHead, items: Sequence[IngestItem]) -> IngestAnswer:
     """Store a batch of events (the web's accept step: through the lean client)."""
     return decode(await client.evalsha(SCRIPT, (), encode(head, items)), len(items))
 

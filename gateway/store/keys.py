@@ -14,6 +14,8 @@ Configuration (gateway/store/events.py):
     {p}:config:digest          sha256 of the JSON, so re-applying the same file is a no-op
     {p}:config:file            JSON of the configuration file as last applied
     {p}:config:api             HASH target name -> JSON of a target made through the admin API
+    {p}:config:tokens          HASH token id -> JSON {network, digest, created_at, created_by}: an
+                               ingest token made through the admin API (only its sha256 digest)
     {p}:marker                 written by every configuration apply; its absence once a process
                                has seen it means Redis came back EMPTY
 
@@ -56,6 +58,16 @@ The delivery queue (gateway/store/queue.py):
                                passes (set at ingest); a worker's ticker records them expired then
     {p}:wake                   set while a drain job is queued (a backlog is one job, not thousands)
     {p}:alerted:{what}         set while an alert of that kind may not be sent again
+
+The callbacks inspector (scripts/callbacks.lua, gateway/store/callbacks.py), capped lists of
+JSON entries, newest first, each living GATEWAY_CALLBACKS_DAYS after its last push:
+    {p}:callbacks:net:{network}       callbacks the ingest took (accepted, duplicate, suppressed,
+                                      spooled): pushed by the ingest script with their accept
+    {p}:callbacks:rejected:{network}  rejected callbacks of that network (each web's writer)
+    {p}:callbacks:unroutable          rejected callbacks whose network could not be told
+    {p}:callbacks:networks            ZSET network -> ms of its last entry
+    {p}:callbacks:test:{digest}       a one-time ingest token of "send test callback" -> JSON
+                                      {network, test_id}, for a minute
 
 Operations (gateway/store/events.py, gateway/store/ops.py). Only names are ever written, never
 the values of environment variables:
@@ -114,6 +126,11 @@ LUA_KEYS = (
     "{p}:dead",
     "{p}:deadlines",
     "{p}:wake",
+    "{p}:callbacks:net:{network}",
+    "{p}:callbacks:rejected:{network}",
+    "{p}:callbacks:unroutable",
+    "{p}:callbacks:networks",
+    "{p}:callbacks:test:{digest}",
 )
 
 
@@ -122,11 +139,14 @@ class Keys:
 
     __slots__ = (
         "api_keys",
+        "callbacks_networks",
+        "callbacks_unroutable",
         "config",
         "config_api",
         "config_changed",
         "config_digest",
         "config_file",
+        "config_tokens",
         "config_version",
         "counters",
         "dead",
@@ -156,6 +176,7 @@ class Keys:
         self.config_digest = p + "config:digest"
         self.config_file = p + "config:file"
         self.config_api = p + "config:api"
+        self.config_tokens = p + "config:tokens"
         self.marker = p + "marker"
         self.events = p + "events"
         self.suppressed = p + "suppressed"
@@ -173,6 +194,8 @@ class Keys:
         self.metrics = p + "metrics"
         self.heartbeats = p + "heartbeats"
         self.api_keys = p + "apikeys"
+        self.callbacks_unroutable = p + "callbacks:unroutable"
+        self.callbacks_networks = p + "callbacks:networks"
 
     # -- events --------------------------------------------------------------------------------
     def event(self, event_id: str) -> str:
@@ -208,6 +231,17 @@ class Keys:
 
     def api_key(self, key_id: str) -> str:
         return f"{self.prefix}:apikey:{key_id}"
+
+    # -- the callbacks inspector -----------------------------------------------------------------
+    def callbacks(self, network: str) -> str:
+        """The callbacks of `network` the ingest took."""
+        return f"{self.prefix}:callbacks:net:{network}"
+
+    def callbacks_rejected(self, network: str) -> str:
+        return f"{self.prefix}:callbacks:rejected:{network}"
+
+    def callbacks_test(self, digest: str) -> str:
+        return f"{self.prefix}:callbacks:test:{digest}"
 
     # -- caches and test sends -------------------------------------------------------------------
     def oauth2(self, digest: str) -> str:

@@ -69,8 +69,13 @@ def test_keys_builds_what_the_scripts_build() -> None:
         "{p}:probes": k.probes,
         "{p}:dead": k.dead,
         "{p}:wake": k.wake,
+        "{p}:callbacks:net:{network}": k.callbacks("NET"),
+        "{p}:callbacks:rejected:{network}": k.callbacks_rejected("NET"),
+        "{p}:callbacks:unroutable": k.callbacks_unroutable,
+        "{p}:callbacks:networks": k.callbacks_networks,
+        "{p}:callbacks:test:{digest}": k.callbacks_test("D"),
     }
-    values = {"{p}": "pfx", "{id}": "ID", "{network}": "NET", "{target}": "T", "{name}": "T"}
+    values = {"{p}": "pfx", "{id}": "ID", "{network}": "NET", "{target}": "T", "{name}": "T", "{digest}": "D"}
     for template, built in python.items():
         assert template in LUA_KEYS, template
         expected = _PLACEHOLDER.sub(lambda m: values[m.group(0)], template)

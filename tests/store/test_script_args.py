@@ -60,6 +60,8 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
         state='{"status":"pending","mark":"the head state"}',
         wake_ttl=44,
         expiries="tb=3000,zz=9",
+        callbacks_kept=5,
+        callbacks_ms=777_000,
     )
     first = IngestItem(
         kind=ItemKind.NEW,
@@ -70,6 +72,7 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
         targets=["ta", "tb"],
         dedupe_key="dk-1",
         limits=None,
+        entry=f'[{RECEIVED},"first"',
     )
     held_back = IngestItem(
         ItemKind.NEW,
@@ -80,8 +83,18 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
         ["tc"],
         "dk-2",
         {"sup": "no, because", "k": "allowlist"},
+        f'[{RECEIVED + 1},"held"',
     )
-    again = IngestItem(ItemKind.NEW, "01AGAIN", '{"mark":"again"}', "net-x", RECEIVED + 2, ["ta"], "dk-1")
+    again = IngestItem(
+        ItemKind.NEW,
+        "01AGAIN",
+        '{"mark":"again"}',
+        "net-x",
+        RECEIVED + 2,
+        ["ta"],
+        "dk-1",
+        entry=f'[{RECEIVED + 2},"again"',
+    )
     more = IngestItem(ItemKind.ADD, "01FIRST", "", "net-x", RECEIVED, ["td"])
     return head, [first, held_back, again, more]
 
@@ -127,6 +140,18 @@ def _check_ingest(redis: Redis, answer: IngestAnswer) -> None:
     assert 40 < redis.ttl("pfx:wake") <= 44
     # the targets' expire_after: a deadline for the waiting delivery to tb only
     assert redis.zrange("pfx:deadlines", 0, -1, withscores=True) == [(b"01FIRST-tb", RECEIVED + 3000)]
+    # the callbacks inspector's entries, closed with each outcome, on each network's list, newest
+    # first; its cap (5: all kept) and window (the lists' life)
+    inspected = [json.loads(e) for e in redis.lrange("pfx:callbacks:net:net-x", 0, -1)]
+    assert inspected == [[RECEIVED + 2, "again", "duplicate", "01FIRST"], [RECEIVED, "first", "accepted"]]
+    assert [json.loads(e) for e in redis.lrange("pfx:callbacks:net:net-y", 0, -1)] == [
+        [RECEIVED + 1, "held", "suppressed", "no, because"]
+    ]
+    assert 770_000 < redis.pttl("pfx:callbacks:net:net-x") <= 777_000
+    assert redis.zrange("pfx:callbacks:networks", 0, -1, withscores=True) == [
+        (b"net-x", NOW),
+        (b"net-y", NOW),
+    ]
 
 
 def test_each_ingest_argument_lands_where_it_should(redis: Redis) -> None:

@@ -3,11 +3,12 @@
 -- ARGV (encoded by gateway/store/ingest.py, `encode`; the layout is written there once):
 --   prefix, now ms, retention s, dedupe window ms (0: off), the pending delivery state JSON,
 --   wake TTL s (0: leave the wake flag alone), the targets' expire_after ('name=ms,...': each
---   new waiting delivery to one gets a deadline in {p}:deadlines), then 8 per item, in the order
---   of `IngestItem`'s
---   fields: kind ('n' a new event, 'a' deliveries to add to a stored one), id, the event's JSON
---   (stored as it is), network, received ms, targets (comma-separated), dedupe key, limits JSON
---   or '' (`limit_fields`).
+--   new waiting delivery to one gets a deadline in {p}:deadlines), the callbacks inspector's cap
+--   (0: off) and window ms, then 9 per item, in the order of `IngestItem`'s fields: kind ('n' a
+--   new event, 'a' deliveries to add to a stored one), id, the event's JSON (stored as it is),
+--   network, received ms, targets (comma-separated), dedupe key, limits JSON or ''
+--   (`limit_fields`), the inspector's entry of the callback, unclosed, or '' (callbacks.lua,
+--   loaded before this).
 -- Returns [config version, 1 if a drain job must be queued, status per item (accepted |
 -- duplicate:ID OF THE FIRST | exists | suppressed:KIND:REASON), then 'held:NETWORK:REASON' per
 -- prefix just held]. Key names: gateway/store/keys.py.
@@ -19,6 +20,8 @@ local p, now, ttl, win, state = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), t
 local wake_ttl = tonumber(ARGV[6])
 local expire = {}
 for t, ms in string.gmatch(ARGV[7], '([^,=]+)=(%d+)') do expire[t] = tonumber(ms) end
+-- [callbacks inspector] the bounds of its lists, and the batch's entries by network
+local callbacks_cap, callbacks_window, inspected = tonumber(ARGV[8]), tonumber(ARGV[9]), {}
 local out = {'0', 0}
 local holds = {}
 -- Sorted-set entries are gathered and written once per key at the end (a command per batch,
@@ -49,9 +52,9 @@ local function index(ms, id, n)
   byn[#byn + 1] = ms
   byn[#byn + 1] = id
 end
-for i = 8, #ARGV - 7, 8 do
+for i = 10, #ARGV - 8, 9 do
   local kind, id, event, n, ms = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local targets, dedupe, limits = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local targets, dedupe, limits, entry = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
   local ek = p .. ':event:' .. id
   local status = 'accepted'
   if kind == 'a' then
@@ -176,6 +179,19 @@ for i = 8, #ARGV - 7, 8 do
     index(ms, id, n)
   end
   out[#out + 1] = status
+  -- [callbacks inspector] the callback as received, closed with what became of it
+  if entry ~= '' and callbacks_cap > 0 then
+    local byn = inspected[n]
+    if not byn then
+      byn = {}
+      inspected[n] = byn
+    end
+    byn[#byn + 1] = entry .. callbacks_outcome(status)
+  end
+end
+-- [callbacks inspector] one LPUSH and one LTRIM per network of the batch
+for n, entries in pairs(inspected) do
+  callbacks_push(p, 'n', n, entries, callbacks_cap, now, callbacks_window)
 end
 local cutoff = now - ttl * 1000
 for n, byn in pairs(nets) do
