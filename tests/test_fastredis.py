@@ -550,9 +550,9 @@ def test_a_burst_is_answered_within_the_bound_while_redis_is_slow_but_answering(
             batches: list[int] = []  # callbacks per commit, in order
             commit = accepter.commit
 
-            async def counted(items: Any, versions: Any = None) -> Any:
+            async def counted(items: Any, *rest: Any) -> Any:
                 batches.append(len(items))
-                return await commit(items, versions)
+                return await commit(items, *rest)
 
             accepter.commit = counted  # type: ignore[method-assign]
             thread = threading.Thread(target=hog, daemon=True)

@@ -171,7 +171,7 @@ def test_every_outcome_is_kept_with_its_reason_and_no_token(
     assert accepted["path"].startswith("/invitation_created/****?invitee=") and accepted["token"] == "path"
     assert accepted["fields"] == fields("+15551230001") and accepted["method"] == "GET"
     assert by[("duplicate", 204)]["duplicate_of"] == event_id and by[("duplicate", 204)]["event_id"] is None
-    assert "prefix not allowed" in suppressed["reason"] and suppressed["token"] == "query"
+    assert "prefix +44 not allowed" in suppressed["reason"] and suppressed["token"] == "query"
     assert "token=****" in suppressed["path"]
     missing = by[("rejected", 400)]
     assert missing["reason"] == "invitee is missing" and missing["field"] == "invitee"
