@@ -182,6 +182,7 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         wake,
         dedupe_seconds=settings.dedupe_seconds,
         bound=settings.spool_after_ms / 1000,
+        ordering=lambda event: cache.ordering(live.current, event.type, event.network_id),
     )
     return IngestParts(redis, aio, fast, store, live, accepter, refresh_config, cache)
 

@@ -129,6 +129,11 @@ _TARGET_FIELDS: dict[str, Any] = {
     "rate": {"type": "string", "pattern": "^[1-9][0-9]{0,8}/(s|m|min|h)$"},
     "concurrency": {"type": "integer", "minimum": 1, "maximum": 1000},
     "expire_after": {"type": ["integer", "string"], "description": 'Seconds, or "90s", "5m", "1h", "2d".'},
+    "accepted_waits_for_created": {
+        "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}, {"const": False}],
+        "description": "How long an invitation_accepted delivery waits at most for its invitation_created "
+        'one (seconds or "6h"); false: never. Default: the created delivery\'s expiry.',
+    },
     "proxy": {"type": "string"},
     "pause_after": {
         "type": "object",
@@ -224,6 +229,11 @@ _EVENT: dict[str, Any] = {
         "source_format": {"type": "string"},
         "client": _NULLABLE_STR,
         "message": {"type": "string"},
+        "created_id": {
+            "type": "string",
+            "description": "On an invitation_accepted: the same invitation's invitation_created event, "
+            "when a target orders the two (README, Delivery, retries, records).",
+        },
     },
 }
 
@@ -252,6 +262,11 @@ _ATTEMPT = {
         "latency_ms": {"type": ["number", "null"]},
         "error": _NULLABLE_STR,
         "response": _NULLABLE_STR,
+        "note": {
+            "type": "string",
+            "description": "Why it was made when it was: an invitation_accepted delivery that waited "
+            "for its invitation_created one, or went after the ordering bound.",
+        },
     },
 }
 

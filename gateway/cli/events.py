@@ -129,6 +129,8 @@ def events_show(event_id: str, as_json: bool) -> None:
     click.echo(f"invitee    {ev['invitee']} (sent as {ev['invitee_raw']!r})")
     if ev.get("message"):
         click.echo(f"message    {ev['message']}")
+    if ev.get("created_id"):
+        click.echo(f"created    {ev['created_id']} (its invitation_created event)")
     click.echo("")
     if deliveries:
         _table(
@@ -161,7 +163,7 @@ def events_show(event_id: str, as_json: bool) -> None:
                     str(a.get("outcome", "-")),
                     str(a.get("status_code") or "-"),
                     f"{a['latency_ms']:.0f}" if a.get("latency_ms") is not None else "-",
-                    _clip(str(a.get("error") or ""), 60),
+                    _clip("; ".join(str(a[k]) for k in ("error", "note") if a.get(k)), 60),
                 ]
                 for a in attempts
             ],

@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.events import InvitationEvent
+from gateway.events import INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import StoreUnavailable
 from gateway.fastredis import FastRedis, ScriptsViaRedisPy
 from gateway.ingest.spool import Spool, SpoolFull, claim_orphan, read_lines
 from gateway.logs import EventBatch
+from gateway.ordering import NO_ORDER, IngestOrder
 from gateway.store.ingest import (
     ACCEPTED,
     SPOOLED,
@@ -59,10 +60,18 @@ IN_FLIGHT = 6  # batches on their way to Redis at once: 96 callbacks
 DRAIN_TIMEOUT = 30.0  # seconds for one batch of a drain: Redis answering, but slowly, or not at all
 
 
-def dedupe_key(event: InvitationEvent) -> str:
-    """The same (event type, network, invitor, invitee) is the same invitation."""
-    raw = "\x00".join((event.type, event.network_id, event.invitor, event.invitee))
+def dedupe_key(event: InvitationEvent, event_type: str | None = None) -> str:
+    """The same (event type, network, invitor, invitee) is the same invitation.
+
+    `event_type`: the key of the same invitation's event of that type (an accepted event's created
+    sibling, gateway/ordering.py).
+    """
+    raw = "\x00".join((event_type or event.type, event.network_id, event.invitor, event.invitee))
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def _no_order(event: InvitationEvent) -> IngestOrder:
+    return NO_ORDER
 
 
 def _dumps(obj: Any) -> str:
@@ -93,6 +102,7 @@ class Accepter:
         wake: Callable[[], Awaitable[None]],
         dedupe_seconds: int = 600,
         bound: float = 1.0,
+        ordering: Callable[[InvitationEvent], IngestOrder] | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -104,6 +114,7 @@ class Accepter:
         self.wake = wake
         self.dedupe_ms = dedupe_seconds * 1000
         self.bound = bound
+        self.ordering = ordering or _no_order  # "created" before "accepted" (gateway/ordering.py)
         self._pending: list[_Waiting] = []
         self._collecting = False  # a flush task is about to take what is pending
         self._flushers: set[asyncio.Task[None]] = set()
@@ -202,10 +213,21 @@ class Accepter:
         """
         now = int(time.time() * 1000)
         head = IngestHead(self.prefix, now, self.retention, self.dedupe_ms)
-        limits = self.limits
-        answer = await ingest(
-            self.client, head, [IngestItem.new(ev, t, dedupe_key(ev), limits(ev, now)) for ev, t in items]
-        )
+        limits, ordering = self.limits, self.ordering
+        batch = []
+        for ev, t in items:
+            order = ordering(ev)
+            batch.append(
+                IngestItem.new(
+                    ev,
+                    t,
+                    dedupe_key(ev),
+                    limits(ev, now),
+                    order.dedupe_ttl_ms,
+                    dedupe_key(ev, INVITATION_CREATED) if order.link else "",
+                )
+            )
+        answer = await ingest(self.client, head, batch)
         results = answer.results
         for hold in answer.holds:
             log.warning("network %s: %s", hold.network, hold.reason)

@@ -35,6 +35,7 @@ from gateway.ingest.tokens import IngestAuth
 from gateway.live import LiveConfig
 from gateway.metrics import IngestMetrics
 from gateway.networks import NetworkPolicy
+from gateway.ordering import IngestOrder, ingest_order
 from gateway.store.ingest import AcceptStatus
 
 log = logging.getLogger("gateway.ingest")
@@ -45,7 +46,8 @@ NO_CONTENT = Response(status_code=204)
 
 class ConfigCache:
     """What each callback looks up in the configuration in use, per (event type, network):
-    the names of its targets, and the network's policy. Emptied when the configuration changes."""
+    the names of its targets, the network's policy and the ordering of its two events. Emptied
+    when the configuration changes."""
 
     LIMIT = 1024  # networks are the callers' choice: a bounded cache
 
@@ -53,10 +55,11 @@ class ConfigCache:
         self._config: Config | None = None
         self._names: dict[tuple[str, str], tuple[str, ...]] = {}
         self._policies: dict[str, NetworkPolicy] = {}
+        self._orders: dict[tuple[str, str], IngestOrder] = {}
 
     def _check(self, config: Config) -> None:
         if config is not self._config:
-            self._config, self._names, self._policies = config, {}, {}
+            self._config, self._names, self._policies, self._orders = config, {}, {}, {}
 
     def names(self, config: Config, event_type: str, network_id: str) -> tuple[str, ...]:
         self._check(config)
@@ -76,6 +79,17 @@ class ConfigCache:
                 self._policies.clear()
             policy = self._policies[network_id] = config.network_policy(network_id)
         return policy
+
+    def ordering(self, config: Config, event_type: str, network_id: str) -> IngestOrder:
+        """What the ingest does for "created" before "accepted" (gateway/ordering.py)."""
+        self._check(config)
+        key = (event_type, network_id)
+        order = self._orders.get(key)
+        if order is None:
+            if len(self._orders) >= self.LIMIT:
+                self._orders.clear()
+            order = self._orders[key] = ingest_order(config, event_type, network_id)
+        return order
 
 
 @dataclass(frozen=True, slots=True)

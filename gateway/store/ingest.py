@@ -28,7 +28,7 @@ from gateway.store import lua
 from gateway.store.codec import dumps, text
 from gateway.store.keys import limit_key
 
-SCRIPT: Script = lua.load("ingest")
+SCRIPT: Script = lua.load("ingest", "ulid")
 WAKE_TTL = 30  # seconds a queued drain job keeps others from being queued
 PENDING_STATE = dumps(Delivery().to_dict())  # a new delivery's state, as stored
 
@@ -63,6 +63,11 @@ class IngestItem:
     targets: Sequence[str]
     dedupe_key: str = ""  # the same key within the dedupe window is a duplicate
     limits: Mapping[str, Any] | None = None  # limit_fields(); None or {}: none apply
+    # "Created" before "accepted" (gateway/ordering.py): a created event's dedupe key lives this
+    # long when longer than the window (0: the window), so that its accepted sibling finds it ...
+    dedupe_ttl_ms: int = 0
+    # ... by this key (an accepted event's: its created sibling's dedupe key; "": not looked for).
+    created_key: str = ""
 
     @classmethod
     def new(
@@ -71,6 +76,8 @@ class IngestItem:
         targets: Sequence[str],
         dedupe_key: str = "",
         limits: Mapping[str, Any] | None = None,
+        dedupe_ttl_ms: int = 0,
+        created_key: str = "",
     ) -> IngestItem:
         return cls(
             ItemKind.NEW,
@@ -81,6 +88,8 @@ class IngestItem:
             targets,
             dedupe_key,
             limits,
+            dedupe_ttl_ms,
+            created_key,
         )
 
     @classmethod
@@ -91,7 +100,7 @@ class IngestItem:
 # The ARGV layout, which scripts/ingest.lua reads in this order: the head's fields, then each
 # item's fields (targets comma-separated, limits as JSON or "").
 HEAD_ARGS = 6
-ITEM_ARGS = 8
+ITEM_ARGS = 10
 
 
 def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
@@ -108,6 +117,8 @@ def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
             ",".join(it.targets),
             it.dedupe_key,
             dumps(limits) if limits else "",
+            it.dedupe_ttl_ms,
+            it.created_key,
         )
     return args
 
