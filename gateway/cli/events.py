@@ -174,3 +174,34 @@ def _last(d: dict[str, Any]) -> str:
     code, error = d.get("last_status_code"), d.get("last_error")
     parts = [f"HTTP {code}" if code else "", str(error) if error else ""]
     return " ".join(p for p in parts if p) or "-"
+
+
+@main.command(cls=OperatorCommand)
+@click.argument("number")
+@click.option("--network", "networks", multiple=True, metavar="ID", help="Only this network id (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's answer (POST /api/v1/erasures).")
+def forget(number: str, networks: tuple[str, ...], as_json: bool) -> None:
+    """Erase a phone number: every event, delivery, attempt, dead letter, dedupe and limit key,
+    cached lookup and test send that holds it, in any spelling it arrived in.
+
+    Deliveries still waiting are cancelled and never sent. The log gets one audit line without
+    the number. Quote a number with spaces: gateway forget "+1 555 123 1234".
+    """
+    try:
+        done = _service().forget(CLI, number, networks or None)
+    except AdminError as exc:
+        if exc.field == "number":
+            raise click.BadParameter(exc.detail, param_hint="'NUMBER'") from None
+        _fail(exc)
+    if as_json:
+        _echo_json(done)
+        return
+    where = "every network" if done["networks"] is None else "networks " + ", ".join(done["networks"])
+    click.echo(f"erasure {done['erasure_id']} (number {done['number_digest']}, {where}):")
+    click.echo(
+        f"  {done['events']} events, {done['deliveries_cancelled']} deliveries cancelled, "
+        f"{done['dead_letters']} dead letters, {done['keys']} keys removed"
+    )
+    for name, counts in done["holders"].items():
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
+        click.echo(f"  {name}: {shown}")

@@ -27,7 +27,6 @@ halfway left out of such an event (its pending deliveries, its index entries) is
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -49,6 +48,7 @@ from gateway.store.ingest import (
     AcceptStatus,
     IngestHead,
     IngestItem,
+    dedupe_key,
     ingest,
 )
 
@@ -58,16 +58,6 @@ DRAIN_BATCH = 500
 MAX_BATCH = 16  # callbacks per Lua call at most (a drain's batches are DRAIN_BATCH)
 IN_FLIGHT = 6  # batches on their way to Redis at once: 96 callbacks
 DRAIN_TIMEOUT = 30.0  # seconds for one batch of a drain: Redis answering, but slowly, or not at all
-
-
-def dedupe_key(event: InvitationEvent, event_type: str | None = None) -> str:
-    """The same (event type, network, invitor, invitee) is the same invitation.
-
-    `event_type`: the key of the same invitation's event of that type (an accepted event's created
-    sibling, gateway/ordering.py).
-    """
-    raw = "\x00".join((event_type or event.type, event.network_id, event.invitor, event.invitee))
-    return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 def _no_order(event: InvitationEvent) -> IngestOrder:

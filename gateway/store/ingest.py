@@ -12,7 +12,8 @@ flattened by `encode` (the layout below is the one the Lua reads).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -209,6 +210,17 @@ def ingest_sync(client: Redis, head: IngestHead, items: Sequence[IngestItem]) ->
     return decode(raw, len(items))
 
 
+def dedupe_key(event: InvitationEvent, event_type: str | None = None) -> str:
+    """The same (event type, network, invitor, invitee) is the same invitation (`{p}:dedupe:KEY`
+    holds its first event's id).
+
+    `event_type`: the key of the same invitation's event of that type (an accepted event's created
+    sibling, gateway/ordering.py; both, for an erasure).
+    """
+    raw = "\x00".join((event_type or event.type, event.network_id, event.invitor, event.invitee))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
 def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> dict[str, Any]:
     """The abuse-limit part of an event's item for the ingest script.
 
@@ -267,3 +279,25 @@ def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> 
             "why": f"prefix +{prefix} held: almost none of its invitations are accepted",
         }
     return fields
+
+
+def number_limit_keys(values: Iterable[str], network: str, policy: NetworkPolicy, now_ms: int) -> list[str]:
+    """The abuse-limit keys (as `limit_fields` names them) that count one of `values`, an invitee
+    or invitor as stored, on the network: what an erasure deletes (gateway/store/erasure.py).
+
+    Per-invitee and per-invitor counters and cooldowns only: a prefix's or a network's counts
+    many numbers and holds none. A fixed window's key lives its window and a minute, so the
+    current bucket and the one before are all there can be.
+    """
+    keys: list[str] = []
+    for lim in policy.limits:
+        if lim.per not in ("invitee", "invitor"):
+            continue
+        window_ms = lim.window * 1000
+        for value in values:
+            if lim.cooldown:
+                keys.append(limit_key("cool", network, value))
+                continue
+            for bucket in range((now_ms - window_ms - 60_000) // window_ms, now_ms // window_ms + 1):
+                keys.append(limit_key("lim", network, lim.per, str(lim.window), value, bucket))
+    return keys

@@ -13,8 +13,7 @@ import pytest
 from redis import Redis
 
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent, make_event
-from gateway.ingest.accept import dedupe_key
-from gateway.store.ingest import AcceptStatus, IngestHead, IngestItem, ingest_sync
+from gateway.store.ingest import AcceptStatus, IngestHead, IngestItem, dedupe_key, ingest_sync
 from gateway.store.queue import DeliveryQueue
 
 P = "pfx"
