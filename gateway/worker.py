@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
+from redis.client import PubSub, PubSubWorkerThread
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -256,13 +257,60 @@ class Ticker(threading.Thread):
         self.store.publish_env_names(self.worker_name, referenced, os.environ, ENV_REPORT_TTL)
 
 
+# How long RQ's pubsub thread (RQ's remote commands: shutdown, kill-horse, stop-job) waits for a
+# message before it looks at its stop flag again; RQ's own 60 s could hold a stop that long.
+PUBSUB_WAKE = 0.25
+
+
 class GatewayWorker(SimpleWorker):
     """RQ's SimpleWorker; a stop request also tells the engine to wind down its batch."""
 
     # RQ backs off up to 60 s between reconnects; retries must not wait that long after Redis.
     max_connection_wait_time = 5.0
 
+    def subscribe(self) -> None:
+        """RQ's, but the thread looks at its stop flag every PUBSUB_WAKE s (see unsubscribe)."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        pubsub = self.connection.pubsub()
+        pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub = pubsub
+        self.pubsub_thread = pubsub.run_in_thread(  # type: ignore[assignment]  # (RQ types it None)
+            sleep_time=PUBSUB_WAKE, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
+    def unsubscribe(self) -> None:
+        """Stop the pubsub thread, which closes its connection (and so the subscription), bounded.
+
+        RQ's own sends UNSUBSCRIBE, then stops the thread, whose stop() in redis-py 8.2 waits for
+        it to end. The thread, woken by the UNSUBSCRIBE reply before the stop flag was set, went
+        back to wait for a message (60 s, RQ's sleep_time): an idle worker then hung on SIGTERM
+        until the process manager killed it (intermittently, as the race went). Here no command
+        is sent: the flag is set, the thread sees it within PUBSUB_WAKE and closes the pubsub.
+        """
+        thread: PubSubWorkerThread | None = self.pubsub_thread
+        pubsub: PubSub | None = self.pubsub
+        self.pubsub_thread = None
+        if thread is None:
+            return
+        self.log.info("Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name)
+        # Bounded: while Redis is away the thread sleeps in RQ's exception handler (2 s); it is a
+        # daemon thread, and ends on its own once it sees the flag.
+        thread.stop(timeout=1.0)
+        if pubsub is not None and not thread.is_alive():
+            pubsub.close()
+
     stop_asked = False  # a SIGTERM or SIGINT came (RQ keeps the date in Redis, which may be gone)
+    # Whether a SIGTERM or SIGINT came before RQ installed its handlers: run_worker's own took it.
+    stopped_before: Callable[[], bool] | None = None
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()  # type: ignore[no-untyped-call]
+        if self.stopped_before is not None and self.stopped_before():
+            # Starting (RQ's bootstrap) when the stop came, one a process manager sends right after
+            # the start: stop now, through RQ's loop, which deregisters the worker on its way out.
+            log.info("worker %s: stop requested while starting; stopping", self.name)
+            self.stop_asked = True
+            self._stop_requested = True
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         self.stop_asked = True
@@ -325,6 +373,7 @@ def run_worker(
                 if not _wait_for_redis(redis, shown, lambda: stopping):
                     return worked
                 continue
+            worker.stopped_before = lambda: stopping
             log.info("worker %s on queue %s", worker.name, settings.queue_name)
             try:
                 worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level="INFO")) or worked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
@@ -372,6 +373,22 @@ def test_new_ulids_differ_and_sort_by_time() -> None:
     ids = [new_ulid(1_700_000_000_000 + n // 10) for n in range(1000)]
     assert len(set(ids)) == 1000
     assert [i[:10] for i in ids] == sorted(i[:10] for i in ids)
+
+
+def test_new_ulids_of_one_millisecond_sort_in_the_order_made() -> None:
+    """Event indexes are scored by the millisecond and break ties by the id: ids made in the same
+    millisecond must sort as they were made (a list shows the callbacks of one moment in order)."""
+    from ulid import ULID
+
+    from gateway.events import new_ulid
+
+    ids = [new_ulid(1_700_000_000_000 + n // 100) for n in range(1000)]
+    assert ids == sorted(ids) and len(set(ids)) == 1000
+    for a, b in itertools.pairwise(ids):
+        if a[:10] == b[:10]:
+            assert int(ULID.from_str(b)) == int(ULID.from_str(a)) + 1
+    # A new millisecond starts from fresh random bits, not from the last id's.
+    assert int(ULID.from_str(ids[100])) - int(ULID.from_str(ids[99])) != 1
 
 
 @given(

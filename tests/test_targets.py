@@ -1187,3 +1187,21 @@ def test_message_survives_hostile_values(content_type: str, post_data: str) -> N
         assert body == values["message"]
     else:
         assert parse_body(XML_KIND, body) == [values["message"], values["message"]]
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        # schemathesis found the first: a ValueError from urlsplit, answered 500 by the API.
+        ({"url": "http://v[x/"}, "url"),
+        ({"url": "http://a]/"}, "url"),
+        ({"url": "http://a:99999/"}, "url"),
+        ({"url": "http://a:port/"}, "url"),
+        (
+            {"oauth2": {"token_url": "https://[/t", "client_id": "a", "client_secret": "b"}},
+            "oauth2.token_url",
+        ),
+    ],
+)
+def test_a_url_urlsplit_refuses_is_a_config_error(changes: dict[str, Any], key: str) -> None:
+    assert _config_error(_target(**changes)).key == key

@@ -3,10 +3,11 @@ the JSON API under /api/v1 (api.py) and the dashboard.
 
 Its errors, which api.py turns into application/problem+json:
 
-    AdminError
-     ├── NotFound   404: no such thing, or not one the key may see (the two are not told apart)
-     ├── Conflict   409: a name already taken, a file-declared target changed through the API
-     └── Invalid    422: a bad value, naming the field
+    AdminError         400: the body is missing or is not JSON
+     ├── BadParameter  400: a query parameter is not as the API's document says, naming it
+     ├── NotFound      404: no such thing, or not one the key may see (the two are not told apart)
+     ├── Conflict      409: a name already taken, a file-declared target changed through the API
+     └── Invalid       422: a bad value in a body, naming the field
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from gateway.exceptions import ProblemError
 
 class AdminError(ProblemError):
     """What the admin side refuses (api.py answers it as a problem document)."""
+
+
+class BadParameter(AdminError):
+    """A query parameter the OpenAPI document calls invalid (empty, not one of an enum, ...)."""
+
+    status_code = 400
+    title = "Invalid query parameter"
 
 
 class NotFound(AdminError):

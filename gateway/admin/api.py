@@ -2,8 +2,9 @@
 
 Every request but the spec's carries `Authorization: Bearer gwk_...` (keys.py). What a key may
 see is the Service's business (service.py); here requests become Service calls and errors become
-application/problem+json (RFC 9457): 400 unreadable body, 401 no or bad key, 403 an operator
-endpoint with a provider key, 404 unknown or not the key's, 409 conflict, 422 a bad value.
+application/problem+json (RFC 9457): 400 unreadable body or a query parameter not as the document
+says, 401 no or bad key, 403 an operator endpoint with a provider key, 404 unknown or not the key's,
+409 conflict, 422 a bad value in a body.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.authentication import AuthenticationError, has_required_scope
@@ -24,7 +25,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.admin import AdminError, Invalid
+from gateway.admin import AdminError, BadParameter, Invalid
 from gateway.admin.documents import replay_json
 from gateway.admin.keys import KeyAuthBackend, Principal
 from gateway.admin.openapi import SPEC
@@ -40,6 +41,7 @@ PROBLEM = "application/problem+json"
 TEST_WAIT = 30  # seconds a test send waits for a worker, by default
 MAX_TEST_WAIT = 60
 _BEARER = 'Bearer realm="invitation-gateway admin API"'
+T = TypeVar("T")
 
 
 def _problem(
@@ -87,17 +89,30 @@ def _operator(request: Request) -> Principal:
 
 
 # -- reading parameters -------------------------------------------------------------------------
+#
+# A query parameter that is not as the OpenAPI document says is a 400 naming it (BadParameter);
+# a bad value in a body is a 422 (Invalid). An empty value is refused, never read as "no filter":
+# `?network=$NET` with NET unset would otherwise widen a list to every network, and no enum or
+# pattern of the document has an empty member.
 
 
 def _query(request: Request, name: str) -> str | None:
+    """The parameter's value (None when absent): given once, not empty."""
     values = request.query_params.getlist(name)
     if len(values) > 1:
-        raise Invalid("give it once", name)
-    return values[0] if values else None
+        raise BadParameter("give it once", name)
+    if not values:
+        return None
+    if not values[0]:
+        raise BadParameter("is empty: give a value or leave the parameter out", name)
+    return values[0]
 
 
 def _query_list(request: Request, name: str) -> frozenset[str]:
-    return frozenset(v for v in request.query_params.getlist(name) if v)
+    values = request.query_params.getlist(name)
+    if "" in values:
+        raise BadParameter("is empty: give a value or leave the parameter out", name)
+    return frozenset(values)
 
 
 def _time(request: Request, name: str) -> int | None:
@@ -108,7 +123,7 @@ def _time(request: Request, name: str) -> int | None:
     try:
         when = datetime.fromisoformat(text.strip().upper())
     except ValueError:
-        raise Invalid(
+        raise BadParameter(
             f"must be an ISO 8601 date-time like 2026-05-01T12:00:00Z, got {text!r}", name
         ) from None
     if when.tzinfo is None:
@@ -116,7 +131,7 @@ def _time(request: Request, name: str) -> int | None:
     try:
         return int(when.timestamp() * 1000)
     except (OverflowError, OSError, ValueError):
-        raise Invalid(f"out of range: {text!r}", name) from None
+        raise BadParameter(f"out of range: {text!r}", name) from None
 
 
 def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -126,9 +141,9 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise Invalid(f"must be a whole number, got {text!r}", name) from None
+        raise BadParameter(f"must be a whole number, got {text!r}", name) from None
     if not low <= value <= high:
-        raise Invalid(f"must be {low} to {high}, got {value}", name)
+        raise BadParameter(f"must be {low} to {high}, got {value}", name)
     return value
 
 
@@ -138,12 +153,25 @@ def _bool(request: Request, name: str) -> bool:
         return False
     if text.lower() in ("true", "1"):
         return True
-    raise Invalid(f"must be true or false, got {text!r}", name)
+    raise BadParameter(f"must be true or false, got {text!r}", name)
+
+
+def _in_query(build: Callable[[], T]) -> T:
+    """What the service refuses of values read from the query string is a bad parameter (400)."""
+    try:
+        return build()
+    except Invalid as exc:
+        raise BadParameter(exc.detail, exc.field) from None
+
+
+def _blank(raw: bytes) -> bool:
+    """No body: nothing, or JSON's whitespace only (bytes.strip() also strips a form feed)."""
+    return not raw.strip(b" \t\r\n")
 
 
 async def _body(request: Request, required: bool = True) -> Any:
     raw = await request.body()
-    if not raw.strip():
+    if _blank(raw):
         if required:
             raise AdminError("a JSON body is required")
         return {}
@@ -163,14 +191,26 @@ def _page(page: Page) -> JSONResponse:
     return JSONResponse(page.to_dict())
 
 
+def _event_filter(request: Request) -> EventFilter:
+    return EventFilter(
+        network=_query(request, "network"),
+        type=_query(request, "type"),
+        invitee=_query(request, "invitee"),
+        invitor=_query(request, "invitor"),
+        state=_query(request, "state"),
+        since_ms=_time(request, "since"),
+        until_ms=_time(request, "until"),
+    )
+
+
 def _failed_filter(request: Request) -> FailedFilter:
     return FailedFilter(
         targets=_query_list(request, "target"),
         networks=_query_list(request, "network"),
-        event=_query(request, "event") or None,
+        event=_query(request, "event"),
         since_ms=_time(request, "since"),
         until_ms=_time(request, "until"),
-        error=_query(request, "error") or None,
+        error=_query(request, "error"),
     )
 
 
@@ -183,8 +223,8 @@ def _failed_filter_from(data: Any) -> FailedFilter:
 
     def names(key: str) -> frozenset[str]:
         value = f.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise Invalid("must be a list of strings", key)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise Invalid("must be a list of non-empty strings", key)
         return frozenset(value)
 
     def when(key: str) -> int | None:
@@ -199,16 +239,17 @@ def _failed_filter_from(data: Any) -> FailedFilter:
             raise Invalid(f"must be an ISO 8601 date-time, got {value!r}", key) from None
         return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
 
+    # An empty one is refused, not read as "no filter": it would replay every dead letter.
     for key in ("event", "error"):
-        if key in f and not isinstance(f[key], str):
-            raise Invalid("must be a string", key)
+        if key in f and (not isinstance(f[key], str) or not f[key]):
+            raise Invalid("must be a non-empty string (leave it out for no filter)", key)
     return FailedFilter(
         targets=names("target"),
         networks=names("network"),
-        event=f.get("event") or None,
+        event=f.get("event"),
         since_ms=when("since"),
         until_ms=when("until"),
-        error=f.get("error") or None,
+        error=f.get("error"),
     )
 
 
@@ -221,6 +262,14 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
 
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return run_in_threadpool(fn, *args, **kwargs)
+
+    async def listing(fn: Callable[..., Page], *args: Any) -> Page:
+        """A list read from query parameters only: what the service refuses is one of them (400)."""
+        try:
+            page: Page = await call(fn, *args)
+        except Invalid as exc:  # a cursor this API did not give out
+            raise BadParameter(exc.detail, exc.field) from None
+        return page
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(SPEC)
@@ -238,17 +287,9 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
 
     async def events(request: Request) -> Response:
         p = _principal(request)
-        filters = EventFilter(
-            network=_query(request, "network") or None,
-            type=_query(request, "type") or None,
-            invitee=_query(request, "invitee") or None,
-            invitor=_query(request, "invitor") or None,
-            state=_query(request, "state") or None,
-            since_ms=_time(request, "since"),
-            until_ms=_time(request, "until"),
-        )
+        filters = _in_query(lambda: _event_filter(request))
         limit = _int(request, "limit", 50, 1, MAX_LIMIT)
-        return _page(await call(service.list_events, p, filters, _query(request, "cursor"), limit))
+        return _page(await listing(service.list_events, p, filters, _query(request, "cursor"), limit))
 
     async def event(request: Request) -> Response:
         p = _principal(request)
@@ -289,8 +330,8 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
 
     async def validate(request: Request) -> Response:
         p = _principal(request)
-        raw = await _body(request, required=False)
-        declaration = None if raw == {} else _object(raw)
+        # No body: the stored target. A body, even {}, is a declaration to validate.
+        declaration = None if _blank(await request.body()) else _object(await _body(request))
         return JSONResponse(await call(service.validate_target, p, request.path_params["name"], declaration))
 
     async def test(request: Request) -> Response:
@@ -312,9 +353,9 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
 
     async def failed(request: Request) -> Response:
         p = _principal(request)
-        filters = _failed_filter(request)
+        filters = _in_query(lambda: _failed_filter(request))
         limit = _int(request, "limit", 50, 1, MAX_LIMIT)
-        return _page(await call(service.failed_deliveries, p, filters, _query(request, "cursor"), limit))
+        return _page(await listing(service.failed_deliveries, p, filters, _query(request, "cursor"), limit))
 
     async def delivery(request: Request) -> Response:
         p = _principal(request)

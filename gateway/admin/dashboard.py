@@ -1,6 +1,6 @@
 """The dashboard at /dashboard: server-rendered pages over the same data as the admin API.
 
-Pages (Jinja2 templates in `templates/dashboard/`, no JavaScript needed):
+Pages (Jinja2 templates in `templates/`, package data beside this module; no JavaScript needed):
 
     GET  /login, POST /login, POST /logout      sign in with an admin key, sign out
     GET  /                                      overview: each target's last 24 hours
@@ -27,11 +27,11 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -66,13 +66,14 @@ from gateway.store.events import Store
 
 log = logging.getLogger("gateway.admin.dashboard")
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "dashboard"
+# The pages and the static files are package data of gateway.admin (templates/, static/).
+PACKAGE = "gateway.admin"
 
 
 def _asset_version() -> str:
     """A digest of the static files, in their URLs: a changed stylesheet is fetched anew."""
     digest = hashlib.sha256()
-    for path in sorted((TEMPLATES_DIR / "static").iterdir()):
+    for path in sorted((files(PACKAGE) / "static").iterdir(), key=lambda p: p.name):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
 
@@ -138,7 +139,7 @@ class Dashboard:
         self.codec = SessionCodec(secret)
         self.trusted = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxies)
         self.env = Environment(
-            loader=FileSystemLoader(TEMPLATES_DIR),
+            loader=PackageLoader(PACKAGE, "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
             trim_blocks=True,
             lstrip_blocks=True,
@@ -815,7 +816,7 @@ def create_dashboard(
         Route("/targets/{name}/test", p(pages.test_target), methods=["POST"]),
         Route("/failures", p(pages.failures), methods=["GET"]),
         Route("/failures/replay", p(pages.replay), methods=["POST"]),
-        Mount("/static", app=StaticFiles(directory=TEMPLATES_DIR / "static"), name="static"),
+        Mount("/static", app=StaticFiles(packages=[(PACKAGE, "static")]), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
     return SecurityHeaders(app)

@@ -12,6 +12,7 @@ from gateway import __version__
 from gateway.admin.queries import EVENT_TYPE_CHOICES, MAX_LIMIT, STATE_FILTERS, STATES
 
 _EVENT_TYPES = ["invitation_created", "invitation_accepted"]
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -39,12 +40,12 @@ _PROBLEM_NAMES = {
     422: "Invalid",
 }
 _PROBLEM_TEXT = {
-    400: "The body is missing or is not JSON.",
+    400: "The body is missing or is not JSON, or a query parameter is not as documented (`field` names it).",
     401: "No key, or an unknown or revoked one.",
     403: "An operator endpoint called with a provider key.",
     404: "No such thing, or not one this key may see (the two are not told apart).",
     409: "The name is taken, or the target is declared in the configuration file.",
-    422: "A value is not valid; `field` names it.",
+    422: "A value in the body is not valid; `field` names it.",
 }
 
 
@@ -61,12 +62,18 @@ def _param(
 
 
 _DATETIME = {"type": "string", "format": "date-time"}
+# Query parameters are never empty: an empty one is refused (400), not read as "no filter".
+_TEXT = {"type": "string", "minLength": 1}
+_TEXTS = {"type": "array", "items": _TEXT}
+# minLength with an enum says nothing more to a validator, but it has schemathesis' coverage phase
+# try the empty value every run (its fuzzing found `?type=` read as "no filter" only by luck).
+_EVENT_TYPE = {**_TEXT, "enum": list(EVENT_TYPE_CHOICES)}
 _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _LIMIT = _param(
     "limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}, "Page size."
 )
-_CURSOR = _param("cursor", "query", {"type": "string"}, "`next_cursor` of the previous page.")
+_CURSOR = _param("cursor", "query", _TEXT, "`next_cursor` of the previous page.")
 _TARGET_NAME = _param(
     "name", "path", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "The target's name."
 )
@@ -74,12 +81,12 @@ _DELIVERY_ID = _param(
     "delivery_id", "path", {"type": "string"}, "EVENTID-TARGET, as in lists and in the Idempotency-Key sent."
 )
 _FAILED_FILTERS = [
-    _param("target", "query", {"type": "array", "items": {"type": "string"}}, "Only these targets."),
-    _param("network", "query", {"type": "array", "items": {"type": "string"}}, "Only these network ids."),
-    _param("event", "query", {"type": "string", "enum": list(EVENT_TYPE_CHOICES)}, "Only this event type."),
+    _param("target", "query", _TEXTS, "Only these targets."),
+    _param("network", "query", _TEXTS, "Only these network ids."),
+    _param("event", "query", _EVENT_TYPE, "Only this event type."),
     _param("since", "query", _DATETIME, "Failed at or after."),
     _param("until", "query", _DATETIME, "Failed at or before."),
-    _param("error", "query", {"type": "string"}, "The last error contains this (any case)."),
+    _param("error", "query", _TEXT, "The last error contains this (any case)."),
 ]
 
 _HEALTH = {
@@ -108,7 +115,7 @@ _TARGET_FIELDS: dict[str, Any] = {
     "url": {"type": "string", "pattern": "^https?://", "description": "URL template with %placeholders%."},
     "post_data": {"type": "string", "description": "Body template; none means GET."},
     "content_type": {"type": "string", "minLength": 1},
-    "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE"]},
+    "method": {"type": "string", "enum": list(_METHODS)},
     "headers": {"type": "object", "additionalProperties": {"type": "string"}},
     "auth": {
         "type": "object",
@@ -146,7 +153,7 @@ _TARGET_FIELDS: dict[str, Any] = {
     "probe_interval": {"type": "integer", "minimum": 1, "maximum": 3600},
     "preset": {
         "type": "string",
-        "description": "A preset of templates/presets/; `vars` gives its variables.",
+        "description": "A preset (shipped, or in GATEWAY_PRESETS_DIR); `vars` gives its variables.",
     },
     "oauth2": {
         "type": "object",
@@ -185,6 +192,18 @@ _TARGET_DECLARATION = {
     "additionalProperties": False,
     "properties": {
         **_TARGET_FIELDS,
+        # What a declaration may say more loosely than a read answers, as in the file: one network
+        # or event as a string, a method in any case, null for no post_data, secret or proxy.
+        "networks": {"anyOf": [_TARGET_FIELDS["networks"], {"type": "string", "minLength": 1}]},
+        "events": {"anyOf": [_TARGET_FIELDS["events"], {"type": "string", "enum": _EVENT_TYPES}]},
+        "method": {
+            "type": "string",
+            "pattern": "^(" + "|".join("".join(f"[{c}{c.lower()}]" for c in m) for m in _METHODS) + ")$",
+        },
+        **{
+            k: {**_TARGET_FIELDS[k], "type": ["string", "null"]}
+            for k in ("post_data", "signing_secret", "proxy")
+        },
         # What a read adds may be sent back with an update; it is ignored.
         "source": {"type": "string", "enum": ["file", "api"], "readOnly": True},
         "health": {**_HEALTH, "readOnly": True},
@@ -193,6 +212,17 @@ _TARGET_DECLARATION = {
         "A target, as in the configuration file's [[targets]] (README). No ${ENV} references: "
         "secrets are given as values, stored in Redis and shown as ******** (send ******** back "
         "to keep the stored value)."
+    ),
+}
+
+# PUT /targets/{name} and POST /targets/{name}/validate: the path names the target, so the body
+# may leave `name` out (given, it must be the path's, else 422).
+_NAMED_TARGET_DECLARATION = {
+    **_TARGET_DECLARATION,
+    "required": ["networks", "url"],
+    "description": (
+        "A TargetDeclaration for the target the path names: `name` may be left out (it is the "
+        "path's); given, it must be the same."
     ),
 }
 
@@ -403,16 +433,14 @@ SPEC: dict[str, Any] = {
                     "request looks at a bounded number of events."
                 ),
                 "parameters": [
-                    _param("network", "query", {"type": "string"}, "Only this network id."),
-                    _param(
-                        "type", "query", {"type": "string", "enum": list(EVENT_TYPE_CHOICES)}, "Event type."
-                    ),
-                    _param("invitee", "query", {"type": "string"}, "Invitee, as normalized or as sent."),
-                    _param("invitor", "query", {"type": "string"}, "Invitor."),
+                    _param("network", "query", _TEXT, "Only this network id."),
+                    _param("type", "query", _EVENT_TYPE, "Event type."),
+                    _param("invitee", "query", _TEXT, "Invitee, as normalized or as sent."),
+                    _param("invitor", "query", _TEXT, "Invitor."),
                     _param(
                         "state",
                         "query",
-                        {"type": "string", "enum": list(STATE_FILTERS)},
+                        {**_TEXT, "enum": list(STATE_FILTERS)},
                         "A delivery in this state (waiting: pending or retrying).",
                     ),
                     _param("since", "query", _DATETIME, "Received at or after."),
@@ -425,7 +453,7 @@ SPEC: dict[str, Any] = {
                         **_json(_page(_ref("EventSummary")), "A page of events."),
                         "links": {"event": _link("getEvent", "event_id", "/items/0/id")},
                     },
-                    **_problems(401, 422),
+                    **_problems(400, 401),
                 },
             }
         },
@@ -519,7 +547,7 @@ SPEC: dict[str, Any] = {
                 "summary": "Replace an API-made target's declaration (the name stays).",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("TargetDeclaration")}},
+                    "content": {"application/json": {"schema": _ref("NamedTargetDeclaration")}},
                 },
                 "responses": {"200": _TARGET_OK, **_problems(400, 401, 404, 409, 422)},
             },
@@ -566,12 +594,12 @@ SPEC: dict[str, Any] = {
                 "operationId": "validateTarget",
                 "summary": "The exact request the target sends for a sample invitation, secrets redacted.",
                 "description": (
-                    "Nothing is sent. With a body, that declaration is validated (as create and update "
-                    "would) and shown instead of the stored target; it is not saved."
+                    "Nothing is sent. Without a body, the stored target. With a body (even {}), that "
+                    "declaration is validated (as an update would) and shown instead; it is not saved."
                 ),
                 "requestBody": {
                     "required": False,
-                    "content": {"application/json": {"schema": _ref("TargetDeclaration")}},
+                    "content": {"application/json": {"schema": _ref("NamedTargetDeclaration")}},
                 },
                 "responses": {"200": _json(_ref("Preview"), "The request."), **_problems(400, 401, 404, 422)},
             },
@@ -622,7 +650,7 @@ SPEC: dict[str, Any] = {
                             "replay": _link("replayDelivery", "delivery_id", "/items/0/delivery_id"),
                         },
                     },
-                    **_problems(401, 422),
+                    **_problems(400, 401),
                 },
             }
         },
@@ -647,12 +675,12 @@ SPEC: dict[str, Any] = {
                                         "type": "object",
                                         "additionalProperties": False,
                                         "properties": {
-                                            "target": {"type": "array", "items": {"type": "string"}},
-                                            "network": {"type": "array", "items": {"type": "string"}},
-                                            "event": {"type": "string", "enum": list(EVENT_TYPE_CHOICES)},
+                                            "target": _TEXTS,
+                                            "network": _TEXTS,
+                                            "event": _EVENT_TYPE,
                                             "since": _DATETIME,
                                             "until": _DATETIME,
-                                            "error": {"type": "string"},
+                                            "error": _TEXT,
                                         },
                                     },
                                     "force": {"type": "boolean", "default": False},
@@ -686,7 +714,7 @@ SPEC: dict[str, Any] = {
                 ],
                 "responses": {
                     "200": _json(_ref("ReplayResult"), "What the replay did."),
-                    **_problems(401, 404, 422),
+                    **_problems(400, 401, 404),
                 },
             },
         },
@@ -916,6 +944,7 @@ SPEC: dict[str, Any] = {
                 },
             },
             "TargetDeclaration": _TARGET_DECLARATION,
+            "NamedTargetDeclaration": _NAMED_TARGET_DECLARATION,
             "Target": _TARGET,
             "ReplayResult": _REPLAY_RESULT,
             "Erasure": _ERASURE,

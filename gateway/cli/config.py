@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -160,6 +161,25 @@ def targets_apply(path: str, strict: bool) -> None:
     click.echo(f"{count} targets {'applied' if changed else 'unchanged'} (version {version})")
     for warning in private_target_warnings(config, os.environ):
         click.echo(f"warning: {warning}", err=True)
+    _stay_up_under_honcho()
+
+
+def _stay_up_under_honcho() -> None:
+    """As the Procfile's release step under `honcho start`: stay up until honcho stops everything.
+
+    honcho runs every line of a Procfile as a long-lived process and stops all of them when one
+    exits, so a release step that exits would stop web and worker a second after their start.
+    A platform's release phase (Heroku, Dokku) runs the same line on its own and needs it to
+    exit, as it does everywhere but under honcho (which names each process in
+    HONCHO_PROCESS_NAME). README: Deploying with the Procfile.
+    """
+    name = os.environ.get("HONCHO_PROCESS_NAME")
+    if not name:
+        return
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # from here a stop is waited for, not fatal
+    click.echo(f"{name}: applied; staying up until honcho stops the processes (it stops all once one exits)")
+    signal.sigwait(stops)
 
 
 @targets.command("list", cls=OperatorCommand)

@@ -112,7 +112,10 @@ def _check_url(target: Target, allowed: set[str], sample: _Sample) -> None:
     _check_placeholders(url_t, allowed, name, "url")
     benign = {**values, **{n: "x" for n in untrusted}}
     plain_url = url_t.render(benign, escape_url, fake_env)
-    parts = urlsplit(plain_url)
+    try:  # a stray [ or ] in the host (ValueError, not a 500)
+        parts = urlsplit(plain_url)
+    except ValueError as exc:
+        raise ConfigError(f"must be an http:// or https:// URL ({exc}): {target.url!r}", name, "url") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"must be an http:// or https:// URL, got {target.url!r}", name, "url")
     if parts.username is not None or parts.password is not None:
@@ -121,6 +124,10 @@ def _check_url(target: Target, allowed: set[str], sample: _Sample) -> None:
     hostile_parts = urlsplit(hostile_url)
     if (hostile_parts.scheme, hostile_parts.netloc) != (parts.scheme, parts.netloc):
         raise ConfigError("a placeholder in the host part lets an invitation choose the server", name, "url")
+    try:
+        _ = parts.port
+    except ValueError as exc:  # not a number, or out of range
+        raise ConfigError(f"must be an http:// or https:// URL ({exc}): {target.url!r}", name, "url") from exc
     pieces = url_strings(hostile_url)
     for ph in sorted(url_t.placeholders() & untrusted):
         if not any(values[ph] in p for p in pieces):

@@ -105,7 +105,10 @@ def _oauth2(value: object, data: Mapping[str, Any], target: str, environ: Mappin
     ):
         if url is None:
             continue
-        split = urlsplit(url)
+        try:
+            split = urlsplit(url)
+        except ValueError:  # a stray [ or ] in the host
+            split = urlsplit("")
         if split.scheme not in ("http", "https") or not split.hostname:
             raise ConfigError("must be an http:// or https:// URL", target, "oauth2.token_url")
     for key in ("client_id", "client_secret", "scope"):

@@ -1,6 +1,8 @@
-"""Presets: ready-made targets for well-known APIs, filled in from a few variables (pure).
+"""Presets: ready-made targets for well-known APIs, filled in from a few variables (pure but for I/O).
 
-A preset is a TOML file in `templates/presets/` (its name is the preset's name): a
+A preset is a TOML file, `NAME.toml`, shipped in this package's `presets/` (package data, read
+through importlib.resources) or in the operator's own directory named by `GATEWAY_PRESETS_DIR`
+(whose file of a name replaces the shipped one of that name). It holds a
 `description`, the `[variables]` it takes (each required, or with a default) and the `[target]`
 table it stands for, whose strings use `{{variable}}`. A target declares `preset = "NAME"` and
 gives the variables in its `vars`; every other key it sets replaces the preset's (`headers` and
@@ -16,21 +18,24 @@ inserted as it is.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 from gateway.exceptions import ConfigError
 from gateway.templating import Escape, Template, body_kind, escape_none, escape_url
 
-# The checkout's templates/presets (an editable install, the tests); installed as a plain package,
-# the directory of the same name under the working directory (a Procfile app runs from its root).
-_CHECKOUT = Path(__file__).resolve().parents[2] / "templates" / "presets"
-PRESETS_DIR = _CHECKOUT if _CHECKOUT.is_dir() else Path("templates", "presets").resolve()
+# The presets shipped with the package (package data: a wheel or `pip install .` carries them).
+PRESETS_DIR: Traversable = files("gateway.config") / "presets"
+# The operator's own presets, beside (and before) the shipped ones. Read here, where presets are
+# looked up, rather than passed down from Settings through every loader of a configuration.
+PRESETS_DIR_VARIABLE = "GATEWAY_PRESETS_DIR"
 _REF = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _VARIABLE_KEYS = frozenset({"required", "default", "raw", "doc"})
@@ -62,22 +67,43 @@ class Preset:
         return next((v for v in self.variables if v.name == name), None)
 
 
-def preset_names(directory: Path = PRESETS_DIR) -> list[str]:
-    return sorted(p.stem for p in directory.glob("*.toml"))
+def preset_dirs(environ: Mapping[str, str] | None = None) -> tuple[Traversable, ...]:
+    """Where presets are looked up, first match wins: `GATEWAY_PRESETS_DIR`, then the shipped ones."""
+    own = (os.environ if environ is None else environ).get(PRESETS_DIR_VARIABLE, "")
+    return (Path(own), PRESETS_DIR) if own else (PRESETS_DIR,)
 
 
-@cache
-def load_preset(name: str, directory: Path = PRESETS_DIR) -> Preset:
+def preset_names(directory: Traversable | None = None) -> list[str]:
+    """The presets of `directory`, or every one that can be used (own and shipped)."""
+    dirs = preset_dirs() if directory is None else (directory,)
+    return sorted({p.name[:-5] for d in dirs if d.is_dir() for p in d.iterdir() if p.name.endswith(".toml")})
+
+
+def load_preset(name: str, directory: Traversable | None = None) -> Preset:
     """Read and check one preset file. An unknown name is a ConfigError listing the known ones."""
-    if not _NAME.fullmatch(name) or not (directory / f"{name}.toml").is_file():
-        known = ", ".join(preset_names(directory)) or "none"
-        raise ConfigError(f"unknown preset {name!r} (known: {known})")
-    path = directory / f"{name}.toml"
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"preset {name!r} ({path}) cannot be read: {exc}") from None
-    return preset_from_dict(name, data)
+    dirs = preset_dirs() if directory is None else (directory,)
+    if _NAME.fullmatch(name):
+        for d in dirs:
+            if (d / f"{name}.toml").is_file():
+                return _load_preset_file(name, d / f"{name}.toml")
+    if directory is None and not dirs[0].is_dir():
+        raise ConfigError(f"unknown preset {name!r}: {PRESETS_DIR_VARIABLE} ({dirs[0]}) is not a directory")
+    known = ", ".join(preset_names(directory)) or "none"
+    raise ConfigError(f"unknown preset {name!r} (known: {known})")
+
+
+_loaded: dict[str, Preset] = {}  # by file: each is read once per process
+
+
+def _load_preset_file(name: str, path: Traversable) -> Preset:
+    key = str(path)
+    if key not in _loaded:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"preset {name!r} ({path}) cannot be read: {exc}") from None
+        _loaded[key] = preset_from_dict(name, data)
+    return _loaded[key]
 
 
 def preset_from_dict(name: str, data: Mapping[str, Any]) -> Preset:
@@ -116,7 +142,7 @@ def preset_from_dict(name: str, data: Mapping[str, Any]) -> Preset:
     return Preset(name, str(data.get("description", "")), tuple(variables), target)
 
 
-def apply_preset(data: Mapping[str, Any], directory: Path = PRESETS_DIR) -> dict[str, Any]:
+def apply_preset(data: Mapping[str, Any], directory: Traversable | None = None) -> dict[str, Any]:
     """The target declaration `data` (which has `preset = "NAME"`) with its preset filled in."""
     target_name = data.get("name")
     name = data.get("preset")

@@ -31,8 +31,9 @@ from gateway.exceptions import (
 from gateway.ingest.accept import Accepter
 from gateway.ingest.callback import Callback
 from gateway.ingest.formats import decode_body, decode_query
-from gateway.ingest.tokens import IngestAuth
+from gateway.ingest.tokens import IngestAuth, presented_token
 from gateway.live import LiveConfig
+from gateway.masking import mask_body
 from gateway.metrics import IngestMetrics
 from gateway.networks import NetworkPolicy
 from gateway.ordering import IngestOrder, ingest_order
@@ -40,7 +41,6 @@ from gateway.store.ingest import AcceptStatus
 
 log = logging.getLogger("gateway.ingest")
 
-LOGGED_BODY = 1024  # bytes of a rejected body written to the log, for the provider to debug
 NO_CONTENT = Response(status_code=204)
 
 
@@ -148,13 +148,16 @@ class Ingest:
             if self.metrics is not None:
                 self.metrics.rejected(event_type, "unknown", exc.status_code, perf_counter() - started)
             if not isinstance(exc, StoreUnavailable):
+                content_type = callback.header(b"content-type")
+                token = presented_token(callback)
                 log.warning(
                     "rejected %s from %s: %s; content-type=%r body=%r",
                     event_type,
                     self.auth.client_address(callback) or "?",
                     exc.detail,
-                    callback.header(b"content-type"),
-                    body[:LOGGED_BODY],
+                    content_type,
+                    # Numbers are the log formatter's to mask (GATEWAY_LOG_MASK); secrets always.
+                    mask_body(content_type, body, secrets=[token] if token else (), numbers=False),
                 )
             raise
         status = result.status

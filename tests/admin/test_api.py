@@ -214,3 +214,63 @@ def test_validate_and_test_a_target(deployment: Deployment, target_server: Targe
     assert dict(sent.query)["to"] == "+15550009999"
     # Another network's sample: refused.
     problem(acme.post("/targets/acme-hook/test", json={"network_id": "net-globex"}), 422)
+
+
+@pytest.mark.timeout(120)
+def test_what_the_document_calls_invalid_is_refused_naming_it(
+    deployment: Deployment, target_server: TargetServer
+) -> None:
+    """A query parameter the OpenAPI document calls invalid is a 400 naming it; an empty one is
+    never read as "no filter" (schemathesis found `?type=` and `?event=` taken so)."""
+    d = deployment
+    acme = d.client("acme")
+    cases: list[tuple[str, dict[str, str | list[str]], str]] = [
+        ("/events", {"type": ""}, "type"),
+        ("/events", {"type": "nope"}, "type"),
+        ("/events", {"state": ""}, "state"),
+        ("/events", {"network": ""}, "network"),
+        ("/events", {"invitee": ""}, "invitee"),
+        ("/events", {"invitor": ""}, "invitor"),
+        ("/events", {"cursor": ""}, "cursor"),
+        ("/events", {"cursor": "not-one-of-ours"}, "cursor"),
+        ("/events", {"limit": "0"}, "limit"),
+        ("/events", {"limit": ""}, "limit"),
+        ("/events", {"since": "yesterday"}, "since"),
+        ("/events", {"since": "2026-05-02T00:00:00Z", "until": "2026-05-01T00:00:00Z"}, "since"),
+        ("/events", {"type": ["invitation_created", "invitation_created"]}, "type"),
+        ("/deliveries/failed", {"event": ""}, "event"),
+        ("/deliveries/failed", {"event": "nope"}, "event"),
+        ("/deliveries/failed", {"target": ["acme-crm", ""]}, "target"),
+        ("/deliveries/failed", {"network": ""}, "network"),
+        ("/deliveries/failed", {"error": ""}, "error"),
+        ("/deliveries/failed", {"until": ""}, "until"),
+    ]
+    for path, params, field in cases:
+        body = problem(acme.get(path, params=params), 400)
+        assert body["field"] == field and body["title"] == "Invalid query parameter", (path, params, body)
+    assert problem(acme.post(f"/deliveries/{d.delivery('acme')}/replay", params={"force": ""}), 400)[
+        "field"
+    ] == ("force")
+    # A replay's selection is a body: 422. An empty filter would have replayed every dead letter.
+    for failed, field in [({"event": ""}, "event"), ({"error": ""}, "error"), ({"network": [""]}, "network")]:
+        assert problem(acme.post("/deliveries/replay", json={"failed": failed}), 422)["field"] == field
+    letters = acme.get("/deliveries/failed").json()["items"]
+    assert [x["delivery_id"] for x in letters] == [d.delivery("acme")] and letters[0]["replays"] == 0
+
+    # validate and PUT take the name from the path: a body may leave it out, not contradict it.
+    declaration = {"networks": ["net-acme"], "url": f"{target_server.url}/hook"}
+    preview = acme.post("/targets/acme-new/validate", json=declaration)
+    assert preview.status_code == 200 and preview.json()["target"] == "acme-new", preview.text
+    assert (
+        problem(acme.post("/targets/acme-new/validate", json={**declaration, "name": "other"}), 422)["field"]
+        == "name"
+    )
+    # A body, even {}, is a declaration to validate (networks and url are required); no body: the
+    # stored target. A form feed is no JSON whitespace: a body that is not JSON (schemathesis).
+    problem(acme.post("/targets/acme-crm/validate", json={}), 422)
+    for path in ("/targets/acme-crm/validate", "/targets/acme-crm/test", "/targets/acme-crm/pause"):
+        problem(acme.post(path, content=b"\x0c", headers={"Content-Type": "application/json"}), 400)
+    assert acme.post("/targets/acme-crm/validate").json()["target"] == "acme-crm"
+    assert acme.post("/targets", json={**declaration, "name": "acme-new"}).status_code == 201
+    changed = acme.put("/targets/acme-new", json={**declaration, "retry": [5]})
+    assert changed.status_code == 200 and changed.json()["retry"] == [5], changed.text

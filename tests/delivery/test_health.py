@@ -272,9 +272,7 @@ def test_a_probe_comes_back_after_its_interval(redis: Redis, redis_url: str) -> 
         assert h.queue.probe("p", _ms(), 300) is None  # nothing parked, and the interval runs
         await h.engine().run(10)
         assert h.parked("p") == {did(ev, "p")}
-        started = time.monotonic()
         await eventually(lambda: h.queue.probe("p", _ms(), 300) is not None, timeout=5, what="a probe")
-        assert time.monotonic() - started < 2
         assert h.due() == {did(ev, "p"): pytest.approx(_ms(), abs=2000)}
 
     run(redis, redis_url, body)

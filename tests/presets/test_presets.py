@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -63,6 +64,30 @@ def test_an_unknown_preset_names_the_known_ones() -> None:
         target_from_dict({"name": "t1", "networks": ["*"], "preset": "nope"})
     assert (info.value.target, info.value.key) == ("t1", "preset")
     assert "unknown preset 'nope'" in info.value.reason and "ramen" in info.value.reason
+
+
+def test_the_operators_own_presets_come_first_and_the_shipped_ones_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "my-crm.toml").write_text(
+        'description = "our CRM"\n[variables]\nbase = { required = true, raw = true }\n'
+        '[target]\nurl = "{{base}}/invites"\n'
+    )
+    # A shipped name replaced: the operator's file wins.
+    (tmp_path / "slack.toml").write_text(
+        'description = "our Slack relay"\n[target]\nurl = "https://relay.example.com/slack"\n'
+    )
+    monkeypatch.setenv("GATEWAY_PRESETS_DIR", str(tmp_path))
+    assert {"my-crm", "slack", "ramen"} <= set(preset_names())
+    own = target_from_dict(preset("crm", "my-crm", vars={"base": "https://crm.example.com"}))
+    assert own.url == "https://crm.example.com/invites"
+    assert target_from_dict(preset("s", "slack")).url == "https://relay.example.com/slack"
+    assert load_preset("ramen").description  # the shipped ones are still there
+
+    monkeypatch.setenv("GATEWAY_PRESETS_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError) as info:
+        target_from_dict(preset("crm", "my-crm", vars={"base": "https://crm.example.com"}))
+    assert "GATEWAY_PRESETS_DIR" in info.value.reason and "is not a directory" in info.value.reason
 
 
 def test_a_preset_file_must_declare_what_it_uses() -> None:
