@@ -18,6 +18,9 @@ from e2e_support import (
     wait_until,
 )
 
+from gateway.admin.keys import create_key
+from tests.admin.dashboard_support import sign_in
+
 if TYPE_CHECKING:
     from conftest import Gateway, Received, TargetServer
     from redis import Redis
@@ -85,6 +88,7 @@ def test_an_accepted_waits_until_its_created_is_delivered_after_two_failures(
     send(base, "invitation_created")
     [created] = newest_event(store)
     target_server.wait_for(CREATED, 1)  # the first attempt (a 500) was made
+    wait_final(store, created, ["fast"])  # ("fast" got its created one: nothing to wait for)
     send(base, "invitation_accepted")
     accepted = next(e for e in newest_event(store, count=2) if e != created)
     # The accepted callback came while the created delivery was still being retried.
@@ -111,8 +115,16 @@ def test_an_accepted_waits_until_its_created_is_delivered_after_two_failures(
     # The others went without waiting: no note.
     assert "note" not in attempts_of(store, accepted, "only")[0]
     assert "note" not in attempts_of(store, accepted, "fast")[0]
-    # While it waited, its state said why (the log of the worker does not; the record does).
-    assert "waiting for its invitation_created" not in gateway.logs()
+    # The dashboard's event page links the created event and shows the note.
+    _, key = create_key(store, "ops", None)
+    client, _ = sign_in(base, key)
+    try:
+        page = client.get(f"/events/{accepted}")
+    finally:
+        client.close()
+    assert page.status_code == 200
+    assert f'href="/dashboard/events/{created}"' in page.text
+    assert f"waited for its invitation_created delivery {created}-crm (delivered)" in page.text
 
 
 def test_the_bound_releases_an_accepted_whose_created_never_settles(
