@@ -22,9 +22,9 @@ The pieces, and what they cost:
 - claim (store/scripts/claim.lua). For a target that orders, the claim reads the event's JSON
   before its checks rather than after (the same GET). An accepted delivery with a `created_id`
   costs one HGET more, the created delivery's state to that target. Unsettled and within the
-  bound: not claimed but due again at the created delivery's next attempt plus a second (or in a
-  second while that one is due or in flight), never past the bound, its state's `waiting` saying
-  why. Created deliveries pay nothing; nor does anything while its target is paused (parked
+  bound: not claimed but due again at the created delivery's next attempt plus a second (in a
+  second while that one is due or in flight, in 30 s while it is parked for its target's
+  concurrency cap), never past the bound, its state's `waiting` saying why. Created deliveries pay nothing; nor does anything while its target is paused (parked
   first).
 - engine: an accepted delivery that waited, or goes past the bound, is claimed with a flag
   (`ORDER_FLAGS`); its attempt record gets a `note` (`note_for`).

@@ -154,14 +154,19 @@ def test_an_accepted_delivery_waits_for_its_created_ones_next_attempt_then_goes(
     )
     assert (state["status"], state["next_attempt_at"]) == ("pending", now + 6000)
 
-    # Due or in flight (its retry time passed): looked at again in a second.
+    # In flight (its retry time passed, its lease in the queue): looked at again in a second.
     set_state(redis, created, status="retrying", next_attempt_at=now)
-    assert claim(redis, now + 6000) == []
+    redis.zadd(f"{P}:due", {f"{created}-crm": now + 96_000})
+    assert [did for did, _ in claim(redis, now + 6000)] == []
     assert redis.zscore(f"{P}:due", f"{accepted}-crm") == now + 7000
+    # Waiting nowhere (parked for its target's cap, say): in 30 s.
+    redis.zrem(f"{P}:due", f"{created}-crm")
+    assert claim(redis, now + 7000) == []
+    assert redis.zscore(f"{P}:due", f"{accepted}-crm") == now + 37_000
 
     # Delivered: it goes, flagged as having waited.
     set_state(redis, created, status="delivered")
-    assert claim(redis, now + 7000) == [(f"{accepted}-crm", f" after:delivered:{created}-crm")]
+    assert claim(redis, now + 37_000) == [(f"{accepted}-crm", f" after:delivered:{created}-crm")]
 
 
 @pytest.mark.parametrize("status", ["failed", "expired", "skipped", "suppressed"])

@@ -33,10 +33,17 @@ local function created_first(did, eid, t, tp, cid, flag)
   if (status == 'pending' or status == 'retrying') and now >= deadline then
     return true, flag .. ' bound:' .. status .. ':' .. cdid, redis.call('HGET', dk, t)
   elseif status == 'pending' or status == 'retrying' then
-    -- Looked at again when the created one's next attempt should be done, or in a second while
-    -- it is due or in flight (its retry time, then, is in the past); never past the bound.
+    -- Looked at again a second after the created one's next attempt; in a second while that one
+    -- is due or in flight; in 30 s while it is parked (its target's cap) or waits nowhere. Never
+    -- past the bound.
     local nxt = tonumber(string.match(cst, '"next_attempt_at":%s*(%d+)') or '0')
-    local at = math.min(nxt > now and nxt + 1000 or now + 1000, deadline)
+    local at = now + 1000
+    if nxt > now then
+      at = nxt + 1000
+    elseif not redis.call('ZSCORE', due, cdid) then
+      at = now + 30000
+    end
+    at = math.min(at, deadline)
     redis.call('ZADD', due, at, did)
     local raw = redis.call('HGET', dk, t)
     if raw then
