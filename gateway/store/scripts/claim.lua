@@ -48,7 +48,8 @@ local function created_first(did, eid, t, tp, cid, flag)
     local raw = redis.call('HGET', dk, t)
     if raw then
       local st = cjson.decode(raw)
-      st.waiting = WAITING .. cdid .. ' to be delivered or fail for good (at most ' .. (tp.order_label or '?') .. ')'
+      st.waiting = WAITING .. cdid .. ' to be delivered or fail for good (at most '
+        .. (tp.order_label or '?') .. ')'
       st.next_attempt_at = at
       redis.call('HSET', dk, t, cjson.encode(st))
     end

@@ -65,7 +65,9 @@ for i = 7, #ARGV - 9, 10 do
   if ckey ~= '' then
     -- an accepted event names its invitation's created one (never a later one), last in its JSON
     local cid = redis.call('GET', p .. ':dedupe:' .. ckey)
-    if cid and ulid_ms(cid) <= tonumber(ms) then event = string.sub(event, 1, -2) .. ',"created_id":"' .. cid .. '"}' end
+    if cid and ulid_ms(cid) <= tonumber(ms) then
+      event = string.sub(event, 1, -2) .. ',"created_id":"' .. cid .. '"}'
+    end
   end
   local status = 'accepted'
   if kind == 'a' then
