@@ -171,6 +171,9 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
     def limits(event: InvitationEvent, now: int) -> dict[str, Any]:
         return limit_fields(event, cache.policy(live.current, event.network_id), now)
 
+    def deadlines() -> str:
+        return cache.expiries(live.current)
+
     accepter = Accepter(
         fast,
         settings.prefix,
@@ -182,6 +185,7 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         wake,
         dedupe_seconds=settings.dedupe_seconds,
         bound=settings.spool_after_ms / 1000,
+        expiries=deadlines,
         ordering=lambda event: cache.ordering(live.current, event.type, event.network_id),
     )
     return IngestParts(redis, aio, fast, store, live, accepter, refresh_config, cache)

@@ -45,6 +45,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "rejected with a reason)",
         ("event", "format", "outcome", "reason"),
     ),
+    "gateway_suppressed": (
+        "Invitations held back by an abuse limit, by event and by the rule that held them back "
+        "(limit, prefix, cooldown, guard, allowlist)",
+        ("event", "kind"),
+    ),
     "gateway_deliveries": (
         "Delivery attempts by target and outcome (delivered, retrying, throttled, failed, expired, "
         "skipped, paused, disabled)",
@@ -146,6 +151,10 @@ class IngestMetrics:
         data[key] = data.get(key, 0) + 1
         key = ("gateway_ingest_seconds", event, "sum")
         data[key] = data.get(key, 0) + seconds
+
+    def suppressed(self, event: str, kind: str) -> None:
+        """One more callback held back by `kind` (a SuppressionKind value: a bounded label)."""
+        self.tally.add(("gateway_suppressed", event, kind))
 
     def rejected(self, event: str, fmt: str, status: int, seconds: float) -> None:
         self.callback(event, fmt, "rejected", seconds, self._reasons.get(status) or str(status))

@@ -14,6 +14,7 @@ every network):
     ]
     cooldown = "10m"                                         # per invitee number
     guard = { window = "1h", min_created = 20, max_accepted_ratio = 0.05, hold = "6h", digits = 4 }
+    default_region = "US"                                    # where national numbers are dialled
 
 A token is never written in the file: `${VAR}` takes it from the web process' environment,
 `sha256:<hex>` is its digest (`gateway tokens hash` makes one).
@@ -32,6 +33,7 @@ from functools import lru_cache
 from typing import Any
 
 from gateway.exceptions import ConfigError
+from gateway.numbers import REGIONS
 
 _DURATION = re.compile(r"([1-9][0-9]{0,6})(s|m|h|d)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -40,7 +42,9 @@ _ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 _PREFIX = re.compile(r"\+[0-9]{1,15}")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # a TOML key that needs no quotes
 PER = ("invitee", "invitor", "prefix", "network")
-_KEYS = frozenset({"tokens", "allow_from", "allowed_prefixes", "limits", "cooldown", "guard"})
+_KEYS = frozenset(
+    {"tokens", "allow_from", "allowed_prefixes", "limits", "cooldown", "guard", "default_region"}
+)
 _LIMIT_KEYS = frozenset({"per", "max", "window", "digits"})
 _GUARD_KEYS = frozenset({"window", "min_created", "max_accepted_ratio", "hold", "digits"})
 DEFAULT_PREFIX_DIGITS = 4
@@ -115,6 +119,7 @@ class NetworkPolicy:
     allowed_prefixes: tuple[str, ...] = ()
     limits: tuple[Limit, ...] = ()
     guard: Guard | None = None
+    default_region: str | None = None  # ISO 3166 code: where a number without + was dialled
 
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return _networks(self.allow_from)
@@ -146,6 +151,8 @@ class NetworkPolicy:
                 "hold": g.hold,
                 "digits": g.digits,
             }
+        if self.default_region is not None:
+            data["default_region"] = self.default_region
         return data
 
 
@@ -255,7 +262,14 @@ def policy_from_dict(network: str, data: object, environ: Mapping[str, str] | No
             hold=parse_duration(g.get("hold", _GUARD_DEFAULTS["hold"]), where, "guard.hold"),
             digits=_int(g.get("digits", DEFAULT_PREFIX_DIGITS), where, "guard.digits", 1, 15),
         )
-    return NetworkPolicy(network, tokens, allow_from, prefixes, tuple(limits), guard)
+    region = data.get("default_region")
+    if region is not None and (not isinstance(region, str) or region not in REGIONS):
+        raise config_error(
+            f'must be a region code like "US", "GB" or "DE" (ISO 3166-1, upper case), got {region!r}',
+            where,
+            "default_region",
+        )
+    return NetworkPolicy(network, tokens, allow_from, prefixes, tuple(limits), guard, region)
 
 
 def networks_from_dict(data: object, environ: Mapping[str, str] | None = None) -> dict[str, NetworkPolicy]:
@@ -298,18 +312,18 @@ class TokenTable:
         return found
 
 
-def prefix_of(invitee: str, digits: int) -> str:
+def prefix_of(number: str, digits: int) -> str:
     """The first `digits` digits of a number (without its +): the destination prefix."""
-    return invitee.lstrip("+")[:digits]
+    return number.lstrip("+")[:digits]
 
 
-def prefix_allowed(invitee: str, allowed: Sequence[str]) -> bool:
-    """Whether an invitee may be invited: a number with + must start with an allowed prefix.
+def prefix_allowed(number: str, allowed: Sequence[str]) -> bool:
+    """Whether a number may be invited: its digits must start with an allowed prefix.
 
-    A number without + is in no known format (national or a bare example): it passes only if
-    an allowed prefix matches its digits as they are.
+    `number`: the digits of its E.164 form, or, for a number that has none (national without a
+    default region, impossible), its digits as they are (gateway/numbers.py, `identity`).
     """
-    digits = invitee.lstrip("+")
+    digits = number.lstrip("+")
     return any(digits.startswith(p[1:]) for p in allowed)
 
 

@@ -24,8 +24,8 @@ The pieces, and what they cost:
   costs one HGET more, the created delivery's state to that target. Unsettled and within the
   bound: not claimed but due again at the created delivery's next attempt plus a second (in a
   second while that one is due or in flight, in 30 s while it is parked for its target's
-  concurrency cap), never past the bound, its state's `waiting` saying why. Created deliveries pay nothing; nor does anything while its target is paused (parked
-  first).
+  concurrency cap), never past the bound, its state's `waiting` saying why. Created deliveries
+  pay nothing; nor does anything while its target is paused (parked first).
 - engine: an accepted delivery that waited, or goes past the bound, is claimed with a flag
   (`ORDER_FLAGS`); its attempt record gets a `note` (`note_for`).
 """

@@ -74,6 +74,9 @@ class Delivery:
     updated_at: int = 0
     next_attempt_at: int | None = None
     waiting: str | None = None  # why it waits besides its schedule: "target paused", "target disabled"
+    # SUPPRESSED (and kept once released): the rule that held it back, a SuppressionKind value
+    # (limit, prefix, cooldown, guard, allowlist); stored only when set
+    suppressed_by: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -81,7 +84,7 @@ class Delivery:
 
     def to_dict(self) -> dict[str, Any]:
         # Spelt out rather than dataclasses.asdict, which deep-copies: this is on the hot path.
-        return {
+        data = {
             "status": self.status.value,
             "attempts": self.attempts,
             "retries": self.retries,
@@ -93,6 +96,9 @@ class Delivery:
             "next_attempt_at": self.next_attempt_at,
             "waiting": self.waiting,
         }
+        if self.suppressed_by is not None:
+            data["suppressed_by"] = self.suppressed_by
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Delivery:

@@ -8,7 +8,8 @@ restarts the worker.
 
 RQ's scheduler is not used. Retries are due-times in Redis, and each worker runs a ticker
 thread that, once a second, queues a drain job when something is due and none is queued,
-probes paused targets and releases deliveries held back by a concurrency cap. So a retry due at
+probes paused targets, releases deliveries held back by a concurrency cap and tells the alert
+target of the prefix guard's holds, when one starts and when it ends. So a retry due at
 T is attempted about a second after T (or as soon as a worker is up again), whatever happened
 meanwhile: a Redis restart (with its data), a dead worker, hours without traffic.
 """
@@ -20,6 +21,7 @@ import gc
 import itertools
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -38,13 +40,16 @@ from rq.worker import SimpleWorker
 
 from gateway import wiring
 from gateway.config.targets import Config
-from gateway.delivery.engine import Engine, EngineSettings, now_ms
+from gateway.delivery.engine import DEAD_ALERT_EVERY, Engine, EngineSettings, dead_letter_message, now_ms
 from gateway.delivery.sender import Sender
+from gateway.events import make_alert
 from gateway.fastredis import script_client
 from gateway.live import LiveConfig
-from gateway.metrics import Tally, flush_commands, worker_name
+from gateway.metrics import Tally, count_deliveries, flush_commands, worker_name
 from gateway.queue import DRAIN_BUDGET, GatewayJob, enqueue_drain, make_queue
+from gateway.records import iso_ms
 from gateway.settings import Settings
+from gateway.store.holds import HoldChange, Holds, PrefixHold
 from gateway.store.ops import OpsKeys
 
 log = logging.getLogger("gateway.worker")
@@ -161,6 +166,7 @@ class Ticker(threading.Thread):
         self.redis = wiring.redis_client(settings)
         self.waiting = wiring.delivery_queue(settings, self.redis)
         self.store = wiring.store(settings, self.redis)
+        self.holds = Holds(self.redis, settings.prefix)
         self.live = LiveConfig(self.store)
         self.worker_name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.queue = make_queue(self.redis, queue.name)
@@ -237,6 +243,8 @@ class Ticker(threading.Thread):
             for name in self.waiting.parked_targets():
                 if name not in capped and config.target(name) is not None:
                     self.waiting.unpark(name, now, 0)
+        self.tell_holds(config, now)
+        self.expire_due(config, now)
         first = self.waiting.next_due()
         if first is not None and first <= now:
             overdue = first <= now - 1000
@@ -249,6 +257,45 @@ class Ticker(threading.Thread):
         if self._count % 5 == 1:
             self.store.redis_lost_data()  # logs at ERROR once when Redis came back empty
 
+    def tell_holds(self, config: Config, now: int) -> None:
+        """Tell the alert target of each hold of the prefix guard that started or ended (each
+        once, whichever worker's ticker takes it)."""
+        news = self.holds.news(now)
+        told = False
+        for change, hold in news:
+            message = hold_message(change, hold)
+            log.warning("%s", message)
+            name = config.alert_target
+            if name is not None and config.target(name) is not None:
+                self.waiting.write_alert(make_alert(message), name)
+                told = True
+        if told and self.waiting.set_wake():
+            enqueue_drain(self.queue)
+
+    def expire_due(self, config: Config, now: int) -> None:
+        """Record as expired the waiting deliveries whose expire_after passed (a dead letter,
+        counted and alerted now, not at their next try; one Lua call, store/scripts/expire.lua)."""
+        expired = self.waiting.expire_due(
+            now, [(t.name, t.expire_after) for t in config.targets if t.expire_after is not None]
+        )
+        if not expired:
+            return
+        if self.tally is not None:
+            count_deliveries(self.tally, [(did.partition("-")[2], "expired", None) for did, _ in expired])
+        told = False
+        for did, reason in expired:
+            log.warning("delivery %s expired: %s", did, reason)
+        for target in sorted({did.partition("-")[2] for did, _ in expired}):
+            name = config.alert_target
+            if name is None or name == target or config.target(name) is None:
+                continue
+            if self.waiting.alert_gate(f"dead:{target}", DEAD_ALERT_EVERY):
+                did, reason = next((d, r) for d, r in expired if d.partition("-")[2] == target)
+                self.waiting.write_alert(make_alert(dead_letter_message(target, did, reason)), name)
+                told = True
+        if told and self.waiting.set_wake():
+            enqueue_drain(self.queue)
+
     def report_env(self, config: Config) -> None:
         """Publish the names (never the values) of the targets' variables this worker has."""
         referenced: set[str] = set()
@@ -260,6 +307,21 @@ class Ticker(threading.Thread):
 # How long RQ's pubsub thread (RQ's remote commands: shutdown, kill-horse, stop-job) waits for a
 # message before it looks at its stop flag again; RQ's own 60 s could hold a stop that long.
 PUBSUB_WAKE = 0.25
+
+
+def hold_message(change: HoldChange, hold: PrefixHold) -> str:
+    """What the alert target is told of a hold of the prefix guard."""
+    where = f"network {hold.network}: prefix +{hold.prefix}"
+    if change is HoldChange.HELD:
+        return (
+            f"{where} held until {iso_ms(hold.ends_ms)}: {hold.reason}. Its invitations are kept, "
+            f"suppressed; `gateway holds lift {hold.id}` lifts the hold"
+        )
+    how = f"lifted {hold.lifted_by}" if hold.lifted_by else "its time ran out"
+    return (
+        f"{where} no longer held ({how}). What it held back stays suppressed: "
+        f"`gateway suppressed release --network {shlex.quote(hold.network)} --reason guard` sends it"
+    )
 
 
 class GatewayWorker(SimpleWorker):

@@ -336,6 +336,28 @@ def test_to_dict_from_dict_round_trip() -> None:
     assert InvitationEvent.from_dict(json.loads(json.dumps(data))) == event
 
 
+def test_an_event_stored_before_invitee_e164_existed_still_loads() -> None:
+    event = _event()
+    old = {k: v for k, v in event.to_dict().items() if k != "invitee_e164"}
+    loaded = InvitationEvent.from_dict(old)
+    assert loaded.invitee_e164 is None and loaded.invitee == event.invitee
+    assert InvitationEvent(**old).invitee_e164 is None  # the engine's fast path (every key a field)
+    assert loaded.placeholders()["invitee_e164"] == ""
+
+
+def test_the_event_keeps_the_number_as_sent_and_gains_its_e164_form() -> None:
+    fields = {"invitee": "(555) 010-0009", "invitor": "johnsnow", "network_id": "us"}
+    event = make_event(fields, INVITATION_CREATED, "query", now=NOW, region_of={"us": "US"}.get)
+    assert (event.invitee_raw, event.invitee, event.invitee_e164) == (
+        "(555) 010-0009",
+        "5550100009",  # as today: targets' templates depend on it
+        "+15550100009",
+    )
+    # Without a default region, a national number has no E.164 form.
+    other = make_event({**fields, "network_id": "xx"}, INVITATION_CREATED, "query", now=NOW)
+    assert other.invitee_e164 is None and other.invitee == "5550100009"
+
+
 def test_from_dict_ignores_unknown_keys() -> None:
     event = _event()
     assert InvitationEvent.from_dict({**event.to_dict(), "future_field": 1}) == event
@@ -346,6 +368,7 @@ def test_placeholders() -> None:
     assert event.placeholders() == {
         "invitee": "+15551231234",
         "invitee_raw": "+1 555 123 1234",
+        "invitee_e164": "+15551231234",
         "invitor": "johnsnow",
         "network_id": "mynetwork",
         "event": INVITATION_CREATED,
@@ -396,9 +419,10 @@ def test_new_ulids_of_one_millisecond_sort_in_the_order_made() -> None:
     st.text(max_size=40),
     st.one_of(st.none(), st.text(max_size=20)),
     st.one_of(st.none(), st.text(max_size=60)),
+    st.one_of(st.none(), st.text(max_size=20)),
 )
 def test_to_json_is_the_compact_json_of_to_dict(
-    invitor: str, network: str, client: str | None, message: str | None
+    invitor: str, network: str, client: str | None, message: str | None, e164: str | None
 ) -> None:
     # Built by hand (once per callback, on the hot path): the text json.dumps would make.
     event = InvitationEvent(
@@ -413,6 +437,7 @@ def test_to_json_is_the_compact_json_of_to_dict(
         "json",
         client=client,
         message=message,
+        invitee_e164=e164,
     )
     expected = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False)
     assert event.to_json() == expected

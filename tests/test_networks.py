@@ -69,9 +69,11 @@ def test_a_full_table_is_read() -> None:
                 "hold": "1d",
                 "digits": 3,
             },
+            "default_region": "GB",
         },
         {"MYNETWORK_TOKEN": "s3cret"},
     )
+    assert policy.default_region == "GB"
     assert policy.network == "mynetwork"
     assert policy.tokens == ("${MYNETWORK_TOKEN}", DIGEST)
     assert [str(n) for n in policy.networks()] == ["203.0.113.0/24", "2001:db8::/32"]
@@ -108,6 +110,7 @@ def test_to_dict_round_trips_including_the_cooldown() -> None:
         ],
         "cooldown": "5m",
         "guard": {"min_created": 5, "max_accepted_ratio": 0.2},
+        "default_region": "US",
     }
     policy = policy_from_dict("n", data)
     stored = json.loads(json.dumps(policy.to_dict()))  # as it travels through Redis
@@ -171,6 +174,11 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"guard": {"window": "an hour"}}, "guard.window"),
     ({"guard": {"hold": "6 hours"}}, "guard.hold"),
     ({"guard": {"digits": 0}}, "guard.digits"),
+    ({"default_region": "us"}, "default_region"),
+    ({"default_region": "USA"}, "default_region"),
+    ({"default_region": "+1"}, "default_region"),
+    ({"default_region": "ZZ"}, "default_region"),
+    ({"default_region": 1}, "default_region"),
 ]
 
 
@@ -381,11 +389,11 @@ def test_limit_fields_per_kind(per: str) -> None:
     policy = _policy(limits=[{"per": per, "max": 3, "window": "1h", "digits": 4}])
     fields = limit_fields(_event(), policy, NOW)
     assert set(fields) == {"lim"}
-    [[key, most, ttl, reason]] = fields["lim"]
+    [[key, most, window, reason, kind]] = fields["lim"]
     assert most == 3
-    # The key lives to the end of its fixed window, plus a minute.
-    assert ttl == 3_600_000 - NOW % 3_600_000 + 60_000
+    assert window == 3_600_000  # the log keeps what is younger than that
     assert reason == f"over 3 invitations per 3600 s for this {'4-digit prefix' if per == 'prefix' else per}"
+    assert kind == ("prefix" if per == "prefix" else "limit")
     _assert_no_personal_data(fields, "15551234567", "5551234567", "johnsnow")
     # Which callbacks share a counter:
     same_invitee = limit_fields(_event(invitor="arya"), policy, NOW)["lim"][0][0]
@@ -406,18 +414,21 @@ def test_limit_fields_per_kind(per: str) -> None:
     assert limit_fields(other, policy, NOW)["lim"][0][0] != key
 
 
-def test_limit_keys_are_fixed_windows() -> None:
+def test_limit_keys_do_not_move_with_time() -> None:
+    # A limit's log slides: the same key whenever the invitation comes.
     policy = _policy(limits=[{"per": "invitee", "max": 3, "window": "1h"}])
-    start = NOW - NOW % 3_600_000
-    key = limit_fields(_event(), policy, start)["lim"][0][0]
-    assert limit_fields(_event(), policy, start + 3_599_999)["lim"][0][0] == key
-    assert limit_fields(_event(), policy, start + 3_600_000)["lim"][0][0] != key
+    key = limit_fields(_event(), policy, NOW)["lim"][0][0]
+    assert limit_fields(_event(), policy, NOW + 3_600_000 * 7 + 1)["lim"][0][0] == key
+    # A limit of one is a key, not a log: another name.
+    one = _policy(limits=[{"per": "invitee", "max": 1, "window": "1h"}])
+    assert limit_fields(_event(), one, NOW)["lim"][0][0].startswith("lim1:")
+    assert key.startswith("lim:")
 
 
 def test_the_cooldown_is_an_invitee_limit_of_one() -> None:
     fields = limit_fields(_event(), _policy(cooldown="10m"), NOW)
-    [[_, most, _, reason]] = fields["lim"]
-    assert most == 1
+    [[_, most, window, reason, kind]] = fields["lim"]
+    assert (most, window, kind) == (1, 600_000, "cooldown")
     assert reason == "another invitation to this number less than 600 s ago (cooldown)"
 
 
@@ -439,7 +450,7 @@ def test_two_limits_on_the_same_counter_count_it_once_with_the_lower_max() -> No
     policy = _policy(
         limits=[{"per": "invitee", "max": 5, "window": "1d"}, {"per": "invitee", "max": 3, "window": "1d"}]
     )
-    [[_, most, _, _]] = limit_fields(_event(), policy, NOW)["lim"]
+    [[_, most, _, _, _]] = limit_fields(_event(), policy, NOW)["lim"]
     assert most == 3
     # Another window or another kind is another counter.
     policy = _policy(
@@ -449,6 +460,30 @@ def test_two_limits_on_the_same_counter_count_it_once_with_the_lower_max() -> No
     assert len({lim[0] for lim in limit_fields(_event(), policy, NOW)["lim"]}) == 3
 
 
+def test_every_spelling_of_one_number_counts_as_one() -> None:
+    policy = _policy(
+        limits=[{"per": "invitee", "max": 3, "window": "1h"}, {"per": "prefix", "max": 9, "window": "1h"}],
+        cooldown="10m",
+        guard={"min_created": 5},
+        default_region="US",
+    )
+
+    def keys(invitee: str, region: str | None = "US") -> list[str]:
+        fields = {"invitee": invitee, "invitor": "johnsnow", "network_id": "mynetwork"}
+        event = make_event(fields, INVITATION_CREATED, "query", now=NOW / 1000, region_of=lambda n: region)
+        return _keys(limit_fields(event, policy, NOW))
+
+    first = keys("+15550100009")
+    assert keys("15550100009") == first
+    assert keys("5550100009") == first
+    assert keys("(555) 010-0009") == first
+    assert keys("0015550100009") == first  # 00 read as international, even where 011 is
+    assert keys("0015550100009", "GB") == first
+    assert keys("+1 555 010 0009", None) == first
+    assert keys("15550100009", None) == first  # no region: counted on its digits, the same ones
+    assert keys("+15550100008") != first
+
+
 def test_a_refused_prefix_is_suppressed_without_counting() -> None:
     policy = _policy(
         allowed_prefixes=["+1"],
@@ -456,7 +491,12 @@ def test_a_refused_prefix_is_suppressed_without_counting() -> None:
         guard={"min_created": 5},
     )
     fields = limit_fields(_event(invitee="+447700900123"), policy, NOW)
-    assert fields == {"sup": "invitee prefix not allowed for network mynetwork"}
+    assert fields == {"sup": "invitee prefix +44 not allowed for network mynetwork", "k": "allowlist"}
+    # Named as finely as the allowlist is written.
+    finer = _policy(allowed_prefixes=["+1", "+4477"])
+    assert limit_fields(_event(invitee="+447810000000"), finer, NOW)["sup"].startswith(
+        "invitee prefix +4478 not allowed"
+    )
     assert set(limit_fields(_event(), policy, NOW)) == {"lim", "g"}
 
 
@@ -468,7 +508,13 @@ def test_guard_fields_and_accepted_invitations_count_on_the_same_key() -> None:
     g = created["g"]
     assert g["min"] == 5 and g["ratio"] == 0.2 and g["hold"] == 6 * 3600 and g["ttl"] == 2 * 3_600_000
     assert g["why"].startswith("prefix +8821 held")
-    assert len({g["h"], g["c"], g["a"]}) == 3
+    assert (g["n"], g["p"]) == ("mynetwork", "8821")  # for the list of holds
+    assert len({g["h"], g["c"], g["a"], g["cp"], g["ap"]}) == 5
+    # The previous window weighs as much of it as the sliding window still covers.
+    assert g["w"] == 1 - (NOW % 3_600_000) / 3_600_000
+    start = NOW - NOW % 3_600_000
+    later = limit_fields(_event(invitee="+882161234567"), policy, start + 3_600_000)["g"]
+    assert (later["cp"], later["ap"], later["w"]) == (g["c"], g["a"], 1.0)
     _assert_no_personal_data(created, "882161234567", "johnsnow")
     accepted = limit_fields(_event(invitee="+882169999999", event_type=INVITATION_ACCEPTED), policy, NOW)
     # An accepted invitation only counts towards its prefix's accepted share, on the key the

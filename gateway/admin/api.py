@@ -29,7 +29,7 @@ from gateway.admin import AdminError, BadParameter, Invalid
 from gateway.admin.documents import replay_json
 from gateway.admin.keys import KeyAuthBackend, Principal
 from gateway.admin.openapi import SPEC
-from gateway.admin.queries import MAX_LIMIT, EventFilter, FailedFilter, Page
+from gateway.admin.queries import MAX_LIMIT, EventFilter, FailedFilter, Page, SuppressedFilter
 from gateway.admin.service import Service
 from gateway.events import EVENT_TYPES
 from gateway.exceptions import problem_document
@@ -214,6 +214,30 @@ def _failed_filter(request: Request) -> FailedFilter:
     )
 
 
+def _names(f: dict[str, Any], key: str) -> frozenset[str]:
+    value = f.get(key, [])
+    # An empty name is refused, not read as "no filter": it would select every one.
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise Invalid("must be a list of non-empty strings", key)
+    return frozenset(value)
+
+
+def _when(f: dict[str, Any], key: str) -> int | None:
+    if key not in f:
+        return None
+    value = f[key]
+    if not isinstance(value, str):
+        raise Invalid("must be an ISO 8601 date-time", key)
+    try:
+        parsed = datetime.fromisoformat(value.upper())
+    except ValueError:
+        raise Invalid(f"must be an ISO 8601 date-time, got {value!r}", key) from None
+    try:
+        return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
+    except (OverflowError, OSError, ValueError):
+        raise Invalid(f"out of range: {value!r}", key) from None
+
+
 def _failed_filter_from(data: Any) -> FailedFilter:
     """The `failed` selection of a replay body: the filters of GET /deliveries/failed."""
     f = _object(data)
@@ -222,22 +246,10 @@ def _failed_filter_from(data: Any) -> FailedFilter:
         raise Invalid("unknown filter (known: target, network, event, since, until, error)", unknown[0])
 
     def names(key: str) -> frozenset[str]:
-        value = f.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise Invalid("must be a list of non-empty strings", key)
-        return frozenset(value)
+        return _names(f, key)
 
     def when(key: str) -> int | None:
-        if key not in f:
-            return None
-        value = f[key]
-        if not isinstance(value, str):
-            raise Invalid("must be an ISO 8601 date-time", key)
-        try:
-            parsed = datetime.fromisoformat(value.upper())
-        except ValueError:
-            raise Invalid(f"must be an ISO 8601 date-time, got {value!r}", key) from None
-        return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
+        return _when(f, key)
 
     # An empty one is refused, not read as "no filter": it would replay every dead letter.
     for key in ("event", "error"):
@@ -251,6 +263,24 @@ def _failed_filter_from(data: Any) -> FailedFilter:
         until_ms=when("until"),
         error=f.get("error"),
     )
+
+
+def _suppressed_filter(request: Request) -> SuppressedFilter:
+    return SuppressedFilter(
+        networks=_query_list(request, "network"),
+        reasons=_query_list(request, "reason"),
+        since_ms=_time(request, "since"),
+        until_ms=_time(request, "until"),
+    )
+
+
+def _suppressed_filter_from(data: Any) -> SuppressedFilter:
+    """The body of POST /suppressed/release: the filters of GET /suppressed."""
+    f = _object(data)
+    unknown = sorted(set(f) - {"network", "reason", "since", "until"})
+    if unknown:
+        raise Invalid("unknown filter (known: network, reason, since, until)", unknown[0])
+    return SuppressedFilter(_names(f, "network"), _names(f, "reason"), _when(f, "since"), _when(f, "until"))
 
 
 # -- the API ------------------------------------------------------------------------------------
@@ -405,6 +435,29 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
             raise Invalid("must be a non-empty list of network ids (leave it out for all)", "networks")
         return JSONResponse(await call(service.forget, p, body["number"], networks))
 
+    async def holds(request: Request) -> Response:
+        p = _principal(request)
+        network = _query(request, "network") or None
+        return JSONResponse({"items": await call(service.list_holds, p, network)})
+
+    async def hold(request: Request) -> Response:
+        p = _principal(request)
+        lifted = await call(service.lift_hold, p, request.path_params["hold_id"])
+        log.info("hold %s (network %s) lifted by key %s", lifted["id"], lifted["network"], p.key_id)
+        return JSONResponse(lifted)
+
+    async def suppressed(request: Request) -> Response:
+        p = _principal(request)
+        filters = _suppressed_filter(request)
+        limit = _int(request, "limit", 50, 1, MAX_LIMIT)
+        return _page(await listing(service.suppressed, p, filters, _query(request, "cursor"), limit))
+
+    async def release(request: Request) -> Response:
+        p = _principal(request)
+        filters = _suppressed_filter_from(await _body(request, required=False))
+        results = await call(service.release_suppressed, p, filters)
+        return JSONResponse(replay_json(results))
+
     async def overview(request: Request) -> Response:
         p = _principal(request)
         return JSONResponse(await call(service.overview, p))
@@ -451,6 +504,10 @@ def admin_api(store: Store, queue_name: str = "gateway-deliveries") -> Starlette
         Route("/deliveries/{delivery_id}", delivery, methods=["GET"]),
         Route("/deliveries/{delivery_id}/replay", replay_one, methods=["POST"]),
         Route("/erasures", erasure, methods=["POST"]),
+        Route("/holds", holds, methods=["GET"]),
+        Route("/holds/{hold_id}", hold, methods=["DELETE"]),
+        Route("/suppressed", suppressed, methods=["GET"]),
+        Route("/suppressed/release", release, methods=["POST"]),
         Route("/overview", overview, methods=["GET"]),
         Route("/keys", keys_, methods=["GET", "POST"]),
         Route("/keys/{key_id}", key, methods=["DELETE"]),

@@ -711,6 +711,23 @@ class Pages:
         kind = "ok" if counts.get("replayed") else "warn"
         return self.dash.redirect(request, back, session.with_flash(kind, ", ".join(parts) + "."))
 
+    # -- holds -------------------------------------------------------------------------------------
+    async def holds(self, request: Request, session: Session, p: Principal) -> Response:
+        items = await self.call(self.service.list_holds, p)
+        holds = [
+            {**h, "since_short": _short_time(h["since"]), "until_short": _short_time(h["until"])}
+            for h in items
+        ]
+        return self.dash.render(request, "holds.html", session, p, section="holds", holds=holds)
+
+    async def lift_hold(self, request: Request, session: Session, p: Principal) -> Response:
+        lifted = await self.call(self.service.lift_hold, p, request.path_params["hold_id"])
+        text = (
+            f"The hold on {lifted['prefix']} for {lifted['network']} is lifted; what it kept back "
+            "stays suppressed until released."
+        )
+        return self.dash.redirect(request, "/holds", session.with_flash("ok", text))
+
 
 FAILURES_SHOWN = 200  # the failures page lists (and "replay all shown" replays) at most this many
 TEST_WAIT = 15.0  # seconds "Send test" waits for a worker (it lapses unsent after that)
@@ -816,6 +833,8 @@ def create_dashboard(
         Route("/targets/{name}/test", p(pages.test_target), methods=["POST"]),
         Route("/failures", p(pages.failures), methods=["GET"]),
         Route("/failures/replay", p(pages.replay), methods=["POST"]),
+        Route("/holds", p(pages.holds), methods=["GET"]),
+        Route("/holds/{hold_id}/lift", p(pages.lift_hold), methods=["POST"]),
         Mount("/static", app=StaticFiles(packages=[(PACKAGE, "static")]), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})

@@ -42,12 +42,38 @@ class DeadLetter:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Suppressed:
+    """A delivery held back by an abuse limit (an item of GET /suppressed)."""
+
+    delivery_id: str
+    received_ms: int
+    target: str
+    event: InvitationEvent
+    delivery: Delivery
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "delivery_id": self.delivery_id,
+            "received_at": iso_ms(self.received_ms),
+            "target": self.target,
+            "network": self.event.network_id,
+            "event": self.event.type,
+            "event_id": self.event.id,
+            "reason": self.delivery.waiting,
+            "kind": self.delivery.suppressed_by,
+            "replays": self.delivery.replays,
+        }
+
+
 def event_json(event: InvitationEvent) -> dict[str, Any]:
     return {k: v for k, v in event.to_dict().items() if k != "received_at_ms"}
 
 
 def event_summary(event: InvitationEvent, deliveries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """An item of GET /events: the event, and per target its delivery's status and request count."""
+    """An item of GET /events: the event, and per target its delivery's status, request count,
+    why it waits (`waiting`: a suppressed one's reason, "target paused", ...) and, suppressed,
+    the rule that held it back (`suppressed_by`)."""
     return {
         **event_json(event),
         "deliveries": {
@@ -55,6 +81,8 @@ def event_summary(event: InvitationEvent, deliveries: Mapping[str, Mapping[str, 
                 "status": d.get("status"),
                 "attempts": d.get("attempts", 0),
                 "last_status_code": d.get("last_status_code"),
+                "waiting": d.get("waiting"),
+                "suppressed_by": d.get("suppressed_by"),
             }
             for name, d in sorted(deliveries.items())
         },

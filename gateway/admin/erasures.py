@@ -30,11 +30,7 @@ TOTALS = ("events", "deliveries_cancelled", "dead_letters", "keys")
 
 
 def forget(store: Store, p: Principal, number: str, networks: Iterable[str] | None = None) -> dict[str, Any]:
-    try:
-        forms = Number.parse(number) if isinstance(number, str) else None
-    except ValueError as exc:
-        raise Invalid(str(exc), "number") from None
-    if forms is None:
+    if not isinstance(number, str):
         raise Invalid("must be a phone number (a string)", "number")
     scope = p.networks
     if networks is not None:
@@ -51,6 +47,13 @@ def forget(store: Store, p: Principal, number: str, networks: Iterable[str] | No
         config = config_from_dict(data) if data else Config()
     except ConfigError:
         config = Config()  # (an unreadable stored configuration: no policies, no targets known)
+    # A national number means the number the networks' default_region makes of it (each of
+    # them: an erasure rather takes one record too many than leaves one).
+    regions = {config.network_policy(n).default_region for n in (scope or {*config.networks, "*"})}
+    try:
+        forms = Number.parse(number, regions)
+    except ValueError as exc:
+        raise Invalid(str(exc), "number") from None
     job = Erasure(store.redis, store.keys, forms, scope, config, now_ms(), p.can_see_target)
     by_holder = erase(job)
     total: Counter[str] = sum(by_holder.values(), Counter())

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
-from gateway.admin.queries import EVENT_TYPE_CHOICES, MAX_LIMIT, STATE_FILTERS, STATES
+from gateway.admin.queries import EVENT_TYPE_CHOICES, MAX_LIMIT, STATE_FILTERS, STATES, SUPPRESSION_KINDS
 
 _EVENT_TYPES = ["invitation_created", "invitation_accepted"]
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -68,6 +68,11 @@ _TEXTS = {"type": "array", "items": _TEXT}
 # minLength with an enum says nothing more to a validator, but it has schemathesis' coverage phase
 # try the empty value every run (its fuzzing found `?type=` read as "no filter" only by luck).
 _EVENT_TYPE = {**_TEXT, "enum": list(EVENT_TYPE_CHOICES)}
+_SUPPRESSED_BY = {
+    "type": ["string", "null"],
+    "enum": [*SUPPRESSION_KINDS, None],
+    "description": "The rule that held it back (set once suppressed, kept after a release).",
+}
 _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _LIMIT = _param(
@@ -87,6 +92,18 @@ _FAILED_FILTERS = [
     _param("since", "query", _DATETIME, "Failed at or after."),
     _param("until", "query", _DATETIME, "Failed at or before."),
     _param("error", "query", _TEXT, "The last error contains this (any case)."),
+]
+
+_SUPPRESSED_FILTERS = [
+    _param("network", "query", _TEXTS, "Only these network ids."),
+    _param(
+        "reason",
+        "query",
+        {"type": "array", "items": {**_TEXT, "enum": list(SUPPRESSION_KINDS)}},
+        "Only those held back by these rules.",
+    ),
+    _param("since", "query", _DATETIME, "Received at or after."),
+    _param("until", "query", _DATETIME, "Received at or before."),
 ]
 
 _HEALTH = {
@@ -151,6 +168,12 @@ _TARGET_FIELDS: dict[str, Any] = {
         },
     },
     "probe_interval": {"type": "integer", "minimum": 1, "maximum": 3600},
+    "sends": {
+        "type": "string",
+        "enum": ["sms", "email"],
+        "description": "What it sends to the invitee, at the provider's cost (check and startup warn "
+        "about a network routing to it without limits).",
+    },
     "preset": {
         "type": "string",
         "description": "A preset (shipped, or in GATEWAY_PRESETS_DIR); `vars` gives its variables.",
@@ -253,6 +276,10 @@ _EVENT: dict[str, Any] = {
         "type": {"type": "string", "enum": list(EVENT_TYPE_CHOICES)},
         "invitee": {"type": "string"},
         "invitee_raw": {"type": "string"},
+        "invitee_e164": {
+            **_NULLABLE_STR,
+            "description": "The number in E.164 (null: it has none, or the event predates the field).",
+        },
         "invitor": {"type": "string"},
         "network_id": {"type": "string"},
         "received_at": {"type": "string", "format": "date-time"},
@@ -278,6 +305,7 @@ _DELIVERY_STATE = {
     "updated_at": {"type": ["string", "null"], "format": "date-time"},
     "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
     "waiting": _NULLABLE_STR,
+    "suppressed_by": _SUPPRESSED_BY,
 }
 
 _ATTEMPT = {
@@ -435,7 +463,7 @@ SPEC: dict[str, Any] = {
                 "parameters": [
                     _param("network", "query", _TEXT, "Only this network id."),
                     _param("type", "query", _EVENT_TYPE, "Event type."),
-                    _param("invitee", "query", _TEXT, "Invitee, as normalized or as sent."),
+                    _param("invitee", "query", _TEXT, "Invitee, as normalized, as sent or in E.164."),
                     _param("invitor", "query", _TEXT, "Invitor."),
                     _param(
                         "state",
@@ -718,6 +746,100 @@ SPEC: dict[str, Any] = {
                 },
             },
         },
+        "/holds": {
+            "get": {
+                "operationId": "listHolds",
+                "summary": "Destination prefixes the guard holds now, oldest first.",
+                "description": (
+                    "A held prefix's created invitations are kept, suppressed, until the hold ends "
+                    "(`until`) or is lifted. The alert target is told when one starts and ends."
+                ),
+                "parameters": [_param("network", "query", _TEXT, "Only this network id.")],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["items"],
+                            "properties": {"items": {"type": "array", "items": _ref("Hold")}},
+                        },
+                        "The holds.",
+                    ),
+                    **_problems(401),
+                },
+            }
+        },
+        "/holds/{hold_id}": {
+            "parameters": [_param("hold_id", "path", {"type": "string"}, "The hold's id (GET /holds).")],
+            "delete": {
+                "operationId": "liftHold",
+                "summary": "Lift a hold now: the prefix takes invitations again.",
+                "description": (
+                    "What it held back stays suppressed: POST /suppressed/release with "
+                    '`{"network": [...], "reason": ["guard"]}` sends it.'
+                ),
+                "responses": {
+                    "200": _json(
+                        {
+                            "allOf": [
+                                _ref("Hold"),
+                                {
+                                    "type": "object",
+                                    "required": ["lifted"],
+                                    "properties": {"lifted": {"type": "string"}},
+                                },
+                            ]
+                        },
+                        "The hold, lifted.",
+                    ),
+                    **_problems(401, 404),
+                },
+            },
+        },
+        "/suppressed": {
+            "get": {
+                "operationId": "listSuppressed",
+                "summary": "Deliveries held back by an abuse limit, newest first.",
+                "parameters": [*_SUPPRESSED_FILTERS, _CURSOR, _LIMIT],
+                "responses": {
+                    "200": _json(_page(_ref("Suppressed")), "A page of suppressed deliveries."),
+                    **_problems(401, 422),
+                },
+            }
+        },
+        "/suppressed/release": {
+            "post": {
+                "operationId": "releaseSuppressed",
+                "summary": "Release every suppressed delivery the filters select (at most 10,000).",
+                "description": (
+                    "Each is due at once and delivered once, as a replay. Check the count first "
+                    "with GET /suppressed and the same filters. An empty body releases all of them."
+                ),
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "network": {"type": "array", "items": {"type": "string"}},
+                                    "reason": {
+                                        "type": "array",
+                                        "items": {"type": "string", "enum": list(SUPPRESSION_KINDS)},
+                                    },
+                                    "since": _DATETIME,
+                                    "until": _DATETIME,
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("ReplayResult"), "What each release did, and how many of each."),
+                    **_problems(400, 401, 422),
+                },
+            }
+        },
         "/erasures": {
             "post": {
                 "operationId": "forgetNumber",
@@ -725,7 +847,7 @@ SPEC: dict[str, Any] = {
                 "description": (
                     "Removes every event whose invitee or invitor is the number (in any spelling it "
                     "arrived in), with its deliveries (waiting ones are cancelled and never sent), "
-                    "attempts and dead letters, and the number's dedupe keys, abuse-limit counters, "
+                    "attempts and dead letters, and the number's dedupe keys, abuse-limit logs, "
                     "cached lookup answers and test sends. An operator key erases in every network, "
                     "a provider key in its own; `networks` narrows either. The answer counts what was "
                     "removed; the log gets one line without the number (`number_digest`). The number "
@@ -885,6 +1007,11 @@ SPEC: dict[str, Any] = {
                                 "status": {"type": "string"},
                                 "attempts": {"type": "integer"},
                                 "last_status_code": _NULLABLE_INT,
+                                "waiting": {
+                                    **_NULLABLE_STR,
+                                    "description": "Why it waits or was held back (a suppression's reason).",
+                                },
+                                "suppressed_by": _SUPPRESSED_BY,
                             },
                         },
                     },
@@ -941,6 +1068,33 @@ SPEC: dict[str, Any] = {
                     "replays": {"type": "integer"},
                     "last_status_code": _NULLABLE_INT,
                     "last_error": _NULLABLE_STR,
+                },
+            },
+            "Hold": {
+                "type": "object",
+                "required": ["id", "network", "prefix", "reason", "since", "until"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "network": {"type": "string"},
+                    "prefix": {"type": "string", "description": "+ and the held digits, e.g. +8821."},
+                    "reason": {"type": "string"},
+                    "since": _DATETIME,
+                    "until": {**_DATETIME, "description": "When it ends by itself."},
+                },
+            },
+            "Suppressed": {
+                "type": "object",
+                "required": ["delivery_id", "received_at", "target", "network", "event", "event_id"],
+                "properties": {
+                    "delivery_id": {"type": "string"},
+                    "received_at": _DATETIME,
+                    "target": {"type": "string"},
+                    "network": {"type": "string"},
+                    "event": {"type": "string"},
+                    "event_id": {"type": "string"},
+                    "reason": _NULLABLE_STR,
+                    "kind": _SUPPRESSED_BY,
+                    "replays": {"type": "integer"},
                 },
             },
             "TargetDeclaration": _TARGET_DECLARATION,

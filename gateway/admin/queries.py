@@ -11,6 +11,7 @@ from typing import Any
 from gateway.admin import Invalid
 from gateway.events import ALERT_EVENT, EVENT_TYPES, InvitationEvent
 from gateway.records import DeliveryStatus, iso_ms
+from gateway.store.ingest import SuppressionKind
 
 MAX_LIMIT = 500  # items in one page
 EVENT_TYPE_CHOICES = (*EVENT_TYPES, ALERT_EVENT)
@@ -56,7 +57,9 @@ class EventFilter:
     def matches(self, event: InvitationEvent, deliveries: Mapping[str, Mapping[str, Any]]) -> bool:
         return (
             (self.type is None or event.type == self.type)
-            and (self.invitee is None or self.invitee in (event.invitee, event.invitee_raw))
+            and (
+                self.invitee is None or self.invitee in (event.invitee, event.invitee_raw, event.invitee_e164)
+            )
             and (self.invitor is None or event.invitor == self.invitor)
             and (self.state is None or any(self._state_matches(d.get("status")) for d in deliveries.values()))
         )
@@ -74,6 +77,26 @@ class FailedFilter:
     def __post_init__(self) -> None:
         if self.event is not None and self.event not in EVENT_TYPE_CHOICES:
             raise Invalid(f"unknown event type {self.event!r}", "event")
+        _check_range(self.since_ms, self.until_ms)
+
+
+SUPPRESSION_KINDS = tuple(k.value for k in SuppressionKind)
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressedFilter:
+    """Which suppressed deliveries: of these networks, held back by these rules (`reasons`:
+    SuppressionKind values), received in the range."""
+
+    networks: frozenset[str] = field(default_factory=frozenset)
+    reasons: frozenset[str] = field(default_factory=frozenset)
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        bad = sorted(self.reasons - set(SUPPRESSION_KINDS))
+        if bad:
+            raise Invalid(f"unknown reason {bad[0]!r} (known: {', '.join(SUPPRESSION_KINDS)})", "reason")
         _check_range(self.since_ms, self.until_ms)
 
 

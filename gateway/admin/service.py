@@ -42,6 +42,9 @@ Deliveries
     replay(p, delivery_ids, force=False) -> dict[delivery_id, result]: the machinery of
         `gateway replay`; result replayed | pending | held | delivered | unknown | <status>
     replay_failed(p, FailedFilter(...), force=False) -> dict[delivery_id, result]
+Holds and suppressed deliveries (suppression.py, mixed in)
+    list_holds(p, network=None); lift_hold(p, hold_id); suppressed(p, SuppressedFilter(...),
+    cursor=None, limit=50) -> Page; release_suppressed(p, SuppressedFilter(...)) -> results
 Overview
     overview(p, now_ms=None) -> dict: per target over the last 24 hours, received, delivered,
         failed, waiting, suppressed, and the same per hour (`hours`, oldest first, 24 buckets)
@@ -86,6 +89,7 @@ from gateway.admin.queries import (
     page_limit,
 )
 from gateway.admin.redaction import redact, scrub, secret_values, unredact
+from gateway.admin.suppression import REPLAY_MAX, SuppressionQueries
 from gateway.config.load import config_from_dict, target_from_dict
 from gateway.events import ALERT_EVENT, InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, config_problems
@@ -96,7 +100,6 @@ from gateway.store.queue import DeliveryQueue
 READ_ONLY = frozenset({"source", "health"})  # in a target's JSON, not in its declaration
 SCAN_BUDGET = 5000  # events one list_events call looks at before answering with a cursor
 OVERVIEW_BUDGET = 50_000  # events the 24-hour overview counts at most
-REPLAY_MAX = 10_000  # deliveries one replay_failed call replays at most
 _CHUNK = 500
 # What ids look like (ULIDs; target names): anything else is not looked up, so that no id can
 # name another Redis key (`EVENT:deliveries` would).
@@ -122,7 +125,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Service:
+class Service(SuppressionQueries):
     def __init__(self, store: Store, queue_name: str = "gateway-deliveries") -> None:
         self.store = store
         self.queue_name = queue_name
@@ -500,35 +503,22 @@ class Service:
     def _dead_letters(
         self, p: Principal, f: FailedFilter, after: tuple[int, str] | None
     ) -> Iterator[DeadLetter]:
-        nets = f.networks if p.networks is None else (f.networks or p.networks) & p.networks
-        if p.networks is not None and not nets:
+        nets = self._scope(p, f.networks)
+        if nets is None:
             return
         until = f.until_ms if after is None else min(after[0], f.until_ms or after[0])
         rows = [
             (did, ms)
             for did, ms in self.dq.dead_letters(f.since_ms, until)
-            if (after is None or (ms, did) < after) and (not f.targets or did.partition("-")[2] in f.targets)
+            if not f.targets or did.partition("-")[2] in f.targets
         ]
-        # Newest first, and in a stable order within a millisecond (the cursor relies on it).
-        rows.sort(key=lambda row: (row[1], row[0]), reverse=True)
-        for start in range(0, len(rows), _CHUNK):
-            chunk = rows[start : start + _CHUNK]
-            for (did, ms), (event, state) in zip(
-                chunk, self.store.get_many_deliveries([d for d, _ in chunk]), strict=True
+        for did, ms, event, state in self._visible(p, rows, after, DEAD):
+            if (
+                (not nets or event.network_id in nets)
+                and (f.event is None or event.type == f.event)
+                and (f.error is None or f.error.lower() in (state.last_error or "").lower())
             ):
-                if (
-                    event is None
-                    or state is None
-                    or state.status not in DEAD
-                    or not self._sees_event(p, event)
-                ):
-                    continue
-                if (
-                    (not nets or event.network_id in nets)
-                    and (f.event is None or event.type == f.event)
-                    and (f.error is None or f.error.lower() in (state.last_error or "").lower())
-                ):
-                    yield DeadLetter(did, ms, did.partition("-")[2], event, state)
+                yield DeadLetter(did, ms, did.partition("-")[2], event, state)
 
     def failed_deliveries(
         self,

@@ -1,11 +1,11 @@
 """`gateway`: web | worker | standalone | check | targets | events | forget | deliveries | replay |
-spool | tokens | keys | overview.
+holds | suppressed | spool | tokens | keys | overview.
 
 Every option also reads an environment variable, so the Procfile, the shell and a platform's
 settings share one set of names. Each module adds its commands to the `main` group.
 """
 
-from gateway.cli import config, deliveries, events, keys, serve, spool, tokens  # noqa: F401  (they register)
+from gateway.cli import config, deliveries, events, holds, keys, serve, spool, tokens  # noqa: F401  (they register)
 from gateway.cli.common import main
 
 __all__ = ["main"]

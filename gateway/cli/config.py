@@ -26,7 +26,7 @@ from gateway.cli.common import (
     main,
 )
 from gateway.config.addresses import address_policy, host_refusal, is_ip_literal
-from gateway.config.checks import target_hosts
+from gateway.config.checks import abuse_warnings, target_hosts
 from gateway.config.load import load_config
 from gateway.config.targets import Config
 from gateway.delivery.netguard import resolved_refusals
@@ -49,7 +49,7 @@ def check(path: str | None, no_env: bool) -> None:
     for t in config.targets:
         what = f"{t.method} {t.content_type}" if t.post_data is not None else t.method
         click.echo(f"ok  {t.name:<20} {what:<45} networks={','.join(t.networks)} events={','.join(t.events)}")
-    for warning in ingest_warnings(config, _settings()):
+    for warning in ingest_warnings(config, _settings()) + abuse_warnings(config):
         click.echo(f"warning: {warning}", err=True)
     for warning in private_target_warnings(config, os.environ):
         click.echo(f"warning: {warning}", err=True)

@@ -36,7 +36,7 @@ def events() -> None:
 @click.option(
     "--type", "event_type", type=click.Choice(EVENT_TYPE_CHOICES), default=None, help="Only this event type."
 )
-@click.option("--invitee", default=None, help="Only this invitee (as normalized or as sent).")
+@click.option("--invitee", default=None, help="Only this invitee (as normalized, as sent or in E.164).")
 @click.option("--invitor", default=None, help="Only this invitor.")
 @click.option(
     "--state",
@@ -90,7 +90,16 @@ def events_list(
             click.echo("no events" + (f" matched ({', '.join(what)})" if what else " yet"), err=True)
         return
     _table(
-        ["RECEIVED", "EVENT", "TYPE", "NETWORK", "INVITOR", "INVITEE", "DELIVERIES (target=state/attempts)"],
+        [
+            "RECEIVED",
+            "EVENT",
+            "TYPE",
+            "NETWORK",
+            "INVITOR",
+            "INVITEE",
+            "DELIVERIES (target=state/attempts)",
+            "SUPPRESSED BECAUSE",
+        ],
         [
             [
                 ev["received_at"],
@@ -100,12 +109,21 @@ def events_list(
                 _clip(str(ev["invitor"]), 24),
                 ev["invitee"],
                 " ".join(f"{n}={d['status']}/{d['attempts']}" for n, d in ev["deliveries"].items()) or "-",
+                _suppressed_because(ev["deliveries"]),
             ]
             for ev in page.items
         ],
     )
     if page.next_cursor:
         click.echo(f"more: --cursor {page.next_cursor}", err=True)
+
+
+def _suppressed_because(deliveries: dict[str, Any]) -> str:
+    """The reason an event's deliveries were held back (one for all: they share it), or -."""
+    for d in deliveries.values():
+        if d.get("status") == "suppressed" and d.get("waiting"):
+            return f"[{d.get('suppressed_by') or '?'}] {d['waiting']}"
+    return "-"
 
 
 @events.command("show", cls=OperatorCommand)
@@ -126,7 +144,11 @@ def events_show(event_id: str, as_json: bool) -> None:
     click.echo(f"received   {ev['received_at']} (as {ev['source_format']}, from {ev.get('client') or '?'})")
     click.echo(f"network    {ev['network_id']}")
     click.echo(f"invitor    {ev['invitor']}")
-    click.echo(f"invitee    {ev['invitee']} (sent as {ev['invitee_raw']!r})")
+    e164 = ev.get("invitee_e164")
+    click.echo(
+        f"invitee    {ev['invitee']} (sent as {ev['invitee_raw']!r}; "
+        + (f"E.164 {e164})" if e164 else "no E.164 form)")
+    )
     if ev.get("message"):
         click.echo(f"message    {ev['message']}")
     if ev.get("created_id"):

@@ -19,6 +19,7 @@ from gateway.cli.common import (
     main,
 )
 from gateway.cli.config import ingest_warnings
+from gateway.config.checks import abuse_warnings
 from gateway.config.load import load_config
 from gateway.config.targets import Config
 from gateway.exceptions import ConfigError
@@ -45,7 +46,7 @@ def web(host: str, port: int, workers: int) -> None:
     _require_url(settings)
     config = _check_config_file(settings, web_only=True)
     if config is not None:
-        for warning in ingest_warnings(config, settings):
+        for warning in ingest_warnings(config, settings) + abuse_warnings(config):
             logging.getLogger("gateway.web").warning("%s", warning)
     uvicorn.run(
         "gateway.app:create_app",

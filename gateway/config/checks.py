@@ -17,6 +17,7 @@ from gateway.config.options import options_env_key
 from gateway.config.problems import Problems
 from gateway.config.targets import EVENT_PLACEHOLDERS, MAX_TIMEOUT, Config, Lookup, Target
 from gateway.config.values import check_proxy, check_secret
+from gateway.events import INVITATION_CREATED
 from gateway.exceptions import ConfigError
 from gateway.templating import (
     FORM_KIND,
@@ -229,3 +230,46 @@ def target_hosts(config: Config, environ: Mapping[str, str] | None) -> Iterator[
             host = _host_of(request.url, environ)
             if host:
                 yield target.name, key, host
+
+
+def abuse_warnings(config: Config) -> list[str]:
+    """Networks that route invitations to a target that sends SMS or email (`sends`) without a
+    per-number limit or without a per-network cap: what SMS pumping feeds on (`gateway check` and
+    `gateway web` say it, one line per network and target).
+
+    A per-number limit is a cooldown or a `limits` entry per invitee. The per-network cap matters
+    as much: the guard lets `min_created` invitations out to every prefix before it holds one,
+    and the other limits count per number, user or prefix, so a bot spreading over many of them
+    meets only a cap on the whole network.
+    """
+    declared = sorted(config.networks)
+    found: list[str] = []
+    for target in config.targets:
+        if target.sends is None or INVITATION_CREATED not in target.events:
+            continue
+        # "*": every network, each under its own table or the "*" one (or none).
+        names = sorted({*declared, "*"}) if "*" in target.networks else list(target.networks)
+        for network in names:
+            policy = config.network_policy(network)
+            per_number = any(lim.per == "invitee" for lim in policy.limits)
+            capped = any(lim.per == "network" for lim in policy.limits)
+            if per_number and capped:
+                continue
+            lacking = " and ".join(
+                what
+                for what, has in (
+                    ("a per-number limit (cooldown, or limits per invitee)", per_number),
+                    ('a per-network cap (limits per = "network")', capped),
+                )
+                if not has
+            )
+            where = (
+                "every network without its own [networks] table" if network == "*" else f"network {network}"
+            )
+            found.append(
+                f"{where} sends {'SMS' if target.sends == 'sms' else 'email'} through "
+                f"target {target.name!r} without {lacking}: a bot that finds the ingest URL can make "
+                "you pay for its messages (the guard alone lets min_created through to every prefix); "
+                "see README, Networks: a recommended policy"
+            )
+    return found

@@ -36,6 +36,7 @@ from gateway.config.targets import (
     EVENT_PLACEHOLDERS,
     LOOKUP_REQUEST_KEYS,
     MAX_TIMEOUT,
+    SENDS,
     Config,
     Lookup,
     Target,
@@ -101,6 +102,7 @@ _TARGET_KEYS = frozenset(
         "pause_after",
         "probe_interval",
         "accepted_waits_for_created",
+        "sends",
         *OPTION_KEYS,
         "lookups",
     }
@@ -505,6 +507,16 @@ def _policy(data: Mapping[str, Any], name: str, problems: Problems) -> dict[str,
             data.get("pause_after", {"failures": DEFAULT_PAUSE_FAILURES, "seconds": DEFAULT_PAUSE_SECONDS}),
             name,
         )
+    with problems.check("sends"):
+        if data.get("sends") is not None:
+            if data["sends"] not in SENDS:
+                raise ConfigError(
+                    f"must be one of {', '.join(SENDS)} (what the target sends to the invitee), "
+                    f"got {data['sends']!r}",
+                    name,
+                    "sends",
+                )
+            fields["sends"] = data["sends"]
     with problems.check("probe_interval"):
         fields["probe_interval"] = bounded_int(
             data.get("probe_interval", DEFAULT_PROBE_INTERVAL),

@@ -35,11 +35,13 @@ DEFAULT_PAUSE_SECONDS = 60
 DEFAULT_PROBE_INTERVAL = 30  # seconds between probes of a paused target
 DEFAULT_LOOKUP_CACHE = 3600  # seconds a lookup's answer is kept (in Redis, across workers)
 
+SENDS = ("sms", "email")  # what a target may say it sends to the invitee (`sends`)
 # Values a template can use besides the target's own `vars`.
 EVENT_PLACEHOLDERS = frozenset(
     {
         "invitee",
         "invitee_raw",
+        "invitee_e164",
         "invitor",
         "network_id",
         "event",
@@ -114,6 +116,10 @@ class Target:
     pause_failures: int = DEFAULT_PAUSE_FAILURES  # 0: never pause automatically
     pause_seconds: int = DEFAULT_PAUSE_SECONDS
     probe_interval: int = DEFAULT_PROBE_INTERVAL
+    # What the target sends to the invitee, at the provider's cost ("sms" or "email"; None: it
+    # sends nothing a bot could pump): `gateway check` and `web` warn about a network that routes
+    # invitations to such a target without limits (config/checks.py, `abuse_warnings`).
+    sends: str | None = None
     # The options presets brought (gateway/config/options.py validates them): OAuth2 client
     # credentials, answers that count as delivered
     # ((status, text the body contains or ""), ...), and a previous signing secret that
@@ -233,6 +239,8 @@ class Target:
             data["probe_interval"] = self.probe_interval
         if self.accepted_waits_for_created is not None:
             data["accepted_waits_for_created"] = self.accepted_waits_for_created
+        if self.sends is not None:
+            data["sends"] = self.sends
         data.update(self._options_dict())
         if self.lookups:
             data["lookups"] = {lk.name: lk.to_dict() for lk in self.lookups}

@@ -78,6 +78,14 @@ BACKLOG_EVERY = 0.5  # seconds between two calls of on_backlog while a backlog l
 DEAD_ALERT_EVERY = 600  # seconds between two "deliveries failed for good" alerts per target
 
 
+def dead_letter_message(target: str, did: str, reason: str) -> str:
+    """What the alert target is told of a target's dead letters (at most every DEAD_ALERT_EVERY)."""
+    return (
+        f"deliveries to {target} fail for good (latest {did}: {reason}); "
+        f"see `gateway deliveries failed --target {target}`"
+    )
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -351,11 +359,7 @@ class Engine:
         except Exception:
             return
         if first:
-            await self.alert(
-                target,
-                f"deliveries to {target} fail for good (latest {did}: {reason}); "
-                f"see `gateway deliveries failed --target {target}`",
-            )
+            await self.alert(target, dead_letter_message(target, did, reason))
 
     async def alert(self, about: str, message: str) -> None:
         """Send `message` to the configured alert target (never about the alert target itself)."""
@@ -462,8 +466,21 @@ class Engine:
             return finish(Outcome.DELIVERED, DeliveryStatus.DELIVERED, attempt, waiting=None)
         if outcome is Outcome.SKIPPED:  # a lookup found nothing and says skip (lookups.py)
             return finish(Outcome.SKIPPED, DeliveryStatus.SKIPPED, attempt, waiting=None)
+
+        def expired_meanwhile() -> _Result | None:
+            """The deadline passed during this attempt: expired now, not after another wait (the
+            ticker leaves a delivery in flight alone: store/scripts/expire.lua)."""
+            if target.expire_after is None or now_ms() <= event.received_at_ms + target.expire_after * 1000:
+                return None
+            why = f"not delivered within expire_after={target.expire_after} s"
+            note = _with(attempt, Outcome.EXPIRED, f"{attempt.error}; {why}" if attempt.error else why)
+            record.park = False
+            return finish(Outcome.EXPIRED, DeliveryStatus.EXPIRED, note, waiting=None)
+
         if status_code == 410:
             record.health = HealthSignal.GONE
+            if (late := expired_meanwhile()) is not None:
+                return late
             record.park = True
             attempt = _with(attempt, Outcome.DISABLED)
             return finish(
@@ -472,7 +489,9 @@ class Engine:
         if status_code == 429 and state.throttles < MAX_THROTTLES:
             wait = retry_after if retry_after is not None else min(2**state.throttles, THROTTLE_BACKOFF_CAP)
             due = due_after(max(wait, 0.001))
-            record.throttle_until = due
+            record.throttle_until = due  # (the target's other deliveries wait, this one or not)
+            if (late := expired_meanwhile()) is not None:
+                return late
             attempt = _with(attempt, Outcome.THROTTLED)
             return finish(
                 Outcome.THROTTLED,
@@ -483,6 +502,8 @@ class Engine:
                 waiting=None,
             )
         record.health = HealthSignal.FAIL
+        if outcome is not Outcome.FAILED and (late := expired_meanwhile()) is not None:
+            return late
         if probe:
             record.park = True
             attempt = _with(attempt, Outcome.PAUSED)

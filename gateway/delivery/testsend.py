@@ -26,6 +26,7 @@ from gateway.delivery.request import OutboundRequest, Response, build_request, c
 from gateway.delivery.sender import SendError
 from gateway.events import InvitationEvent, new_ulid
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
+from gateway.numbers import e164
 from gateway.records import iso_ms
 
 SAMPLE = {"invitee": "+15551231234", "invitee_raw": "15551231234", "invitor": "johnsnow"}
@@ -63,6 +64,7 @@ def sample_event(
         type=fields.get("event") or target.events[0],
         invitee=invitee,
         invitee_raw=fields.get("invitee") or SAMPLE["invitee_raw"],
+        invitee_e164=e164(invitee),
         invitor=fields.get("invitor") or SAMPLE["invitor"],
         network_id=network,
         received_at=iso_ms(ms),

@@ -92,6 +92,7 @@ class Accepter:
         wake: Callable[[], Awaitable[None]],
         dedupe_seconds: int = 600,
         bound: float = 1.0,
+        expiries: Callable[[], str] | None = None,
         ordering: Callable[[InvitationEvent], IngestOrder] | None = None,
     ) -> None:
         self.client = client
@@ -104,6 +105,8 @@ class Accepter:
         self.wake = wake
         self.dedupe_ms = dedupe_seconds * 1000
         self.bound = bound
+        # The configuration's targets with an expire_after (store/ingest.py, `expiries`)
+        self.expiries = expiries or str
         self.ordering = ordering or _no_order  # "created" before "accepted" (gateway/ordering.py)
         self._pending: list[_Waiting] = []
         self._collecting = False  # a flush task is about to take what is pending
@@ -202,7 +205,7 @@ class Accepter:
         `versions`: of the configuration each item's targets were chosen by (None: unknown).
         """
         now = int(time.time() * 1000)
-        head = IngestHead(self.prefix, now, self.retention, self.dedupe_ms)
+        head = IngestHead(self.prefix, now, self.retention, self.dedupe_ms, expiries=self.expiries())
         limits, ordering = self.limits, self.ordering
         batch = []
         for ev, t in items:
@@ -244,7 +247,9 @@ class Accepter:
                 if more:
                     extra.append(IngestItem.add(ev, more))
             if extra:
-                head = IngestHead(self.prefix, int(time.time() * 1000), self.retention)
+                head = IngestHead(
+                    self.prefix, int(time.time() * 1000), self.retention, expiries=self.expiries()
+                )
                 if (await ingest(self.client, head, extra)).woke:
                     await self.wake()
         return results

@@ -37,7 +37,7 @@ from gateway.masking import mask_body
 from gateway.metrics import IngestMetrics
 from gateway.networks import NetworkPolicy
 from gateway.ordering import IngestOrder, ingest_order
-from gateway.store.ingest import AcceptStatus
+from gateway.store.ingest import AcceptStatus, expiries
 
 log = logging.getLogger("gateway.ingest")
 
@@ -55,11 +55,20 @@ class ConfigCache:
         self._config: Config | None = None
         self._names: dict[tuple[str, str], tuple[str, ...]] = {}
         self._policies: dict[str, NetworkPolicy] = {}
+        self._expiries: str | None = None
         self._orders: dict[tuple[str, str], IngestOrder] = {}
 
     def _check(self, config: Config) -> None:
         if config is not self._config:
-            self._config, self._names, self._policies, self._orders = config, {}, {}, {}
+            self._config, self._names, self._policies = config, {}, {}
+            self._expiries, self._orders = None, {}
+
+    def expiries(self, config: Config) -> str:
+        """The targets with an expire_after, for the ingest script's deadlines (one per config)."""
+        self._check(config)
+        if self._expiries is None:
+            self._expiries = expiries((t.name, t.expire_after) for t in config.targets)
+        return self._expiries
 
     def names(self, config: Config, event_type: str, network_id: str) -> tuple[str, ...]:
         self._check(config)
@@ -171,6 +180,8 @@ class Ingest:
             # Accepted ones with targets are logged a batch per line by the Accepter.
         elif status is AcceptStatus.SUPPRESSED:
             reason = result.reason
+            if self.metrics is not None and result.kind is not None:
+                self.metrics.suppressed(event_type, result.kind.value)
             log.warning("suppressed %s %s (network %s): %s", event.type, event.id, event.network_id, reason)
             if live.current.limited_status == 429:
                 raise Limited(f"held back and kept, not delivered: {reason}")
@@ -181,6 +192,10 @@ class Ingest:
                 event.network_id,
                 result.duplicate_of or "an earlier one",
             )
+
+    def region_of(self, network_id: str) -> str | None:
+        """The network's default region, completing national numbers (gateway/numbers.py)."""
+        return self.cache.policy(self.live.current, network_id).default_region
 
     def parse(
         self, callback: Callback, event_type: str, body: bytes, aliases: Mapping[str, str], client: str | None
@@ -201,7 +216,7 @@ class Ingest:
         else:  # the usual callback: fields in the query (GET) or in the body (POST), not both
             fields = pick_fields(pairs or query, aliases)
         try:
-            return make_event(fields, event_type, source, client=client)
+            return make_event(fields, event_type, source, client=client, region_of=self.region_of)
         except InvalidCallback:
             if body:
                 _refuse_encoding(callback)

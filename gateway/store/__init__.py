@@ -5,6 +5,7 @@
                     marker, the workers' environment reports
     ingest.py       the ingest script's caller: the one way events are written
     queue.py        DeliveryQueue: claim, complete, hand back, pause, resume, probe, replay, health
+    holds.py        the prefix guard's holds: listed, lifted, told to the alert target
     token_cache.py  OAuth2 access tokens shared by the workers
     testsends.py    `gateway targets test` requests and results
     ops.py          OpsKeys: what /metrics and /readyz read

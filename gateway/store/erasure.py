@@ -39,6 +39,7 @@ from redis.exceptions import NoScriptError
 from gateway.config.targets import Config
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
 from gateway.fastredis import Script
+from gateway.numbers import e164, identity
 from gateway.store import lua
 from gateway.store.codec import text
 from gateway.store.ingest import dedupe_key, number_limit_keys
@@ -55,12 +56,15 @@ _PHONE_LIKE = re.compile(r"\+?[0-9\s.\-()]{3,40}")
 
 @dataclass(frozen=True, slots=True)
 class Number:
-    """A number to forget: every digit string that spells it (no `+`, no separators)."""
+    """A number to forget: every digit string that spells it (no `+`, no separators), that is the
+    digits it was given as and its E.164 form (gateway/numbers.py), read in each region given
+    (the networks' `default_region`s: a national number is completed by them)."""
 
     digits: frozenset[str]
+    canonical: str  # its E.164 digits (or, without one, the digits given): what the audit digests
 
     @classmethod
-    def parse(cls, value: str) -> Number:
+    def parse(cls, value: str, regions: Iterable[str | None] = ()) -> Number:
         """As the ingest reads an invitee: separators dropped, 3 to 20 digits after an optional +."""
         compact = _SEPARATORS.sub("", value.strip())
         if not _NUMBER.fullmatch(compact):
@@ -68,16 +72,24 @@ class Number:
                 "must be a phone number: 3 to 20 digits with an optional leading +; spaces, dots, "
                 "dashes and parentheses are allowed"
             )
-        return cls(frozenset({compact.lstrip("+")}))
+        forms = {compact.lstrip("+")}
+        canonical = e164(compact, None)
+        for region in {*regions, None}:
+            found = e164(compact, region)
+            if found is not None:
+                forms.add(found.lstrip("+"))
+                canonical = canonical or found
+        return cls(frozenset(forms), (canonical or compact).lstrip("+"))
 
     @property
     def stored_spellings(self) -> frozenset[str]:
-        """The values an invitee of this number is stored as (normalized: with or without +)."""
+        """The values it may be stored as where a value is kept as it came (an invitor)."""
         return frozenset(v for d in self.digits for v in (d, "+" + d))
 
     def digest(self) -> str:
-        """What the audit line says instead of the number (sha256 of its digits, shortened)."""
-        return hashlib.sha256(("erasure\x00" + min(self.digits)).encode()).hexdigest()[:16]
+        """What the audit line says instead of the number (sha256 of its E.164 digits, shortened):
+        the same for every spelling of it."""
+        return hashlib.sha256(("erasure\x00" + self.canonical).encode()).hexdigest()[:16]
 
     def held_by(self, value: str) -> bool:
         """Does this text (a JSON value, a URL, percent-encoded or not) hold the number, in any
@@ -96,11 +108,11 @@ def phone_digits(value: str) -> str | None:
 
 def indexed_numbers(event: InvitationEvent) -> list[str]:
     """The numbers a record made for this event is filed under for an erasure: the invitee's
-    digits, and the invitor's when it is a phone number."""
-    out = [event.invitee.lstrip("+")]
-    invitor = phone_digits(event.invitor)
-    if invitor is not None and invitor not in out:
-        out.append(invitor)
+    identity (E.164 digits) and digits as it came, and the invitor's when it is a phone number."""
+    out = [identity(event.invitee, event.invitee_e164)]
+    for digits in (event.invitee.lstrip("+"), phone_digits(event.invitor)):
+        if digits is not None and digits not in out:
+            out.append(digits)
     return out
 
 
@@ -124,10 +136,11 @@ class Erasure:
     config: Config  # the configuration in use (network policies, targets)
     now_ms: int
     can_see_target: Callable[[Iterable[str]], bool] = lambda networks: True
-    # Found by the holders before: the networks and the stored invitee/invitor values of the
-    # events erased (LimitKeys counts those too).
+    # Found by the holders before: the networks, the invitees' identities and the invitors of the
+    # events erased (LimitKeys looks for those too).
     seen_networks: set[str] = field(default_factory=set)
-    seen_values: set[str] = field(default_factory=set)
+    seen_numbers: set[str] = field(default_factory=set)
+    seen_invitors: set[str] = field(default_factory=set)
 
     def in_scope(self, network: str) -> bool:
         return self.networks is None or network in self.networks
@@ -186,7 +199,8 @@ def forget_events(job: Erasure, ids: Sequence[str]) -> Counter[str]:
         if not job.in_scope(event.network_id):
             continue
         job.seen_networks.add(event.network_id)
-        job.seen_values.update({event.invitee, event.invitor})
+        job.seen_numbers.add(identity(event.invitee, event.invitee_e164))
+        job.seen_invitors.add(event.invitor)
         args += (
             event.id,
             event.network_id,
@@ -208,13 +222,14 @@ class LimitKeys:
             networks |= {n for n in job.config.networks if n != "*"}
         else:
             networks |= job.networks
-        values = set(job.number.stored_spellings) | {
-            v for v in job.seen_values if (d := phone_digits(v)) is not None and d in job.number.digits
+        numbers = set(job.number.digits) | job.seen_numbers
+        invitors = set(job.number.stored_spellings) | {
+            v for v in job.seen_invitors if phone_digits(v) in job.number.digits
         }
         keys = [
             job.keys.limit(k)
             for net in sorted(networks)
-            for k in number_limit_keys(values, net, job.config.network_policy(net), job.now_ms)
+            for k in number_limit_keys(numbers, invitors, net, job.config.network_policy(net))
         ]
         deleted = sum(int(job.redis.delete(*keys[i : i + 500])) for i in range(0, len(keys), 500))
         return Counter(keys=deleted)

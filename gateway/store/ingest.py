@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError
 from gateway.events import INVITATION_ACCEPTED, InvitationEvent
 from gateway.fastredis import FastRedis, Script, ScriptsViaRedisPy
 from gateway.networks import NetworkPolicy, prefix_allowed, prefix_of
+from gateway.numbers import country_code, identity
 from gateway.records import Delivery
 from gateway.store import lua
 from gateway.store.codec import dumps, text
@@ -49,6 +50,10 @@ class IngestHead:
     dedupe_ms: int = 0  # the dedupe window (0: off)
     state: str = PENDING_STATE  # the JSON each new delivery's state starts as
     wake_ttl: int = WAKE_TTL  # 0: leave the wake flag alone (the caller wakes the workers)
+    # The targets with an expire_after and its ms, "name=ms,name=ms" (`expiries`): each new
+    # waiting delivery to one gets its deadline in `{p}:deadlines`, where a worker's ticker
+    # records it expired when it passes ("": none)
+    expiries: str = ""
 
 
 @dataclass(slots=True)
@@ -100,12 +105,20 @@ class IngestItem:
 
 # The ARGV layout, which scripts/ingest.lua reads in this order: the head's fields, then each
 # item's fields (targets comma-separated, limits as JSON or "").
-HEAD_ARGS = 6
+HEAD_ARGS = 7
 ITEM_ARGS = 10
 
 
 def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
-    args: list[Any] = [head.prefix, head.now_ms, head.retention, head.dedupe_ms, head.state, head.wake_ttl]
+    args: list[Any] = [
+        head.prefix,
+        head.now_ms,
+        head.retention,
+        head.dedupe_ms,
+        head.state,
+        head.wake_ttl,
+        head.expiries,
+    ]
     for it in items:
         limits = it.limits
         # Flat: JSON around the event's own JSON would escape it all again.
@@ -134,11 +147,22 @@ class AcceptStatus(StrEnum):
     SPOOLED = "spooled"  # not the script's: Redis did not answer in time, the spool has it
 
 
+class SuppressionKind(StrEnum):
+    """Which rule held an invitation back (the `kind` label of /metrics' suppressions)."""
+
+    LIMIT = "limit"  # a `limits` entry per invitee, invitor or network
+    PREFIX = "prefix"  # a `limits` entry per destination prefix
+    COOLDOWN = "cooldown"
+    GUARD = "guard"  # its prefix is held by the guard
+    ALLOWLIST = "allowlist"  # its prefix is not in `allowed_prefixes`
+
+
 @dataclass(frozen=True, slots=True)
 class AcceptResult:
     status: AcceptStatus
     duplicate_of: str | None = None  # DUPLICATE: the first event's id (None: unknown)
     reason: str | None = None  # SUPPRESSED: why
+    kind: SuppressionKind | None = None  # SUPPRESSED: the rule that held it back
 
 
 # The answers without a detail, shared (one per callback would be garbage for nothing).
@@ -149,7 +173,7 @@ _PLAIN = {"accepted": ACCEPTED, "exists": EXISTS}
 
 
 def parse_status(answer: str) -> AcceptResult:
-    """The script's status text: accepted | exists | duplicate:ID | suppressed:REASON."""
+    """The script's status text: accepted | exists | duplicate:ID | suppressed:KIND:REASON."""
     plain = _PLAIN.get(answer)
     if plain is not None:
         return plain
@@ -157,7 +181,8 @@ def parse_status(answer: str) -> AcceptResult:
     if kind == AcceptStatus.DUPLICATE:
         return AcceptResult(AcceptStatus.DUPLICATE, duplicate_of=detail or None)
     if kind == AcceptStatus.SUPPRESSED:
-        return AcceptResult(AcceptStatus.SUPPRESSED, reason=detail)
+        rule, _, reason = detail.partition(":")
+        return AcceptResult(AcceptStatus.SUPPRESSED, reason=reason, kind=SuppressionKind(rule))
     raise ValueError(f"not an ingest status: {answer!r}")
 
 
@@ -211,67 +236,97 @@ def ingest_sync(client: Redis, head: IngestHead, items: Sequence[IngestItem]) ->
 
 
 def dedupe_key(event: InvitationEvent, event_type: str | None = None) -> str:
-    """The same (event type, network, invitor, invitee) is the same invitation (`{p}:dedupe:KEY`
-    holds its first event's id).
+    """The same (event type, network, invitor, invitee's number) is the same invitation, however
+    the number was spelt (gateway/numbers.py); `{p}:dedupe:KEY` holds its first event's id.
 
     `event_type`: the key of the same invitation's event of that type (an accepted event's created
     sibling, gateway/ordering.py; both, for an erasure).
     """
-    raw = "\x00".join((event_type or event.type, event.network_id, event.invitor, event.invitee))
+    number = identity(event.invitee, event.invitee_e164)
+    raw = "\x00".join((event_type or event.type, event.network_id, event.invitor, number))
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def expiries(targets: Iterable[tuple[str, int | None]]) -> str:
+    """IngestHead.expiries of (target name, expire_after seconds or None) pairs."""
+    return ",".join(f"{name}={seconds * 1000}" for name, seconds in targets if seconds)
 
 
 def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> dict[str, Any]:
     """The abuse-limit part of an event's item for the ingest script.
 
     Limits and the prefix guard apply to created invitations (what sends an SMS); an accepted
-    one only counts towards its prefix's accepted share. Windows are fixed buckets. The fields:
-    sup, a reason to suppress it; lim, [[key, max, ttl ms, reason]]; g, the prefix guard {h, c,
-    a keys, min, ratio, hold s, ttl ms, why}; ga, [key, ttl ms] to count an accepted invitation.
+    one only counts towards its prefix's accepted share. The fields:
+    sup, a reason to suppress it, with k its kind; lim, [[key, max, window ms, reason, kind]];
+    g, the prefix guard {h (hold key), n (network), p (prefix), c and a (this window's created and
+    accepted counters), cp and ap (the previous window's), w (the previous window's weight), min,
+    ratio, hold s, ttl ms, why}; ga, [key, ttl ms] to count an accepted invitation.
+
+    Limits slide: a limit of N is a log of the last N invitations it let through (a sorted set
+    by time, one of N entries at most), and one is let through when fewer than N of them are
+    younger than the window, so no stretch of that length ever lets more than N through (fixed
+    windows let 2N through across a boundary). A limit of one (the cooldown) is a key that
+    expires a window after the invitation it let through. The guard, a ratio rather than a cap,
+    weighs its previous fixed window by the share of it still inside the sliding one.
     """
     if not (policy.guard or policy.limits or policy.allowed_prefixes):
         return {}  # most networks: nothing to count
     net = event.network_id
+    # One number, one identity: its E.164 digits, however it was spelt (gateway/numbers.py).
+    number = identity(event.invitee, event.invitee_e164)
     fields: dict[str, Any] = {}
     if event.type == INVITATION_ACCEPTED:
         if policy.guard is not None:
             g = policy.guard
-            prefix = prefix_of(event.invitee, g.digits)
+            prefix = prefix_of(number, g.digits)
             bucket = now_ms // (g.window * 1000)
             fields["ga"] = [limit_key("guard", net, prefix, "a", bucket), g.window * 2000]
         return fields
-    if policy.allowed_prefixes and not prefix_allowed(event.invitee, policy.allowed_prefixes):
-        fields["sup"] = f"invitee prefix not allowed for network {net}"
+    allowed = policy.allowed_prefixes
+    if allowed and not prefix_allowed(number, allowed):
+        # Named by its country code, or as finely as the allowlist is written if finer:
+        # +44 against ["+1"], +4478 against ["+1", "+4477"].
+        digits = number.lstrip("+")
+        size = max(len(country_code(digits) or ""), *(len(p) - 1 for p in allowed))
+        shown = "+" + digits[:size]
+        fields["sup"] = f"invitee prefix {shown} not allowed for network {net}"
+        fields["k"] = SuppressionKind.ALLOWLIST.value
         return fields
     lims: dict[str, list[Any]] = {}
     for lim in policy.limits:
         value = {
-            "invitee": event.invitee,
+            "invitee": number,
             "invitor": event.invitor,
-            "prefix": prefix_of(event.invitee, lim.digits),
+            "prefix": prefix_of(number, lim.digits),
             "network": "",
         }[lim.per]
         window_ms = lim.window * 1000
         if lim.cooldown:
-            # Sliding: the key lives `cooldown` from the invitation that let it be set.
-            lims[limit_key("cool", net, value)] = [limit_key("cool", net, value), 1, window_ms, lim.reason]
-            continue
-        bucket = now_ms // window_ms
-        ttl = window_ms - now_ms % window_ms + 60_000
-        key = limit_key("lim", net, lim.per, str(lim.window), value, bucket)
-        # Two limits on the same thing over the same window count one counter: the lower max.
+            key = limit_key("cool", net, value)
+            kind = SuppressionKind.COOLDOWN
+        else:
+            # A limit of one is a key, of more a sorted set: never the same name for both.
+            key = limit_key("lim" if lim.max > 1 else "lim1", net, lim.per, str(lim.window), value)
+            kind = SuppressionKind.PREFIX if lim.per == "prefix" else SuppressionKind.LIMIT
+        # Two limits on the same thing over the same window count on one log: the lower max.
         if key not in lims or lims[key][1] > lim.max:
-            lims[key] = [key, lim.max, ttl, lim.reason]
+            lims[key] = [key, lim.max, window_ms, lim.reason, kind.value]
     if lims:
         fields["lim"] = list(lims.values())
     if policy.guard is not None:
         g = policy.guard
-        prefix = prefix_of(event.invitee, g.digits)
-        bucket = now_ms // (g.window * 1000)
+        prefix = prefix_of(number, g.digits)
+        window_ms = g.window * 1000
+        bucket = now_ms // window_ms
         fields["g"] = {
             "h": limit_key("hold", net, prefix),
+            "n": net,
+            "p": prefix,
             "c": limit_key("guard", net, prefix, "c", bucket),
             "a": limit_key("guard", net, prefix, "a", bucket),
+            "cp": limit_key("guard", net, prefix, "c", bucket - 1),
+            "ap": limit_key("guard", net, prefix, "a", bucket - 1),
+            "w": 1 - (now_ms % window_ms) / window_ms,
             "min": g.min_created,
             "ratio": g.max_accepted_ratio,
             "hold": g.hold,
@@ -281,23 +336,24 @@ def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> 
     return fields
 
 
-def number_limit_keys(values: Iterable[str], network: str, policy: NetworkPolicy, now_ms: int) -> list[str]:
-    """The abuse-limit keys (as `limit_fields` names them) that count one of `values`, an invitee
-    or invitor as stored, on the network: what an erasure deletes (gateway/store/erasure.py).
+def number_limit_keys(
+    numbers: Iterable[str], invitors: Iterable[str], network: str, policy: NetworkPolicy
+) -> list[str]:
+    """The abuse-limit keys (as `limit_fields` names them) that hold a number on the network: what
+    an erasure deletes (gateway/store/erasure.py). `numbers`: identities (`identity`: E.164
+    digits, or the digits it came as); `invitors`: SIP usernames as stored.
 
-    Per-invitee and per-invitor counters and cooldowns only: a prefix's or a network's counts
-    many numbers and holds none. A fixed window's key lives its window and a minute, so the
-    current bucket and the one before are all there can be.
+    Per-invitee and per-invitor logs and cooldowns only: a prefix's or a network's log counts
+    many numbers, and its entries are event ids.
     """
+    numbers, invitors = list(numbers), list(invitors)
     keys: list[str] = []
     for lim in policy.limits:
-        if lim.per not in ("invitee", "invitor"):
-            continue
-        window_ms = lim.window * 1000
+        values = {"invitee": numbers, "invitor": invitors}.get(lim.per, [])
         for value in values:
             if lim.cooldown:
                 keys.append(limit_key("cool", network, value))
-                continue
-            for bucket in range((now_ms - window_ms - 60_000) // window_ms, now_ms // window_ms + 1):
-                keys.append(limit_key("lim", network, lim.per, str(lim.window), value, bucket))
+            else:
+                kind = "lim" if lim.max > 1 else "lim1"
+                keys.append(limit_key(kind, network, lim.per, str(lim.window), value))
     return keys

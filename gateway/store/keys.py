@@ -28,8 +28,12 @@ Events (the ingest script writes them; gateway/store/ingest.py):
                                suppressed) of what is past retention
     {p}:dedupe:{digest}        the first event id of an invitation, for the dedupe window
     {p}:counters               HASH duplicates, suppressed: counts since the start
-    {p}:{limit}                abuse-limit counters and holds (`limit_key`: lim:, cool:, guard:,
-                               hold: and a digest), each expiring with its window
+    {p}:{limit}                abuse-limit logs, counters and holds (`limit_key`: lim:, lim1:,
+                               cool:, guard:, hold: and a digest), each expiring with its window
+    {p}:holds                  HASH hold key ({p}:hold:...) -> JSON {network, prefix, reason,
+                               since, ends, told, lifted}: the guard's holds, listed, lifted and
+                               told to the alert target (a hold lives on in it until a worker's
+                               ticker has told its end)
 
 The delivery queue (gateway/store/queue.py):
     {p}:due                    ZSET delivery id -> ms when it may be attempted. Waiting
@@ -48,6 +52,8 @@ The delivery queue (gateway/store/queue.py):
     {p}:probes                 HASH deliveries let through a paused target as its probe
     {p}:probe-at:{target}      set while a probe interval runs
     {p}:dead                   ZSET failed and expired deliveries -> ms (dead letters)
+    {p}:deadlines              ZSET waiting deliveries to targets with an expire_after -> the ms it
+                               passes (set at ingest); a worker's ticker records them expired then
     {p}:wake                   set while a drain job is queued (a backlog is one job, not thousands)
     {p}:alerted:{what}         set while an alert of that kind may not be sent again
 
@@ -98,6 +104,7 @@ LUA_KEYS = (
     "{p}:dedupe:{digest}",
     "{p}:counters",
     "{p}:{limit}",
+    "{p}:holds",
     "{p}:due",
     "{p}:parked:{target}",
     "{p}:held",
@@ -109,6 +116,7 @@ LUA_KEYS = (
     "{p}:probes",
     "{p}:probe-at:{target}",
     "{p}:dead",
+    "{p}:deadlines",
     "{p}:wake",
 )
 
@@ -126,12 +134,14 @@ class Keys:
         "config_version",
         "counters",
         "dead",
+        "deadlines",
         "due",
         "env_wanted",
         "env_workers",
         "events",
         "heartbeats",
         "held",
+        "holds",
         "marker",
         "metrics",
         "prefix",
@@ -157,9 +167,11 @@ class Keys:
         self.counters = p + "counters"
         self.due = p + "due"
         self.held = p + "held"
+        self.holds = p + "holds"
         self.reserved = p + "reserved"
         self.probes = p + "probes"
         self.dead = p + "dead"
+        self.deadlines = p + "deadlines"
         self.wake = p + "wake"
         self.env_wanted = p + "env:wanted"
         self.env_workers = p + "env:workers"
@@ -228,8 +240,9 @@ class Keys:
 def limit_key(kind: str, *parts: object) -> str:
     """An abuse-limit key, without the prefix (the ingest script adds it): `kind:digest`.
 
-    kind: lim (a fixed-window counter), cool (a cooldown), guard (a prefix guard's counts),
-    hold (a held prefix). Hashed: numbers are personal data and have no place in key names.
+    kind: lim (a limit's sliding log: a sorted set), lim1 (a limit of one: a key), cool (a
+    cooldown), guard (a prefix guard's counts per fixed window), hold (a held prefix). Hashed:
+    numbers are personal data and have no place in key names.
     """
     digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:24]
     return f"{kind}:{digest}"

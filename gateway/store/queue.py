@@ -24,7 +24,7 @@ from redis import Redis
 
 from gateway.events import InvitationEvent
 from gateway.fastredis import FastRedis, Script, ScriptsViaRedisPy
-from gateway.records import Delivery, split_delivery_id
+from gateway.records import Delivery, iso_ms, split_delivery_id
 from gateway.store import lua
 from gateway.store.codec import dumps, now_ms, text
 from gateway.store.ingest import SCRIPT as INGEST_SCRIPT
@@ -42,6 +42,8 @@ PROBE = lua.load("probe")
 UNPARK = lua.load("unpark")
 REPLAY = lua.load("replay")
 ATTEMPT_NOW = lua.load("attempt_now")
+EXPIRE = lua.load("expire")
+EXPIRE_BATCH = 1000  # deadlines one tick looks at, at most
 
 
 class HealthSignal(StrEnum):
@@ -165,6 +167,7 @@ class DeliveryQueue:
         self._unpark = client.register_script(UNPARK.text)
         self._replay = client.register_script(REPLAY.text)
         self._attempt_now = client.register_script(ATTEMPT_NOW.text)
+        self._expire = client.register_script(EXPIRE.text)
         self._ingest = client.register_script(INGEST_SCRIPT.text)
 
     def claim(
@@ -248,6 +251,16 @@ class DeliveryQueue:
     def parked_targets(self) -> list[str]:
         p = self.keys.parked("")
         return [text(k)[len(p) :] for k in self._sync().scan_iter(match=p + "*", count=1000)]
+
+    def expire_due(self, now: int, expire_after: Sequence[tuple[str, int]]) -> list[tuple[str, str]]:
+        """Record as expired each waiting delivery whose deadline has passed (expire.lua);
+        (delivery id, reason) of each. `expire_after`: (target, seconds) of the targets that
+        have one now."""
+        args: list[Any] = [self.prefix, now, self.retention, iso_ms(now), EXPIRE_BATCH]
+        for name, seconds in expire_after:
+            args += (name, seconds)
+        flat = [text(v) for v in self._sync_script(self._expire, args)]
+        return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
     def trim_dead(self, now: int) -> None:
         self._sync().zremrangebyscore(self.keys.dead, "-inf", now - self.retention * 1000)

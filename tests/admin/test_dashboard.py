@@ -20,6 +20,7 @@ from gateway.store.events import Store
 from tests.admin.dashboard_support import SESSION_SECRET, Deployment, csrf_of, deploy, sign_in
 from tests.conftest import Gateway, TargetServer
 from tests.e2e.e2e_support import wait_until
+from tests.seeding import hold_prefix
 
 
 @pytest.fixture
@@ -171,6 +172,33 @@ def test_a_provider_sees_only_its_networks(deployment: Deployment, redis: Redis)
         events = client.get("/events").text
         assert "15550001111" in events and "15550002222" in events
         assert client.get(f"/events/{deployment.globex_event}").status_code == 200
+
+
+def test_holds_are_listed_and_lifted_per_provider(deployment: Deployment, redis: Redis) -> None:
+    store = Store(redis)
+    hold_prefix(store, "acme", "acme-crm")
+    hold_prefix(store, "globex", "globex-crm")
+    globex_id = next(
+        k.decode().removeprefix("hold:") for k, v in redis.hgetall("gw:holds").items() if b'"globex"' in v
+    )
+    client, token = sign_in(deployment.base, deployment.acme_key)
+    with closing(client):
+        page = html.unescape(client.get("/holds").text)
+        assert "+8821" in page and "acme" in page and "globex" not in page
+        # Another provider's hold: 404, and it stays; a lift needs the CSRF token.
+        assert client.post(f"/holds/{globex_id}/lift", data={"csrf": token}).status_code == 404
+        [acme_id] = re.findall(r'id="hold-([0-9a-f]{24})"', page)
+        assert client.post(f"/holds/{acme_id}/lift", data={}).status_code == 403
+        r = client.post(f"/holds/{acme_id}/lift", data={"csrf": token})
+        assert r.status_code == 303
+        after = html.unescape(client.get("/holds").text)
+        assert (
+            "The hold on +8821 for acme is lifted" in after and "No prefix is held for your networks" in after
+        )
+    client, _ = sign_in(deployment.base, deployment.operator_key)
+    with closing(client):
+        page = client.get("/holds").text
+        assert f'id="hold-{globex_id}"' in page and "acme" not in page.split("<h1>")[1].split("</table>")[0]
 
 
 def test_target_form_shows_each_message_next_to_its_field(deployment: Deployment) -> None:

@@ -311,6 +311,28 @@ def test_an_event_older_than_expire_after_expires(redis: Redis, redis_url: str) 
     run(redis, redis_url, body)
 
 
+def test_a_deadline_that_passes_during_an_attempt_expires_it_rather_than_another_wait(
+    redis: Redis, redis_url: str
+) -> None:
+    async def body(h: Harness, srv: AsyncTarget) -> None:
+        # The answer (a 503: retry) comes after the deadline; the next try would be 10 minutes on.
+        srv.scripts["/x"] = [503]
+        srv.delays["/x"] = 1.5
+        h.configure([target("x", f"{srv.base}/x", expire_after="1s", retry=[600])])
+        [ev] = h.add_events(1, ["x"])
+        stats = await h.engine().run(10)
+        assert stats.outcomes == {"expired": 1}
+        state = h.state(ev.id, "x")
+        assert (state["status"], state["attempts"], state["next_attempt_at"]) == ("expired", 1, None)
+        [attempt] = h.attempts(ev.id, "x")
+        assert attempt["outcome"] == "expired" and attempt["status_code"] == 503
+        assert attempt["error"].endswith("; not delivered within expire_after=1 s")
+        assert h.dead() == {did(ev, "x")} and h.due() == {}
+        assert len(srv.hits) == 1
+
+    run(redis, redis_url, body)
+
+
 def test_a_delivery_to_a_removed_target_is_skipped(redis: Redis, redis_url: str) -> None:
     async def body(h: Harness, srv: AsyncTarget) -> None:
         h.configure([target("kept", f"{srv.base}/kept")])

@@ -113,6 +113,9 @@ retry = [3600]
 [networks.net-b]
 limits = [{{ per = "invitee", max = 1, window = "1d" }}]
 cooldown = "1h"
+
+[networks.net-gb]
+default_region = "GB"
 """
     )
 
@@ -139,6 +142,7 @@ def test_after_gateway_forget_no_key_or_value_holds_the_number(
     send(base, "invitation_created", SENT_AS[3], "net-b", invitor="arya", how="FORM")  # over the limit
     send(base, "invitation_created", SENT_AS[1], "net-c")  # later: 500, retried in an hour
     send(base, "invitation_accepted", SENT_AS[4], "net-a")
+    send(base, "invitation_created", "07700 900123", "net-gb")  # national: +447700900123 in GB
     send(base, "invitation_created", OTHER, "net-a", invitor=SENT_AS[0])  # the number as invitor
     for network in ("net-a", "net-b", "net-c"):
         send(base, "invitation_created", OTHER, network, invitor="sansa")
@@ -163,7 +167,7 @@ def test_after_gateway_forget_no_key_or_value_holds_the_number(
             for _, ds in store.events_with_deliveries(store.recent_events(100))
             for d in ds.values()
         ]
-        return len(states) == 15 and all(s != "pending" for s in states)
+        return len(states) == 16 and all(s != "pending" for s in states)
 
     wait_until(settled, "every delivery tried once", 30, explain=gateway.logs)
     dead = [d.decode() for d in redis.zrange("gw:dead", 0, -1)]
@@ -177,9 +181,9 @@ def test_after_gateway_forget_no_key_or_value_holds_the_number(
     done = run_gateway("forget", "+44 (7700) 900-123", "--json", env=gateway.environ())
     assert done.returncode == 0, done.stdout + done.stderr
     answer = json.loads(done.stdout)
-    # 6 events hold it (5 as invitee, 1 as invitor); waiting: later's (retrying) and the
+    # 7 events hold it (6 as invitee, 1 as invitor); waiting: later's (retrying) and the
     # suppressed ones (crm and strict, over net-b's limit).
-    assert (answer["events"], answer["deliveries_cancelled"], answer["dead_letters"]) == (6, 3, 1), answer
+    assert (answer["events"], answer["deliveries_cancelled"], answer["dead_letters"]) == (7, 3, 1), answer
     assert answer["networks"] is None and answer["keys"] > 6
     assert answer["holders"]["lookups"]["keys"] >= 2  # the answers cached, and their index
     assert answer["holders"]["limits"]["keys"] >= 2  # net-b's counter and cooldown

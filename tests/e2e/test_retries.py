@@ -18,6 +18,8 @@ from e2e_support import (
     wait_until,
 )
 
+from gateway.store.queue import DeliveryQueue
+
 if TYPE_CHECKING:
     from conftest import Gateway, TargetServer
     from redis import Redis
@@ -222,3 +224,80 @@ retry = [1, 1]
         "invitation_type": "org_customer",
     }
     assert dead_letter_ids(redis) == []
+
+
+def test_a_deadline_is_recorded_when_it_passes_not_at_the_next_try(
+    gateway: Gateway, target_server: TargetServer, redis: Redis
+) -> None:
+    """expire_after = "3s" with a retry step of 10 minutes: the delivery is recorded expired (a
+    dead letter, counted, alerted) a second or so after its deadline, not 10 minutes later; and
+    one held back by a paused target likewise."""
+    target_server.script("/t", [503])
+    gateway.write_config(
+        SETTINGS
+        + 'alert_target = "alerts"\n'
+        + f"""
+[[targets]]
+name = "t"
+networks = ["mynetwork"]
+url = "{target_server.url}/t"
+retry = [600]
+expire_after = "3s"
+
+[[targets]]
+name = "held"
+networks = ["mynetwork"]
+url = "{target_server.url}/held"
+expire_after = "3s"
+
+[[targets]]
+name = "alerts"
+networks = ["gateway"]
+url = "{target_server.url}/alerts"
+post_data = "%message%"
+content_type = "text/plain"
+"""
+    )
+    base = gateway.start_web()
+    store = store_for(redis)
+    DeliveryQueue(redis, "gw", 86400).pause("held", int(time.time() * 1000))
+    gateway.start_worker()
+    resp = http_call(base, "GET", CALLBACK)
+    assert resp.status == 204
+    event_id = the_event_id(store)
+    target_server.wait_for("/t", 1)
+    # The first try failed; the next is 10 minutes away. The deadline passes 3 s after the callback.
+    deliveries = wait_until(
+        lambda: (
+            (d := store.get_deliveries(event_id))
+            and d["t"]["status"] == "expired"
+            and d["held"]["status"] == "expired"
+            and d
+        ),
+        "both deliveries recorded expired",
+        timeout=20,
+        explain=gateway.logs,
+    )
+    received = store.get_event(event_id).received_at_ms  # type: ignore[union-attr]
+    for name in ("t", "held"):
+        state = deliveries[name]
+        assert state["last_error"] == "not delivered within expire_after=3 s"
+        assert state["updated_at"] >= received + 3000  # at its deadline, not before
+        assert state["next_attempt_at"] is None
+        assert f"{event_id}-{name}" in dead_letter_ids(redis)
+        assert redis.zscore("gw:due", f"{event_id}-{name}") is None
+        assert redis.zscore(f"gw:parked:{name}", f"{event_id}-{name}") is None
+    assert [a["outcome"] for a in attempts_of(store, event_id, "t")] == ["retrying", "expired"]
+    assert [a["outcome"] for a in attempts_of(store, event_id, "held")] == ["expired"]
+    assert len(target_server.requests_to("/t")) == 1 and target_server.requests_to("/held") == []
+    # Alerted (dead letters of each target) and counted.
+    alerts = [r.body.decode() for r in target_server.wait_for("/alerts", 2)]
+    assert any(a.startswith("deliveries to t fail for good") and "expire_after=3 s" in a for a in alerts)
+    assert any(a.startswith("deliveries to held fail for good") for a in alerts)
+    wait_until(
+        lambda: (
+            'gateway_deliveries_total{outcome="expired",target="t"} 1.0'
+            in http_call(base, "GET", "/metrics").body.decode()
+        ),
+        "the expiry counted",
+    )

@@ -28,11 +28,14 @@ CONFIG = config_from_dict(
 
 
 def event(
-    invitee: str, network: str = "n1", kind: str = INVITATION_CREATED, invitor: str = "jon"
+    invitee: str,
+    network: str = "n1",
+    kind: str = INVITATION_CREATED,
+    invitor: str = "jon",
+    region: str | None = None,
 ) -> InvitationEvent:
-    return make_event(
-        {"invitee": invitee, "invitor": invitor, "network_id": network}, kind, "query", now=NOW / 1000
-    )
+    fields = {"invitee": invitee, "invitor": invitor, "network_id": network}
+    return make_event(fields, kind, "query", now=NOW / 1000, region_of=lambda network: region)
 
 
 def store(redis: Redis, *events: InvitationEvent) -> None:
@@ -58,7 +61,13 @@ def test_a_number_in_any_spelling() -> None:
         "447700900123",
         "15550001111",
     ]
-    assert Number.parse("+447700900123").digest() == Number.parse("447700900123").digest()
+    # A national number is read in the regions given (the networks' default_region): both kept.
+    national = Number.parse("07700 900123", ["GB", None])
+    assert national.digits == {"07700900123", "447700900123"}
+    assert Number.parse("07700 900123").digits == {"07700900123"}  # no region: as given
+    assert (
+        national.digest() == Number.parse("+44 7700 900123").digest() == Number.parse("447700900123").digest()
+    )
 
 
 def test_events_are_found_by_invitee_or_invitor_in_any_spelling_and_only_in_scope(redis: Redis) -> None:
@@ -67,12 +76,13 @@ def test_events_are_found_by_invitee_or_invitor_in_any_spelling_and_only_in_scop
         event("447700900123", "n2"),
         event("+15550001111", invitor="+44 7700 900123"),
         event("+447700900123", kind=INVITATION_ACCEPTED),
+        event("07700 900123", "n3", region="GB"),  # national, made E.164 by the network's region
     ]
     others = [event("+447700900124"), event("+4477009001234"), event("+15550001111", invitor="447700900")]
     store(redis, *mine, *others)
     assert set(find_events(job(redis, "+44 7700 900123"))) == {e.id for e in mine}
     assert set(find_events(job(redis, "+447700900123", frozenset({"n2"})))) == {mine[1].id}
-    assert find_events(job(redis, "+447700900123", frozenset({"n3"}))) == []
+    assert find_events(job(redis, "+447700900123", frozenset({"n4"}))) == []
 
 
 def test_an_event_goes_with_all_of_its_own_and_the_rest_stays(redis: Redis) -> None:
@@ -88,14 +98,14 @@ def test_an_event_goes_with_all_of_its_own_and_the_rest_stays(redis: Redis) -> N
     redis.hset(f"{P}:probes", did, NOW)
     redis.rpush(f"{P}:event:{mine.id}:attempts", "{}")
     redis.set(f"{P}:dedupe:{dedupe_key(mine, INVITATION_ACCEPTED)}", "X")
-    limits = number_limit_keys(["+447700900123"], "n1", CONFIG.network_policy("n1"), NOW)
+    limits = number_limit_keys(["447700900123"], [], "n1", CONFIG.network_policy("n1"))
     for k in limits:
         redis.set(f"{P}:{k}", 1)
     before = {k for k in redis.keys("*")}
 
     counts = erase(job(redis, "447700900123"))
     assert counts["events"] == {"events": 1, "deliveries_cancelled": 1, "dead_letters": 1, "keys": 5}
-    assert counts["limits"]["keys"] == len(limits) == 3  # the two buckets of the day, the cooldown
+    assert counts["limits"]["keys"] == len(limits) == 2  # the limit's log and the cooldown
     gone = {k.decode() for k in before - set(redis.keys("*"))}
     assert gone == {
         f"{P}:event:{mine.id}",

@@ -23,6 +23,7 @@ from gateway.store.ingest import (
     IngestHead,
     IngestItem,
     ItemKind,
+    SuppressionKind,
     encode,
     ingest,
     ingest_sync,
@@ -58,6 +59,7 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
         dedupe_ms=555_000,
         state='{"status":"pending","mark":"the head state"}',
         wake_ttl=44,
+        expiries="tb=3000,zz=9",
     )
     first = IngestItem(
         kind=ItemKind.NEW,
@@ -77,7 +79,7 @@ def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
         RECEIVED + 1,
         ["tc"],
         "dk-2",
-        {"sup": "no, because"},
+        {"sup": "no, because", "k": "allowlist"},
     )
     again = IngestItem(ItemKind.NEW, "01AGAIN", '{"mark":"again"}', "net-x", RECEIVED + 2, ["ta"], "dk-1")
     more = IngestItem(ItemKind.ADD, "01FIRST", "", "net-x", RECEIVED, ["td"])
@@ -88,7 +90,7 @@ def _check_ingest(redis: Redis, answer: IngestAnswer) -> None:
     assert answer.version == 9 and answer.woke
     assert answer.results == [
         ACCEPTED,
-        AcceptResult(AcceptStatus.SUPPRESSED, reason="no, because"),
+        AcceptResult(AcceptStatus.SUPPRESSED, reason="no, because", kind=SuppressionKind.ALLOWLIST),
         AcceptResult(AcceptStatus.DUPLICATE, duplicate_of="01FIRST"),
         ACCEPTED,
     ]
@@ -111,13 +113,20 @@ def _check_ingest(redis: Redis, answer: IngestAnswer) -> None:
     assert 550_000 < redis.pttl("pfx:dedupe:dk-1") <= 555_000
     # the limits (a reason to suppress): kept, not due, its state stamped with `now`
     held = json.loads(redis.hget("pfx:event:01HELD:deliveries", "tc") or b"{}")
-    assert (held["status"], held["waiting"], held["updated_at"]) == ("suppressed", "no, because", NOW)
+    assert (held["status"], held["waiting"], held["updated_at"], held["suppressed_by"]) == (
+        "suppressed",
+        "no, because",
+        NOW,
+        "allowlist",
+    )
     assert redis.zscore("pfx:suppressed", "01HELD-tc") == RECEIVED + 1
     assert redis.zscore("pfx:events:net:net-y", "01HELD") == RECEIVED + 1
     # the duplicate: nothing kept
     assert not redis.exists("pfx:event:01AGAIN")
     # the wake TTL
     assert 40 < redis.ttl("pfx:wake") <= 44
+    # the targets' expire_after: a deadline for the waiting delivery to tb only
+    assert redis.zrange("pfx:deadlines", 0, -1, withscores=True) == [(b"01FIRST-tb", RECEIVED + 3000)]
 
 
 def test_each_ingest_argument_lands_where_it_should(redis: Redis) -> None:

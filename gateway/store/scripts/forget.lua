@@ -21,6 +21,7 @@ for i = 2, #ARGV - 3, 4 do
     redis.call('ZREM', p .. ':parked:' .. t, did)
     redis.call('ZREM', p .. ':inflight:' .. t, did)
     redis.call('ZREM', p .. ':suppressed', did)
+    redis.call('ZREM', p .. ':deadlines', did)
     redis.call('HDEL', p .. ':reserved', did)
     redis.call('HDEL', p .. ':probes', did)
   end

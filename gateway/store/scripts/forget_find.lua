@@ -2,8 +2,9 @@
 --
 -- ARGV (gateway/store/erasure.py, `find_events`): prefix, network ('': the global index, every
 --   network), ZSCAN cursor, page size, then each digit string that spells the number.
--- An event holds it when the digits of its invitee or of its invitor are one of them (a SIP
--- username may be the number; the JSON's field order is InvitationEvent.to_json's).
+-- An event holds it when the digits of its invitee, of the invitee's E.164 form or of its
+-- invitor are one of them (a SIP username may be the number; the JSON's field order is
+-- InvitationEvent.to_json's).
 -- Returns [next cursor ('0': done), then the ids of the events that hold it].
 local p, net, cursor, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local wanted = {}
@@ -18,8 +19,10 @@ for i = 1, #items, 2 do
   local ev = redis.call('GET', p .. ':event:' .. id)
   if ev then
     local invitee = string.match(ev, '"invitee":"([^"]*)"') or ''
+    local e164 = string.match(ev, '"invitee_e164":"([^"]*)"') or ''
     local invitor = string.match(ev, '"invitor":"(.-)","network_id":') or ''
-    if wanted[string.gsub(invitee, '%D', '')] or wanted[string.gsub(invitor, '%D', '')] then
+    if wanted[string.gsub(invitee, '%D', '')] or wanted[string.gsub(e164, '%D', '')]
+        or wanted[string.gsub(invitor, '%D', '')] then
       out[#out + 1] = id
     end
   end

@@ -2,16 +2,24 @@
 --
 -- ARGV (encoded by gateway/store/ingest.py, `encode`; the layout is written there once):
 --   prefix, now ms, retention s, dedupe window ms (0: off), the pending delivery state JSON,
---   wake TTL s (0: leave the wake flag alone), then 10 per item, in the order of `IngestItem`'s
+--   wake TTL s (0: leave the wake flag alone), the targets' expire_after ('name=ms,...': each
+--   new waiting delivery to one gets a deadline in {p}:deadlines), then 10 per item, in the order
+--   of `IngestItem`'s
 --   fields: kind ('n' a new event, 'a' deliveries to add to a stored one), id, the event's JSON
 --   (stored as it is), network, received ms, targets (comma-separated), dedupe key, limits JSON
 --   or '' (`limit_fields`), the dedupe key's TTL ms if longer than the window (0: the window),
 --   the created sibling's dedupe key ('' : none looked for).
 -- Returns [config version, 1 if a drain job must be queued, status per item (accepted |
--- duplicate:ID OF THE FIRST | exists | suppressed:REASON), then 'held:NETWORK:REASON' per
+-- duplicate:ID OF THE FIRST | exists | suppressed:KIND:REASON), then 'held:NETWORK:REASON' per
 -- prefix just held]. Key names: gateway/store/keys.py.
+--
+-- Limits slide (`limit_fields` says how): a limit of N > 1 is a sorted set of the invitations it
+-- let through by time, trimmed to its window at each one it lets through (so N entries at most),
+-- and a limit of 1 a key holding the time of the one it let through, expiring a window after it.
 local p, now, ttl, win, state = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local wake_ttl = tonumber(ARGV[6])
+local expire = {}
+for t, ms in string.gmatch(ARGV[7], '([^,=]+)=(%d+)') do expire[t] = tonumber(ms) end
 local out = {'0', 0}
 local holds = {}
 -- Sorted-set entries are gathered and written once per key at the end (a command per batch,
@@ -57,7 +65,7 @@ local function index(ms, id, n)
   byn[#byn + 1] = ms
   byn[#byn + 1] = id
 end
-for i = 7, #ARGV - 9, 10 do
+for i = 8, #ARGV - 9, 10 do
   local kind, id, event, n, ms = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local targets, dedupe, limits = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local keep, ckey = math.max(win, tonumber(ARGV[i + 8])), ARGV[i + 9]
@@ -106,34 +114,59 @@ for i = 7, #ARGV - 9, 10 do
     redis.call('HINCRBY', p .. ':counters', 'duplicates', 1)
   else
     -- abuse limits: a suppressed invitation is kept, visible and releasable, never delivered
-    local why
+    local why, kind
     if limits ~= '' then
       local it = cjson.decode(limits)
-      why = it.sup
-      if not why and it.g and redis.call('EXISTS', p .. ':' .. it.g.h) == 1 then
-        why = redis.call('GET', p .. ':' .. it.g.h)
+      why, kind = it.sup, it.k or 'allowlist'
+      if not why and it.g then
+        why = redis.call('GET', p .. ':' .. it.g.h)  -- its prefix is held (false: not)
+        if why then kind = 'guard' end
       end
       if not why and it.lim then
         for _, l in ipairs(it.lim) do
-          if tonumber(redis.call('GET', p .. ':' .. l[1]) or '0') >= l[2] then
-            why = l[4]
+          local lk = p .. ':' .. l[1]
+          local over
+          if l[2] == 1 then
+            -- (the time it let one through, not the key's TTL: `now` is the callers' clock)
+            over = (tonumber(redis.call('GET', lk)) or 0) > now - l[3]
+          else
+            -- those it let through less than a window ago (now - window excluded)
+            over = redis.call('ZCOUNT', lk, '(' .. (now - l[3]), '+inf') >= l[2]
+          end
+          if over then
+            why, kind = l[4], l[5]
             break
           end
         end
       end
       if not why and it.lim then
         for _, l in ipairs(it.lim) do
-          if redis.call('INCR', p .. ':' .. l[1]) == 1 then redis.call('PEXPIRE', p .. ':' .. l[1], l[3]) end
+          local lk = p .. ':' .. l[1]
+          if l[2] == 1 then
+            redis.call('SET', lk, string.format('%d', now), 'PX', l[3])
+          else
+            redis.call('ZADD', lk, now, id)
+            redis.call('ZREMRANGEBYSCORE', lk, '-inf', now - l[3])
+            redis.call('PEXPIRE', lk, l[3])
+          end
         end
       end
       if not why and it.g then
+        -- created and accepted over the sliding window: this fixed window's counts and the
+        -- previous one's, weighed by the share of it still inside the sliding window
         local g = it.g
         local made = redis.call('INCR', p .. ':' .. g.c)
         if made == 1 then redis.call('PEXPIRE', p .. ':' .. g.c, g.ttl) end
-        local took = tonumber(redis.call('GET', p .. ':' .. g.a) or '0')
+        local before = redis.call('MGET', p .. ':' .. g.cp, p .. ':' .. g.a, p .. ':' .. g.ap)
+        -- (rounded: 4.9997 of them is 5)
+        made = math.floor(made + g.w * (tonumber(before[1]) or 0) + 0.5)
+        local took = math.floor((tonumber(before[2]) or 0) + g.w * (tonumber(before[3]) or 0) + 0.5)
         if made >= g.min and took / made <= g.ratio then
           local reason = g.why .. ': ' .. made .. ' invitations, ' .. took .. ' accepted'
           if redis.call('SET', p .. ':' .. g.h, reason, 'NX', 'EX', g.hold) then
+            -- listed (gateway holds list), and told to the alert target by a worker's ticker
+            redis.call('HSET', p .. ':holds', g.h, cjson.encode({network = n, prefix = g.p,
+              reason = reason, since = now, ends = now + g.hold * 1000}))
             holds[#holds + 1] = 'held:' .. n .. ':' .. reason
           end
         end
@@ -145,10 +178,10 @@ for i = 7, #ARGV - 9, 10 do
     end
     local st, into = state, dues
     if why then
-      status = 'suppressed:' .. why
+      status = 'suppressed:' .. kind .. ':' .. why
       redis.call('HINCRBY', p .. ':counters', 'suppressed', 1)
       st = cjson.encode({status = 'suppressed', attempts = 0, retries = 0, throttles = 0,
-        replays = 0, updated_at = now, waiting = why})
+        replays = 0, updated_at = now, waiting = why, suppressed_by = kind})
       into = sup
     end
     if targets ~= '' then
@@ -187,6 +220,19 @@ if #evs > 0 and redis.call('SET', p .. ':trimmed', '1', 'NX', 'EX', 10) then
   redis.call('ZREMRANGEBYSCORE', p .. ':suppressed', '-inf', cutoff)
 end
 if #dues > 0 then
+  if next(expire) then
+    -- each waiting delivery to a target with expire_after: its deadline (received + expire_after)
+    local deadlines = {}
+    for j = 1, #dues, 2 do
+      local did = dues[j + 1]
+      local ms = expire[string.sub(did, string.find(did, '-', 1, true) + 1)]
+      if ms then
+        deadlines[#deadlines + 1] = dues[j] + ms
+        deadlines[#deadlines + 1] = did
+      end
+    end
+    if #deadlines > 0 then add_all('ZADD', p .. ':deadlines', 'NX', deadlines) end
+  end
   add_all('ZADD', p .. ':due', 'NX', dues)
   if wake_ttl > 0 and redis.call('SET', p .. ':wake', '1', 'NX', 'EX', wake_ttl) then out[2] = 1 end
 end

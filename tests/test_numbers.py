@@ -1,0 +1,78 @@
+"""Invitee numbers in E.164 (gateway/numbers.py): pure, but for one rate-limited log line."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from gateway import numbers
+from gateway.numbers import canonical, country_code, e164, identity
+
+
+@pytest.mark.parametrize(
+    ("number", "region", "expected"),
+    [
+        ("+15550100009", None, "+15550100009"),
+        ("+15550100009", "DE", "+15550100009"),  # with +, the region plays no part
+        ("15550100009", "US", "+15550100009"),  # the trunk prefix 1
+        ("5550100009", "US", "+15550100009"),  # national
+        ("01115550100009", "US", "+15550100009"),  # NANP's international prefix
+        ("0015550100009", "US", "+15550100009"),  # 00: international, even where 011 is
+        ("0015550100009", "GB", "+15550100009"),
+        ("0015550100009", "DE", "+15550100009"),
+        ("0015550100009", None, "+15550100009"),  # 00 without a region: international
+        ("07700900123", "GB", "+447700900123"),  # national with the trunk 0
+        ("+4407700900123", None, "+447700900123"),  # "+44 (0)7700 ...", the (0) dropped
+        ("15550100009", "DE", "+4915550100009"),  # a German number, dialled in Germany
+        ("15550100009", None, None),  # no + and no region: no E.164 form
+        ("5550100009", None, None),
+        ("+999123456", None, None),  # no such country code
+        ("+1555", None, None),  # too short for its country
+        ("123", "US", None),
+        ("+15550100009123456", None, None),  # too long
+    ],
+)
+def test_e164(number: str, region: str | None, expected: str | None) -> None:
+    assert e164(number, region) == expected
+
+
+def test_identity_is_the_digits_of_the_e164_form_or_of_the_number() -> None:
+    assert identity("5550100009", "+15550100009") == "15550100009"
+    assert identity("15550100009", None) == "15550100009"  # Acrobits' bare example: the same one
+    assert identity("+1555", None) == "1555"
+
+
+def test_a_number_without_e164_form_is_logged_once_per_network(caplog: pytest.LogCaptureFixture) -> None:
+    numbers._told.clear()
+    with caplog.at_level(logging.WARNING, logger="gateway.numbers"):
+        assert canonical("5550100009", None, "net-a", "01HF0000000000000000000000") is None
+        assert canonical("5550100008", None, "net-a") is None
+        assert canonical("+15550100009", None, "net-a") == "+15550100009"
+        assert canonical("5550100009", None, "net-b") is None
+        assert canonical("123", "US", "net-b") is None  # net-b was told already
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "network net-a" in lines[0] and "no default_region" in lines[0]
+    assert "01HF0000000000000000000000" in lines[0]
+    assert "network net-b" in lines[1]
+    # An hour later, told again.
+    numbers._told["net-a"] -= numbers.UNREADABLE_LOG_EVERY
+    with caplog.at_level(logging.WARNING, logger="gateway.numbers"):
+        canonical("5550100009", None, "net-a")
+    assert len(caplog.records) == 3
+
+
+def test_the_networks_told_about_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    numbers._told.clear()
+    monkeypatch.setattr(numbers, "UNREADABLE_NETWORKS", 10)
+    for n in range(25):
+        canonical("5550100009", None, f"net-{n}")
+        assert len(numbers._told) <= 10
+
+
+def test_country_code() -> None:
+    assert country_code("15550100009") == "1"
+    assert country_code("447700900123") == "44"
+    assert country_code("882161234567") == "882"
+    assert country_code("0123") is None
