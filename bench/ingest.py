@@ -28,6 +28,15 @@ wrk. Rows:
 
 `--rows` picks the rows (sat, paced, x2, dup; default all of them).
 
+Durability (README, "What a 204 promises"): by default Redis keeps nothing on disk and the gateway
+runs at GATEWAY_DURABILITY=memory, as in every row before. `--appendfsync everysec|always` gives
+Redis an append-only file in the run's temporary folder with that fsync policy, and
+`--durability disk` makes the gateway wait for its fsync (WAITAOF) behind every batch; the
+standalone's default is measured by
+``bench/ingest.py --rows sat --rounds 3 --appendfsync everysec`` (memory, as before),
+``... --appendfsync always --durability disk`` and ``... --appendfsync always`` (memory on a
+server that fsyncs before each answer), each against bare Starlette in the same run.
+
 After every run it checks that wrk saw no error and no answer of 400 or above, that nothing was
 in flight when wrk stopped, and for the gateway that Redis holds exactly one new event (ZCARD
 gw:events) and one due delivery per 2xx answer, and no duplicate (a duplicates row: no new
@@ -48,6 +57,10 @@ import argparse
 import contextlib
 import datetime as dt
 import math
+import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -153,6 +166,8 @@ class ServerSpec:
     workers: int
     log_level: str = "INFO"
     db: int = 0
+    durability: str | None = None  # GATEWAY_DURABILITY; None: --durability
+    disk_redis: bool = False  # on the second Redis (--with-disk: appendfsync always)
 
 
 @dataclass
@@ -173,6 +188,7 @@ class Row:
     duplicates: int | None = None
     problems: list[str] = field(default_factory=list)
     repeat: int = 0  # 0: a new invitation per request; K: K invitations repeated (duplicates)
+    fsyncs: int | None = None  # Redis' fsync and fdatasync calls over the run (--appendfsync, perf)
     ratio: float | None = None  # rate over bare's, same phase and method (median rows); dup/new
     runs: list[float] = field(default_factory=list)  # rates of every round
     round_ratios: list[float] = field(default_factory=list)
@@ -237,6 +253,7 @@ class Run:
     tmp: Path
     redis: EmbeddedRedis
     dead_url: str
+    disk_redis: EmbeddedRedis | None = None  # --with-disk
     rows: list[Row] = field(default_factory=list)
     profiles: list[str] = field(default_factory=list)
     natives: dict[str, str] = field(default_factory=dict)
@@ -251,6 +268,12 @@ class Run:
     def wanted(self) -> frozenset[str]:
         """The rows to run (--rows; all by default)."""
         return frozenset(getattr(self.args, "rows", None) or ROWS)
+
+    def redis_for(self, spec: ServerSpec) -> EmbeddedRedis:
+        if spec.disk_redis:
+            assert self.disk_redis is not None
+            return self.disk_redis
+        return self.redis
 
     def next_base(self) -> int:
         self.wrk_runs += 1
@@ -269,11 +292,13 @@ def start_server(run: Run, spec: ServerSpec, pin: bool) -> ServerTree:
         config = write_targets_config(run.tmp / f"targets-{spec.key}.toml", 1, run.dead_url)
         env = clean_env(
             {
-                "REDIS_URL": f"redis://{HOST}:{run.redis.port}/{spec.db}",
+                "REDIS_URL": f"redis://{HOST}:{run.redis_for(spec).port}/{spec.db}",
                 "GATEWAY_CONFIG": str(config),
                 "GATEWAY_LOG_LEVEL": spec.log_level,
                 "GATEWAY_OPEN_INGEST": "true",
                 "GATEWAY_DATA_DIR": str(run.tmp / f"data-{spec.key}"),  # its own spool folder
+                # (capacity.py sets no --durability)
+                "GATEWAY_DURABILITY": spec.durability or getattr(run.args, "durability", "memory"),
             }
         )
 
@@ -322,7 +347,7 @@ def servers(run: Run, specs: Sequence[ServerSpec], pin: bool) -> Iterator[dict[s
     try:
         for spec in specs:
             if spec.gateway:
-                Redis(host=HOST, port=run.redis.port, db=spec.db).flushdb()
+                Redis(host=HOST, port=run.redis_for(spec).port, db=spec.db).flushdb()
             started[spec.key] = start_server(run, spec, pin)
             procs = started[spec.key].workers()
             run.natives[spec.label] = ", ".join(
@@ -350,15 +375,16 @@ def measure(
     repeat: int = 0,
     count_204: bool = False,
 ) -> Row:
-    client = Redis(host=HOST, port=run.redis.port, db=spec.db)
+    client = Redis(host=HOST, port=run.redis_for(spec).port, db=spec.db)
     try:
         base = run.next_base()
         if repeat:
             prime(server, method, base, repeat)  # so that every request of the run is a duplicate
         events0, due0, dup0 = gateway_state(client) if spec.gateway else (None, None, None)
-        redis_pid = run.redis.process.pid if run.redis.process else None
+        redis_pid = run.redis_for(spec).pid
         stats0 = command_calls(client.info("commandstats"))
         cpu0, rcpu0, host0 = server.cpu_seconds(), cpu_seconds(redis_pid), host_cpu()
+        counter = FsyncCount.start(redis_pid) if spec.gateway and (_aof(run) or spec.disk_redis) else None
         t0 = time.monotonic()
         args = [method, str(base), f"{send_s:g}", f"{offered or 0:.3f}", str(repeat), str(int(count_204))]
         log = run.tmp / f"wrk-{run.wrk_runs:02d}-{spec.key}-{method}{note}.log"
@@ -374,6 +400,7 @@ def measure(
             clean_env({}),
         )
         wall = time.monotonic() - t0
+        fsyncs = counter.stop() if counter is not None else None
         cpu1, rcpu1, host1 = server.cpu_seconds(), cpu_seconds(redis_pid), host_cpu()
         stats1 = command_calls(client.info("commandstats"))
         commands = stats1 - stats0
@@ -392,6 +419,7 @@ def measure(
             wall_s=wall,
             commands=commands,
             repeat=repeat,
+            fsyncs=fsyncs,
         )
         if spec.gateway:
             events1, due1, dup1 = gateway_state(client)
@@ -401,6 +429,51 @@ def measure(
         return row
     finally:
         client.close()
+
+
+def _aof(run: Run) -> bool:
+    return getattr(run.args, "appendfsync", "off") != "off"
+
+
+class FsyncCount:
+    """`perf stat` counting the fsync and fdatasync calls of Redis (every thread) over one run.
+
+    With `appendfsync always` Redis fsyncs once per turn of its event loop, for every write of
+    that turn: callbacks per fsync shows how many batches each fsync covers. None without perf
+    (or without the permission to read the syscall tracepoints)."""
+
+    EVENTS = "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync"
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    @classmethod
+    def start(cls, pid: int | None) -> FsyncCount | None:
+        perf = shutil.which("perf")
+        if perf is None or pid is None:
+            return None
+        command = [perf, "stat", "-x", ",", "-e", cls.EVENTS, "-p", str(pid)]
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.2)  # attached before the load starts
+        return cls(proc)
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGINT)  # perf prints its counts and exits
+        try:
+            _, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.communicate()
+            return None
+        total = 0
+        found = 0
+        for line in err.splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_") and fields[0].isdigit():
+                total += int(fields[0])
+                found += 1
+        return total if found == 2 else None
 
 
 def callback_request(port: int, method: str, invitee: str) -> tuple[str, bytes | None, dict[str, str]]:
@@ -491,6 +564,9 @@ GW_1 = ServerSpec("gw-1-info", "gateway web, INFO", gateway=True, workers=1, log
 GW_1_WARN = ServerSpec(
     "gw-1-warning", "gateway web, WARNING", gateway=True, workers=1, log_level="WARNING", db=2
 )
+GW_1_DISK = ServerSpec(
+    "gw-1-disk", "gateway web, INFO, disk", gateway=True, workers=1, db=4, durability="disk", disk_redis=True
+)
 BARE_2 = ServerSpec("bare-2", "bare Starlette x2", gateway=False, workers=2)
 GW_2 = ServerSpec("gw-2-info", "gateway web x2, INFO", gateway=True, workers=2, log_level="INFO", db=3)
 
@@ -531,6 +607,8 @@ def phase_one_process(run: Run) -> None:
     wanted = run.wanted
     if "sat" in wanted or run.args.profile:
         specs = [BARE_1, GW_1, GW_1_WARN]
+        if run.disk_redis is not None:
+            specs.append(GW_1_DISK)  # taking turns with the others, in every round
     elif "dup" in wanted:
         specs = [GW_1]  # the duplicates' baseline is the same server with new invitations
     else:
@@ -796,6 +874,11 @@ def details(run: Run, rows: Sequence[Row]) -> list[str]:
             top = ", ".join(f"{name} {calls / n:.2f}" for name, calls in r.commands.most_common(TOP_COMMANDS))
             batch = n / r.evalsha if r.evalsha else 0.0
             parts.append(f"commands/callback: {top}; {batch:.1f} callbacks per EVALSHA (batch)")
+            if r.fsyncs:
+                parts.append(
+                    f"{r.fsyncs} fsyncs of Redis (perf stat): {n / r.fsyncs:.1f} callbacks and "
+                    f"{r.evalsha / r.fsyncs:.2f} EVALSHA per fsync"
+                )
         if len(r.server_cpu_s) > 1:
             split = " + ".join(f"{cpu:.2f}" for cpu in r.server_cpu_s.values())
             parts.append(f"server CPU s per process (master first) {split}")
@@ -893,6 +976,10 @@ def duplicates_text(rows: Sequence[Row]) -> list[str]:
 def default_output(args: argparse.Namespace) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     rows = "" if set(args.rows) == set(ROWS) else "-" + "-".join(args.rows)  # a partial run: its own file
+    if args.appendfsync != "off" or args.durability != "memory":
+        rows += f"-aof-{args.appendfsync}-{args.durability}"
+    if args.with_disk:
+        rows += "-with-disk"
     return RESULTS_DIR / f"ingest-{stamp}{rows}{'-quick' if args.quick else ''}.md"
 
 
@@ -922,6 +1009,16 @@ def report(run: Run, started_at: str, load_start: str, argv: Sequence[str]) -> s
         f"{redis_version}, {wrk_version(run.wrk)}; gateway {env['gateway_commit']}",
         f"- Command: `{' '.join(['.venv/bin/python', 'bench/ingest.py', *argv])}`",
         f"- Pinning: {pin}",
+        f"- Durability: Redis {aof_text(run.args.appendfsync)}; the gateway at GATEWAY_DURABILITY="
+        f"{run.args.durability}"
+        + (" (WAITAOF 1 0 behind each batch)" if run.args.durability == "disk" else " (no wait sent)")
+        + (
+            f"; `{GW_1_DISK.label}`: GATEWAY_DURABILITY=disk (WAITAOF 1 0 behind each batch) on a second "
+            "Redis, pinned beside the first, with an append-only file on the run's temporary folder, "
+            "appendfsync always"
+            if run.disk_redis is not None
+            else ""
+        ),
         f"- wrk: `wrk -t1 -cC -d{t.wrk_duration(t.send_s)}s --latency --timeout 10s -s bench/ingest.lua URL"
         f" -- METHOD BASE {t.send_s:g} RATE REPEAT`: requests sent for {t.send_s:g} s, then the connections "
         f"wait until wrk stops, so none is in flight; req/s = answers in those {t.send_s:g} s / "
@@ -965,6 +1062,12 @@ def report(run: Run, started_at: str, load_start: str, argv: Sequence[str]) -> s
     return "\n".join(lines) + "\n"
 
 
+def aof_text(appendfsync: str) -> str:
+    if appendfsync == "off":
+        return "without persistence (appendonly no)"
+    return f"with an append-only file on the run's temporary folder, appendfsync {appendfsync}"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="0.5 s per run instead of 10 s (a smoke run)")
@@ -988,6 +1091,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DUP_KEYS,
         help="dup rows: how many invitations the flood repeats (default 1: every request the same)",
     )
+    parser.add_argument(
+        "--appendfsync",
+        choices=("off", "everysec", "always"),
+        default="off",
+        help="Redis' append-only file: off (default: no persistence), or on with this fsync policy",
+    )
+    parser.add_argument(
+        "--durability",
+        choices=("memory", "disk"),
+        default="memory",
+        help="the gateway's GATEWAY_DURABILITY (disk needs --appendfsync; always, to be fast)",
+    )
+    parser.add_argument(
+        "--with-disk",
+        action="store_true",
+        help="sat rows: also `gateway web, INFO, disk` (GATEWAY_DURABILITY=disk) on a second Redis with "
+        "appendfsync always, taking turns with the others: the cost of disk in the same run",
+    )
     parser.add_argument("--profile", action="store_true", help="also profile bare and gateway with py-spy")
     parser.add_argument("--stacks", type=Path, metavar="DIR", help="--profile: keep py-spy's raw stacks here")
     parser.add_argument(
@@ -996,6 +1117,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 5:
         parser.error("--rounds must be 1 to 5")
+    if args.durability == "disk" and args.appendfsync == "off":
+        parser.error("--durability disk needs an append-only file: --appendfsync always (or everysec)")
     if not 1 <= args.dup_keys <= MAX_DUP_KEYS:
         parser.error(f"--dup-keys must be 1 to {MAX_DUP_KEYS}")
     if "paced" in args.rows and "sat" not in args.rows:
@@ -1021,19 +1144,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_start = machine()["loadavg"]
     timing = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        redis = EmbeddedRedis()
+        if args.appendfsync == "off":
+            redis = EmbeddedRedis()
+        else:
+            redis = EmbeddedRedis(data_dir=Path(tmp) / "redis", appendfsync=args.appendfsync)
+        disk = (
+            EmbeddedRedis(data_dir=Path(tmp) / "redis-disk", appendfsync="always") if args.with_disk else None
+        )
         try:
             redis.start()
             assert redis.process is not None
             cores = choose_cores()
             pin_threads(redis.process.pid, cores.client)
+            if disk is not None:
+                disk.start()
+                assert disk.pid is not None
+                pin_threads(disk.pid, cores.client)
             dead_port = free_port()  # nothing listens there; no worker runs anyway
-            run = Run(args, timing, wrk, cores, Path(tmp), redis, f"http://{HOST}:{dead_port}/hook")
+            run = Run(args, timing, wrk, cores, Path(tmp), redis, f"http://{HOST}:{dead_port}/hook", disk)
             phase_one_process(run)
             phase_two_processes(run)
             text = report(run, started_at, load_start, argv)
         finally:
             redis.stop()
+            if disk is not None:
+                disk.stop()
     print(text)
     output = args.output or default_output(args)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@ to a recording target, everything on this machine (issue 16, point 4).
 The chain, every process on 127.0.0.1, nothing pinned (they share the machine's cores as they
 would on a one-machine deployment):
 
-* a private Redis (gateway.embedded.EmbeddedRedis; `--redis-data` persists it as `gateway
-  standalone` does: append-only file, fsync every second);
+* a private Redis (gateway.embedded.EmbeddedRedis; `--redis-data` persists it: append-only
+  file, fsync every second, GATEWAY_DURABILITY=memory);
 * the target: bench/latency_load.py target, a raw asyncio server (uvloop, httptools) that records
   each delivery's receipt time minus the send time the callback carries;
 * `python -m gateway web` (1 process, GATEWAY_LOG_LEVEL INFO, GATEWAY_OPEN_INGEST=true) with one
@@ -654,7 +654,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", default="INFO", help="GATEWAY_LOG_LEVEL of web and worker (INFO)")
     parser.add_argument(
-        "--redis-data", action="store_true", help="Redis with an append-only file, as standalone"
+        "--redis-data", action="store_true", help="Redis with an append-only file fsync'd every second"
     )
     parser.add_argument("--drain-timeout", type=float, default=DRAIN_TIMEOUT_S, help="s after a window (120)")
     parser.add_argument("--output", type=Path, help="the markdown file (bench/results/latency-DATE.md)")

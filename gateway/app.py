@@ -30,9 +30,10 @@ from gateway.admin.dashboard import create_dashboard
 from gateway.config.load import load_config
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import CallbackError, ConfigError, problem_document
-from gateway.fastredis import FastRedis, ScriptsViaRedisPy, script_client
-from gateway.ingest.accept import Accepter
+from gateway.fastredis import FastRedis, ScriptClient, ScriptsViaRedisPy, script_client
+from gateway.ingest.accept import MAX_BATCH, MAX_BATCH_WAITED, Accepter
 from gateway.ingest.callback import Callback
+from gateway.ingest.durable import DurabilityState, DurableScripts, check_server
 from gateway.ingest.endpoint import ConfigCache, Ingest
 from gateway.ingest.spool import Spool
 from gateway.ingest.tokens import IngestAuth
@@ -41,7 +42,7 @@ from gateway.logs import ensure_logging
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import HEARTBEAT_SECONDS, IngestMetrics, flush_commands, render, spool_depth
 from gateway.queue import enqueue_drain, make_queue
-from gateway.settings import Settings
+from gateway.settings import Durability, Settings
 from gateway.store.codec import now_ms
 from gateway.store.events import Store
 from gateway.store.ingest import limit_fields
@@ -128,6 +129,7 @@ class IngestParts:
     accepter: Accepter
     refresh_config: Callable[[], Awaitable[bool]]
     cache: ConfigCache  # the configuration's lookups per network, for the accept and the endpoint
+    durability: DurabilityState  # GATEWAY_DURABILITY, and why it is not given now (if so)
 
 
 def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
@@ -174,8 +176,16 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
     def deadlines() -> str:
         return cache.expiries(live.current)
 
+    durability = DurabilityState(settings.durability_level, settings.durability_replicas)
+    bound = settings.spool_after_ms / 1000
+    # memory: the script call alone, as ever; otherwise the level's wait behind each one.
+    scripts: ScriptClient = fast
+    max_batch = MAX_BATCH
+    if durability.level is not Durability.MEMORY:
+        scripts = DurableScripts(fast, durability, bound)
+        max_batch = MAX_BATCH_WAITED
     accepter = Accepter(
-        fast,
+        scripts,
         settings.prefix,
         retention,
         spool,
@@ -184,11 +194,12 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         on_version,
         wake,
         dedupe_seconds=settings.dedupe_seconds,
-        bound=settings.spool_after_ms / 1000,
+        bound=bound,
+        max_batch=max_batch,
         expiries=deadlines,
         ordering=lambda event: cache.ordering(live.current, event.type, event.network_id),
     )
-    return IngestParts(redis, aio, fast, store, live, accepter, refresh_config, cache)
+    return IngestParts(redis, aio, fast, store, live, accepter, refresh_config, cache, durability)
 
 
 def create_app(settings: Settings | None = None) -> IngestFastPath:
@@ -198,6 +209,7 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
     spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes)
     parts = ingest_parts(settings, spool)
     redis, aio, store, live, accepter = parts.redis, parts.aio, parts.store, parts.live, parts.accepter
+    durability = parts.durability
     auth = IngestAuth(settings.open_ingest, settings.trusted_proxies, os.environ)
     ingest_metrics = IngestMetrics()
     ingest = Ingest(
@@ -232,8 +244,19 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
             tally.put_back(data)
             raise
 
+    async def check_durability(redis_answers: bool) -> bool:
+        """Whether the level is given now: the server can give it, and the last wait confirmed."""
+        if durability.level is Durability.MEMORY:
+            return True
+        if redis_answers:
+            with contextlib.suppress(Exception):  # unreachable after all: the last answer stands
+                async with asyncio.timeout(2):
+                    durability.server_problem = await check_server(aio, durability.level, durability.replicas)
+        return durability.ok
+
     async def ready(request: Request) -> Response:
-        """For a load balancer: Redis answers, a worker is alive, the spool has room."""
+        """For a load balancer: Redis answers, a worker is alive, the spool has room, and Redis gives
+        GATEWAY_DURABILITY."""
         checks: dict[str, str] = {}
         try:
             async with asyncio.timeout(2):
@@ -252,9 +275,16 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         room = spool.max_bytes - spool.size()
         full = room < spool.max_bytes * SPOOL_READY_MARGIN
         checks["spool"] = f"{spool.size()} of {spool.max_bytes} bytes" + (" (full)" if full else "")
+        durable = await check_durability(checks["redis"] == "ok")
+        checks["durability"] = durability.level.value + (" (ok)" if durable else f": {durability.problem}")
         failed = [
             name
-            for name, bad in (("redis", checks["redis"] != "ok"), ("workers", not alive), ("spool", full))
+            for name, bad in (
+                ("redis", checks["redis"] != "ok"),
+                ("workers", not alive),
+                ("spool", full),
+                ("durability", not durable),
+            )
             if bad
         ]
         body = {"status": "unavailable" if failed else "ok", "failed": failed, "checks": checks}
@@ -291,7 +321,9 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
             gauges["gateway_redis_up"] = 0
         files, size = await asyncio.to_thread(spool_depth, spool.directory)
         gauges.update(gateway_spool_files=files, gateway_spool_bytes=size)
-        return Response(render(counts, gauges, held), media_type=METRICS_CONTENT_TYPE)
+        durable = await check_durability(gauges["gateway_redis_up"] == 1)
+        body = render(counts, gauges, held, (durability.level.value, durable))
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -329,10 +361,14 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
         watcher = asyncio.create_task(_watch_config(aio, store.keys.config_changed, parts.refresh_config))
         data_watch = asyncio.create_task(_watch_data(store))
         flusher = asyncio.create_task(_every(1.0, flush_metrics))
+        durability_watch = None
+        if durability.level is not Durability.MEMORY:
+            where = wiring.shown_url(settings)
+            durability_watch = asyncio.create_task(_watch_durability(aio, durability, where))
         yield
         with contextlib.suppress(Exception):
             await asyncio.wait_for(flush_metrics(), 2)
-        for task in (drainer, watcher, data_watch, flusher, applier):
+        for task in (drainer, watcher, data_watch, flusher, applier, durability_watch):
             if task is None:
                 continue
             task.cancel()
@@ -482,6 +518,34 @@ async def _watch_data(store: Store, every: float = 5.0) -> None:
     while True:
         with contextlib.suppress(RedisError):  # away: the accept path spools and logs that
             await run_in_threadpool(store.redis_lost_data)
+        await asyncio.sleep(every)
+
+
+async def _watch_durability(
+    aio: aioredis.Redis, state: DurabilityState, where: str, every: float = 5.0
+) -> None:
+    """Whether the server can give GATEWAY_DURABILITY: at startup (as soon as Redis answers), then
+    every few seconds; one ERROR line when it cannot, one WARNING line when it can again."""
+    logged: str | None = None  # (/readyz and /metrics update the state too)
+    while True:
+        try:
+            async with asyncio.timeout(2):
+                problem = await check_server(aio, state.level, state.replicas)
+        except Exception:  # noqa: S110 - unreachable: the accept path spools and logs that
+            pass
+        else:
+            state.server_problem = problem
+            if problem is not None and problem != logged:
+                log.error(
+                    "%s cannot be given by Redis at %s: %s; every callback is spooled (and answered 204) "
+                    "until it can",
+                    state.shown,
+                    where,
+                    problem,
+                )
+            elif problem is None and logged is not None:
+                log.warning("%s: Redis at %s can give it again", state.shown, where)
+            logged = problem
         await asyncio.sleep(every)
 
 

@@ -47,17 +47,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+APPENDFSYNC = ("always", "everysec")  # the policies `appendfsync` may be given here
+
+
 class EmbeddedRedis:
     """Start a server on 127.0.0.1 on a free port; stop it (by its PID) on exit.
 
-    With `data_dir`, it persists (append-only file, fsync every second) so that accepted
-    invitations survive a restart; without, it keeps nothing on disk (tests).
+    With `data_dir`, it persists (append-only file) so that accepted invitations survive a
+    restart, fsync'd as `appendfsync` says: `everysec` (a power cut can lose the last second) or
+    `always` (Redis fsyncs once per turn of its event loop, before it answers any write of that
+    turn: what GATEWAY_DURABILITY=disk waits for). Without `data_dir` it keeps nothing on disk
+    (tests).
     """
 
     def __init__(
-        self, data_dir: str | Path | None = None, port: int | None = None, keep_fds: tuple[int, ...] = ()
+        self,
+        data_dir: str | Path | None = None,
+        port: int | None = None,
+        keep_fds: tuple[int, ...] = (),
+        appendfsync: str = "everysec",
     ) -> None:
+        if appendfsync not in APPENDFSYNC:
+            raise ValueError(f"appendfsync must be one of {', '.join(APPENDFSYNC)}, got {appendfsync!r}")
         self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.appendfsync = appendfsync
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         # Passed to the server (a data directory's lock: held while the server lives, even if
@@ -94,7 +107,7 @@ class EmbeddedRedis:
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "everysec",
+                self.appendfsync,
             ]
         else:
             args += ["--save", "", "--appendonly", "no"]

@@ -13,6 +13,7 @@ GatewayError
 │   └── AdminError            the admin API and dashboard (gateway/admin/__init__.py): 404, 409, 422
 ├── ConfigError               a broken target or setting, found at load time
 │   └── ConfigErrors          several of them, every problem of a file at once
+├── NotDurable                Redis did not confirm a write at GATEWAY_DURABILITY (it is spooled)
 └── DeliveryError             one delivery attempt did not succeed
     ├── RetryableDelivery     try again later (connection error, timeout, 408, 429, 5xx)
     └── PermanentDelivery     do not try again (other 4xx, a template that cannot render)
@@ -92,6 +93,14 @@ class Limited(CallbackError):
 class StoreUnavailable(CallbackError):
     status_code = 503
     title = "Invitation store unavailable"
+
+
+class NotDurable(GatewayError):
+    """Redis ran a batch but did not confirm it on disk or on replicas (GATEWAY_DURABILITY) in time.
+
+    The batch goes to the spool, as when Redis does not answer: a 204 is never sent from a write
+    that the configured level does not cover.
+    """
 
 
 class ConfigError(GatewayError):

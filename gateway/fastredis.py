@@ -30,7 +30,7 @@ import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
@@ -120,6 +120,10 @@ class _Connection(asyncio.Protocol):
         self.reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.lost = False
+        # The durability waits (send_then_wait): the one on its way, and those who need the next.
+        self.wait_sent: asyncio.Future[Any] | None = None
+        self.next_wait: list[asyncio.Future[Any]] = []
+        self.next_wait_command = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -159,18 +163,95 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def request(self, packed: bytes) -> Any:
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        """Write one command; the future of its reply."""
         if self.lost or self.transport is None or self.transport.is_closing():
             raise ConnectionLost("connection to Redis lost")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.waiting.append(future)
         self.transport.write(packed)
+        return future
+
+    async def request(self, packed: bytes) -> Any:
+        future = self.send(packed)
         try:
             return await future
         except asyncio.CancelledError:
             # Timed out (or shut down) mid-exchange: Redis is slow or gone; start afresh next time.
             self.close()
             raise
+
+    async def request_then_wait(self, packed: bytes, wait: bytes) -> tuple[Any, Any]:
+        """Send a write, then a WAIT or WAITAOF covering it; both replies.
+
+        Redis serves a client's commands in order and holds back everything after a WAIT until
+        it returns, so a wait behind every write of a pipelined connection would cost a fsync
+        (or a replica round trip) per write. Instead one wait is on its way at a time: a write
+        sent while one is pending waits for the next, sent as soon as the pending one returns,
+        which covers every write sent meanwhile (WAIT and WAITAOF cover all of a connection's
+        earlier writes). A lone write has its wait right behind it: one round trip.
+        """
+        reply = self.send(packed)
+        if self.wait_sent is None:
+            confirmed = self._send_wait(wait)
+        else:
+            confirmed = asyncio.get_running_loop().create_future()
+            self.next_wait.append(confirmed)
+            self.next_wait_command = wait
+        try:
+            answer = await reply
+        except BaseException:
+            # The connection is gone, or this call timed out (then it goes, as in `request`):
+            # the wait has nothing left to confirm, and nobody is to be told its outcome.
+            confirmed.cancel()
+            self.close()
+            raise
+        try:
+            return answer, await confirmed
+        except asyncio.CancelledError:
+            self.close()
+            raise
+
+    def _send_wait(self, wait: bytes) -> asyncio.Future[Any]:
+        sent = self.send(wait)
+        self.wait_sent = sent
+        sent.add_done_callback(self._wait_returned)
+        return sent
+
+    def _wait_returned(self, sent: asyncio.Future[Any]) -> None:
+        self.wait_sent = None
+        waiters, self.next_wait = self.next_wait, []
+        failure: BaseException | None = None
+        if sent.cancelled() or self.lost:
+            failure = ConnectionLost("connection to Redis lost")
+        else:
+            failure = sent.exception()  # (also marks it retrieved when its caller is gone)
+        if not waiters:
+            return
+        if failure is None:
+            try:
+                following = self._send_wait(self.next_wait_command)
+            except ConnectionLost as exc:
+                failure = exc
+            else:
+                following.add_done_callback(lambda done: _pass_on(done, waiters))
+                return
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(failure)
+
+
+def _pass_on(done: asyncio.Future[Any], waiters: list[asyncio.Future[Any]]) -> None:
+    """The outcome of one wait to every caller it covers."""
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if done.cancelled():
+            waiter.set_exception(ConnectionLost("connection to Redis lost"))
+        elif (exc := done.exception()) is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(done.result())
 
 
 class FastRedis:
@@ -233,6 +314,30 @@ class FastRedis:
                 raise
         return await self.execute("EVAL", script.text, len(keys), *keys, *args)
 
+    async def evalsha_then_wait(
+        self, script: Script, keys: Sequence[Any], args: Sequence[Any], wait: Sequence[Any]
+    ) -> tuple[Any, Any]:
+        """`evalsha`, then `wait` (a WAIT or WAITAOF) pipelined behind it; both replies.
+
+        The script's error is raised; the wait's is returned (a ReplyError) for the caller to
+        tell apart. Waits are shared between the calls of the moment (`_Connection.request_then_wait`).
+        """
+        packed_wait = hiredis.pack_command(tuple(wait))
+        conn = await self._connection()
+        reply, confirmed = await conn.request_then_wait(
+            hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)), packed_wait
+        )
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            conn = await self._connection()
+            reply, confirmed = await conn.request_then_wait(
+                hiredis.pack_command(("EVAL", script.text, len(keys), *keys, *args)), packed_wait
+            )
+        if isinstance(reply, hiredis.ReplyError):
+            raise ReplyError(str(reply))
+        if isinstance(confirmed, hiredis.ReplyError):
+            confirmed = ReplyError(str(confirmed))
+        return reply, confirmed
+
     async def ping(self) -> bool:
         return bool(await self.execute("PING") in (b"PONG", "PONG"))
 
@@ -258,11 +363,45 @@ class ScriptsViaRedisPy:
         except NoScriptError:
             return await self.client.eval(script.text, len(keys), *keys, *args)
 
+    async def evalsha_then_wait(
+        self, script: Script, keys: Sequence[Any], args: Sequence[Any], wait: Sequence[Any]
+    ) -> tuple[Any, Any]:
+        """The script, then `wait` (a WAIT or WAITAOF) on the same connection: one round trip.
+
+        Each call takes a connection of the pool, so calls of the same moment do not queue behind
+        each other's wait (one fsync of Redis' event loop covers them all).
+        """
+        for command in ("EVALSHA", "EVAL"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                body = script.sha if command == "EVALSHA" else script.text
+                pipe.execute_command(command, body, len(keys), *keys, *args)
+                pipe.execute_command(*wait)
+                reply, confirmed = await pipe.execute(raise_on_error=False)
+            if not isinstance(reply, NoScriptError):
+                break
+        if isinstance(reply, Exception):
+            raise reply
+        return reply, confirmed  # (the wait's error, if any, as FastRedis returns it)
+
+    async def execute(self, *args: Any) -> Any:
+        return await self.client.execute_command(*args)
+
     async def ping(self) -> bool:
         return bool(await self.client.ping())
 
     async def aclose(self) -> None:
         """The redis.asyncio client is closed by its owner."""
+
+
+class ScriptClient(Protocol):
+    """What the accept step runs its script through: FastRedis, ScriptsViaRedisPy, or either
+    wrapped with a durability wait (gateway/ingest/durable.py)."""
+
+    async def evalsha(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
+
+    async def ping(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
 
 
 def script_client(url: str, aio: Any, connect_timeout: float = 2.0) -> FastRedis | ScriptsViaRedisPy:

@@ -215,10 +215,12 @@ class Snapshot(Collector):
         counts: Mapping[Any, Any] | None,
         gauges: Mapping[str, float],
         held: Mapping[str, tuple[str, int]],
+        durability: tuple[str, bool] | None = None,
     ) -> None:
         self.counts = counts
         self.gauges = gauges
         self.held = held
+        self.durability = durability  # (GATEWAY_DURABILITY, given now)
 
     def collect(self) -> Iterator[Metric]:
         counters: dict[str, CounterMetricFamily] = {
@@ -264,6 +266,16 @@ class Snapshot(Collector):
             parked.add_metric([target], count)
         yield held
         yield parked
+        if self.durability is not None:
+            level, ok = self.durability
+            durable = GaugeMetricFamily(
+                "gateway_durability_ok",
+                "1 when Redis gives the durability a 204 promises (GATEWAY_DURABILITY, the label); "
+                "0 while it cannot, and callbacks are spooled instead",
+                labels=["level"],
+            )
+            durable.add_metric([level], 1 if ok else 0)
+            yield durable
 
 
 _GAUGE_DOCS = {
@@ -284,9 +296,12 @@ def _gauge_docs(gauges: Mapping[str, float]) -> dict[str, tuple[str, float]]:
 
 
 def render(
-    counts: Mapping[Any, Any] | None, gauges: Mapping[str, float], held: Mapping[str, tuple[str, int]]
+    counts: Mapping[Any, Any] | None,
+    gauges: Mapping[str, float],
+    held: Mapping[str, tuple[str, int]],
+    durability: tuple[str, bool] | None = None,
 ) -> bytes:
     """The Prometheus text exposition of one scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Snapshot(counts, gauges, held))
+    registry.register(Snapshot(counts, gauges, held, durability))
     return generate_latest(registry)

@@ -12,6 +12,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -102,6 +103,32 @@ def parse_redis_url(raw: str) -> RedisURL:
     return RedisURL(text)
 
 
+class Durability(StrEnum):
+    """What a 204 promises (GATEWAY_DURABILITY; README, "What a 204 promises")."""
+
+    MEMORY = "memory"  # in Redis' memory (and its append-only file, fsync'd as Redis is set up)
+    DISK = "disk"  # fsync'd to Redis' append-only file: WAITAOF 1 0 after each batch
+    REPLICA = "replica"  # acknowledged by GATEWAY_DURABILITY_REPLICAS replicas: WAIT N after each batch
+
+
+def _durability(environ: Mapping[str, str]) -> Durability | None:
+    raw = environ.get("GATEWAY_DURABILITY", "").strip().lower()
+    if not raw:
+        return None
+    try:
+        return Durability(raw)
+    except ValueError:
+        levels = ", ".join(d.value for d in Durability)
+        raise ConfigError(f"must be one of {levels}, got {raw!r}", None, "GATEWAY_DURABILITY") from None
+
+
+def _appendfsync(environ: Mapping[str, str]) -> str | None:
+    raw = environ.get("GATEWAY_EMBEDDED_APPENDFSYNC", "").strip().lower()
+    if raw and raw not in ("always", "everysec"):
+        raise ConfigError(f"must be always or everysec, got {raw!r}", None, "GATEWAY_EMBEDDED_APPENDFSYNC")
+    return raw or None
+
+
 def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = environ.get(name)
     if raw is None or raw == "":
@@ -154,6 +181,11 @@ class Settings:
     spool_after_ms: int = 1000  # Redis slower than this: the callback goes to the spool
     open_ingest: bool = False  # callbacks without a token are accepted (a warning at startup)
     trusted_proxies: tuple[str, ...] = ()  # X-Forwarded-For is read only from these
+    # None: the command's default (memory for `web`; `standalone` passes its own to its children)
+    durability: Durability | None = None
+    durability_replicas: int = 1  # for Durability.REPLICA
+    # The embedded Redis' fsync policy (`standalone`); None: `always` unless durability is memory
+    embedded_appendfsync: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -175,7 +207,15 @@ class Settings:
             spool_after_ms=_int(env, "GATEWAY_SPOOL_AFTER_MS", 1000, minimum=10),
             open_ingest=_bool(env, "GATEWAY_OPEN_INGEST"),
             trusted_proxies=_cidrs(env, "GATEWAY_TRUSTED_PROXIES"),
+            durability=_durability(env),
+            durability_replicas=_int(env, "GATEWAY_DURABILITY_REPLICAS", 1),
+            embedded_appendfsync=_appendfsync(env),
         )
+
+    @property
+    def durability_level(self) -> Durability:
+        """GATEWAY_DURABILITY, memory when unset."""
+        return self.durability or Durability.MEMORY
 
     @property
     def spool_path(self) -> str:

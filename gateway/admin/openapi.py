@@ -169,8 +169,8 @@ _TARGET_FIELDS: dict[str, Any] = {
     },
     "probe_interval": {"type": "integer", "minimum": 1, "maximum": 3600},
     "sends": {
-        "type": "string",
-        "enum": ["sms", "email"],
+        "type": ["string", "null"],
+        "enum": ["sms", "email", None],
         "description": "What it sends to the invitee, at the provider's cost (check and startup warn "
         "about a network routing to it without limits).",
     },
@@ -764,7 +764,7 @@ SPEC: dict[str, Any] = {
                         },
                         "The holds.",
                     ),
-                    **_problems(401),
+                    **_problems(400, 401),
                 },
             }
         },
@@ -802,7 +802,7 @@ SPEC: dict[str, Any] = {
                 "parameters": [*_SUPPRESSED_FILTERS, _CURSOR, _LIMIT],
                 "responses": {
                     "200": _json(_page(_ref("Suppressed")), "A page of suppressed deliveries."),
-                    **_problems(401, 422),
+                    **_problems(400, 401),
                 },
             }
         },

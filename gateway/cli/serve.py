@@ -23,7 +23,7 @@ from gateway.config.checks import abuse_warnings
 from gateway.config.load import load_config
 from gateway.config.targets import Config
 from gateway.exceptions import ConfigError
-from gateway.settings import Settings
+from gateway.settings import Durability, Settings
 
 if TYPE_CHECKING:
     from gateway.embedded import EmbeddedRedis
@@ -160,14 +160,24 @@ def standalone(host: str, port: int, n_workers: int) -> None:
     try:
         if not settings.redis_url:
             assert lock.fd is not None
-            server = EmbeddedRedis(data_dir=settings.data_dir, keep_fds=(lock.fd,))
+            level = settings.durability or STANDALONE_DURABILITY
+            fsync = settings.embedded_appendfsync or embedded_appendfsync(level)
+            server = EmbeddedRedis(data_dir=settings.data_dir, keep_fds=(lock.fd,), appendfsync=fsync)
             try:
                 server.start()
             except RuntimeError as exc:
                 raise click.ClickException(f"embedded Redis: {exc}") from None
             env["REDIS_URL"] = server.url
+            env["GATEWAY_DURABILITY"] = level.value  # the web process' default is memory
             url_file = write_url_file(settings.data_dir, server.url)
-            log.info("embedded Redis on %s, data in %s (URL in %s)", server.url, lock.data_dir, url_file)
+            log.info(
+                "embedded Redis on %s, data in %s (URL in %s), appendfsync %s, GATEWAY_DURABILITY=%s",
+                server.url,
+                lock.data_dir,
+                url_file,
+                fsync,
+                level.value,
+            )
         failed = _supervise_standalone(host, port, n_workers, env, server, children, log)
     finally:
         _stop_all(children)
@@ -180,6 +190,20 @@ def standalone(host: str, port: int, n_workers: int) -> None:
         # restarting on failure brings it back.
         click.echo(f"gateway standalone: {failed[0]}; stopped everything (exit status 1)", err=True)
         sys.exit(1)
+
+
+# What a 204 of `standalone` promises with its embedded Redis, unless GATEWAY_DURABILITY says
+# otherwise: fsync'd (README, "What a 204 promises": measured to cost little, with the fsync of
+# Redis' event loop shared by every batch of its turn).
+STANDALONE_DURABILITY = Durability.DISK
+
+
+def embedded_appendfsync(level: Durability) -> str:
+    """The embedded Redis' fsync policy for `level` (GATEWAY_EMBEDDED_APPENDFSYNC overrides it).
+
+    disk needs `always`: with `everysec` each WAITAOF waits for the next once-a-second fsync.
+    """
+    return "everysec" if level is Durability.MEMORY else "always"
 
 
 RESTARTS = 3  # of the embedded Redis, within RESTART_WINDOW seconds, before giving up

@@ -16,7 +16,7 @@ from gateway.cli.common import (
     _table,
     main,
 )
-from gateway.exceptions import ConfigError
+from gateway.exceptions import ConfigError, NotDurable
 
 
 @main.group()
@@ -87,5 +87,9 @@ def spool_drain() -> None:
             parts.redis.close()
             spool.close()
 
-    stored, existing = asyncio.run(run())
+    try:
+        stored, existing = asyncio.run(run())
+    except NotDurable as exc:
+        # Stored in Redis perhaps, but not confirmed at the level: the file stays for the next drain.
+        raise click.ClickException(f"not drained: {exc}; the spool files stay") from None
     click.echo(f"{stored} invitations stored, {existing} were already stored")

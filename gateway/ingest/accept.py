@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.events import INVITATION_CREATED, InvitationEvent
-from gateway.exceptions import StoreUnavailable
-from gateway.fastredis import FastRedis, ScriptsViaRedisPy
+from gateway.exceptions import NotDurable, StoreUnavailable
+from gateway.fastredis import ScriptClient
 from gateway.ingest.spool import Spool, SpoolFull, claim_orphan, read_lines
 from gateway.logs import EventBatch
 from gateway.ordering import NO_ORDER, IngestOrder
@@ -56,12 +56,21 @@ log = logging.getLogger("gateway.ingest")
 
 DRAIN_BATCH = 500
 MAX_BATCH = 16  # callbacks per Lua call at most (a drain's batches are DRAIN_BATCH)
+# With a durability wait behind each call (GATEWAY_DURABILITY, gateway/ingest/durable.py), Redis
+# spends most of a batch's time in its fsync or on its replicas, not running it: what is in
+# flight per fsync is what one fsync covers, so batches may be larger.
+MAX_BATCH_WAITED = 64
 IN_FLIGHT = 6  # batches on their way to Redis at once: 96 callbacks
 DRAIN_TIMEOUT = 30.0  # seconds for one batch of a drain: Redis answering, but slowly, or not at all
 
 
 def _no_order(event: InvitationEvent) -> IngestOrder:
     return NO_ORDER
+
+
+def _why(exc: BaseException) -> str:
+    """Why a batch is spooled, for each callback's log line."""
+    return f"not confirmed: {exc}" if isinstance(exc, NotDurable) else "Redis unreachable"
 
 
 def _dumps(obj: Any) -> str:
@@ -82,7 +91,7 @@ class Accepter:
 
     def __init__(
         self,
-        client: FastRedis | ScriptsViaRedisPy,
+        client: ScriptClient,
         prefix: str,
         retention: int,
         spool: Spool,
@@ -93,6 +102,7 @@ class Accepter:
         dedupe_seconds: int = 600,
         bound: float = 1.0,
         expiries: Callable[[], str] | None = None,
+        max_batch: int = MAX_BATCH,
         ordering: Callable[[InvitationEvent], IngestOrder] | None = None,
     ) -> None:
         self.client = client
@@ -107,6 +117,7 @@ class Accepter:
         self.bound = bound
         # The configuration's targets with an expire_after (store/ingest.py, `expiries`)
         self.expiries = expiries or str
+        self.max_batch = max_batch
         self.ordering = ordering or _no_order  # "created" before "accepted" (gateway/ordering.py)
         self._pending: list[_Waiting] = []
         self._collecting = False  # a flush task is about to take what is pending
@@ -156,7 +167,7 @@ class Accepter:
                 # Redis is away (a hung one makes each batch wait out the bound before it is
                 # spooled), or slow (the oldest has waited a quarter of the bound already), as
                 # IN_FLIGHT x MAX_BATCH callbacks per round trip would make the last wait on.
-                cap = MAX_BATCH
+                cap = self.max_batch
                 if self.redis_down_since is not None or (
                     asyncio.get_running_loop().time() - pending[0].since > self.bound / 4
                 ):
@@ -175,9 +186,9 @@ class Accepter:
         try:
             async with asyncio.timeout(self.bound):  # no task per batch, unlike wait_for
                 results = await self.commit([(w.event, w.targets) for w in batch], [w.version for w in batch])
-        except Exception as exc:
+        except Exception as exc:  # NotDurable too: Redis ran it, but did not confirm it in time
             self._redis_failed(exc)
-            await self._spool(batch)
+            await self._spool(batch, _why(exc))
             return
         self._redis_back()
         accepted = []
@@ -254,7 +265,7 @@ class Accepter:
                     await self.wake()
         return results
 
-    async def _spool(self, batch: list[_Waiting]) -> None:
+    async def _spool(self, batch: list[_Waiting], why: str = "Redis unreachable") -> None:
         records = [{"event": w.event.to_dict(), "dk": dedupe_key(w.event)} for w in batch]
         try:
             await asyncio.to_thread(self.spool.append, records)
@@ -275,16 +286,15 @@ class Accepter:
                     )
             return
         for w in batch:
-            log.warning(
-                "spooled %s %s (network %s): Redis unreachable", w.event.type, w.event.id, w.event.network_id
-            )
+            log.warning("spooled %s %s (network %s): %s", w.event.type, w.event.id, w.event.network_id, why)
             if not w.done.done():
                 w.done.set_result(SPOOLED)
 
     def _redis_failed(self, exc: BaseException) -> None:
         if self.redis_down_since is None:
             self.redis_down_since = time.monotonic()
-            log.error("Redis did not take a batch (%s); spooling to %s", type(exc).__name__, self.spool.path)
+            what = str(exc) if isinstance(exc, NotDurable) else type(exc).__name__
+            log.error("Redis did not take a batch (%s); spooling to %s", what, self.spool.path)
 
     def _redis_back(self) -> None:
         if self.redis_down_since is not None:

@@ -22,7 +22,7 @@ from redis import Redis
 from redis.exceptions import NoScriptError
 
 from gateway.events import INVITATION_ACCEPTED, InvitationEvent
-from gateway.fastredis import FastRedis, Script, ScriptsViaRedisPy
+from gateway.fastredis import Script, ScriptClient
 from gateway.networks import NetworkPolicy, prefix_allowed, prefix_of
 from gateway.numbers import country_code, identity
 from gateway.records import Delivery
@@ -218,9 +218,7 @@ def decode(raw: Sequence[Any], items: int) -> IngestAnswer:
     )
 
 
-async def ingest(
-    client: FastRedis | ScriptsViaRedisPy, head: IngestHead, items: Sequence[IngestItem]
-) -> IngestAnswer:
+async def ingest(client: ScriptClient, head: IngestHead, items: Sequence[IngestItem]) -> IngestAnswer:
     """Store a batch of events (the web's accept step: through the lean client)."""
     return decode(await client.evalsha(SCRIPT, (), encode(head, items)), len(items))
 

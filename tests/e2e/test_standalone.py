@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 from e2e_support import SETTINGS, http_call, wait_until
+from redis import Redis
 
 from gateway.embedded import free_port
 
@@ -133,6 +134,15 @@ def test_standalone_serves_and_stops_everything_on_sigterm(
     assert len(roles["worker"]) == 2, standalone.cmdlines  # GATEWAY_WORKERS defaults to 2
     data_dir = standalone.data_dir
     assert data_dir.is_dir() and any(data_dir.iterdir()), "the embedded server keeps its data there"
+    # A 204 here means fsync'd (GATEWAY_DURABILITY=disk by default, appendfsync always), and this
+    # one was confirmed by Redis, not spooled.
+    embedded = Redis.from_url((data_dir / "redis.url").read_text().strip())
+    assert embedded.config_get("appendfsync") == {"appendfsync": "always"}
+    embedded.close()
+    assert http_call(standalone.base, "GET", "/readyz").json()["checks"]["durability"] == "disk (ok)"
+    spool = data_dir / "spool"
+    assert not spool.is_dir() or not any(p.stat().st_size for p in spool.glob("*.jsonl"))
+    assert "appendfsync always, GATEWAY_DURABILITY=disk" in standalone.process.output()
 
     os.kill(standalone.process.pid, signal.SIGTERM)
     code = standalone.wait_all_gone()
