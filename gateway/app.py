@@ -201,6 +201,7 @@ def ingest_parts(settings: Settings, spool: Spool) -> IngestParts:
         max_batch=max_batch,
         expiries=deadlines,
         callbacks=callbacks_kept(settings),
+        ordering=lambda event: cache.ordering(live.current, event.type, event.network_id),
     )
     return IngestParts(redis, aio, fast, store, live, accepter, refresh_config, cache, durability)
 

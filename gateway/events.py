@@ -61,6 +61,9 @@ class InvitationEvent:
     client: str | None
     message: str | None  # set on the gateway's own alerts
     invitee_e164: str | None
+    # On an invitation_accepted: the id of the same invitation's invitation_created event, found
+    # by the ingest script when a target orders the two (scripts/ingest.lua writes it last).
+    created_id: str | None
 
     def __init__(
         self,
@@ -76,6 +79,7 @@ class InvitationEvent:
         client: str | None = None,
         message: str | None = None,
         invitee_e164: str | None = None,
+        created_id: str | None = None,
     ) -> None:
         self.id = id
         self.type = type
@@ -89,6 +93,7 @@ class InvitationEvent:
         self.client = client
         self.message = message
         self.invitee_e164 = invitee_e164
+        self.created_id = created_id
 
     def to_json(self) -> str:
         """`to_dict()` as compact JSON (non-ASCII kept), written directly: once per callback.
@@ -96,7 +101,7 @@ class InvitationEvent:
         The same text as `json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)`
         (a test checks it), in a tenth of the time.
         """
-        client, message, e164 = self.client, self.message, self.invitee_e164
+        client, message, e164, created_id = self.client, self.message, self.invitee_e164, self.created_id
         text = (
             f'{{"id":{_enc(self.id)},"type":{_enc(self.type)},"invitee":{_enc(self.invitee)},'
             f'"invitee_raw":{_enc(self.invitee_raw)},'
@@ -105,7 +110,9 @@ class InvitationEvent:
             f'"received_at_ms":{int(self.received_at_ms)},"source_format":{_enc(self.source_format)},'
             f'"client":{"null" if client is None else _enc(client)}'
         )
-        return text + ("}" if message is None else f',"message":{_enc(message)}}}')
+        if message is not None:
+            text += f',"message":{_enc(message)}'
+        return text + ("}" if created_id is None else f',"created_id":{_enc(created_id)}}}')
 
     def to_dict(self) -> dict[str, Any]:
         # Spelt out rather than dataclasses.asdict, which deep-copies: this is on the hot path.
@@ -124,6 +131,8 @@ class InvitationEvent:
         }
         if self.message is not None:
             data["message"] = self.message
+        if self.created_id is not None:
+            data["created_id"] = self.created_id
         return data
 
     @classmethod

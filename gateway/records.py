@@ -135,6 +135,7 @@ class Attempt:
     latency_ms: float | None
     error: str | None
     response: str | None
+    note: str | None  # why it was made when it was ("created" before "accepted", gateway/ordering.py)
 
     def __init__(
         self,
@@ -146,6 +147,7 @@ class Attempt:
         latency_ms: float | None = None,
         error: str | None = None,
         response: str | None = None,
+        note: str | None = None,
     ) -> None:
         self.target = target
         self.attempt = attempt
@@ -155,9 +157,10 @@ class Attempt:
         self.latency_ms = latency_ms
         self.error = error
         self.response = response
+        self.note = note
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "target": self.target,
             "attempt": self.attempt,
             "at_ms": self.at_ms,
@@ -168,6 +171,9 @@ class Attempt:
             "response": self.response,
             "at": iso_ms(self.at_ms),
         }
+        if self.note is not None:
+            data["note"] = self.note  # (left out when None: most records have none)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Attempt:

@@ -972,18 +972,20 @@ def test_policies() -> None:
                 {**BASE, "name": "slack", "rate": "1/s"},
                 {**BASE, "name": "doselect", "rate": "200/s", "concurrency": 4},
                 {**BASE, "name": "crm", "rate": "20/m"},
-                {**BASE, "name": "free"},
-                {**BASE, "name": "narrow", "concurrency": 1},
+                {**BASE, "name": "free", "events": ["invitation_created"]},
+                {**BASE, "name": "narrow", "concurrency": 1, "accepted_waits_for_created": "6h"},
             ]
         }
     )
     policies = config.policies()
+    # (the default ordering bound: the default retry schedule with +10% jitter, 10 timeouts of 10 s)
+    order = {"order": 299_416_000, "order_label": "3d 11h"}
     assert policies == {
-        "slack": {"interval": 1000.0, "concurrency": 0},
-        "doselect": {"interval": 5.0, "concurrency": 4},
-        "crm": {"interval": 3000.0, "concurrency": 0},
+        "slack": {"interval": 1000.0, "concurrency": 0, **order},
+        "doselect": {"interval": 5.0, "concurrency": 4, **order},
+        "crm": {"interval": 3000.0, "concurrency": 0, **order},
         "free": {"interval": 0.0, "concurrency": 0},
-        "narrow": {"interval": 0.0, "concurrency": 1},
+        "narrow": {"interval": 0.0, "concurrency": 1, "order": 21_600_000, "order_label": "6h"},
     }
     assert json.loads(json.dumps(policies)) == policies
     assert Config().policies() == {}
@@ -1070,7 +1072,14 @@ def test_policy_keys_in_toml(tmp_path: Path) -> None:
     assert (slack.pause_failures, slack.pause_seconds, slack.probe_interval) == (0, 60, 30)
     assert (crm.rate, crm.proxy) == (Rate(20, 60), "${HTTPS_PROXY}")
     assert (crm.pause_failures, crm.pause_seconds, crm.probe_interval) == (5, 300, 60)
-    assert config.policies()["crm"] == {"interval": 3000.0, "concurrency": 0}
+    assert config.policies()["crm"] == {
+        "interval": 3000.0,
+        "concurrency": 0,
+        "order": 299_416_000,
+        "order_label": "3d 11h",
+    }
+    # expire_after is the default ordering bound
+    assert config.policies()["slack"]["order"] == 3_600_000
     with pytest.raises(ConfigError) as info:
         load_config(path, {"SLACK_PATH": "T/B/X"})
     assert (

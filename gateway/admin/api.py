@@ -464,6 +464,19 @@ def admin_api(
             results = await call(service.replay_failed, p, _failed_filter_from(body["failed"]), force)
         return JSONResponse(replay_json(results))
 
+    async def erasure(request: Request) -> Response:
+        p = _principal(request)
+        body = _object(await _body(request))
+        unknown = sorted(set(body) - {"number", "networks"})
+        if unknown:
+            raise Invalid("unknown key (known: number, networks)", unknown[0])
+        if "number" not in body:
+            raise Invalid("is required: the phone number to forget", "number")
+        networks = body.get("networks")
+        if "networks" in body and not isinstance(networks, list):
+            raise Invalid("must be a non-empty list of network ids (leave it out for all)", "networks")
+        return JSONResponse(await call(service.forget, p, body["number"], networks))
+
     async def holds(request: Request) -> Response:
         p = _principal(request)
         network = _query(request, "network") or None
@@ -594,6 +607,7 @@ def admin_api(
         Route("/deliveries/replay", replay, methods=["POST"]),
         Route("/deliveries/{delivery_id}", delivery, methods=["GET"]),
         Route("/deliveries/{delivery_id}/replay", replay_one, methods=["POST"]),
+        Route("/erasures", erasure, methods=["POST"]),
         Route("/holds", holds, methods=["GET"]),
         Route("/holds/{hold_id}", hold, methods=["DELETE"]),
         Route("/suppressed", suppressed, methods=["GET"]),

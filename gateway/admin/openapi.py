@@ -153,6 +153,11 @@ _TARGET_FIELDS: dict[str, Any] = {
     "rate": {"type": "string", "pattern": "^[1-9][0-9]{0,8}/(s|m|min|h)$"},
     "concurrency": {"type": "integer", "minimum": 1, "maximum": 1000},
     "expire_after": {"type": ["integer", "string"], "description": 'Seconds, or "90s", "5m", "1h", "2d".'},
+    "accepted_waits_for_created": {
+        "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}, {"const": False}],
+        "description": "How long an invitation_accepted delivery waits at most for its invitation_created "
+        'one (seconds or "6h"); false: never. Default: the created delivery\'s expiry.',
+    },
     "proxy": {"type": "string"},
     "pause_after": {
         "type": "object",
@@ -281,6 +286,11 @@ _EVENT: dict[str, Any] = {
         "source_format": {"type": "string"},
         "client": _NULLABLE_STR,
         "message": {"type": "string"},
+        "created_id": {
+            "type": "string",
+            "description": "On an invitation_accepted: the same invitation's invitation_created event, "
+            "when a target orders the two (README, Delivery, retries, records).",
+        },
     },
 }
 
@@ -310,6 +320,39 @@ _ATTEMPT = {
         "latency_ms": {"type": ["number", "null"]},
         "error": _NULLABLE_STR,
         "response": _NULLABLE_STR,
+        "note": {
+            "type": "string",
+            "description": "Why it was made when it was: an invitation_accepted delivery that waited "
+            "for its invitation_created one, or went after the ordering bound.",
+        },
+    },
+}
+
+_ERASURE = {
+    "type": "object",
+    "required": [
+        "erasure_id",
+        "number_digest",
+        "networks",
+        "events",
+        "deliveries_cancelled",
+        "dead_letters",
+        "keys",
+        "holders",
+    ],
+    "properties": {
+        "erasure_id": {"type": "string", "description": "As in the audit line of the log."},
+        "number_digest": {"type": "string", "description": "sha256 of the number's digits, shortened."},
+        "networks": {"type": ["array", "null"], "items": {"type": "string"}, "description": "null: all."},
+        "events": {"type": "integer"},
+        "deliveries_cancelled": {"type": "integer", "description": "Waiting ones, never sent now."},
+        "dead_letters": {"type": "integer"},
+        "keys": {"type": "integer", "description": "Redis keys deleted, the events' own included."},
+        "holders": {
+            "type": "object",
+            "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "description": "The same counts per holder (events, limits, lookups, test_sends, ...).",
+        },
     },
 }
 
@@ -1070,6 +1113,53 @@ SPEC: dict[str, Any] = {
                 },
             }
         },
+        "/erasures": {
+            "post": {
+                "operationId": "forgetNumber",
+                "summary": "Erase a phone number: every record that holds it, in the key's networks.",
+                "description": (
+                    "Removes every event whose invitee or invitor is the number (in any spelling it "
+                    "arrived in), with its deliveries (waiting ones are cancelled and never sent), "
+                    "attempts and dead letters, and the number's dedupe keys, abuse-limit logs, "
+                    "cached lookup answers and test sends. An operator key erases in every network, "
+                    "a provider key in its own; `networks` narrows either. The answer counts what was "
+                    "removed; the log gets one line without the number (`number_digest`). The number "
+                    "goes in the body, never in a URL (URLs end up in access logs)."
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["number"],
+                                "properties": {
+                                    "number": {
+                                        "type": "string",
+                                        "minLength": 3,
+                                        "maxLength": 64,
+                                        "description": "+15551231234, 15551231234, +1 (555) 123-1234: "
+                                        "3 to 20 digits with an optional leading +, separators allowed.",
+                                    },
+                                    "networks": {
+                                        "type": "array",
+                                        "items": {"type": "string", "minLength": 1},
+                                        "minItems": 1,
+                                        "description": "Only these networks (each must be the key's).",
+                                    },
+                                },
+                            },
+                            "examples": {"number": {"value": {"number": "+1 555 123 1234"}}},
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("Erasure"), "What was removed."),
+                    **_problems(400, 401, 422),
+                },
+            }
+        },
         "/overview": {
             "get": {
                 "operationId": "overview",
@@ -1286,6 +1376,7 @@ SPEC: dict[str, Any] = {
             "NamedTargetDeclaration": _NAMED_TARGET_DECLARATION,
             "Target": _TARGET,
             "ReplayResult": _REPLAY_RESULT,
+            "Erasure": _ERASURE,
             "Overview": {
                 "type": "object",
                 "required": ["since", "until", "events", "truncated", "targets"],

@@ -50,6 +50,11 @@ Overview
         failed, waiting, suppressed, and the same per hour (`hours`, oldest first, 24 buckets)
         for a chart; `paused` flags a paused or disabled target; `truncated` says the count
         stopped at OVERVIEW_BUDGET events.
+Erasure
+    forget(p, number, networks=None) -> dict: every record of the number removed in the key's
+        networks (erasures.py): {erasure_id, number_digest, networks, events,
+        deliveries_cancelled, dead_letters, keys, holders: {name: counts}}; Invalid for a bad
+        number or a network not the key's
 Keys (operator only; NotFound for a provider key)
     list_keys(p) -> list[dict]; create_key(p, name, networks|None) -> (dict, secret);
     revoke_key(p, key_id) -> dict
@@ -69,7 +74,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from gateway.admin import Conflict, Invalid, NotFound, keys
+from gateway.admin import Conflict, Invalid, NotFound, erasures, keys
 from gateway.admin.callbacks import Callbacks
 from gateway.admin.connect import Connect
 from gateway.admin.documents import (
@@ -640,6 +645,10 @@ class Service(SuppressionQueries):
             "truncated": truncated,
             "targets": targets,
         }
+
+    # -- erasure ----------------------------------------------------------------------------------
+    def forget(self, p: Principal, number: str, networks: Iterable[str] | None = None) -> dict[str, Any]:
+        return erasures.forget(self.store, p, number, networks)
 
     # -- keys -------------------------------------------------------------------------------------
     @staticmethod

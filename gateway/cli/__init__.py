@@ -1,5 +1,5 @@
-"""`gateway`: web | worker | standalone | check | targets | events | deliveries | replay | holds |
-suppressed | spool | tokens | keys | overview | callbacks | connect.
+"""`gateway`: web | worker | standalone | check | targets | events | forget | deliveries | replay |
+holds | suppressed | spool | tokens | keys | overview | callbacks | connect.
 
 Every option also reads an environment variable, so the Procfile, the shell and a platform's
 settings share one set of names. Each module adds its commands to the `main` group.

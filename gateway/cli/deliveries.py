@@ -234,7 +234,7 @@ def _echo_delivery(d: dict[str, Any]) -> None:
                 str(a.get("outcome", "")),
                 str(a.get("status_code") or "-"),
                 f"{a['latency_ms']:.0f} ms" if a.get("latency_ms") is not None else "-",
-                _clip(a.get("error") or "-", 90),
+                _clip("; ".join(str(a[k]) for k in ("error", "note") if a.get(k)) or "-", 90),
             ]
             for a in d["attempts"]
         ],

@@ -151,6 +151,8 @@ def events_show(event_id: str, as_json: bool) -> None:
     )
     if ev.get("message"):
         click.echo(f"message    {ev['message']}")
+    if ev.get("created_id"):
+        click.echo(f"created    {ev['created_id']} (its invitation_created event)")
     click.echo("")
     if deliveries:
         _table(
@@ -183,7 +185,7 @@ def events_show(event_id: str, as_json: bool) -> None:
                     str(a.get("outcome", "-")),
                     str(a.get("status_code") or "-"),
                     f"{a['latency_ms']:.0f}" if a.get("latency_ms") is not None else "-",
-                    _clip(str(a.get("error") or ""), 60),
+                    _clip("; ".join(str(a[k]) for k in ("error", "note") if a.get(k)), 60),
                 ]
                 for a in attempts
             ],
@@ -194,3 +196,34 @@ def _last(d: dict[str, Any]) -> str:
     code, error = d.get("last_status_code"), d.get("last_error")
     parts = [f"HTTP {code}" if code else "", str(error) if error else ""]
     return " ".join(p for p in parts if p) or "-"
+
+
+@main.command(cls=OperatorCommand)
+@click.argument("number")
+@click.option("--network", "networks", multiple=True, metavar="ID", help="Only this network id (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's answer (POST /api/v1/erasures).")
+def forget(number: str, networks: tuple[str, ...], as_json: bool) -> None:
+    """Erase a phone number: every event, delivery, attempt, dead letter, dedupe and limit key,
+    cached lookup and test send that holds it, in any spelling it arrived in.
+
+    Deliveries still waiting are cancelled and never sent. The log gets one audit line without
+    the number. Quote a number with spaces: gateway forget "+1 555 123 1234".
+    """
+    try:
+        done = _service().forget(CLI, number, networks or None)
+    except AdminError as exc:
+        if exc.field == "number":
+            raise click.BadParameter(exc.detail, param_hint="'NUMBER'") from None
+        _fail(exc)
+    if as_json:
+        _echo_json(done)
+        return
+    where = "every network" if done["networks"] is None else "networks " + ", ".join(done["networks"])
+    click.echo(f"erasure {done['erasure_id']} (number {done['number_digest']}, {where}):")
+    click.echo(
+        f"  {done['events']} events, {done['deliveries_cancelled']} deliveries cancelled, "
+        f"{done['dead_letters']} dead letters, {done['keys']} keys removed"
+    )
+    for name, counts in done["holders"].items():
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
+        click.echo(f"  {name}: {shown}")

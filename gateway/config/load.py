@@ -48,6 +48,7 @@ from gateway.config.values import (
     nonempty_string,
     parse_concurrency,
     parse_duration,
+    parse_order_bound,
     parse_pause_after,
     parse_rate,
     str_list,
@@ -100,6 +101,7 @@ _TARGET_KEYS = frozenset(
         "proxy",
         "pause_after",
         "probe_interval",
+        "accepted_waits_for_created",
         "sends",
         *OPTION_KEYS,
         "lookups",
@@ -308,6 +310,15 @@ def target_from_dict(
     allowed = set(EVENT_PLACEHOLDERS) | set(variables) | lookup_placeholders(lookups)
     check_templates(target, allowed, environ, problems)
     check_lookup_time(target, problems)
+    if target.accepted_waits_for_created and target.order_bound() == 0:
+        problems.errors.append(
+            ConfigError(
+                "orders a target's two events: it needs both in `events` (a target that takes one "
+                "of them never holds a delivery back)",
+                name,
+                "accepted_waits_for_created",
+            )
+        )
     if addresses is not None and not problems.failed("url"):
         with problems.check():
             check_target_address(target, environ, addresses)
@@ -470,7 +481,8 @@ def _answers(data: Mapping[str, Any], name: str, problems: Problems) -> dict[str
 
 
 def _policy(data: Mapping[str, Any], name: str, problems: Problems) -> dict[str, Any]:
-    """The delivery policy: rate, concurrency, expire_after, proxy, pause_after, probe_interval."""
+    """The delivery policy: rate, concurrency, expire_after, accepted_waits_for_created, proxy,
+    pause_after, probe_interval."""
     fields: dict[str, Any] = {}
     with problems.check("rate"):
         fields["rate"] = parse_rate(data["rate"], name) if "rate" in data else None
@@ -483,6 +495,9 @@ def _policy(data: Mapping[str, Any], name: str, problems: Problems) -> dict[str,
             fields["expire_after"] = parse_duration(
                 data["expire_after"], name, "expire_after", MAX_EXPIRE_AFTER
             )
+    with problems.check("accepted_waits_for_created"):
+        if "accepted_waits_for_created" in data:
+            fields["accepted_waits_for_created"] = parse_order_bound(data["accepted_waits_for_created"], name)
     with problems.check("proxy"):
         if data.get("proxy") is not None:
             check_proxy(nonempty_string(data["proxy"], name, "proxy"), name)

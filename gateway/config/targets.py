@@ -11,12 +11,13 @@ target and the key, never a 3 a.m. surprise).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config.addresses import AllowPrivate
-from gateway.events import EVENT_TYPES, build_aliases
+from gateway.events import EVENT_TYPES, INVITATION_ACCEPTED, INVITATION_CREATED, build_aliases
 from gateway.networks import NetworkPolicy
 from gateway.templating import BodyKind, Template, body_kind
 
@@ -129,6 +130,9 @@ class Target:
     previous_signing_secret_until: str | None = None
     previous_signing_secret_expires: float = 0.0
     lookups: tuple[Lookup, ...] = ()  # fields the callback lacks, fetched before each request
+    # Seconds an invitation_accepted delivery waits for its invitation_created sibling to this
+    # target to be delivered or fail for good (0: it never waits); None: `delivery_span()`.
+    accepted_waits_for_created: int | None = None
 
     def matches(self, event_type: str, network_id: str) -> bool:
         return event_type in self.events and ("*" in self.networks or network_id in self.networks)
@@ -141,6 +145,26 @@ class Target:
     def delivered_anyway(self, status: int, body: bytes) -> bool:
         """A failure status that `delivered_statuses` counts as delivered ("already done")."""
         return any(c == status and (not t or t.encode() in body) for c, t in self.delivered_statuses)
+
+    def delivery_span(self) -> int:
+        """Seconds from a callback to the last attempt of its delivery: `expire_after`, else the
+        end of the retry schedule (its steps with their +10% jitter, and every attempt's timeouts)."""
+        if self.expire_after is not None:
+            return self.expire_after
+        per_attempt = self.timeout + sum(lk.request.timeout for lk in self.lookups)
+        return math.ceil(sum(self.retry) * 1.1 + per_attempt * (len(self.retry) + 1))
+
+    def order_bound(self) -> int:
+        """Seconds an accepted delivery waits at most for its created one (0: never waits).
+
+        Only a target that takes both events orders them; by default the bound is the created
+        delivery's own span (after it, that delivery is expired or out of retries anyway).
+        """
+        if INVITATION_CREATED not in self.events or INVITATION_ACCEPTED not in self.events:
+            return 0
+        if self.accepted_waits_for_created is not None:
+            return self.accepted_waits_for_created
+        return self.delivery_span()
 
     @property
     def body_kind(self) -> BodyKind:
@@ -213,6 +237,8 @@ class Target:
             data["pause_after"] = {"failures": self.pause_failures, "seconds": self.pause_seconds}
         if self.probe_interval != DEFAULT_PROBE_INTERVAL:
             data["probe_interval"] = self.probe_interval
+        if self.accepted_waits_for_created is not None:
+            data["accepted_waits_for_created"] = self.accepted_waits_for_created
         if self.sends is not None:
             data["sends"] = self.sends
         data.update(self._options_dict())
@@ -269,6 +295,21 @@ class Lookup:
 _index: tuple[tuple[Target, ...], dict[str, Target]] | None = None
 
 
+def duration_label(seconds: int) -> str:
+    """A duration as the configuration writes it, to its largest unit and the next: "6h",
+    "3d 11h", "1m 30s" ("2d" for two days and five seconds)."""
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    for i, (unit, size) in enumerate(units):
+        if seconds >= size or unit == "s":
+            label = f"{seconds // size}{unit}"
+            if unit != "s":
+                small, small_size = units[i + 1]
+                if rest := seconds % size // small_size:
+                    label += f" {rest}{small}"
+            return label
+    raise AssertionError("unreachable")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything a provider declares: targets, field aliases and a few settings."""
@@ -299,15 +340,27 @@ class Config:
             index = _index = (self.targets, {t.name: t for t in self.targets})
         return index[1].get(name)
 
-    def policies(self) -> dict[str, dict[str, float | int]]:
-        """Per target: the minimum spacing of requests in ms and the concurrency cap (0: none)."""
-        return {
-            t.name: {
+    def policies(self) -> dict[str, dict[str, float | int | str]]:
+        """Per target, for the claim script: the minimum spacing of requests in ms, the concurrency
+        cap (0: none) and, for a target whose accepted deliveries wait for their created ones,
+        that bound in ms (`order`) and as words (`order_label`, for the waiting delivery's state)."""
+        out: dict[str, dict[str, float | int | str]] = {}
+        for t in self.targets:
+            policy: dict[str, float | int | str] = {
                 "interval": t.rate.interval_ms if t.rate is not None else 0.0,
                 "concurrency": t.concurrency or 0,
             }
-            for t in self.targets
-        }
+            bound = t.order_bound()
+            if bound:
+                policy["order"] = bound * 1000
+                policy["order_label"] = duration_label(bound)
+            out[t.name] = policy
+        return out
+
+    def order_bounds(self) -> dict[str, int]:
+        """Target name -> seconds its accepted deliveries wait at most for their created ones
+        (only targets that order the two events)."""
+        return {t.name: b for t in self.targets if (b := t.order_bound())}
 
     def to_dict(self) -> dict[str, Any]:
         allow = self.allow_private_targets

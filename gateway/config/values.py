@@ -14,6 +14,7 @@ from gateway.exceptions import ConfigError
 MAX_CONCURRENCY = 1000
 MAX_PAUSE_FAILURES = 100_000
 MAX_PAUSE_SECONDS = 7 * 86400
+MAX_ORDER_BOUND = 365 * 86400
 # "1/s", "200/s", "20/m", "20/min", "1000/h"; at most 9 digits.
 _RATE = re.compile(r"([1-9][0-9]{0,8})/(s|m|min|h)")
 _RATE_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
@@ -68,6 +69,21 @@ def parse_duration(value: object, target: str, key: str, most: int) -> int:
             key,
         )
     return seconds
+
+
+def parse_order_bound(value: object, target: str) -> int:
+    """`accepted_waits_for_created`: a duration, or false (0) for "never wait"."""
+    if value is False or (value == 0 and not isinstance(value, bool)):
+        return 0
+    try:
+        return parse_duration(value, target, "accepted_waits_for_created", MAX_ORDER_BOUND)
+    except ConfigError:
+        raise ConfigError(
+            f'must be a duration like "30m", "6h", "2d" (up to {MAX_ORDER_BOUND // 86400} days), or '
+            f"false: accepted deliveries then never wait for created ones, got {value!r}",
+            target,
+            "accepted_waits_for_created",
+        ) from None
 
 
 def bounded_int(value: object, low: int, high: int, what: str, target: str, key: str) -> int:

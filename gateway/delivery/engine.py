@@ -36,6 +36,7 @@ from gateway.events import InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from gateway.logs import DeliveryBatch
 from gateway.metrics import Tally, count_deliveries
+from gateway.ordering import note_for, order_flag
 from gateway.records import (
     Attempt,
     Delivery,
@@ -456,7 +457,10 @@ class Engine:
             return finish(Outcome.EXPIRED, DeliveryStatus.EXPIRED, note)
 
         attempt, outcome, retry_after, status_code = await self._attempt(target, event, number, now)
-        probe = flag == "probe"
+        probe, order = (False, None) if not flag else order_flag(flag)
+        if order is not None:
+            # It waited for its created sibling, or goes past the bound: the record says so.
+            attempt = replace(attempt, note=note_for(order, target.order_bound()))
         if outcome is Outcome.DELIVERED:
             record.health = HealthSignal.OK
             return finish(Outcome.DELIVERED, DeliveryStatus.DELIVERED, attempt, waiting=None)
@@ -624,6 +628,7 @@ def _first_delivered(attempt: Attempt, updated_at: int) -> tuple[str, str] | Non
         and math.isfinite(latency)
         and type(attempt.response) is str
         and attempt.error is None
+        and attempt.note is None
         and attempt.attempt == 1
     ):
         return None

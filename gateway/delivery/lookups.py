@@ -7,7 +7,8 @@ by the same `Sender`), whose JSON answer is read by simple paths (`contact.email
 `results.0.name`) into `%NAME.field%` values for the target's templates.
 
 Answers are cached in Redis for the lookup's `cache` seconds, shared by every worker (the key is
-a digest of the rendered request: it holds a phone number). What can go wrong, and what the
+a digest of the rendered request: it holds a phone number), and filed under the event's numbers
+for an erasure (gateway/store/erasure.py). What can go wrong, and what the
 delivery does about it:
 
 - the lookup cannot be made or answers an error (connection refused, timeout, 5xx, a body that
@@ -27,12 +28,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from gateway.config.load import MAX_LOOKUP_CACHE
 from gateway.config.targets import Lookup, Target
 from gateway.delivery.request import OutboundRequest, Response, build_request
 from gateway.delivery.sender import SendError
 from gateway.events import InvitationEvent
 from gateway.exceptions import ConfigError
 from gateway.records import Outcome
+from gateway.store.erasure import index_lookup
 from gateway.store.keys import Keys
 
 log = logging.getLogger("gateway.lookups")
@@ -148,7 +151,7 @@ class Lookups:
                 self._not_found(lookup, f"no value at {path}")
             else:
                 values[f"{lookup.name}.{field}"] = value
-        await self._keep(key, values, lookup.cache)
+        await self._keep(key, values, lookup.cache, event)
         return values
 
     def _not_found(self, lookup: Lookup, why: str) -> None:
@@ -172,11 +175,18 @@ class Lookups:
         data = json.loads(raw)
         return data if isinstance(data, dict) else None
 
-    async def _keep(self, key: str | None, values: dict[str, str], seconds: int) -> None:
+    async def _keep(
+        self, key: str | None, values: dict[str, str], seconds: int, event: InvitationEvent
+    ) -> None:
         if key is None or self.client is None:
             return
         try:
-            await self.client.set(key, json.dumps(values, ensure_ascii=False), ex=seconds)
+            # Filed under the event's numbers too, so that an erasure finds it (a cache miss
+            # pays these commands, in the same round trip; a hit pays nothing).
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.set(key, json.dumps(values, ensure_ascii=False), ex=seconds)
+                index_lookup(pipe, self.keys, event, key, MAX_LOOKUP_CACHE)
+                await pipe.execute()
         except Exception as exc:
             log.warning("lookup answer not cached (%s)", type(exc).__name__)
 

@@ -27,7 +27,6 @@ halfway left out of such an event (its pending deliveries, its index entries) is
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -36,12 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.events import InvitationEvent
+from gateway.events import INVITATION_CREATED, InvitationEvent
 from gateway.exceptions import NotDurable, StoreUnavailable
 from gateway.fastredis import ScriptClient
 from gateway.ingest.spool import Spool, SpoolFull, claim_orphan, read_lines
 from gateway.logs import EventBatch
-from gateway.numbers import identity
+from gateway.ordering import NO_ORDER, IngestOrder
 from gateway.store.callbacks import Kept
 from gateway.store.ingest import (
     ACCEPTED,
@@ -50,6 +49,7 @@ from gateway.store.ingest import (
     AcceptStatus,
     IngestHead,
     IngestItem,
+    dedupe_key,
     ingest,
 )
 
@@ -66,12 +66,8 @@ DRAIN_TIMEOUT = 30.0  # seconds for one batch of a drain: Redis answering, but s
 NO_CALLBACKS = Kept(0, 0)  # the callbacks inspector off
 
 
-def dedupe_key(event: InvitationEvent) -> str:
-    """The same (event type, network, invitor, invitee's number) is the same invitation, however
-    the number was spelt (gateway/numbers.py)."""
-    number = identity(event.invitee, event.invitee_e164)
-    raw = "\x00".join((event.type, event.network_id, event.invitor, number))
-    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+def _no_order(event: InvitationEvent) -> IngestOrder:
+    return NO_ORDER
 
 
 def _why(exc: BaseException) -> str:
@@ -111,6 +107,7 @@ class Accepter:
         expiries: Callable[[], str] | None = None,
         max_batch: int = MAX_BATCH,
         callbacks: Kept = NO_CALLBACKS,
+        ordering: Callable[[InvitationEvent], IngestOrder] | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -126,6 +123,7 @@ class Accepter:
         self.expiries = expiries or str
         self.max_batch = max_batch
         self.callbacks = callbacks  # the bounds of the inspector's lists the ingest script pushes to
+        self.ordering = ordering or _no_order  # "created" before "accepted" (gateway/ordering.py)
         self._pending: list[_Waiting] = []
         self._collecting = False  # a flush task is about to take what is pending
         self._flushers: set[asyncio.Task[None]] = set()
@@ -240,16 +238,23 @@ class Accepter:
             callbacks_kept=kept.count,
             callbacks_ms=kept.window_ms,
         )
-        limits = self.limits
+        limits, ordering = self.limits, self.ordering
         notes = entries if entries is not None else [""] * len(items)
-        answer = await ingest(
-            self.client,
-            head,
-            [
-                IngestItem.new(ev, t, dedupe_key(ev), limits(ev, now), note)
-                for (ev, t), note in zip(items, notes, strict=True)
-            ],
-        )
+        batch = []
+        for (ev, t), note in zip(items, notes, strict=True):
+            order = ordering(ev)
+            batch.append(
+                IngestItem.new(
+                    ev,
+                    t,
+                    dedupe_key(ev),
+                    limits(ev, now),
+                    note,
+                    order.dedupe_ttl_ms,
+                    dedupe_key(ev, INVITATION_CREATED) if order.link else "",
+                )
+            )
+        answer = await ingest(self.client, head, batch)
         results = answer.results
         for hold in answer.holds:
             log.warning("network %s: %s", hold.network, hold.reason)

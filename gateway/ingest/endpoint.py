@@ -37,6 +37,7 @@ from gateway.live import LiveConfig
 from gateway.masking import mask_body
 from gateway.metrics import IngestMetrics
 from gateway.networks import NetworkPolicy
+from gateway.ordering import IngestOrder, ingest_order
 from gateway.store.ingest import AcceptStatus, expiries
 
 log = logging.getLogger("gateway.ingest")
@@ -46,7 +47,8 @@ NO_CONTENT = Response(status_code=204)
 
 class ConfigCache:
     """What each callback looks up in the configuration in use, per (event type, network):
-    the names of its targets, and the network's policy. Emptied when the configuration changes."""
+    the names of its targets, the network's policy and the ordering of its two events. Emptied
+    when the configuration changes."""
 
     LIMIT = 1024  # networks are the callers' choice: a bounded cache
 
@@ -55,10 +57,12 @@ class ConfigCache:
         self._names: dict[tuple[str, str], tuple[str, ...]] = {}
         self._policies: dict[str, NetworkPolicy] = {}
         self._expiries: str | None = None
+        self._orders: dict[tuple[str, str], IngestOrder] = {}
 
     def _check(self, config: Config) -> None:
         if config is not self._config:
-            self._config, self._names, self._policies, self._expiries = config, {}, {}, None
+            self._config, self._names, self._policies = config, {}, {}
+            self._expiries, self._orders = None, {}
 
     def expiries(self, config: Config) -> str:
         """The targets with an expire_after, for the ingest script's deadlines (one per config)."""
@@ -85,6 +89,17 @@ class ConfigCache:
                 self._policies.clear()
             policy = self._policies[network_id] = config.network_policy(network_id)
         return policy
+
+    def ordering(self, config: Config, event_type: str, network_id: str) -> IngestOrder:
+        """What the ingest does for "created" before "accepted" (gateway/ordering.py)."""
+        self._check(config)
+        key = (event_type, network_id)
+        order = self._orders.get(key)
+        if order is None:
+            if len(self._orders) >= self.LIMIT:
+                self._orders.clear()
+            order = self._orders[key] = ingest_order(config, event_type, network_id)
+        return order
 
 
 @dataclass(frozen=True, slots=True)

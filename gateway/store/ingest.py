@@ -12,6 +12,7 @@ flattened by `encode` (the layout below is the one the Lua reads).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -29,7 +30,7 @@ from gateway.store import lua
 from gateway.store.codec import dumps, text
 from gateway.store.keys import limit_key
 
-SCRIPT: Script = lua.load("ingest", "callbacks")  # the callbacks inspector's lists too
+SCRIPT: Script = lua.load("ingest", "callbacks", "ulid")  # the inspector's lists, ULID time
 WAKE_TTL = 30  # seconds a queued drain job keeps others from being queued
 PENDING_STATE = dumps(Delivery().to_dict())  # a new delivery's state, as stored
 
@@ -73,6 +74,11 @@ class IngestItem:
     # The callbacks inspector's entry of the callback, unclosed: the script adds its outcome and
     # pushes it onto the network's list (gateway/ingest/inspector.py). "": none.
     entry: str = ""
+    # "Created" before "accepted" (gateway/ordering.py): a created event's dedupe key lives this
+    # long when longer than the window (0: the window), so that its accepted sibling finds it ...
+    dedupe_ttl_ms: int = 0
+    # ... by this key (an accepted event's: its created sibling's dedupe key; "": not looked for).
+    created_key: str = ""
 
     @classmethod
     def new(
@@ -82,6 +88,8 @@ class IngestItem:
         dedupe_key: str = "",
         limits: Mapping[str, Any] | None = None,
         entry: str = "",
+        dedupe_ttl_ms: int = 0,
+        created_key: str = "",
     ) -> IngestItem:
         return cls(
             ItemKind.NEW,
@@ -93,6 +101,8 @@ class IngestItem:
             dedupe_key,
             limits,
             entry,
+            dedupe_ttl_ms,
+            created_key,
         )
 
     @classmethod
@@ -103,7 +113,7 @@ class IngestItem:
 # The ARGV layout, which scripts/ingest.lua reads in this order: the head's fields, then each
 # item's fields (targets comma-separated, limits as JSON or "").
 HEAD_ARGS = 9
-ITEM_ARGS = 9
+ITEM_ARGS = 11
 
 
 def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
@@ -131,6 +141,8 @@ def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
             it.dedupe_key,
             dumps(limits) if limits else "",
             it.entry,
+            it.dedupe_ttl_ms,
+            it.created_key,
         )
     return args
 
@@ -231,6 +243,18 @@ def ingest_sync(client: Redis, head: IngestHead, items: Sequence[IngestItem]) ->
     return decode(raw, len(items))
 
 
+def dedupe_key(event: InvitationEvent, event_type: str | None = None) -> str:
+    """The same (event type, network, invitor, invitee's number) is the same invitation, however
+    the number was spelt (gateway/numbers.py); `{p}:dedupe:KEY` holds its first event's id.
+
+    `event_type`: the key of the same invitation's event of that type (an accepted event's created
+    sibling, gateway/ordering.py; both, for an erasure).
+    """
+    number = identity(event.invitee, event.invitee_e164)
+    raw = "\x00".join((event_type or event.type, event.network_id, event.invitor, number))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
 def expiries(targets: Iterable[tuple[str, int | None]]) -> str:
     """IngestHead.expiries of (target name, expire_after seconds or None) pairs."""
     return ",".join(f"{name}={seconds * 1000}" for name, seconds in targets if seconds)
@@ -318,3 +342,26 @@ def limit_fields(event: InvitationEvent, policy: NetworkPolicy, now_ms: int) -> 
             "why": f"prefix +{prefix} held: almost none of its invitations are accepted",
         }
     return fields
+
+
+def number_limit_keys(
+    numbers: Iterable[str], invitors: Iterable[str], network: str, policy: NetworkPolicy
+) -> list[str]:
+    """The abuse-limit keys (as `limit_fields` names them) that hold a number on the network: what
+    an erasure deletes (gateway/store/erasure.py). `numbers`: identities (`identity`: E.164
+    digits, or the digits it came as); `invitors`: SIP usernames as stored.
+
+    Per-invitee and per-invitor logs and cooldowns only: a prefix's or a network's log counts
+    many numbers, and its entries are event ids.
+    """
+    numbers, invitors = list(numbers), list(invitors)
+    keys: list[str] = []
+    for lim in policy.limits:
+        values = {"invitee": numbers, "invitor": invitors}.get(lim.per, [])
+        for value in values:
+            if lim.cooldown:
+                keys.append(limit_key("cool", network, value))
+            else:
+                kind = "lim" if lim.max > 1 else "lim1"
+                keys.append(limit_key(kind, network, lim.per, str(lim.window), value))
+    return keys

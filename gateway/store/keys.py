@@ -88,9 +88,13 @@ gateway/store/testsends.py):
                                expiring shortly before the token does; shared by every worker
     {p}:lookup:{digest}        a lookup's values (JSON), for its `cache` seconds (digest: sha256
                                of the rendered request; it carries a phone number)
+    {p}:lookups:{number}       HASH lookup cache key -> network: the answers cached for events of
+                               one number (`number_digest`), so that an erasure finds them
+                               (gateway/store/erasure.py); lives as long as the longest cache
     {p}:test:{id}              a test send asked for by `gateway targets test` (JSON), until a
                                worker takes it or the asker stops waiting
     {p}:test:{id}:result       what the worker saw (JSON), for a while
+    {p}:tests                  ZSET test id -> ms until which its keys may live (for an erasure)
 """
 
 from __future__ import annotations
@@ -164,6 +168,7 @@ class Keys:
         "probes",
         "reserved",
         "suppressed",
+        "tests",
         "wake",
     )
 
@@ -196,6 +201,7 @@ class Keys:
         self.api_keys = p + "apikeys"
         self.callbacks_unroutable = p + "callbacks:unroutable"
         self.callbacks_networks = p + "callbacks:networks"
+        self.tests = p + "tests"
 
     # -- events --------------------------------------------------------------------------------
     def event(self, event_id: str) -> str:
@@ -209,6 +215,10 @@ class Keys:
 
     def network_events(self, network: str) -> str:
         return f"{self.prefix}:events:net:{network}"
+
+    def limit(self, name: str) -> str:
+        """An abuse-limit key (`limit_key`'s name: the ingest script adds the prefix itself)."""
+        return f"{self.prefix}:{name}"
 
     # -- the delivery queue ----------------------------------------------------------------------
     def target(self, name: str) -> str:
@@ -250,6 +260,10 @@ class Keys:
     def lookup(self, digest: str) -> str:
         return f"{self.prefix}:lookup:{digest}"
 
+    def lookups_of(self, number: str) -> str:
+        """The lookup answers cached for one number (`number_digest`)."""
+        return f"{self.prefix}:lookups:{number}"
+
     def send_test(self, test_id: str) -> str:
         return f"{self.prefix}:test:{test_id}"
 
@@ -266,3 +280,8 @@ def limit_key(kind: str, *parts: object) -> str:
     """
     digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:24]
     return f"{kind}:{digest}"
+
+
+def number_digest(digits: str) -> str:
+    """A phone number's digits (no +) as a key name may hold it: hashed."""
+    return hashlib.sha256(("number\x00" + digits).encode()).hexdigest()[:24]

@@ -34,7 +34,7 @@ from gateway.store.keys import Keys
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-CLAIM = lua.load("claim")
+CLAIM = lua.load("claim", "ulid")
 COMPLETE = lua.load("complete", "resume")
 RELEASE = lua.load("release")
 RESUME_TARGET = lua.load("resume_target", "resume")

@@ -11,15 +11,25 @@ from typing import Any
 
 from redis import Redis
 
-from gateway.store.codec import dumps
+from gateway.store.codec import dumps, now_ms
 from gateway.store.keys import Keys
 
 TEST_RESULT_TTL = 600  # seconds a result is kept for the asker
 
 
 def put_send_test(client: Redis, prefix: str, test_id: str, asked: dict[str, Any], ttl: int) -> None:
-    """Store a test send request; it lapses after `ttl` seconds if no worker takes it."""
-    client.set(Keys(prefix).send_test(test_id), dumps(asked), ex=max(ttl, 1))
+    """Store a test send request; it lapses after `ttl` seconds if no worker takes it.
+
+    Its id is listed in `{p}:tests` until its result may have lapsed too (a sample may hold a
+    phone number: an erasure looks there, gateway/store/erasure.py).
+    """
+    keys = Keys(prefix)
+    until = now_ms() + (max(ttl, 1) + TEST_RESULT_TTL + 60) * 1000
+    with client.pipeline(transaction=True) as pipe:
+        pipe.set(keys.send_test(test_id), dumps(asked), ex=max(ttl, 1))
+        pipe.zadd(keys.tests, {test_id: until})
+        pipe.zremrangebyscore(keys.tests, "-inf", now_ms())
+        pipe.execute()
 
 
 def take_send_test(client: Redis, prefix: str, test_id: str) -> dict[str, Any] | None:

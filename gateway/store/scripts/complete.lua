@@ -19,23 +19,27 @@ for i = 4, #ARGV - 12, 13 do
     park = opt(ARGV[i + 9]), dead = opt(ARGV[i + 10]),
     throttle_until = tonumber(opt(ARGV[i + 11]) or ''), health = opt(ARGV[i + 12])}
   local ek = p .. ':event:' .. r.eid
-  if r.attempt then
-    redis.call('RPUSH', ek .. ':attempts', r.attempt)
-    redis.call('EXPIRE', ek .. ':attempts', ttl)
-  end
-  if r.state then
-    redis.call('HSET', ek .. ':deliveries', r.t, r.state)
-    redis.call('EXPIRE', ek .. ':deliveries', ttl)
-  end
-  if r.due then
-    redis.call('ZADD', due, r.due, r.did)
-  elseif r.park then
+  -- The deliveries hash is gone only when its event was erased (gateway forget) or outlived:
+  -- EXPIRE, which renews it otherwise, then answers 0 and nothing of the record is written, so
+  -- a request in flight during an erasure does not bring its records back (no command more).
+  if r.state and redis.call('EXPIRE', ek .. ':deliveries', ttl) == 0 then
     redis.call('ZREM', due, r.did)
-    redis.call('ZADD', p .. ':parked:' .. r.t, now, r.did)
   else
-    redis.call('ZREM', due, r.did)
+    if r.attempt then
+      redis.call('RPUSH', ek .. ':attempts', r.attempt)
+      redis.call('EXPIRE', ek .. ':attempts', ttl)
+    end
+    if r.state then redis.call('HSET', ek .. ':deliveries', r.t, r.state) end
+    if r.due then
+      redis.call('ZADD', due, r.due, r.did)
+    elseif r.park then
+      redis.call('ZREM', due, r.did)
+      redis.call('ZADD', p .. ':parked:' .. r.t, now, r.did)
+    else
+      redis.call('ZREM', due, r.did)
+    end
+    if r.dead then redis.call('ZADD', p .. ':dead', now, r.did) end
   end
-  if r.dead then redis.call('ZADD', p .. ':dead', now, r.did) end
   if r.throttle_until then
     redis.call('SET', p .. ':throttle:' .. r.t, r.throttle_until, 'PX', math.max(1, r.throttle_until - now))
   end

@@ -4,11 +4,12 @@
 --   prefix, now ms, retention s, dedupe window ms (0: off), the pending delivery state JSON,
 --   wake TTL s (0: leave the wake flag alone), the targets' expire_after ('name=ms,...': each
 --   new waiting delivery to one gets a deadline in {p}:deadlines), the callbacks inspector's cap
---   (0: off) and window ms, then 9 per item, in the order of `IngestItem`'s fields: kind ('n' a
+--   (0: off) and window ms, then 11 per item, in the order of `IngestItem`'s fields: kind ('n' a
 --   new event, 'a' deliveries to add to a stored one), id, the event's JSON (stored as it is),
 --   network, received ms, targets (comma-separated), dedupe key, limits JSON or ''
 --   (`limit_fields`), the inspector's entry of the callback, unclosed, or '' (callbacks.lua,
---   loaded before this).
+--   loaded before this), the dedupe key's TTL ms if longer than the window (0: the window), the
+--   created sibling's dedupe key ('' : none looked for).
 -- Returns [config version, 1 if a drain job must be queued, status per item (accepted |
 -- duplicate:ID OF THE FIRST | exists | suppressed:KIND:REASON), then 'held:NETWORK:REASON' per
 -- prefix just held]. Key names: gateway/store/keys.py.
@@ -38,6 +39,21 @@ local function add_all(cmd, key, flag, args)
     end
   end
 end
+-- "Created" before "accepted" (gateway/ordering.py). A created event's dedupe key may outlive
+-- the window so that its accepted sibling finds it; a repeat past the window is then a new
+-- invitation (ulid_ms: ulid.lua, loaded before this) and takes the key over.
+local dup  -- the first event of the invitation a duplicate repeats (set by repeats)
+local function repeats(dk, id, ms, keep)
+  if redis.call('SET', dk, id, 'NX', 'PX', keep) then return false end
+  dup = redis.call('GET', dk) or ''
+  -- (the same id: this very event, from a run cut short before it was stored)
+  if dup == id then return false end
+  if keep > win and math.abs(tonumber(ms) - ulid_ms(dup)) >= win then
+    redis.call('SET', dk, id, 'PX', keep)
+    return false
+  end
+  return true
+end
 local indexed = {}
 local function index(ms, id, n)
   -- the event's entries in the global index and its network's, written after the loop
@@ -52,10 +68,18 @@ local function index(ms, id, n)
   byn[#byn + 1] = ms
   byn[#byn + 1] = id
 end
-for i = 10, #ARGV - 8, 9 do
+for i = 10, #ARGV - 10, 11 do
   local kind, id, event, n, ms = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local targets, dedupe, limits, entry = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+  local keep, ckey = math.max(win, tonumber(ARGV[i + 9])), ARGV[i + 10]
   local ek = p .. ':event:' .. id
+  if ckey ~= '' then
+    -- an accepted event names its invitation's created one (never a later one), last in its JSON
+    local cid = redis.call('GET', p .. ':dedupe:' .. ckey)
+    if cid and ulid_ms(cid) <= tonumber(ms) then
+      event = string.sub(event, 1, -2) .. ',"created_id":"' .. cid .. '"}'
+    end
+  end
   local status = 'accepted'
   if kind == 'a' then
     -- targets added by a configuration change during the accept: deliveries only
@@ -87,10 +111,8 @@ for i = 10, #ARGV - 8, 9 do
     end
     if none and targets ~= '' then redis.call('EXPIRE', dk, ttl) end
     if not indexed[id] and not redis.call('ZSCORE', p .. ':events', id) then index(ms, id, n) end
-  elseif win > 0 and not redis.call('SET', p .. ':dedupe:' .. dedupe, id, 'NX', 'PX', win)
-      and redis.call('GET', p .. ':dedupe:' .. dedupe) ~= id then
-    -- (the same id: this very event, from a run cut short before it was stored)
-    status = 'duplicate:' .. (redis.call('GET', p .. ':dedupe:' .. dedupe) or '')
+  elseif keep > 0 and dedupe ~= '' and repeats(p .. ':dedupe:' .. dedupe, id, ms, keep) then
+    status = 'duplicate:' .. dup
     redis.call('DEL', ek)  -- stored by the SET NX above: a duplicate is not kept
     redis.call('HINCRBY', p .. ':counters', 'duplicates', 1)
   else
