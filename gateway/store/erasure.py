@@ -15,6 +15,9 @@ removing what it keeps for the number within the job's networks and counting it:
 - `LookupCache`: lookup answers cached for an event of the number (gateway/delivery/lookups.py
   records each one it caches in `{p}:lookups:{number digest}`, `index_lookup`).
 - `TestSends`: test sends (`gateway targets test`) whose sample or result holds the number.
+- `CallbackLists`: callbacks kept as received (the inspector, gateway/store/callbacks.py) whose
+  path, body or fields hold the number: the job's networks' lists of taken and of rejected
+  callbacks, and for an operator the unroutable list too.
 
 A holder is anything with a `name` and `erase(job) -> counts` (`Holder`); to make another part
 of the gateway erasable (say, callbacks kept as received), write one and add it to `HOLDERS`.
@@ -279,6 +282,37 @@ class TestSends:
         return bool(targets) and all(job.can_see_target(t.networks) for t in targets)
 
 
+class CallbackLists:
+    name = "callbacks"
+
+    def erase(self, job: Erasure) -> Counter[str]:
+        from gateway.store.callbacks import Entry, networks_with_lists
+
+        keys = job.keys
+        networks = networks_with_lists(job.redis, keys) if job.networks is None else sorted(job.networks)
+        lists = [k for n in networks for k in (keys.callbacks(n), keys.callbacks_rejected(n))]
+        if job.networks is None:
+            lists.append(keys.callbacks_unroutable)  # an operator's only
+        removed = 0
+        for key in lists:
+            # Lists are capped (GATEWAY_CALLBACKS_KEPT): read whole, remove each entry by value.
+            doomed: list[Any] = []
+            for raw in job.redis.lrange(key, 0, -1):
+                try:
+                    entry = Entry.parse(raw)
+                except (ValueError, TypeError, IndexError):
+                    doomed.append(raw)  # unreadable: it cannot be shown, nor vouched for
+                    continue
+                if _holds(job, [entry.path, entry.body, entry.client or "", dict(entry.extra)]):
+                    doomed.append(raw)
+            if doomed:
+                with job.redis.pipeline(transaction=False) as pipe:
+                    for raw in doomed:
+                        pipe.lrem(key, 0, raw)
+                    removed += sum(int(n) for n in pipe.execute())
+        return Counter(callbacks=removed)
+
+
 def _holds(job: Erasure, value: Any) -> bool:
     if isinstance(value, str):
         return job.number.held_by(value)
@@ -296,4 +330,4 @@ def _run(redis: Redis, script: Script, args: Sequence[Any]) -> Any:
         return redis.eval(script.text, 0, *args)
 
 
-HOLDERS: tuple[Holder, ...] = (Events(), LimitKeys(), LookupCache(), TestSends())
+HOLDERS: tuple[Holder, ...] = (Events(), LimitKeys(), LookupCache(), TestSends(), CallbackLists())
