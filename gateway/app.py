@@ -26,7 +26,6 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import wiring
 from gateway.admin.api import admin_api
-from gateway.admin.callback_pages import callback_routes
 from gateway.admin.dashboard import create_dashboard
 from gateway.config.load import load_config
 from gateway.events import INVITATION_ACCEPTED, INVITATION_CREATED, InvitationEvent
@@ -417,7 +416,7 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
     routes_.append(Route("/metrics", metrics, methods=["GET"]))
     routes_.append(Mount("/api/v1", app=admin_api(store, settings.queue_name, settings.public_url)))
     dashboard = create_dashboard(
-        store, settings.queue_name, settings.trusted_proxies, extra=callback_routes(settings.public_url)
+        store, settings.queue_name, settings.trusted_proxies, public_url=settings.public_url
     )
     routes_.append(Mount("/dashboard", app=dashboard, name="dashboard"))
     app = Starlette(

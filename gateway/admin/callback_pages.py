@@ -1,5 +1,4 @@
-"""The dashboard's Callbacks and Connect Acrobits pages (gateway/admin/dashboard.py mounts them:
-`create_dashboard(..., extra=callback_routes)`).
+"""The dashboard's Callbacks and Connect Acrobits pages (gateway/admin/dashboard.py mounts them).
 
     GET  /callbacks                      callbacks as received; rejected ones with what to change
     GET  /connect?network=N[&test=ID]    the portal's values, the tokens, a test callback's result
@@ -12,7 +11,6 @@ Everything goes through the Service with the signed-in key, as the API does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -24,8 +22,8 @@ from gateway.admin import AdminError, Invalid, NotFound
 from gateway.admin.api import base_url, send_to
 from gateway.admin.callbacks import OUTCOMES, CallbackFilter
 from gateway.admin.connect import SHAPES, TEST_INVITEE
-from gateway.admin.dashboard import Pages, _root, _short_time, _type_label, _when
 from gateway.admin.keys import Principal
+from gateway.admin.page_kit import Pages, page_root, parse_when, short_time, type_label
 from gateway.admin.queries import Page
 from gateway.admin.sessions import Session
 from gateway.events import EVENT_TYPES
@@ -53,7 +51,7 @@ class CallbackPages:
                 network=q["network"] or None if q["view"] != "unroutable" else None,
                 outcome="rejected" if q["view"] == "rejected" else q["outcome"] or None,
                 unroutable=q["view"] == "unroutable",
-                since_ms=_when(q["since"], "since"),
+                since_ms=parse_when(q["since"], "since"),
             )
             page = await self.pages.call(self.service.callbacks.list, p, filters, cursor, CALLBACKS_SHOWN)
         except Invalid as exc:
@@ -61,8 +59,8 @@ class CallbackPages:
         items = [
             {
                 **c,
-                "received_at_short": _short_time(c["received_at"]),
-                "type_label": _type_label(c["event"]),
+                "received_at_short": short_time(c["received_at"]),
+                "type_label": type_label(c["event"]),
                 "fields_text": ", ".join(f"{k}={v}" for k, v in c["fields"].items()),
             }
             for c in page.items
@@ -70,7 +68,7 @@ class CallbackPages:
         kept = {k: v for k, v in q.items() if v}
         next_url = None
         if page.next_cursor:
-            next_url = f"{_root(request)}/callbacks?" + urlencode({**kept, "cursor": page.next_cursor})
+            next_url = f"{page_root(request)}/callbacks?" + urlencode({**kept, "cursor": page.next_cursor})
         return self.dash.render(
             request,
             "callbacks.html",
@@ -84,7 +82,7 @@ class CallbackPages:
             outcomes=OUTCOMES,
             filter_error=filter_error,
             view_url=lambda view: (
-                f"{_root(request)}/callbacks?"
+                f"{page_root(request)}/callbacks?"
                 + urlencode({k: v for k, v in {**kept, "view": view}.items() if v and k != "outcome"})
             ),
         )
@@ -209,18 +207,14 @@ def _sent(result: dict[str, Any]) -> str:
     return f"Test callback sent ({sent['method']} {sent['url']}): answered {result['status']}."
 
 
-def callback_routes(public_url: str | None) -> Callable[[Pages], list[BaseRoute]]:
-    """The pages' routes, for `create_dashboard(extra=...)`."""
-
-    def routes(pages: Pages) -> list[BaseRoute]:
-        c = CallbackPages(pages, public_url)
-        p = pages.page
-        return [
-            Route("/callbacks", p(c.callbacks), methods=["GET"]),
-            Route("/connect", p(c.connect), methods=["GET"]),
-            Route("/connect/tokens", p(c.make_token), methods=["POST"]),
-            Route("/connect/tokens/{token_id}/remove", p(c.remove_token), methods=["POST"]),
-            Route("/connect/test", p(c.send_test), methods=["POST"]),
-        ]
-
-    return routes
+def callback_routes(pages: Pages, public_url: str | None) -> list[BaseRoute]:
+    """The pages' routes, mounted by `create_dashboard`."""
+    c = CallbackPages(pages, public_url)
+    p = pages.page
+    return [
+        Route("/callbacks", p(c.callbacks), methods=["GET"]),
+        Route("/connect", p(c.connect), methods=["GET"]),
+        Route("/connect/tokens", p(c.make_token), methods=["POST"]),
+        Route("/connect/tokens/{token_id}/remove", p(c.remove_token), methods=["POST"]),
+        Route("/connect/test", p(c.send_test), methods=["POST"]),
+    ]

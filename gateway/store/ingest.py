@@ -87,6 +87,7 @@ class IngestItem:
         targets: Sequence[str],
         dedupe_key: str = "",
         limits: Mapping[str, Any] | None = None,
+        *,
         entry: str = "",
         dedupe_ttl_ms: int = 0,
         created_key: str = "",

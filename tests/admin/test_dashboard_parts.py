@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from gateway.admin import Invalid
 from gateway.admin.charts import Bucket, activity_chart
-from gateway.admin.dashboard import _when
 from gateway.admin.forms import declaration_from_form, form_from_declaration, validate
+from gateway.admin.page_kit import parse_when as _when
 from gateway.admin.sessions import Session, SessionCodec, session_secret
 from gateway.config.load import target_from_dict
 from gateway.exceptions import ConfigError

@@ -34,7 +34,11 @@ def store(
 ) -> AcceptStatus:
     head = IngestHead(P, now, 86_400, window, wake_ttl=0)
     item = IngestItem.new(
-        ev, ["crm"], dedupe_key(ev), None, keep, dedupe_key(ev, INVITATION_CREATED) if link else ""
+        ev,
+        ["crm"],
+        dedupe_key(ev),
+        dedupe_ttl_ms=keep,
+        created_key=dedupe_key(ev, INVITATION_CREATED) if link else "",
     )
     return ingest_sync(redis, head, [item]).results[0].status
 
