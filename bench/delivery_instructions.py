@@ -37,9 +37,7 @@ import base64
 import collections
 import datetime as dt
 import gc
-import io
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -48,7 +46,7 @@ import tempfile
 from pathlib import Path
 
 from delivery import FIELDS, SETTINGS, Bench
-from support import BENCH_DIR, HOST, environment, machine
+from support import BENCH_DIR, HOST, environment, machine, worker_logging
 
 CHILD_TIMEOUT_S = 900
 
@@ -67,7 +65,8 @@ def child(mode: str, n: int, redis_url: str, spec_path: str, concurrency: int) -
     from gateway.store.events import Store
     from gateway.store.queue import DeliveryQueue
 
-    logging.basicConfig(level=logging.INFO, stream=io.StringIO())  # INFO, as shipped, not printed
+    # INFO, as shipped, through the gateway's own handler, to a file (the worker's goes to stderr).
+    worker_logging(Path(spec_path).with_name(f"{mode}-{n}.log"))
     spec = json.loads(Path(spec_path).read_text())
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         if mode == "loop":
