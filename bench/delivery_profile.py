@@ -122,6 +122,14 @@ def _strace_summary(tracer: Child, out: Path, n: int) -> str:
     return f"{total / n:.2f} system calls per delivery ({top}); {switches / n:.2f} context switches"
 
 
+def _command_usec(client: Redis) -> dict[str, int]:
+    return {
+        name.removeprefix("cmdstat_"): int(stats["usec"])
+        for name, stats in client.info("commandstats").items()
+        if isinstance(stats, dict)
+    }
+
+
 def _redis_cpu(client: Redis) -> float:
     """Redis' own CPU seconds so far (INFO cpu: finer than /proc's ticks)."""
     info = client.info("cpu")
@@ -232,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 tracer = _strace(Path(tmp) / "strace-engine.txt") if args.syscalls else None
                 threads0 = _threads()
                 redis0, cmds0 = _redis_cpu(client), command_stats(client)
+                usec0 = _command_usec(client)
                 target0 = cpu_seconds(bench.target_pid)
                 cpu0, t0, et0 = time.process_time(), time.perf_counter(), os.times()
                 if prof is not None:
@@ -246,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                     print("engine:", _strace_summary(tracer, Path(tmp) / "strace-engine.txt", expected))
                 redis_us = (_redis_cpu(client) - redis0) / expected * 1e6
                 cmds1 = command_stats(client)
+                usec1 = _command_usec(client)
+                usec = {k: v - usec0.get(k, 0) for k, v in usec1.items()}
                 cmds = {k: v - cmds0.get(k, 0) for k, v in cmds1.items() if k != "info"}
                 target_us = ((cpu_seconds(bench.target_pid) or 0) - (target0 or 0)) / expected * 1e6
                 if spy is not None and spy.proc is not None:
@@ -276,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"Redis {redis_us:.0f} µs CPU/delivery, {sum(cmds.values()) / expected:.2f} commands/"
                 f"delivery ({top}); target {target_us:.0f} µs CPU/delivery"
+            )
+            ranked_us = sorted(usec.items(), key=lambda kv: -kv[1])
+            print(
+                "Redis µs per delivery by command (INFO commandstats; a script's includes its commands): "
+                + ", ".join(f"{k} {v / expected:.1f}" for k, v in ranked_us if v >= expected / 10)
             )
             if prof is not None:
                 out = io.StringIO()

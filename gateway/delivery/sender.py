@@ -310,8 +310,15 @@ class Sender:
             builder = client.request(request.method, target.url).timeout(self._timeout(request.timeout))
             if request.headers:
                 builder = builder.headers(request.headers)
-            if request.body is not None:
-                builder = builder.body_bytes(request.body)
+            body = request.body
+            if body is not None:
+                try:
+                    # Copied into Rust as text, not lent as bytes: reqwest's thread drops a lent
+                    # Python object under the GIL, which costs that thread a Python thread state
+                    # made and destroyed per request (bench/README.md, "Delivery").
+                    builder = builder.body_text(body.decode())
+                except UnicodeDecodeError:
+                    builder = builder.body_bytes(body)
             async with builder.build_streamed() as resp:
                 # Never let Content-Length size the read: with Transfer-Encoding: chunked too,
                 # hyper ignores it and the body is as long as the target likes.
