@@ -81,13 +81,18 @@ def child(mode: str, n: int, redis_url: str, spec_path: str, concurrency: int) -
         store = Store(Redis.from_url(redis_url), prefix=SETTINGS.prefix, retention=retention)
         live = LiveConfig(store)
         aio = aioredis.Redis.from_url(redis_url)
-        scripts = FastRedis(redis_url)
+        scripts = FastRedis(redis_url, decode=True)  # as gateway/worker.py
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)  # as gateway/worker.py
+        sender = Sender()
+        if mode == "stub":
+            from delivery_profile import StubSender
+
+            sender = StubSender()
         engine = Engine(
             DeliveryQueue(aio, SETTINGS.prefix, retention, scripts=scripts),
-            Sender(),
+            sender,
             live.refresh,
             os.environ,
             EngineSettings(concurrency=concurrency, allow_private=True),
@@ -97,12 +102,15 @@ def child(mode: str, n: int, redis_url: str, spec_path: str, concurrency: int) -
         runner.run(engine.sender.close())
         runner.run(scripts.aclose())
         runner.run(aio.aclose())
-        if stats.outcomes != {"delivered": n}:
+        if stats.outcomes != {"delivered": n}:  # the stub answers 200 too
             raise SystemExit(f"engine: {stats.to_dict()}")
 
 
-def count(tmp: Path, mode: str, n: int, redis_url: str, spec: Path, concurrency: int) -> tuple[int, int]:
-    """(instructions of the whole process, of its main thread) for one run under callgrind."""
+def count(
+    tmp: Path, mode: str, n: int, redis_url: str, spec: Path, concurrency: int, keep: Path | None = None
+) -> tuple[int, int]:
+    """(instructions of the whole process, of its main thread) for one run under callgrind; its
+    callgrind files copied to `keep` (for callgrind_annotate)."""
     out = tmp / f"callgrind.{mode}.{n}"
     cmd = [
         "valgrind",
@@ -126,6 +134,9 @@ def count(tmp: Path, mode: str, n: int, redis_url: str, spec: Path, concurrency:
         for line in path.read_text().splitlines():
             if line.startswith("summary:"):
                 per_thread[int(path.name.rsplit("-", 1)[1])] = int(line.split()[1])
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, keep / path.name)
         path.unlink()
     if not per_thread:
         raise RuntimeError(f"no summary in {out}-*")
@@ -138,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", type=int, default=800, help="deliveries of the bigger run (800)")
     parser.add_argument("--concurrency", type=int, default=SETTINGS.worker_concurrency)
     parser.add_argument("--out", type=Path, help="markdown (bench/results/delivery-instructions-DATE.md)")
+    parser.add_argument(
+        "--stub",
+        action="store_true",
+        help="also count the engine with its sends stubbed (its own work: no HTTP, no second thread)",
+    )
+    parser.add_argument("--keep", type=Path, help="copy the callgrind files here (callgrind_annotate)")
     parser.add_argument(
         "--engine-only",
         action="store_true",
@@ -154,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
     mach = machine()
     counts: dict[tuple[str, int], tuple[int, int]] = {}
-    sides = ("engine",) if args.engine_only else ("loop", "engine")
+    sides: tuple[str, ...] = ("engine",) if args.engine_only else ("loop", "engine")
+    if args.stub:
+        sides += ("stub",)
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp_name:
         tmp = Path(tmp_name)
         bench = Bench(argparse.Namespace(target_workers=1, timeout=300), tmp)
@@ -179,11 +198,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             for mode in sides:
                 for n in (args.small, args.big):
-                    if mode == "engine":
+                    if mode != "loop":
                         _client, store, queue, live = bench.fresh(1)
                         bench.accept_many(store, queue, live, n)
                     print(f"{mode}, {n} deliveries, under callgrind...", file=sys.stderr, flush=True)
-                    counts[(mode, n)] = count(tmp, mode, n, bench.redis_url, spec, args.concurrency)
+                    counts[(mode, n)] = count(
+                        tmp, mode, n, bench.redis_url, spec, args.concurrency, args.keep
+                    )
         finally:
             bench.stop()
     span = args.big - args.small

@@ -136,7 +136,9 @@ def _redis_cpu(client: Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-class _StubSender(Sender):
+class StubSender(Sender):
+    """Every send answers 200 at once: the engine's own cost, without HTTP."""
+
     async def send(self, request: OutboundRequest) -> Response:
         await asyncio.sleep(0)
         return Response(200, {}, b"ok", 0.1)
@@ -215,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 base_sys = (bt1.system - bt0.system) / expected * 1e6
                 assert statuses == {"200": expected}, statuses
                 aio = aioredis.Redis.from_url(bench.redis_url)
-                scripts = None if args.redis_py else FastRedis(bench.redis_url)
-                sender = _StubSender() if args.stub_send else Sender()
+                scripts = None if args.redis_py else FastRedis(bench.redis_url, decode=True)  # as the worker
+                sender = StubSender() if args.stub_send else Sender()
                 engine = Engine(
                     DeliveryQueue(aio, SETTINGS.prefix, SETTINGS.retention_days * 86400, scripts=scripts),
                     sender,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import json.scanner
 import logging
 import math
 import random
@@ -25,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring as _json_string
-from typing import Any
+from typing import Any, cast
 
 from gateway.config.targets import MAX_TIMEOUT, Config, Target
 from gateway.delivery.lookups import LookupFailure, Lookups
@@ -55,6 +56,8 @@ IDLE_WAIT_MS = 2000  # with nothing in hand, wait for a delivery due this soon r
 # One encoder for every record (json.dumps with options builds a new JSONEncoder per call).
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.JSONDecoder().decode
+# (value, end) from an index: the C scanner (typeshed types its argument oddly).
+_scan = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))
 _PENDING = _dumps(Delivery().to_dict())  # a new delivery's state, as stored at ingest
 # ... or with its `updated_at` set (an alert's, DeliveryQueue.write_alert): the same state.
 _PENDING_HEAD, _PENDING_TAIL = _PENDING.split('"updated_at":0')
@@ -111,7 +114,7 @@ class Stats:
         return {"claimed": self.claimed, "released": self.released, **self.outcomes}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Result:
     record: Completion  # for the complete script
     outcome: str | None = None
@@ -268,8 +271,12 @@ class Engine:
         else:
             return [], float(now_ms())  # the configuration keeps changing: look again shortly
         next_due = float(raw[0])
-        items = [v.decode() if isinstance(v, bytes) else v for v in raw[2:]]
-        claimed = [(items[i], items[i + 1], items[i + 2], items[i + 3]) for i in range(0, len(items), 4)]
+        items = raw[2:]
+        if items and type(items[0]) is bytes:
+            # A client that does not decode (redis-py; the worker's FastRedis decodes, in C).
+            items = [v.decode() for v in items]
+        fours = iter(items)
+        claimed = list(zip(fours, fours, fours, fours, strict=True))
         return claimed, (next_due if next_due >= 0 else None)
 
     def _lease_ms(self) -> int:
@@ -397,50 +404,9 @@ class Engine:
             event = events[event_json] = _event(event_json)
         now = now_ms()
         number = state.attempts + 1
-
-        def finish(
-            outcome: Outcome,
-            status: DeliveryStatus,
-            attempt: Attempt | None,
-            due: int | None = None,
-            **changes: Any,
-        ) -> _Result:
-            if outcome is Outcome.DELIVERED and state is _NEW and attempt is not None:
-                fast = _first_delivered(attempt, now_ms())
-                if fast is not None:
-                    record.attempt, record.state = fast
-                    # Logged a group per line (_complete).
-                    return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
-            new = state.to_dict()  # a dict, not Delivery.but(): this runs for every delivery
-            new.update(changes)
-            new["status"] = status
-            new["updated_at"] = now_ms()
-            new["next_attempt_at"] = due
-            if attempt is not None:
-                new["attempts"] = state.attempts + 1
-                new["last_status_code"] = attempt.status_code
-                new["last_error"] = attempt.error
-                record.attempt = _dumps(attempt.to_dict())
-            record.state = _dumps(new)
-            record.due = due
-            dead = status in (DeliveryStatus.FAILED, DeliveryStatus.EXPIRED)
-            record.dead = dead
-            error = attempt.error if attempt is not None else None
-            if outcome is Outcome.DELIVERED:
-                # Logged a group per line (_complete).
-                return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
-            return _Result(
-                record,
-                outcome.value,
-                name,
-                (error or outcome.value) if dead and attempt is not None else None,
-                f"delivery {did} attempt {number}: {outcome.value}" + (f" ({error})" if error else ""),
-                _seconds(attempt),
-            )
-
         if target is None:
             note = Attempt(name, number, now, Outcome.SKIPPED, error="target no longer configured")
-            return finish(Outcome.SKIPPED, DeliveryStatus.SKIPPED, note)
+            return _finish(record, state, number, Outcome.SKIPPED, DeliveryStatus.SKIPPED, note)
         if target.expire_after is not None and now > event.received_at_ms + target.expire_after * 1000:
             note = Attempt(
                 name,
@@ -449,28 +415,62 @@ class Engine:
                 Outcome.EXPIRED,
                 error=f"not delivered within expire_after={target.expire_after} s",
             )
-            return finish(Outcome.EXPIRED, DeliveryStatus.EXPIRED, note)
+            return _finish(record, state, number, Outcome.EXPIRED, DeliveryStatus.EXPIRED, note)
 
         attempt, outcome, retry_after, status_code = await self._attempt(target, event, number, now)
-        probe = flag == "probe"
         if outcome is Outcome.DELIVERED:
             record.health = HealthSignal.OK
-            return finish(Outcome.DELIVERED, DeliveryStatus.DELIVERED, attempt, waiting=None)
+            if state is _NEW:
+                # The usual case, a new delivery delivered at its first attempt: its two records
+                # from format strings (logged a group per line, in _complete).
+                fast = _first_delivered(attempt, now_ms())
+                if fast is not None:
+                    record.attempt, record.state = fast
+                    return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
+            return _finish(
+                record, state, number, Outcome.DELIVERED, DeliveryStatus.DELIVERED, attempt, waiting=None
+            )
+        return self._failed(target, record, state, number, attempt, outcome, retry_after, status_code, flag)
+
+    def _failed(
+        self,
+        target: Target,
+        record: Completion,
+        state: Delivery,
+        number: int,
+        attempt: Attempt,
+        outcome: Outcome,
+        retry_after: float | None,
+        status_code: int | None,
+        flag: str,
+    ) -> _Result:
+        """What comes after an attempt that did not deliver: a retry, a wait, a pause or the end."""
         if outcome is Outcome.SKIPPED:  # a lookup found nothing and says skip (lookups.py)
-            return finish(Outcome.SKIPPED, DeliveryStatus.SKIPPED, attempt, waiting=None)
+            return _finish(
+                record, state, number, Outcome.SKIPPED, DeliveryStatus.SKIPPED, attempt, waiting=None
+            )
         if status_code == 410:
             record.health = HealthSignal.GONE
             record.park = True
             attempt = _with(attempt, Outcome.DISABLED)
-            return finish(
-                Outcome.DISABLED, DeliveryStatus.RETRYING, attempt, waiting="target disabled (410 Gone)"
+            return _finish(
+                record,
+                state,
+                number,
+                Outcome.DISABLED,
+                DeliveryStatus.RETRYING,
+                attempt,
+                waiting="target disabled (410 Gone)",
             )
         if status_code == 429 and state.throttles < MAX_THROTTLES:
             wait = retry_after if retry_after is not None else min(2**state.throttles, THROTTLE_BACKOFF_CAP)
             due = due_after(max(wait, 0.001))
             record.throttle_until = due
             attempt = _with(attempt, Outcome.THROTTLED)
-            return finish(
+            return _finish(
+                record,
+                state,
+                number,
                 Outcome.THROTTLED,
                 DeliveryStatus.RETRYING,
                 attempt,
@@ -479,12 +479,22 @@ class Engine:
                 waiting=None,
             )
         record.health = HealthSignal.FAIL
-        if probe:
+        if flag == "probe":
             record.park = True
             attempt = _with(attempt, Outcome.PAUSED)
-            return finish(Outcome.PAUSED, DeliveryStatus.RETRYING, attempt, waiting="target paused")
+            return _finish(
+                record,
+                state,
+                number,
+                Outcome.PAUSED,
+                DeliveryStatus.RETRYING,
+                attempt,
+                waiting="target paused",
+            )
         if outcome is Outcome.FAILED:
-            return finish(Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None)
+            return _finish(
+                record, state, number, Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None
+            )
         delay = retry_delay(target, state.retries + 1, retry_after, self.rng)
         if delay is None:
             assert attempt.error is not None
@@ -492,10 +502,20 @@ class Engine:
                 attempt, Outcome.FAILED, f"{attempt.error} (no retries left after {_attempts(number)})"
             )
             # The schedule is used up: this attempt used no step of it, `retries` stays.
-            return finish(Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None)
+            return _finish(
+                record, state, number, Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None
+            )
         due = due_after(delay)
-        return finish(
-            Outcome.RETRYING, DeliveryStatus.RETRYING, attempt, due, retries=state.retries + 1, waiting=None
+        return _finish(
+            record,
+            state,
+            number,
+            Outcome.RETRYING,
+            DeliveryStatus.RETRYING,
+            attempt,
+            due,
+            retries=state.retries + 1,
+            waiting=None,
         )
 
     async def _attempt(
@@ -593,6 +613,46 @@ class Engine:
 _NO_PLAN: Any = object()
 
 
+def _finish(
+    record: Completion,
+    state: Delivery,
+    number: int,
+    outcome: Outcome,
+    status: DeliveryStatus,
+    attempt: Attempt | None,
+    due: int | None = None,
+    **changes: Any,
+) -> _Result:
+    """The records of a finished attempt (or of a decision not to make one), in `record`."""
+    new = state.to_dict()  # a dict, not Delivery.but(): Delivery's fields and the changes
+    new.update(changes)
+    new["status"] = status
+    new["updated_at"] = now_ms()
+    new["next_attempt_at"] = due
+    if attempt is not None:
+        new["attempts"] = state.attempts + 1
+        new["last_status_code"] = attempt.status_code
+        new["last_error"] = attempt.error
+        record.attempt = _dumps(attempt.to_dict())
+    record.state = _dumps(new)
+    record.due = due
+    dead = status in (DeliveryStatus.FAILED, DeliveryStatus.EXPIRED)
+    record.dead = dead
+    name = record.target
+    if outcome is Outcome.DELIVERED:
+        # Logged a group per line (_complete).
+        return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
+    error = attempt.error if attempt is not None else None
+    return _Result(
+        record,
+        outcome.value,
+        name,
+        (error or outcome.value) if dead and attempt is not None else None,
+        f"delivery {record.delivery_id} attempt {number}: {outcome.value}" + (f" ({error})" if error else ""),
+        _seconds(attempt),
+    )
+
+
 def _first_delivered(attempt: Attempt, updated_at: int) -> tuple[str, str] | None:
     """The attempt record and state of a new delivery delivered at its first attempt, encoded as
     finish() would encode them (None when a value is not of the usual type: finish() does it)."""
@@ -632,7 +692,14 @@ def _is_new(state_json: str) -> bool:
 
 
 def _event(event_json: str) -> InvitationEvent:
-    data = _loads(event_json)
+    try:
+        # The scanner straight: JSONDecoder.decode wraps it in two whitespace regexes and a frame
+        # or two of Python; an event is stored without whitespace around it.
+        data, end = _scan(event_json, 0)
+    except (StopIteration, ValueError):
+        end = -1
+    if end != len(event_json):
+        data = _loads(event_json)  # its error, or whatever the scanner alone did not take
     try:
         return InvitationEvent(**data)  # as stored by to_dict: every key a field
     except TypeError:
