@@ -46,9 +46,10 @@ from gateway.records import DeliveryStatus
 from gateway.store.queue import DeliveryQueue
 
 
-def _threads() -> dict[int, tuple[str, float, int, int]]:
-    """Per thread of this process: (name, CPU seconds, voluntary, involuntary context switches)."""
-    out: dict[int, tuple[str, float, int, int]] = {}
+def _threads() -> dict[int, tuple[str, float, int, int, float]]:
+    """Per thread of this process: (name, CPU seconds, voluntary, involuntary context switches,
+    system CPU seconds)."""
+    out: dict[int, tuple[str, float, int, int, float]] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for task in Path("/proc/self/task").iterdir():
         try:
@@ -65,18 +66,22 @@ def _threads() -> dict[int, tuple[str, float, int, int]]:
             cpu,
             int(switches.get("voluntary_ctxt_switches", 0)),
             int(switches.get("nonvoluntary_ctxt_switches", 0)),
+            int(fields[12]) / tick,
         )
     return out
 
 
-def _thread_report(before: dict[int, tuple[str, float, int, int]], n: int) -> str:
-    """CPU µs and context switches per delivery of each thread busy during the run."""
+def _thread_report(before: dict[int, tuple[str, float, int, int, float]], n: int) -> str:
+    """CPU µs (of which system) and context switches per delivery of each thread busy during the run."""
     parts = []
-    for tid, (name, cpu, vol, invol) in sorted(_threads().items()):
-        b = before.get(tid, (name, 0.0, 0, 0))
-        dcpu, dvol, dinv = cpu - b[1], vol - b[2], invol - b[3]
+    for tid, (name, cpu, vol, invol, sys_cpu) in sorted(_threads().items()):
+        b = before.get(tid, (name, 0.0, 0, 0, 0.0))
+        dcpu, dvol, dinv, dsys = cpu - b[1], vol - b[2], invol - b[3], sys_cpu - b[4]
         if dcpu > 0 or dvol > n // 100:
-            parts.append(f"{name}[{tid}] {dcpu / n * 1e6:.0f} µs, {dvol / n:.2f}+{dinv / n:.2f} switches")
+            parts.append(
+                f"{name}[{tid}] {dcpu / n * 1e6:.0f} µs (system {dsys / n * 1e6:.0f}), "
+                f"{dvol / n:.2f}+{dinv / n:.2f} switches"
+            )
     return "; ".join(parts)
 
 
@@ -152,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--py-spy", metavar="PATH", help="sample the engine run with py-spy (raw stacks)")
+    parser.add_argument(
+        "--pause", type=float, default=0.0, help="seconds to wait, pid printed, before the engine runs"
+    )
     parser.add_argument(
         "--syscalls",
         action="store_true",
@@ -239,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                     spy.spawn(cmd, clean_env({}))
                     time.sleep(1.0)  # py-spy attaches
                 prof = cProfile.Profile(time.thread_time) if args.profile else None
+                if args.pause:
+                    # For a profiler attached from outside (perf record -p PID) to the engine alone.
+                    print(f"engine starts in {args.pause:g} s: pid {os.getpid()}", flush=True)
+                    time.sleep(args.pause)
                 tracer = _strace(Path(tmp) / "strace-engine.txt") if args.syscalls else None
                 threads0 = _threads()
                 redis0, cmds0 = _redis_cpu(client), command_stats(client)
@@ -251,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                 if prof is not None:
                     prof.disable()
                 cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+                if args.pause:
+                    print("engine done", flush=True)
+                    time.sleep(args.pause)
                 eng_sys = (os.times().system - et0.system) / expected * 1e6
                 threads = _thread_report(threads0, expected)
                 if tracer is not None:
