@@ -201,6 +201,30 @@ def test_each_completion_field_lands_where_it_should(redis: Redis, queue: Delive
     assert changes[1::3] == ["paused", "disabled", "resumed"]
 
 
+def test_one_call_of_many_records_for_one_target_and_event(redis: Redis) -> None:
+    # complete.lua reads a target's health once per call while OKs follow OKs, and sets an
+    # event's TTLs once: a failure in between is still counted, an OK after it still resets,
+    # and a key first written by a later record still gets its TTL.
+    queue = DeliveryQueue(redis, "pfx", 6_666)
+    redis.hset("pfx:target:t", mapping={"state": "active", "failures": 3})
+
+    def ok(n: int) -> Completion:
+        return Completion(f"E{n}-t", "t", f"E{n}", attempt=f"a{n}", state=f"s{n}", health=HealthSignal.OK)
+
+    fail = Completion("E2-t", "t", "E2", attempt="a2", state="s2", due=NOW + 1, health=HealthSignal.FAIL)
+    queue.complete(NOW, [ok(1), ok(1), fail])
+    assert redis.hget("pfx:target:t", "failures") == b"1"  # reset by the first OK, then one failure
+    queue.complete(NOW, [fail, ok(3), ok(4)])
+    assert redis.hget("pfx:target:t", "failures") == b"0"  # the failure, then reset by the OK after it
+    # The same event: its attempts key first appears with the second record, which sets its TTL.
+    stateless = Completion("E5-t", "t", "E5", state="s5")
+    queue.complete(NOW, [stateless, Completion("E5-u", "u", "E5", attempt="a5", state="s5u")])
+    assert 6_600 < redis.ttl("pfx:event:E5:attempts") <= 6_666
+    assert 6_600 < redis.ttl("pfx:event:E5:deliveries") <= 6_666
+    assert redis.lrange("pfx:event:E1:attempts", 0, -1) == [b"a1", b"a1"]
+    assert redis.hgetall("pfx:event:E5:deliveries") == {b"t": b"s5", b"u": b"s5u"}
+
+
 def test_an_alert_is_an_event_the_ingest_script_stores_and_the_wake_flag_stays_its_callers(
     redis: Redis,
 ) -> None:
