@@ -3,10 +3,13 @@
 -- whose probe succeeded is resumed (resume.lua is loaded before this).
 --
 -- ARGV (gateway/store/queue.py, `encode_completions`; the layout is written there once): prefix,
---   now ms, retention s, then 13 per record, in the order of `Completion`'s fields ('' for
---   absent): delivery id, target, event id, the target's concurrency cap, its pause rule
---   (failures, ms), attempt JSON, state JSON, due ms, park ('1'), dead ('1'), throttle_until ms,
---   health (ok | fail | gone).
+--   now ms, retention s, then per record its kind and fields:
+--   'f', then 13 in the order of `Completion`'s fields ('' for absent): delivery id, target,
+--     event id, the target's concurrency cap, its pause rule (failures, ms), attempt JSON, state
+--     JSON, due ms, park ('1'), dead ('1'), throttle_until ms, health (ok | fail | gone);
+--   'd' (delivered at its first attempt), then 4: delivery id, the target's concurrency cap,
+--     attempt JSON, state JSON; target and event id from the delivery id (EVENTID-TARGET), the
+--     health ok, the rest absent.
 -- Returns the targets' changes of state, flat: target, paused | resumed | disabled, reason.
 local p, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local due, held = p .. ':due', p .. ':held'
@@ -15,11 +18,23 @@ local changes = {}
 -- its several targets: the same TTL again changes nothing), and targets an OK has been applied to
 -- (a second OK changes nothing, until a failure of the same target in between).
 local expired, ok_done = {}, {}
-for i = 4, #ARGV - 12, 13 do
+local i, n = 4, #ARGV
+while i <= n do
   -- Plain locals, not a table per record: this runs for every delivery.
-  local did, t, eid, cap = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  local attempt, state_json, due_at, health = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 12]
-  local throttle_until = tonumber(ARGV[i + 11])  -- nil for ''
+  local did, t, eid, cap, attempt, state_json, due_at, park, dead, throttle_until, health, rule
+  if ARGV[i] == 'd' then
+    did, cap, attempt, state_json = ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+    local sep = string.find(did, '-', 1, true)
+    eid, t = string.sub(did, 1, sep - 1), string.sub(did, sep + 1)
+    due_at, park, dead, health = '', '', '', 'ok'
+    i = i + 5
+  else
+    did, t, eid, cap = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+    rule = i + 5  -- the pause rule: failures, ms (read only for a failure)
+    attempt, state_json, due_at = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
+    park, dead, throttle_until, health = ARGV[i + 10], ARGV[i + 11], tonumber(ARGV[i + 12]), ARGV[i + 13]
+    i = i + 14
+  end
   local ek = p .. ':event:' .. eid
   if attempt ~= '' then
     local k = ek .. ':attempts'
@@ -39,13 +54,13 @@ for i = 4, #ARGV - 12, 13 do
   end
   if due_at ~= '' then
     redis.call('ZADD', due, due_at, did)
-  elseif ARGV[i + 9] ~= '' then  -- park
+  elseif park ~= '' then
     redis.call('ZREM', due, did)
     redis.call('ZADD', p .. ':parked:' .. t, now, did)
   else
     redis.call('ZREM', due, did)
   end
-  if ARGV[i + 10] ~= '' then redis.call('ZADD', p .. ':dead', now, did) end
+  if dead ~= '' then redis.call('ZADD', p .. ':dead', now, did) end
   if throttle_until then
     redis.call('SET', p .. ':throttle:' .. t, throttle_until, 'PX', math.max(1, throttle_until - now))
   end
@@ -75,7 +90,7 @@ for i = 4, #ARGV - 12, 13 do
       end
     elseif health == 'fail' then
       ok_done[t] = nil
-      local pause_failures, pause_ms = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+      local pause_failures, pause_ms = tonumber(ARGV[rule]), tonumber(ARGV[rule + 1])
       local f = redis.call('HINCRBY', hk, 'failures', 1)
       local first = tonumber(st[4] or now)
       if f == 1 then
