@@ -398,10 +398,11 @@ class Engine:
         state = _NEW if _is_new(state_json) else Delivery.from_dict(_loads(state_json))
         if state.is_final:
             return _Result(record)  # a second claim of a finished delivery: never send twice
-        event = events.get(event_json)
+        # Keyed by the event id (a short string to hash, where its JSON is a long one): for 10 or
+        # 100 targets per network, the same event comes with each of its deliveries.
+        event = events.get(event_id)
         if event is None:
-            # For 10 or 100 targets per network, the same event comes with each of its deliveries.
-            event = events[event_json] = _event(event_json)
+            event = events[event_id] = _event(event_json)
         now = now_ms()
         number = state.attempts + 1
         if target is None:

@@ -124,7 +124,7 @@ def encode_completions(prefix: str, now: int, retention: int, records: Sequence[
         # One tuple per record, its fields named (the engine's hot path: no reflection).
         due, thr, attempt, state = r.due, r.throttle_until, r.attempt, r.state
         if (
-            r.health == HealthSignal.OK
+            r.health is HealthSignal.OK
             and attempt
             and state
             and due is None
