@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 runner.run(_post_all(spec, 500, 32, statuses))  # warm-up
                 statuses.clear()
                 tracer = _strace(Path(tmp) / "strace-loop.txt") if args.syscalls else None
-                base0, bt0 = time.process_time(), os.times()
+                base0, bt0, bw0 = time.process_time(), os.times(), time.perf_counter()
                 bprof = cProfile.Profile(time.thread_time) if args.profile_baseline else None
                 if bprof is not None:
                     bprof.enable()
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                     pstats.Stats(bprof, stream=out).sort_stats("tottime").print_stats(args.top)
                     print("baseline:", out.getvalue())
                 base_us = (time.process_time() - base0) / expected * 1e6
+                base_rate = expected / (time.perf_counter() - bw0)
                 if tracer is not None:
                     print("loop:", _strace_summary(tracer, Path(tmp) / "strace-loop.txt", expected))
                 bt1 = os.times()
@@ -248,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(1.0)  # py-spy attaches
                 prof = cProfile.Profile(time.thread_time) if args.profile else None
                 if args.pause:
-                    # For a profiler attached from outside (perf record -p PID) to the engine alone.
+                    # For a profiler attached from outside (perf record -p PID) to the engine alone:
+                    # pyreqwest's runtime thread started first, so that it is there to be attached to.
+                    runner.run(sender.open())
                     print(f"engine starts in {args.pause:g} s: pid {os.getpid()}", flush=True)
                     time.sleep(args.pause)
                 tracer = _strace(Path(tmp) / "strace-engine.txt") if args.syscalls else None
@@ -295,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{expected} deliveries, {args.targets} target(s): {stats.to_dict()}; "
                 f"{delivered} delivered; {wall:.2f} s, {expected / wall:.0f}/s; "
                 f"CPU {cpu / expected * 1e6:.0f} µs/delivery; aiohttp loop (same process, just before) "
-                f"{base_us:.0f} µs/request: x{cpu / expected * 1e6 / base_us:.2f}; of which system time "
+                f"{base_rate:.0f}/s, {base_us:.0f} µs/request: x{cpu / expected * 1e6 / base_us:.2f}; "
+                "of which system time "
                 f"{eng_sys:.0f} and {base_sys:.0f} µs" + (" (under cProfile)" if prof is not None else "")
             )
             print(f"engine threads: {threads}")
