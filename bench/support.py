@@ -57,6 +57,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def worker_logging(path: Path) -> Any:
+    """The gateway's own log setup at INFO (text, masked, as `gateway worker` runs), writing to
+    `path` instead of stderr: what the benchmarks' in-process engines log costs what it costs
+    the worker. Returns the open file (closed at exit)."""
+    from gateway.logs import setup_logging
+
+    stream = path.open("w")
+    saved, sys.stderr = sys.stderr, stream
+    try:
+        setup_logging("INFO", "text", True)
+    finally:
+        sys.stderr = saved
+    return stream
+
+
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     """The current environment without the gateway's own variables and proxies, plus `extra`."""
     env = {

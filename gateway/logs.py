@@ -79,6 +79,10 @@ class EventBatch:
     def __str__(self) -> str:  # a plain %s in a handler that is not ours
         return " ".join(f"{eid} ({net}: {','.join(ts)})" for eid, net, ts in self.items)
 
+    def texts(self) -> list[str]:
+        """The lines' messages alone (the text format's: no fields to build)."""
+        return [f"{self.verb} {eid} (network {net}: {','.join(ts)})" for eid, net, ts in self.items]
+
     def lines(self) -> list[tuple[str, dict[str, Any]]]:
         return [
             (
@@ -100,6 +104,11 @@ class DeliveryBatch:
 
     def __str__(self) -> str:
         return " ".join(self.ids)
+
+    def texts(self) -> list[str]:
+        """The lines' messages alone (the text format's: no fields to build)."""
+        verb = self.verb
+        return [f"{verb} {did}" for did in self.ids]
 
     def lines(self) -> list[tuple[str, dict[str, Any]]]:
         out = []
@@ -159,9 +168,14 @@ class _Base(logging.Formatter):
             message = mask_numbers(message)
         return message
 
+    _second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        stamp = datetime.fromtimestamp(record.created, UTC).strftime(DATE_FORMAT)
-        return f"{stamp}.{int(record.msecs):03d}Z"
+        second = int(record.created)
+        if self._second[0] != second:  # once per second, not per line
+            stamp = datetime.fromtimestamp(second, UTC).strftime(DATE_FORMAT)
+            self._second = (second, stamp)
+        return f"{self._second[1]}.{int(record.msecs):03d}Z"
 
 
 class TextFormatter(_Base):
@@ -171,7 +185,7 @@ class TextFormatter(_Base):
         head = f"{self.formatTime(record)} {record.levelname} {record.name}: "
         batch = _batch(record)
         if batch is not None:
-            text = "\n".join(head + line for line, _ in batch.lines())
+            text = "\n".join([head + line for line in batch.texts()])
         else:
             text = head + self._message(record)
         if record.exc_info:

@@ -80,7 +80,7 @@ class Runtime:
         self.sender = Sender()
         self._aio = wiring.aio_redis_client(settings, socket_timeout=10)
         # Claims and completions through the lean client (Sentinel: through _aio).
-        self._scripts = script_client(wiring.redis_url(settings), self._aio, connect_timeout=10)
+        self._scripts = script_client(wiring.redis_url(settings), self._aio, connect_timeout=10, decode=True)
         self.engine = Engine(
             wiring.delivery_queue(settings, self._aio, self._scripts, script_timeout=10),
             self.sender,

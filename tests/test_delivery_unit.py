@@ -524,6 +524,36 @@ def test_stored_events_decode_as_from_dict() -> None:
     assert engine._event(json.dumps(partial)) == InvitationEvent.from_dict(partial)
 
 
+@pytest.mark.parametrize(
+    "post_data",
+    [
+        '{"a":"%invitor%","b":"%invitee%"}',
+        '"%invitee%"',
+        "%invitee%",
+        '{"a":"x\\"%invitee%"}',  # an escaped quote before it: still the same text
+        '{"a":"%invitor%%invitee%","b":["%network_id%"]}',
+        '""%invitee%""',
+        '{"a":"%invitee%"%invitor%"}',
+        '{"a":"pre %invitee% post","n":%invitee%,"d":"%delivery_id%"}',
+    ],
+)
+def test_a_plan_renders_json_as_the_template_does(post_data: str) -> None:
+    # The plan renders a JSON placeholder between quotes as one JSON string (quotes included):
+    # the same text as the template language's own rendering, escape by escape.
+    from gateway.delivery.request import RequestPlan
+    from gateway.templating import Template, escape_json
+
+    # Some are not valid JSON bodies (the configuration refuses them): the plan renders them too.
+    target = dataclasses.replace(
+        _target(post_data="{}", content_type="application/json"), post_data=post_data
+    )
+    hostile = '"quo\'te" \\ \n\t\u0001 ü€😀 %41'
+    event = dataclasses.replace(_event(), invitee=hostile, invitor='a"b')
+    values = {**event.placeholders(), "delivery_id": f"{event.id}-t1"}
+    expected = Template.parse(post_data).render(values, escape_json, {})
+    assert RequestPlan(target, {}).render(event, NOW).body == expected.encode()
+
+
 def test_a_plan_renders_as_build_request() -> None:
     from gateway.delivery.request import RequestPlan
 

@@ -49,6 +49,23 @@ def test_commands_pipelined_replies_in_order(redis_url: str, redis: Redis) -> No
     assert redis.get("n") == b"200"  # the URL's database, not 0
 
 
+def test_decode_gives_text_in_nested_replies_and_keeps_errors(redis_url: str) -> None:
+    async def go() -> list[object]:
+        client = FastRedis(redis_url, decode=True)
+        try:
+            await client.execute("SET", "k", "é ✓")
+            got = [await client.execute("GET", "k"), await client.evalsha(ECHO, ["n"], ["x"])]
+            with pytest.raises(ReplyError, match="WRONGTYPE"):
+                await client.execute("LPUSH", "k", "v")
+            assert await client.ping()
+            return got
+        finally:
+            await client.aclose()
+
+    # Bulk strings (nested ones too) as str; integers as ints; an error still an error.
+    assert run(go()) == ["é ✓", ["x", 1, 1]]
+
+
 def test_error_reply_is_raised_and_the_connection_stays_usable(redis_url: str) -> None:
     async def go() -> object:
         client = FastRedis(redis_url)

@@ -55,6 +55,23 @@ def test_targets_share_no_cookies(sender: SyncSender, target_server: TargetServe
     assert second.headers["user-agent"].startswith("invitation-gateway/")
 
 
+@pytest.mark.parametrize(
+    "body",
+    ['{"invitee":"+15551231234","name":"Zoë ✓"}'.encode(), b"\xff\xfe not UTF-8", b""],
+    ids=["utf-8", "not-utf-8", "empty"],
+)
+def test_the_body_goes_out_byte_for_byte(
+    sender: SyncSender, target_server: TargetServer, body: bytes
+) -> None:
+    # Text bodies travel as text (a copy reqwest owns), anything else as bytes: the same bytes.
+    headers = (("Content-Type", "application/json"),)
+    sender.send(OutboundRequest("POST", f"{target_server.url}/body", headers, body, 5.0))
+    got = target_server.requests_to("/body")[0]
+    assert got.body == body
+    assert got.headers["content-type"] == "application/json"
+    assert got.headers.get("content-length", "0") == str(len(body))
+
+
 def test_response_is_read_up_to_the_cap(target_server: TargetServer) -> None:
     target_server.script("/big", [(200, {}, b"x" * 5000)])
     s = SyncSender(allow_private=True, response_cap=100)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import json.scanner
 import logging
 import math
 import random
@@ -25,12 +26,19 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring as _json_string
-from typing import Any
+from typing import Any, cast
 
 from gateway.config.targets import MAX_TIMEOUT, Config, Target
 from gateway.delivery.lookups import LookupFailure, Lookups
 from gateway.delivery.oauth2 import TokenError, TokenSource
-from gateway.delivery.request import RequestPlan, build_request, classify, retry_delay
+from gateway.delivery.request import (
+    OutboundRequest,
+    RequestPlan,
+    Response,
+    build_request,
+    classify,
+    retry_delay,
+)
 from gateway.delivery.sender import Sender, SendError
 from gateway.events import InvitationEvent, make_alert
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
@@ -56,6 +64,8 @@ IDLE_WAIT_MS = 2000  # with nothing in hand, wait for a delivery due this soon r
 # One encoder for every record (json.dumps with options builds a new JSONEncoder per call).
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.JSONDecoder().decode
+# (value, end) from an index: the C scanner (typeshed types its argument oddly).
+_scan = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))
 _PENDING = _dumps(Delivery().to_dict())  # a new delivery's state, as stored at ingest
 # ... or with its `updated_at` set (an alert's, DeliveryQueue.write_alert): the same state.
 _PENDING_HEAD, _PENDING_TAIL = _PENDING.split('"updated_at":0')
@@ -120,7 +130,7 @@ class Stats:
         return {"claimed": self.claimed, "released": self.released, **self.outcomes}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Result:
     record: Completion  # for the complete script
     outcome: str | None = None
@@ -277,8 +287,12 @@ class Engine:
         else:
             return [], float(now_ms())  # the configuration keeps changing: look again shortly
         next_due = float(raw[0])
-        items = [v.decode() if isinstance(v, bytes) else v for v in raw[2:]]
-        claimed = [(items[i], items[i + 1], items[i + 2], items[i + 3]) for i in range(0, len(items), 4)]
+        items = raw[2:]
+        if items and type(items[0]) is bytes:
+            # A client that does not decode (redis-py; the worker's FastRedis decodes, in C).
+            items = [v.decode() for v in items]
+        fours = iter(items)
+        claimed = list(zip(fours, fours, fours, fours, strict=True))
         return claimed, (next_due if next_due >= 0 else None)
 
     def _lease_ms(self) -> int:
@@ -303,10 +317,12 @@ class Engine:
                     return
                 await asyncio.sleep(0.5 * 2**attempt)
         delivered = []
+        counts = stats.outcomes  # Stats.count inlined: this runs for every delivery
         for r in results:
-            if r.outcome is not None:
-                stats.count(r.outcome)
-            if r.outcome == _DELIVERED:
+            outcome = r.outcome
+            if outcome is not None:
+                counts[outcome] = counts.get(outcome, 0) + 1
+            if outcome == _DELIVERED:
                 delivered.append(r.record.delivery_id)
             elif r.line is not None:
                 log.info("%s", r.line)
@@ -396,56 +412,16 @@ class Engine:
         state = _NEW if _is_new(state_json) else Delivery.from_dict(_loads(state_json))
         if state.is_final:
             return _Result(record)  # a second claim of a finished delivery: never send twice
-        event = events.get(event_json)
+        # Keyed by the event id (a short string to hash, where its JSON is a long one): for 10 or
+        # 100 targets per network, the same event comes with each of its deliveries.
+        event = events.get(event_id)
         if event is None:
-            # For 10 or 100 targets per network, the same event comes with each of its deliveries.
-            event = events[event_json] = _event(event_json)
+            event = events[event_id] = _event(event_json)
         now = now_ms()
         number = state.attempts + 1
-
-        def finish(
-            outcome: Outcome,
-            status: DeliveryStatus,
-            attempt: Attempt | None,
-            due: int | None = None,
-            **changes: Any,
-        ) -> _Result:
-            if outcome is Outcome.DELIVERED and state is _NEW and attempt is not None:
-                fast = _first_delivered(attempt, now_ms())
-                if fast is not None:
-                    record.attempt, record.state = fast
-                    # Logged a group per line (_complete).
-                    return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
-            new = state.to_dict()  # a dict, not Delivery.but(): this runs for every delivery
-            new.update(changes)
-            new["status"] = status
-            new["updated_at"] = now_ms()
-            new["next_attempt_at"] = due
-            if attempt is not None:
-                new["attempts"] = state.attempts + 1
-                new["last_status_code"] = attempt.status_code
-                new["last_error"] = attempt.error
-                record.attempt = _dumps(attempt.to_dict())
-            record.state = _dumps(new)
-            record.due = due
-            dead = status in (DeliveryStatus.FAILED, DeliveryStatus.EXPIRED)
-            record.dead = dead
-            error = attempt.error if attempt is not None else None
-            if outcome is Outcome.DELIVERED:
-                # Logged a group per line (_complete).
-                return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
-            return _Result(
-                record,
-                outcome.value,
-                name,
-                (error or outcome.value) if dead and attempt is not None else None,
-                f"delivery {did} attempt {number}: {outcome.value}" + (f" ({error})" if error else ""),
-                _seconds(attempt),
-            )
-
         if target is None:
             note = Attempt(name, number, now, Outcome.SKIPPED, error="target no longer configured")
-            return finish(Outcome.SKIPPED, DeliveryStatus.SKIPPED, note)
+            return _finish(record, state, number, Outcome.SKIPPED, DeliveryStatus.SKIPPED, note)
         if target.expire_after is not None and now > event.received_at_ms + target.expire_after * 1000:
             note = Attempt(
                 name,
@@ -454,18 +430,57 @@ class Engine:
                 Outcome.EXPIRED,
                 error=f"not delivered within expire_after={target.expire_after} s",
             )
-            return finish(Outcome.EXPIRED, DeliveryStatus.EXPIRED, note)
+            return _finish(record, state, number, Outcome.EXPIRED, DeliveryStatus.EXPIRED, note)
 
-        attempt, outcome, retry_after, status_code = await self._attempt(target, event, number, now)
+        request = self._planned(target, event, now)
+        if request is None:  # lookups, OAuth2, a request that cannot be planned: the general path
+            attempt, outcome, retry_after, status_code = await self._attempt(target, event, number, now)
+        else:
+            # The usual request, sent from here: a coroutine less per delivery.
+            try:
+                response = await self.sender.send(request)
+            except SendError as exc:
+                attempt, outcome, retry_after, status_code = _unsent(target, number, now, exc)
+            else:
+                attempt, outcome, retry_after, status_code = _answered(target, number, now, response)
         probe, order = (False, None) if not flag else order_flag(flag)
         if order is not None:
             # It waited for its created sibling, or goes past the bound: the record says so.
             attempt = replace(attempt, note=note_for(order, target.order_bound()))
         if outcome is Outcome.DELIVERED:
             record.health = HealthSignal.OK
-            return finish(Outcome.DELIVERED, DeliveryStatus.DELIVERED, attempt, waiting=None)
+            if state is _NEW:
+                # The usual case, a new delivery delivered at its first attempt: its two records
+                # from format strings (logged a group per line, in _complete).
+                fast = _first_delivered(attempt, now_ms())
+                if fast is not None:
+                    record.attempt, record.state = fast
+                    return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
+            return _finish(
+                record, state, number, Outcome.DELIVERED, DeliveryStatus.DELIVERED, attempt, waiting=None
+            )
+        return self._failed(
+            target, event, record, state, number, attempt, outcome, retry_after, status_code, probe
+        )
+
+    def _failed(
+        self,
+        target: Target,
+        event: InvitationEvent,
+        record: Completion,
+        state: Delivery,
+        number: int,
+        attempt: Attempt,
+        outcome: Outcome,
+        retry_after: float | None,
+        status_code: int | None,
+        probe: bool,
+    ) -> _Result:
+        """What comes after an attempt that did not deliver: a retry, a wait, a pause or the end."""
         if outcome is Outcome.SKIPPED:  # a lookup found nothing and says skip (lookups.py)
-            return finish(Outcome.SKIPPED, DeliveryStatus.SKIPPED, attempt, waiting=None)
+            return _finish(
+                record, state, number, Outcome.SKIPPED, DeliveryStatus.SKIPPED, attempt, waiting=None
+            )
 
         def expired_meanwhile() -> _Result | None:
             """The deadline passed during this attempt: expired now, not after another wait (the
@@ -475,7 +490,7 @@ class Engine:
             why = f"not delivered within expire_after={target.expire_after} s"
             note = _with(attempt, Outcome.EXPIRED, f"{attempt.error}; {why}" if attempt.error else why)
             record.park = False
-            return finish(Outcome.EXPIRED, DeliveryStatus.EXPIRED, note, waiting=None)
+            return _finish(record, state, number, Outcome.EXPIRED, DeliveryStatus.EXPIRED, note, waiting=None)
 
         if status_code == 410:
             record.health = HealthSignal.GONE
@@ -483,8 +498,14 @@ class Engine:
                 return late
             record.park = True
             attempt = _with(attempt, Outcome.DISABLED)
-            return finish(
-                Outcome.DISABLED, DeliveryStatus.RETRYING, attempt, waiting="target disabled (410 Gone)"
+            return _finish(
+                record,
+                state,
+                number,
+                Outcome.DISABLED,
+                DeliveryStatus.RETRYING,
+                attempt,
+                waiting="target disabled (410 Gone)",
             )
         if status_code == 429 and state.throttles < MAX_THROTTLES:
             wait = retry_after if retry_after is not None else min(2**state.throttles, THROTTLE_BACKOFF_CAP)
@@ -493,7 +514,10 @@ class Engine:
             if (late := expired_meanwhile()) is not None:
                 return late
             attempt = _with(attempt, Outcome.THROTTLED)
-            return finish(
+            return _finish(
+                record,
+                state,
+                number,
                 Outcome.THROTTLED,
                 DeliveryStatus.RETRYING,
                 attempt,
@@ -507,9 +531,19 @@ class Engine:
         if probe:
             record.park = True
             attempt = _with(attempt, Outcome.PAUSED)
-            return finish(Outcome.PAUSED, DeliveryStatus.RETRYING, attempt, waiting="target paused")
+            return _finish(
+                record,
+                state,
+                number,
+                Outcome.PAUSED,
+                DeliveryStatus.RETRYING,
+                attempt,
+                waiting="target paused",
+            )
         if outcome is Outcome.FAILED:
-            return finish(Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None)
+            return _finish(
+                record, state, number, Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None
+            )
         delay = retry_delay(target, state.retries + 1, retry_after, self.rng)
         if delay is None:
             assert attempt.error is not None
@@ -517,11 +551,45 @@ class Engine:
                 attempt, Outcome.FAILED, f"{attempt.error} (no retries left after {_attempts(number)})"
             )
             # The schedule is used up: this attempt used no step of it, `retries` stays.
-            return finish(Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None)
+            return _finish(
+                record, state, number, Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None
+            )
         due = due_after(delay)
-        return finish(
-            Outcome.RETRYING, DeliveryStatus.RETRYING, attempt, due, retries=state.retries + 1, waiting=None
+        return _finish(
+            record,
+            state,
+            number,
+            Outcome.RETRYING,
+            DeliveryStatus.RETRYING,
+            attempt,
+            due,
+            retries=state.retries + 1,
+            waiting=None,
         )
+
+    def _plan(self, target: Target) -> RequestPlan | None:
+        """The target's planned request (None: it cannot be planned; build_request says why)."""
+        plan = self._plans.get(target.name, _NO_PLAN)
+        if plan is _NO_PLAN:
+            try:
+                plan = RequestPlan(target, self.environ)
+            except Exception:
+                plan = None  # build_request raises the reason, for each delivery
+            self._plans[target.name] = plan
+        return plan  # type: ignore[no-any-return]
+
+    def _planned(self, target: Target, event: InvitationEvent, now: int) -> OutboundRequest | None:
+        """The request of a target without lookups or OAuth2, rendered from its plan; None for
+        everything else (and for a request that fails to render: _attempt tells why)."""
+        if target.lookups or target.oauth2 is not None:
+            return None
+        plan = self._plan(target)
+        if plan is None:
+            return None
+        try:
+            return plan.render(event, now / 1000)
+        except Exception:
+            return None
 
     async def _attempt(
         self, target: Target, event: InvitationEvent, number: int, now: int
@@ -538,14 +606,8 @@ class Engine:
         try:
             if target.oauth2 is not None:
                 bearer = await self.tokens.token(target, self.environ)
-            plan = self._plans.get(target.name, _NO_PLAN)
-            if plan is _NO_PLAN:
-                try:
-                    plan = RequestPlan(target, self.environ)
-                except Exception:
-                    plan = None  # build_request below raises the reason, for each delivery
-                self._plans[target.name] = plan
-            if isinstance(plan, RequestPlan):
+            plan = self._plan(target)
+            if plan is not None:
                 request = plan.render(event, now / 1000, found, bearer)
             else:
                 request = build_request(
@@ -585,37 +647,82 @@ class Engine:
             attempt = Attempt(target.name, number, now, Outcome.RETRYING, error=exc.reason)
             return attempt, Outcome.RETRYING, None, None
         except SendError as exc:
-            outcome = Outcome.FAILED if exc.blocked else Outcome.RETRYING
-            return (
-                Attempt(target.name, number, now, outcome, latency_ms=exc.latency_ms, error=exc.reason),
-                (outcome),
-                None,
-                None,
-            )
-        attempt = Attempt(
-            target.name,
-            number,
-            now,
-            Outcome.DELIVERED,
-            status_code=response.status,
-            latency_ms=response.latency_ms,
-            response=response.body.decode("utf-8", "replace"),
-        )
-        try:
-            classify(target, response, time.time())
-        except RetryableDelivery as exc:
-            return (
-                _with(attempt, Outcome.RETRYING, exc.reason),
-                Outcome.RETRYING,
-                exc.retry_after,
-                response.status,
-            )
-        except PermanentDelivery as exc:
-            return _with(attempt, Outcome.FAILED, exc.reason), Outcome.FAILED, None, response.status
-        return attempt, Outcome.DELIVERED, None, response.status
+            return _unsent(target, number, now, exc)
+        return _answered(target, number, now, response)
 
 
 _NO_PLAN: Any = object()
+_Tried = tuple[Attempt, Outcome, float | None, int | None]  # what _attempt returns
+
+
+def _unsent(target: Target, number: int, now: int, exc: SendError) -> _Tried:
+    """A request that got no answer: retried, or failed for good when the address is refused."""
+    outcome = Outcome.FAILED if exc.blocked else Outcome.RETRYING
+    attempt = Attempt(target.name, number, now, outcome, latency_ms=exc.latency_ms, error=exc.reason)
+    return attempt, outcome, None, None
+
+
+def _answered(target: Target, number: int, now: int, response: Response) -> _Tried:
+    """An answer, read as the target's rules say (classify)."""
+    status = response.status
+    attempt = Attempt(
+        target.name,
+        number,
+        now,
+        Outcome.DELIVERED,
+        status_code=status,
+        latency_ms=response.latency_ms,
+        response=response.body.decode("utf-8", "replace"),
+    )
+    if target.is_success(status):  # classify's first look, without the clock it needs for the rest
+        return attempt, Outcome.DELIVERED, None, status
+    try:
+        classify(target, response, time.time())
+    except RetryableDelivery as exc:
+        return _with(attempt, Outcome.RETRYING, exc.reason), Outcome.RETRYING, exc.retry_after, status
+    except PermanentDelivery as exc:
+        return _with(attempt, Outcome.FAILED, exc.reason), Outcome.FAILED, None, status
+    return attempt, Outcome.DELIVERED, None, status
+
+
+def _finish(
+    record: Completion,
+    state: Delivery,
+    number: int,
+    outcome: Outcome,
+    status: DeliveryStatus,
+    attempt: Attempt | None,
+    due: int | None = None,
+    **changes: Any,
+) -> _Result:
+    """The records of a finished attempt (or of a decision not to make one), in `record`."""
+    new = state.to_dict()  # a dict, not Delivery.but(): Delivery's fields and the changes
+    new.update(changes)
+    new["status"] = status
+    new["updated_at"] = now_ms()
+    new["next_attempt_at"] = due
+    if attempt is not None:
+        new["attempts"] = state.attempts + 1
+        new["last_status_code"] = attempt.status_code
+        new["last_error"] = attempt.error
+        record.attempt = _dumps(attempt.to_dict())
+    record.state = _dumps(new)
+    record.due = due
+    dead = status in (DeliveryStatus.FAILED, DeliveryStatus.EXPIRED)
+    record.dead = dead
+    name = record.target
+    if outcome is Outcome.DELIVERED:
+        # Logged a group per line (_complete).
+        return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
+    error = attempt.error if attempt is not None else None
+    return _Result(
+        record,
+        outcome.value,
+        name,
+        (error or outcome.value) if dead and attempt is not None else None,
+        f"delivery {record.delivery_id} attempt {number}: {outcome.value}" + (f" ({error})" if error else ""),
+        _seconds(attempt),
+    )
 
 
 def _first_delivered(attempt: Attempt, updated_at: int) -> tuple[str, str] | None:
@@ -658,7 +765,14 @@ def _is_new(state_json: str) -> bool:
 
 
 def _event(event_json: str) -> InvitationEvent:
-    data = _loads(event_json)
+    try:
+        # The scanner straight: JSONDecoder.decode wraps it in two whitespace regexes and a frame
+        # or two of Python; an event is stored without whitespace around it.
+        data, end = _scan(event_json, 0)
+    except (StopIteration, ValueError):
+        end = -1
+    if end != len(event_json):
+        data = _loads(event_json)  # its error, or whatever the scanner alone did not take
     try:
         return InvitationEvent(**data)  # as stored by to_dict: every key a field
     except TypeError:

@@ -38,7 +38,6 @@ from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import ConnectError, PyreqwestError, RequestTimeoutError
 from pyreqwest.http import Url
 from pyreqwest.proxy import ProxyBuilder
-from pyreqwest.response import ResponseBodyReader
 
 from gateway import __version__
 from gateway.config.addresses import AddressNotAllowed, AllowPrivate, check_address
@@ -277,7 +276,7 @@ class Sender:
             self._policy = self.allow_private
             while len(self._retired) > RETIRED_KEPT:
                 await self._retired.pop(0).close()
-        target = self._target(request.url)
+        target = self._urls.get(request.url) or self._target(request.url)
         if target.refusal is not None:
             raise SendError(target.refusal, _ms_since(started), blocked=True)
         host = target.host
@@ -294,7 +293,10 @@ class Sender:
                 assert self._direct is not None
                 client = self._direct
             else:
-                client = (await self._pinned(host, target.port)).client
+                pin = self._pins.get(host)
+                if pin is None or pin.expires <= time.monotonic():
+                    pin = await self._pinned(host, target.port)
+                client = pin.client
         except AddressNotAllowed as exc:
             raise SendError(str(exc), _ms_since(started), blocked=True) from None
         except OSError as exc:
@@ -307,17 +309,27 @@ class Sender:
         cap = request.response_cap or self.response_cap
         try:
             assert target.url is not None
-            builder = client.request(request.method, target.url).timeout(self._timeout(request.timeout))
+            timeout = self._timeouts.get(request.timeout) or self._timeout(request.timeout)
+            builder = client.request(request.method, target.url).timeout(timeout)
             if request.headers:
                 builder = builder.headers(request.headers)
-            if request.body is not None:
-                builder = builder.body_bytes(request.body)
+            body = request.body
+            if body is not None:
+                try:
+                    # Copied into Rust as text, not lent as bytes: reqwest's thread drops a lent
+                    # Python object under the GIL, which costs that thread a Python thread state
+                    # made and destroyed per request (bench/README.md, "Delivery").
+                    builder = builder.body_text(body.decode())
+                except UnicodeDecodeError:
+                    builder = builder.body_bytes(body)
             async with builder.build_streamed() as resp:
                 # Never let Content-Length size the read: with Transfer-Encoding: chunked too,
-                # hyper ignores it and the body is as long as the target likes.
-                body = await _read_capped(resp.body_reader, cap)
+                # hyper ignores it and the body is as long as the target likes. `read(n)` returns
+                # n bytes, or fewer only once the body has ended: one await, whatever the body.
+                chunk = await resp.body_reader.read(cap)
+                data = b"" if chunk is None else bytes(chunk)[:cap]
                 headers: Mapping[str, str] = resp.headers  # case-insensitive, read-only by use
-                return Response(resp.status, headers, body, _ms_since(started))
+                return Response(resp.status, headers, data, round((time.perf_counter() - started) * 1000, 2))
         except RequestTimeoutError:
             raise SendError(f"timed out after {request.timeout:g} s", _ms_since(started)) from None
         except ConnectError as exc:
@@ -358,21 +370,3 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-async def _read_capped(reader: ResponseBodyReader, cap: int) -> bytes:
-    """At most `cap` bytes of the body, whatever its headers say. `read(n)` returns n bytes, or
-    fewer only once the body has ended: the usual short answer takes one await."""
-    chunks: list[bytes] = []
-    total = 0
-    while total < cap:
-        want = cap - total
-        chunk = await reader.read(want)
-        if chunk is None:
-            break
-        data = bytes(chunk)
-        chunks.append(data)
-        total += len(data)
-        if len(data) < want:
-            break  # the body ended
-    return b"".join(chunks)[:cap]

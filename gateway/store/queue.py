@@ -108,25 +108,45 @@ class TargetHealth:
 
 
 # The ARGV layout, which scripts/complete.lua reads in this order: prefix, now ms, retention s,
-# then each Completion's fields ("" for None and False, "1" for True).
+# then each record, led by its kind:
+# * "f" (full), then each Completion's fields ("" for None and False, "1" for True);
+# * "d" (delivered), the usual record, a new delivery delivered at its first attempt: delivery id,
+#   concurrency, attempt, state. The rest is as "f" would send it: target and event id from the
+#   delivery id, the health ok, neither due nor parked, dead nor throttled. Every argument costs
+#   Redis about as much as one of the script's commands (parsed, then made a Lua string), and the
+#   worker a formatted length: 5 instead of 14 for nearly every record.
 COMPLETION_HEAD_ARGS = 3
-COMPLETION_ARGS = 13
+COMPLETION_ARGS = 13  # Completion's fields, after the kind "f"
+DELIVERED_ARGS = 4  # after the kind "d"
 
 
 def encode_completions(prefix: str, now: int, retention: int, records: Sequence[Completion]) -> list[Any]:
     args: list[Any] = [prefix, now, retention]
     for r in records:
         # One tuple per record, its fields named (the engine's hot path: no reflection).
-        due, thr = r.due, r.throttle_until
+        due, thr, attempt, state = r.due, r.throttle_until, r.attempt, r.state
+        if (
+            r.health is HealthSignal.OK
+            and attempt
+            and state
+            and due is None
+            and thr is None
+            and not r.park
+            and not r.dead
+            and r.delivery_id == f"{r.event_id}-{r.target}"
+        ):
+            args += ("d", r.delivery_id, r.concurrency, attempt, state)
+            continue
         args += (
+            "f",
             r.delivery_id,
             r.target,
             r.event_id,
             r.concurrency,
             r.pause_failures,
             r.pause_ms,
-            r.attempt or "",
-            r.state or "",
+            attempt or "",
+            state or "",
             "" if due is None else due,
             "1" if r.park else "",
             "1" if r.dead else "",

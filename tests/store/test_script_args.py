@@ -31,6 +31,7 @@ from gateway.store.ingest import (
 from gateway.store.queue import (
     COMPLETION_ARGS,
     COMPLETION_HEAD_ARGS,
+    DELIVERED_ARGS,
     Completion,
     DeliveryQueue,
     HealthSignal,
@@ -48,7 +49,12 @@ def test_the_layouts_count_every_field() -> None:
     assert len(encode(IngestHead("p", 1, 1), [item, item])) == HEAD_ARGS + 2 * ITEM_ARGS
     assert len(fields(Completion)) == COMPLETION_ARGS
     record = Completion("E-t", "t", "E")
-    assert len(encode_completions("p", 1, 1, [record] * 3)) == COMPLETION_HEAD_ARGS + 3 * COMPLETION_ARGS
+    full = 1 + COMPLETION_ARGS  # the kind, then every field
+    assert len(encode_completions("p", 1, 1, [record] * 3)) == COMPLETION_HEAD_ARGS + 3 * full
+    delivered = Completion("E-t", "t", "E", attempt="a", state="s", health=HealthSignal.OK)
+    args = encode_completions("p", 1, 1, [delivered, record])
+    assert len(args) == COMPLETION_HEAD_ARGS + 1 + DELIVERED_ARGS + full
+    assert args[COMPLETION_HEAD_ARGS :: 1 + DELIVERED_ARGS][:2] == ["d", "f"]
 
 
 def _ingest_batch() -> tuple[IngestHead, list[IngestItem]]:
@@ -233,6 +239,73 @@ def test_each_completion_field_lands_where_it_should(redis: Redis, queue: Delive
     assert redis.zscore("pfx:due", "E3-tc") is None and redis.zscore("pfx:dead", "E3-tc") is None
     assert changes[0::3] == ["ta", "tb", "tc"]
     assert changes[1::3] == ["paused", "disabled", "resumed"]
+
+
+@pytest.mark.parametrize("cap", [0, 2])
+def test_a_delivered_record_lands_as_its_full_form(redis: Redis, cap: int) -> None:
+    # The usual record travels short ("d": id, cap, attempt, state); the same record with one
+    # field that forbids it (a pause rule is ignored for an OK) travels in full: the same result.
+    queue = DeliveryQueue(redis, "pfx", 6_666)
+    results = []
+    for form, eid in (("d", "E1"), ("f", "E2")):
+        redis.flushdb()
+        redis.hset(f"pfx:event:{eid}:deliveries", "ta", '{"status":"pending"}')
+        redis.zadd("pfx:due", {f"{eid}-ta": NOW + 90_000})
+        redis.zadd("pfx:inflight:ta", {f"{eid}-ta": NOW + 90_000})
+        redis.zadd("pfx:parked:ta", {"E9-ta": 1})
+        redis.hset("pfx:target:ta", mapping={"state": "active", "failures": 2})
+        record = Completion(f"{eid}-ta", "ta", eid, cap, attempt="the attempt", state="the state")
+        record.health = HealthSignal.OK
+        args = encode_completions("pfx", NOW, 6_666, [record])
+        assert args[COMPLETION_HEAD_ARGS] == "d"
+        if form == "f":  # the full form of the same record, built by hand
+            args = [*args[:COMPLETION_HEAD_ARGS], "f", f"{eid}-ta", "ta", eid, cap, 0, 0]
+            args += ["the attempt", "the state", "", "", "", "", "ok"]
+        redis.evalsha(queue._complete.sha, 0, *args)
+        dump = {
+            "attempts": redis.lrange(f"pfx:event:{eid}:attempts", 0, -1),
+            "ttls": (
+                redis.ttl(f"pfx:event:{eid}:attempts") > 6_600,
+                redis.ttl(f"pfx:event:{eid}:deliveries") > 6_600,
+            ),
+            "state": redis.hget(f"pfx:event:{eid}:deliveries", "ta"),
+            "due": redis.zrange("pfx:due", 0, -1, withscores=True),
+            "inflight": redis.zcard("pfx:inflight:ta"),
+            "target": redis.hgetall("pfx:target:ta"),
+            "dead": redis.zcard("pfx:dead"),
+        }
+        results.append(dump)
+    assert results[0] == results[1]
+    assert results[0]["attempts"] == [b"the attempt"] and results[0]["target"][b"failures"] == b"0"
+    # the cap frees a slot: the parked one is due now (and E1's own delivery is done)
+    assert results[0]["inflight"] == (0 if cap else 1)
+    assert results[0]["due"] == ([(b"E9-ta", float(NOW))] if cap else [])
+
+
+def test_one_call_of_many_records_for_one_target_and_event(redis: Redis) -> None:
+    # complete.lua reads a target's health once per call while OKs follow OKs, and sets an
+    # event's TTLs once: a failure in between is still counted, an OK after it still resets,
+    # and a key first written by a later record still gets its TTL.
+    queue = DeliveryQueue(redis, "pfx", 6_666)
+    redis.hset("pfx:target:t", mapping={"state": "active", "failures": 3})
+    for n in range(1, 6):  # the events' deliveries, as the ingest stores them (an erased one's are gone)
+        redis.hset(f"pfx:event:E{n}:deliveries", mapping={"t": "pending", "u": "pending"})
+
+    def ok(n: int) -> Completion:
+        return Completion(f"E{n}-t", "t", f"E{n}", attempt=f"a{n}", state=f"s{n}", health=HealthSignal.OK)
+
+    fail = Completion("E2-t", "t", "E2", attempt="a2", state="s2", due=NOW + 1, health=HealthSignal.FAIL)
+    queue.complete(NOW, [ok(1), ok(1), fail])
+    assert redis.hget("pfx:target:t", "failures") == b"1"  # reset by the first OK, then one failure
+    queue.complete(NOW, [fail, ok(3), ok(4)])
+    assert redis.hget("pfx:target:t", "failures") == b"0"  # the failure, then reset by the OK after it
+    # The same event: its attempts key first appears with the second record, which sets its TTL.
+    stateless = Completion("E5-t", "t", "E5", state="s5")
+    queue.complete(NOW, [stateless, Completion("E5-u", "u", "E5", attempt="a5", state="s5u")])
+    assert 6_600 < redis.ttl("pfx:event:E5:attempts") <= 6_666
+    assert 6_600 < redis.ttl("pfx:event:E5:deliveries") <= 6_666
+    assert redis.lrange("pfx:event:E1:attempts", 0, -1) == [b"a1", b"a1"]
+    assert redis.hgetall("pfx:event:E5:deliveries") == {b"t": b"s5", b"u": b"s5u"}
 
 
 def test_an_alert_is_an_event_the_ingest_script_stores_and_the_wake_flag_stays_its_callers(

@@ -65,6 +65,9 @@ local function created_first(did, eid, t, tp, cid, flag)
 end
 local out = {'-1', version}
 local n = 0
+-- Per target, read once per call: whether it is held and until when it is throttled (this script
+-- changes neither; complete.lua and the operators' commands do).
+local is_held, throttled = {}, {}
 for _, did in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit * 4)) do
   if n >= limit then break end
   local sep = string.find(did, '-', 1, true)
@@ -77,7 +80,8 @@ for _, did in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, l
     local ev, st  -- the event's JSON and the delivery's state, when read before the checks end
     if tp then
       local ik = p .. ':inflight:' .. t
-      if redis.call('SISMEMBER', held, t) == 1 then
+      if is_held[t] == nil then is_held[t] = redis.call('SISMEMBER', held, t) == 1 end
+      if is_held[t] then
         if redis.call('HDEL', p .. ':probes', did) == 1 then
           flag = 'probe'
         else
@@ -101,7 +105,8 @@ for _, did in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, l
         end
       end
       if go then
-        local hold = tonumber(redis.call('GET', p .. ':throttle:' .. t) or '0')
+        if throttled[t] == nil then throttled[t] = tonumber(redis.call('GET', p .. ':throttle:' .. t) or '0') end
+        local hold = throttled[t]
         if hold > now then
           redis.call('ZADD', due, hold, did)
           go = false
