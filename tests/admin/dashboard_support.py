@@ -11,7 +11,7 @@ from redis import Redis
 from gateway.admin.keys import create_key
 from gateway.store.events import Store
 from tests.conftest import Gateway, TargetServer
-from tests.e2e.e2e_support import SETTINGS, wait_until
+from tests.e2e.e2e_support import two_providers, wait_until
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 SESSION_SECRET = "s" * 40
@@ -28,22 +28,7 @@ class Deployment:
 
 
 def config(target_url: str) -> str:
-    return (
-        SETTINGS
-        + f"""
-[[targets]]
-name = "acme-crm"
-networks = ["acme"]
-url = "{target_url}/acme?invitee=%invitee%"
-retry = []
-
-[[targets]]
-name = "globex-crm"
-networks = ["globex"]
-url = "{target_url}/globex?invitee=%invitee%"
-retry = []
-"""
-    )
+    return two_providers(target_url, "?invitee=%invitee%", "?invitee=%invitee%")
 
 
 def deploy(gateway: Gateway, redis: Redis, target_server: TargetServer, **env: str) -> Deployment:

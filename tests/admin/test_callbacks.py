@@ -22,7 +22,7 @@ from gateway.networks import token_digest
 from gateway.store.events import Store
 from tests.admin.callbacks_support import KeyedDeployment, keyed
 from tests.conftest import Gateway, TargetServer
-from tests.e2e.e2e_support import SETTINGS, run_gateway, wait_until
+from tests.e2e.e2e_support import run_gateway, two_providers, wait_until
 
 KEPT = 5  # GATEWAY_CALLBACKS_KEPT of this deployment
 # The tokens: acme's as a digest in the file, globex's from the web's environment. Not shaped like
@@ -34,21 +34,7 @@ PASSWORD = "hunter-" + secrets.token_hex(4)
 
 
 def config(target_url: str) -> str:
-    return (
-        SETTINGS
-        + f"""
-[[targets]]
-name = "acme-crm"
-networks = ["acme"]
-url = "{target_url}/acme?invitee=%invitee%"
-retry = []
-
-[[targets]]
-name = "globex-crm"
-networks = ["globex"]
-url = "{target_url}/globex"
-retry = []
-
+    networks = f"""
 [networks.acme]
 tokens = ["{token_digest(ACME_TOKEN)}"]
 allowed_prefixes = ["+1"]
@@ -56,7 +42,7 @@ allowed_prefixes = ["+1"]
 [networks.globex]
 tokens = ["${{GLOBEX_TOKEN}}"]
 """
-    )
+    return two_providers(target_url, "?invitee=%invitee%", networks=networks)
 
 
 @pytest.fixture

@@ -16,31 +16,17 @@ from gateway.embedded import free_port
 from gateway.store.events import Store
 from tests.admin.callbacks_support import KeyedDeployment, keyed
 from tests.conftest import Gateway, TargetServer
-from tests.e2e.e2e_support import SETTINGS, run_gateway, wait_until
+from tests.e2e.e2e_support import run_gateway, two_providers, wait_until
 
 FILE_TOKEN = "acme-file-token-0123456789"
 
 
 def config(target_url: str) -> str:
-    return (
-        SETTINGS
-        + f"""
-[[targets]]
-name = "acme-crm"
-networks = ["acme"]
-url = "{target_url}/acme?invitee=%invitee%&by=%invitor%"
-retry = []
-
-[[targets]]
-name = "globex-crm"
-networks = ["globex"]
-url = "{target_url}/globex"
-retry = []
-
+    networks = """
 [networks.acme]
-tokens = ["${{ACME_FILE_TOKEN}}"]
+tokens = ["${ACME_FILE_TOKEN}"]
 """
-    )
+    return two_providers(target_url, "?invitee=%invitee%&by=%invitor%", networks=networks)
 
 
 class Deployment(KeyedDeployment):

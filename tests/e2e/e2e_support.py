@@ -25,6 +25,27 @@ from gateway.store.events import Store
 QUEUE_NAME = "gateway-deliveries"
 PREFIX = "gw"
 SETTINGS = "[settings]\nallow_private_targets = true\n"
+
+
+def two_providers(target_url: str, acme_query: str = "", globex_query: str = "", networks: str = "") -> str:
+    """A targets file of two providers' networks, acme and globex, each with a CRM target at
+    `target_url` that is not retried (`acme_query`/`globex_query` end its URL), then `networks`
+    (their [networks.*] tables, if any)."""
+    return f"""{SETTINGS}
+[[targets]]
+name = "acme-crm"
+networks = ["acme"]
+url = "{target_url}/acme{acme_query}"
+retry = []
+
+[[targets]]
+name = "globex-crm"
+networks = ["globex"]
+url = "{target_url}/globex{globex_query}"
+retry = []
+{networks}"""
+
+
 FINAL_STATES = frozenset({"delivered", "failed", "skipped"})
 
 T = TypeVar("T")
