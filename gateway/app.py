@@ -382,6 +382,7 @@ def create_app(settings: Settings | None = None) -> IngestFastPath:
             durability_watch = asyncio.create_task(_watch_durability(aio, durability, where))
         inspecting = asyncio.create_task(writer.run()) if writer is not None else None
         yield
+        accepter.log_duplicates(again=False)  # the last summary, not a second later
         if writer is not None:
             await writer.close()
         with contextlib.suppress(Exception):

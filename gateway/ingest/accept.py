@@ -64,6 +64,12 @@ MAX_BATCH_WAITED = 64
 IN_FLIGHT = 6  # batches on their way to Redis at once: 96 callbacks
 DRAIN_TIMEOUT = 30.0  # seconds for one batch of a drain: Redis answering, but slowly, or not at all
 NO_CALLBACKS = Kept(0, 0)  # the callbacks inspector off
+# Duplicates are logged summed: the first after a quiet second at once, then at most one summary
+# per DUPLICATES_EVERY seconds, a line per repeated event up to DUPLICATE_LINES and one for the
+# rest. A replay flood is the cheapest an attacker has: a formatted line per duplicate cost it
+# as much CPU as the rest of the duplicate's handling (issue 16).
+DUPLICATES_EVERY = 1.0
+DUPLICATE_LINES = 20
 
 
 def _no_order(event: InvitationEvent) -> IngestOrder:
@@ -129,6 +135,9 @@ class Accepter:
         self._flushers: set[asyncio.Task[None]] = set()
         self._running = 0  # flush tasks started and not yet returned
         self.redis_down_since: float | None = None
+        # Duplicates not logged yet, (event type, network, first event's id or "") -> how many
+        self._duplicates: dict[tuple[str, str, str], int] = {}
+        self._duplicates_timer: asyncio.TimerHandle | None = None  # set: a summary is due
 
     async def accept(
         self, event: InvitationEvent, targets: Sequence[str], version: int | None = None, entry: str = ""
@@ -202,10 +211,14 @@ class Accepter:
             return
         self._redis_back()
         accepted = []
+        duplicates = self._duplicates
         for w, result in zip(batch, results, strict=True):
             status = result.status
             if status is AcceptStatus.ACCEPTED and w.targets:
                 accepted.append((w.event.id, w.event.network_id, w.targets))
+            elif status is AcceptStatus.DUPLICATE:
+                key = (w.event.type, w.event.network_id, result.duplicate_of or "")
+                duplicates[key] = duplicates.get(key, 0) + 1
             if not w.done.done():
                 # Stored by an earlier try that timed out (its batch was spooled): accepted.
                 w.done.set_result(ACCEPTED if status is AcceptStatus.EXISTS else result)
@@ -215,6 +228,39 @@ class Accepter:
             # that `log.info` does to find its caller (tens of µs, once per batch).
             args = (len(accepted), EventBatch("accepted", accepted))
             log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "accepted %d: %s", args, None))
+        if duplicates and self._duplicates_timer is None:
+            self.log_duplicates()
+
+    def log_duplicates(self, again: bool = True) -> None:
+        """Log the duplicates not logged yet, summed per event they repeat; then again in
+        DUPLICATES_EVERY seconds while more come (`again`; False: the last, at shutdown)."""
+        counts, timer = self._duplicates, self._duplicates_timer
+        if timer is not None and not again:
+            timer.cancel()
+        self._duplicates_timer = None  # as long as nothing is logged: the next one at once
+        if not counts:
+            return
+        self._duplicates = {}
+        if log.isEnabledFor(logging.INFO):
+            named = list(counts.items())
+            for (event_type, network, first), n in named[:DUPLICATE_LINES]:
+                log.info(
+                    "duplicate %s (network %s) of %s: not delivered again%s",
+                    event_type,
+                    network,
+                    first or "an earlier one",
+                    f" ({n} times)" if n > 1 else "",
+                )
+            rest = named[DUPLICATE_LINES:]
+            if rest:
+                log.info(
+                    "duplicate: %d more of %d other events, not delivered again",
+                    sum(n for _, n in rest),
+                    len(rest),
+                )
+        if again:
+            loop = asyncio.get_running_loop()
+            self._duplicates_timer = loop.call_later(DUPLICATES_EVERY, self.log_duplicates)
 
     async def commit(
         self,

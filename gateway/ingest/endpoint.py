@@ -210,13 +210,7 @@ class Ingest:
                 raise Limited(f"held back and kept, not delivered: {reason}")
         elif status is AcceptStatus.SPOOLED and inspector is not None:
             inspector.spooled(event, entry)
-        elif status is AcceptStatus.DUPLICATE:
-            log.info(
-                "duplicate %s (network %s) of %s: not delivered again",
-                event.type,
-                event.network_id,
-                result.duplicate_of or "an earlier one",
-            )
+        # Duplicates are logged summed by the Accepter (at most a summary a second).
 
     def region_of(self, network_id: str) -> str | None:
         """The network's default region, completing national numbers (gateway/numbers.py)."""

@@ -181,16 +181,23 @@ ACCEPTED = AcceptResult(AcceptStatus.ACCEPTED)
 EXISTS = AcceptResult(AcceptStatus.EXISTS)
 SPOOLED = AcceptResult(AcceptStatus.SPOOLED)
 _PLAIN = {"accepted": ACCEPTED, "exists": EXISTS}
+# A duplicate's answer by its text: a replay flood repeats a few invitations, and parsing and
+# building its answer cost more than the rest of its decoding (bounded: emptied when full).
+_DUPLICATES: dict[str, AcceptResult] = {}
+_DUPLICATES_KEPT = 1024
 
 
 def parse_status(answer: str) -> AcceptResult:
     """The script's status text: accepted | exists | duplicate:ID | suppressed:KIND:REASON."""
-    plain = _PLAIN.get(answer)
+    plain = _PLAIN.get(answer) or _DUPLICATES.get(answer)
     if plain is not None:
         return plain
     kind, _, detail = answer.partition(":")
     if kind == AcceptStatus.DUPLICATE:
-        return AcceptResult(AcceptStatus.DUPLICATE, duplicate_of=detail or None)
+        if len(_DUPLICATES) >= _DUPLICATES_KEPT:
+            _DUPLICATES.clear()
+        result = _DUPLICATES[answer] = AcceptResult(AcceptStatus.DUPLICATE, duplicate_of=detail or None)
+        return result
     if kind == AcceptStatus.SUPPRESSED:
         rule, _, reason = detail.partition(":")
         return AcceptResult(AcceptStatus.SUPPRESSED, reason=reason, kind=SuppressionKind(rule))

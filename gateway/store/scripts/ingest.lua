@@ -90,6 +90,12 @@ for i = 10, #ARGV - 10, 11 do
       end
     end
     redis.call('EXPIRE', ek .. ':deliveries', ttl)
+  elseif keep > 0 and dedupe ~= '' and repeats(p .. ':dedupe:' .. dedupe, id, ms, keep)
+    and redis.call('EXISTS', ek) == 0 then
+    -- A duplicate, told before its event is written: nothing of it is stored, nothing deleted.
+    -- (An event stored before whose invitation another event took meanwhile is not one: below.)
+    status = 'duplicate:' .. dup
+    redis.call('HINCRBY', p .. ':counters', 'duplicates', 1)
   elseif not redis.call('SET', ek, event, 'NX', 'EX', ttl) then
     -- Stored before: a spool drain, or a batch sent again after a timeout. A script stopped by
     -- an error keeps the writes it made, so the event may lack its deliveries or entries:
@@ -111,10 +117,6 @@ for i = 10, #ARGV - 10, 11 do
     end
     if none and targets ~= '' then redis.call('EXPIRE', dk, ttl) end
     if not indexed[id] and not redis.call('ZSCORE', p .. ':events', id) then index(ms, id, n) end
-  elseif keep > 0 and dedupe ~= '' and repeats(p .. ':dedupe:' .. dedupe, id, ms, keep) then
-    status = 'duplicate:' .. dup
-    redis.call('DEL', ek)  -- stored by the SET NX above: a duplicate is not kept
-    redis.call('HINCRBY', p .. ':counters', 'duplicates', 1)
   else
     -- abuse limits: a suppressed invitation is kept, visible and releasable, never delivered
     local why, kind
