@@ -53,6 +53,7 @@ from gateway.records import (
     iso_ms,
     split_delivery_id,
 )
+from gateway.store.codec import dumps
 from gateway.store.queue import Completion, DeliveryQueue, HealthSignal
 from gateway.store.token_cache import TokenCache
 
@@ -169,6 +170,10 @@ class Engine:
         # Per target name, its request with the static parts worked out, for `_config`
         # (None: making it failed; such a target's request is built, and fails, each time).
         self._plans: dict[str, RequestPlan | None] = {}
+        # The claim's policies (JSON) and lease, for the configuration `_claim_for`.
+        self._claim_for: Config | None = None
+        self._policies = ""
+        self._lease = 0
 
     def request_stop(self) -> None:
         """Stop claiming; requests in flight get `grace` seconds, the rest is handed back."""
@@ -273,8 +278,13 @@ class Engine:
         # those of the stored configuration, so a claim made with another version's (the very
         # first one, or one right after a change) claims nothing and is made again.
         for _ in range(5):
-            policies = self._config.policies()
-            raw = await self.queue.claim(now_ms(), self._lease_ms(), limit, policies, self._version)
+            if self._claim_for is not self._config:
+                # What a claim sends that only the configuration decides: once per configuration
+                # (for 100 targets, 100 policies to build and encode per claim otherwise).
+                self._claim_for = self._config
+                self._policies = dumps(self._config.policies())
+                self._lease = self._lease_ms()
+            raw = await self.queue.claim(now_ms(), self._lease, limit, self._policies, self._version)
             version = int(raw[1])
             config = self.config_for(version)
             if config is not self._config:
