@@ -452,6 +452,17 @@ class Engine:
             except SendError as exc:
                 attempt, outcome, retry_after, status_code = _unsent(target, number, now, exc)
             else:
+                status = response.status
+                if state is _NEW and not flag and target.is_success(status):
+                    # The usual case, a new delivery delivered at its first attempt: its two
+                    # records straight from the answer (no Attempt built, then taken apart).
+                    latency = response.latency_ms
+                    body = response.body.decode("utf-8", "replace")
+                    fast = _delivered_records(name, now, status, latency, body, now_ms())
+                    if fast is not None:
+                        record.health = HealthSignal.OK
+                        record.attempt, record.state = fast
+                        return _Result(record, _DELIVERED, name, seconds=latency / 1000)
                 attempt, outcome, retry_after, status_code = _answered(target, number, now, response)
         probe, order = (False, None) if not flag else order_flag(flag)
         if order is not None:
@@ -738,28 +749,26 @@ def _finish(
 def _first_delivered(attempt: Attempt, updated_at: int) -> tuple[str, str] | None:
     """The attempt record and state of a new delivery delivered at its first attempt, encoded as
     finish() would encode them (None when a value is not of the usual type: finish() does it)."""
-    latency = attempt.latency_ms
+    if attempt.error is not None or attempt.note is not None or attempt.attempt != 1:
+        return None
+    return _delivered_records(
+        attempt.target, attempt.at_ms, attempt.status_code, attempt.latency_ms, attempt.response, updated_at
+    )
+
+
+def _delivered_records(
+    target: str, at_ms: int, status: Any, latency: Any, response: Any, updated_at: int
+) -> tuple[str, str] | None:
+    """_first_delivered's records from the attempt's values (the first attempt, no error, no
+    note); None when a value is not of the usual type."""
     if not (
-        type(attempt.status_code) is int
-        and type(latency) is float
-        and math.isfinite(latency)
-        and type(attempt.response) is str
-        and attempt.error is None
-        and attempt.note is None
-        and attempt.attempt == 1
+        type(status) is int and type(latency) is float and math.isfinite(latency) and type(response) is str
     ):
         return None
     return (
         _DELIVERED_ATTEMPT
-        % (
-            _json_string(attempt.target),
-            attempt.at_ms,
-            attempt.status_code,
-            repr(latency),
-            _json_string(attempt.response),
-            iso_ms(attempt.at_ms),
-        ),
-        _DELIVERED_STATE % (attempt.status_code, updated_at),
+        % (_json_string(target), at_ms, status, repr(latency), _json_string(response), iso_ms(at_ms)),
+        _DELIVERED_STATE % (status, updated_at),
     )
 
 
