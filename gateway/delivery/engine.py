@@ -28,11 +28,11 @@ from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring as _json_string
 from typing import Any, cast
 
+from gateway import records
 from gateway.config.targets import MAX_TIMEOUT, Config, Target
 from gateway.delivery.lookups import LookupFailure, Lookups
 from gateway.delivery.oauth2 import TokenError, TokenSource
 from gateway.delivery.request import (
-    OutboundRequest,
     RequestPlan,
     Response,
     build_request,
@@ -80,7 +80,7 @@ _DELIVERED_STATE = (
 )
 _DELIVERED_ATTEMPT = (
     '{"target":%s,"attempt":1,"at_ms":%d,"outcome":"delivered","status_code":%d,'
-    '"latency_ms":%s,"error":null,"response":%s,"at":"%s"}'
+    '"latency_ms":%s,"error":null,"response":%s,"at":"%s.%03dZ"}'
 )
 _DELIVERED = Outcome.DELIVERED.value
 GROUP = 16  # completions recorded together, when that many are in flight
@@ -97,8 +97,11 @@ def dead_letter_message(target: str, did: str, reason: str) -> str:
     )
 
 
+_clock = time.time
+
+
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return int(_clock() * 1000)
 
 
 def due_after(seconds: float) -> int:
@@ -170,6 +173,7 @@ class Engine:
         # Per target name, its request with the static parts worked out, for `_config`
         # (None: making it failed; such a target's request is built, and fails, each time).
         self._plans: dict[str, RequestPlan | None] = {}
+        self._usual: dict[str, RequestPlan | None] = {}  # _usual_plan's, per target name
         # The claim's policies (JSON) and lease, for the configuration `_claim_for`.
         self._claim_for: Config | None = None
         self._policies = ""
@@ -289,6 +293,7 @@ class Engine:
             config = self.config_for(version)
             if config is not self._config:
                 self._plans = {}
+                self._usual = {}
             self._config = config
             self._version = version
             self.sender.allow_private = self.settings.allow_private or self._config.allow_private_targets
@@ -427,7 +432,7 @@ class Engine:
         event = events.get(event_id)
         if event is None:
             event = events[event_id] = _event(event_json)
-        now = now_ms()
+        now = int(_clock() * 1000)  # now_ms(), inline: this runs for every delivery
         number = state.attempts + 1
         if target is None:
             note = Attempt(name, number, now, Outcome.SKIPPED, error="target no longer configured")
@@ -442,7 +447,17 @@ class Engine:
             )
             return _finish(record, state, number, Outcome.EXPIRED, DeliveryStatus.EXPIRED, note)
 
-        request = self._planned(target, event, now)
+        # The usual target's plan in one look (None: the general path, _attempt, for lookups,
+        # OAuth2 or a request that cannot be planned).
+        plan = self._usual.get(name, _NO_PLAN)
+        if plan is _NO_PLAN:
+            plan = self._usual[name] = self._usual_plan(target)
+        request = None
+        if plan is not None:
+            try:
+                request = plan.render(event, now / 1000)
+            except Exception:
+                request = None  # _attempt tells why
         if request is None:  # lookups, OAuth2, a request that cannot be planned: the general path
             attempt, outcome, retry_after, status_code = await self._attempt(target, event, number, now)
         else:
@@ -458,7 +473,7 @@ class Engine:
                     # records straight from the answer (no Attempt built, then taken apart).
                     latency = response.latency_ms
                     body = response.body.decode("utf-8", "replace")
-                    fast = _delivered_records(name, now, status, latency, body, now_ms())
+                    fast = _delivered_records(name, now, status, latency, body, int(_clock() * 1000))
                     if fast is not None:
                         record.health = HealthSignal.OK
                         record.attempt, record.state = fast
@@ -599,18 +614,12 @@ class Engine:
             self._plans[target.name] = plan
         return plan  # type: ignore[no-any-return]
 
-    def _planned(self, target: Target, event: InvitationEvent, now: int) -> OutboundRequest | None:
-        """The request of a target without lookups or OAuth2, rendered from its plan; None for
-        everything else (and for a request that fails to render: _attempt tells why)."""
+    def _usual_plan(self, target: Target) -> RequestPlan | None:
+        """The plan of a target without lookups or OAuth2, whose request _deliver sends itself;
+        None for everything else."""
         if target.lookups or target.oauth2 is not None:
             return None
-        plan = self._plan(target)
-        if plan is None:
-            return None
-        try:
-            return plan.render(event, now / 1000)
-        except Exception:
-            return None
+        return self._plan(target)
 
     async def _attempt(
         self, target: Target, event: InvitationEvent, number: int, now: int
@@ -765,9 +774,12 @@ def _delivered_records(
         type(status) is int and type(latency) is float and math.isfinite(latency) and type(response) is str
     ):
         return None
+    second, ms = divmod(at_ms, 1000)
+    cached = records._second  # iso_ms' text of the current second, inline
+    day_time = cached[1] if cached[0] == second else iso_ms(at_ms)[:-5]
     return (
         _DELIVERED_ATTEMPT
-        % (_json_string(target), at_ms, status, repr(latency), _json_string(response), iso_ms(at_ms)),
+        % (_json_string(target), at_ms, status, repr(latency), _json_string(response), day_time, ms),
         _DELIVERED_STATE % (status, updated_at),
     )
 
