@@ -173,7 +173,8 @@ class Engine:
         # Per target name, its request with the static parts worked out, for `_config`
         # (None: making it failed; such a target's request is built, and fails, each time).
         self._plans: dict[str, RequestPlan | None] = {}
-        self._usual: dict[str, RequestPlan | None] = {}  # _usual_plan's, per target name
+        # Per target name: the Target (None: not configured) and its _usual_plan, for `_config`.
+        self._targets: dict[str, tuple[Target | None, RequestPlan | None]] = {}
         # The claim's policies (JSON) and lease, for the configuration `_claim_for`.
         self._claim_for: Config | None = None
         self._policies = ""
@@ -293,7 +294,7 @@ class Engine:
             config = self.config_for(version)
             if config is not self._config:
                 self._plans = {}
-                self._usual = {}
+                self._targets = {}
             self._config = config
             self._version = version
             self.sender.allow_private = self.settings.allow_private or self._config.allow_private_targets
@@ -406,9 +407,16 @@ class Engine:
     async def _deliver(
         self, did: str, event_json: str, state_json: str, flag: str, events: dict[str, InvitationEvent]
     ) -> _Result:
-        event_id, name = split_delivery_id(did)
-        config = self._config
-        target = config.target(name)
+        event_id, _, name = did.partition("-")  # split_delivery_id, inline
+        if not event_id or not name:
+            split_delivery_id(did)  # its ValueError
+        # The target and its usual plan in one look (plan None: the general path, _attempt, for
+        # lookups, OAuth2 or a request that cannot be planned).
+        found = self._targets.get(name)
+        if found is None:
+            target = self._config.target(name)
+            found = self._targets[name] = (target, None if target is None else self._usual_plan(target))
+        target, plan = found
         if target is not None:
             record = Completion(
                 did,
@@ -447,11 +455,6 @@ class Engine:
             )
             return _finish(record, state, number, Outcome.EXPIRED, DeliveryStatus.EXPIRED, note)
 
-        # The usual target's plan in one look (None: the general path, _attempt, for lookups,
-        # OAuth2 or a request that cannot be planned).
-        plan = self._usual.get(name, _NO_PLAN)
-        if plan is _NO_PLAN:
-            plan = self._usual[name] = self._usual_plan(target)
         request = None
         if plan is not None:
             try:
