@@ -333,29 +333,34 @@ class Engine:
                     return
                 await asyncio.sleep(0.5 * 2**attempt)
         delivered = []
+        done = []  # (target, outcome, seconds) for the metrics
+        dead = []
         counts = stats.outcomes  # Stats.count inlined: this runs for every delivery
-        for r in results:
+        for r in results:  # one pass over the group for the counts, the log and the alerts
             outcome = r.outcome
             if outcome is not None:
                 counts[outcome] = counts.get(outcome, 0) + 1
+                if r.target:
+                    done.append((r.target, outcome, r.seconds))
             if outcome == _DELIVERED:
                 delivered.append(r.record.delivery_id)
-            elif r.line is not None:
+                continue
+            if r.line is not None:
                 log.info("%s", r.line)
+            if r.dead_reason is not None and r.target is not None:
+                dead.append((r.target, r.record.delivery_id, r.dead_reason))
         if delivered and log.isEnabledFor(logging.INFO):
             # One line for a group: a line per request would cost as much CPU as the request.
             # Made without the stack walk that `log.info` does to find its caller.
             args = (len(delivered), DeliveryBatch("delivered", delivered))
             log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "delivered %d: %s", args, None))
         if self.tally is not None:
-            done = [(r.target, r.outcome, r.seconds) for r in results if r.target and r.outcome]
             count_deliveries(self.tally, done)
         flat = [_text(c) for c in changes]
         for i in range(0, len(flat), 3):
             await self._target_changed(flat[i], flat[i + 1], flat[i + 2])
-        for r in results:
-            if r.dead_reason is not None and r.target is not None:
-                await self._dead_letter_alert(r.target, r.record.delivery_id, r.dead_reason)
+        for target, did, reason in dead:
+            await self._dead_letter_alert(target, did, reason)
 
     async def _hand_back(self, tasks: dict[asyncio.Task[_Result], str], stats: Stats) -> None:
         for task in tasks:
