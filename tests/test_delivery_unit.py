@@ -497,6 +497,7 @@ def test_first_delivered_encodes_as_finish_does(response: str, latency: float) -
     state.update(waiting=None, status=DeliveryStatus.DELIVERED, updated_at=1764125000456)
     state.update(next_attempt_at=None, attempts=1, last_status_code=200, last_error=None)
     assert fast == (engine._dumps(attempt.to_dict()), engine._dumps(state))
+    assert engine._first_delivered(attempt, 1764125000456) == fast  # its second known: the same
     other = dataclasses.replace(attempt, response=None)
     assert engine._first_delivered(other, 1) is None  # unusual: the general path encodes it
 

@@ -4,6 +4,7 @@ records."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import threading
 from collections.abc import Iterator
@@ -12,8 +13,10 @@ from typing import Any
 import pytest
 
 from gateway.config.addresses import AddressNotAllowed, check_address
-from gateway.delivery.request import OutboundRequest, Response
+from gateway.config.load import target_from_dict
+from gateway.delivery.request import OutboundRequest, RequestPlan, Response
 from gateway.delivery.sender import Sender, SendError
+from gateway.events import INVITATION_CREATED, make_event
 from tests.conftest import TargetServer
 
 
@@ -70,6 +73,25 @@ def test_the_body_goes_out_byte_for_byte(
     assert got.body == body
     assert got.headers["content-type"] == "application/json"
     assert got.headers.get("content-length", "0") == str(len(body))
+
+
+def test_a_rendered_body_goes_out_as_its_text(sender: SyncSender, target_server: TargetServer) -> None:
+    # A plan's request carries the text its body was rendered from: that text is what is sent.
+    url = f"{target_server.url}/rendered"
+    data = {
+        "name": "t1",
+        "networks": ["*"],
+        "url": url,
+        "post_data": '{"who":"%invitee%"}',
+        "content_type": "application/json",
+    }
+    fields = {"invitee": "+15551231234", "invitor": "john.snow@example.com", "network_id": "mynetwork"}
+    event = dataclasses.replace(make_event(fields, INVITATION_CREATED, "json"), invitee="Zoë ✓")
+    request = RequestPlan(target_from_dict(data), {}).render(event)
+    assert request.text is not None and request.text.encode() == request.body
+    sender.send(request)
+    got = target_server.requests_to("/rendered")[0]
+    assert got.body == request.body == '{"who":"Zoë ✓"}'.encode()
 
 
 def test_response_is_read_up_to_the_cap(target_server: TargetServer) -> None:

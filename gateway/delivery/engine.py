@@ -28,11 +28,11 @@ from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring as _json_string
 from typing import Any, cast
 
+from gateway import records
 from gateway.config.targets import MAX_TIMEOUT, Config, Target
 from gateway.delivery.lookups import LookupFailure, Lookups
 from gateway.delivery.oauth2 import TokenError, TokenSource
 from gateway.delivery.request import (
-    OutboundRequest,
     RequestPlan,
     Response,
     build_request,
@@ -53,6 +53,7 @@ from gateway.records import (
     iso_ms,
     split_delivery_id,
 )
+from gateway.store.codec import dumps
 from gateway.store.queue import Completion, DeliveryQueue, HealthSignal
 from gateway.store.token_cache import TokenCache
 
@@ -79,7 +80,7 @@ _DELIVERED_STATE = (
 )
 _DELIVERED_ATTEMPT = (
     '{"target":%s,"attempt":1,"at_ms":%d,"outcome":"delivered","status_code":%d,'
-    '"latency_ms":%s,"error":null,"response":%s,"at":"%s"}'
+    '"latency_ms":%s,"error":null,"response":%s,"at":"%s.%03dZ"}'
 )
 _DELIVERED = Outcome.DELIVERED.value
 GROUP = 16  # completions recorded together, when that many are in flight
@@ -96,8 +97,11 @@ def dead_letter_message(target: str, did: str, reason: str) -> str:
     )
 
 
+_clock = time.time
+
+
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return int(_clock() * 1000)
 
 
 def due_after(seconds: float) -> int:
@@ -169,6 +173,12 @@ class Engine:
         # Per target name, its request with the static parts worked out, for `_config`
         # (None: making it failed; such a target's request is built, and fails, each time).
         self._plans: dict[str, RequestPlan | None] = {}
+        # Per target name: the Target (None: not configured) and its _usual_plan, for `_config`.
+        self._targets: dict[str, tuple[Target | None, RequestPlan | None]] = {}
+        # The claim's policies (JSON) and lease, for the configuration `_claim_for`.
+        self._claim_for: Config | None = None
+        self._policies = ""
+        self._lease = 0
 
     def request_stop(self) -> None:
         """Stop claiming; requests in flight get `grace` seconds, the rest is handed back."""
@@ -273,12 +283,18 @@ class Engine:
         # those of the stored configuration, so a claim made with another version's (the very
         # first one, or one right after a change) claims nothing and is made again.
         for _ in range(5):
-            policies = self._config.policies()
-            raw = await self.queue.claim(now_ms(), self._lease_ms(), limit, policies, self._version)
+            if self._claim_for is not self._config:
+                # What a claim sends that only the configuration decides: once per configuration
+                # (for 100 targets, 100 policies to build and encode per claim otherwise).
+                self._claim_for = self._config
+                self._policies = dumps(self._config.policies())
+                self._lease = self._lease_ms()
+            raw = await self.queue.claim(now_ms(), self._lease, limit, self._policies, self._version)
             version = int(raw[1])
             config = self.config_for(version)
             if config is not self._config:
                 self._plans = {}
+                self._targets = {}
             self._config = config
             self._version = version
             self.sender.allow_private = self.settings.allow_private or self._config.allow_private_targets
@@ -317,29 +333,34 @@ class Engine:
                     return
                 await asyncio.sleep(0.5 * 2**attempt)
         delivered = []
+        done = []  # (target, outcome, seconds) for the metrics
+        dead = []
         counts = stats.outcomes  # Stats.count inlined: this runs for every delivery
-        for r in results:
+        for r in results:  # one pass over the group for the counts, the log and the alerts
             outcome = r.outcome
             if outcome is not None:
                 counts[outcome] = counts.get(outcome, 0) + 1
+                if r.target:
+                    done.append((r.target, outcome, r.seconds))
             if outcome == _DELIVERED:
                 delivered.append(r.record.delivery_id)
-            elif r.line is not None:
+                continue
+            if r.line is not None:
                 log.info("%s", r.line)
+            if r.dead_reason is not None and r.target is not None:
+                dead.append((r.target, r.record.delivery_id, r.dead_reason))
         if delivered and log.isEnabledFor(logging.INFO):
             # One line for a group: a line per request would cost as much CPU as the request.
             # Made without the stack walk that `log.info` does to find its caller.
             args = (len(delivered), DeliveryBatch("delivered", delivered))
             log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "delivered %d: %s", args, None))
         if self.tally is not None:
-            done = [(r.target, r.outcome, r.seconds) for r in results if r.target and r.outcome]
             count_deliveries(self.tally, done)
         flat = [_text(c) for c in changes]
         for i in range(0, len(flat), 3):
             await self._target_changed(flat[i], flat[i + 1], flat[i + 2])
-        for r in results:
-            if r.dead_reason is not None and r.target is not None:
-                await self._dead_letter_alert(r.target, r.record.delivery_id, r.dead_reason)
+        for target, did, reason in dead:
+            await self._dead_letter_alert(target, did, reason)
 
     async def _hand_back(self, tasks: dict[asyncio.Task[_Result], str], stats: Stats) -> None:
         for task in tasks:
@@ -391,9 +412,16 @@ class Engine:
     async def _deliver(
         self, did: str, event_json: str, state_json: str, flag: str, events: dict[str, InvitationEvent]
     ) -> _Result:
-        event_id, name = split_delivery_id(did)
-        config = self._config
-        target = config.target(name)
+        event_id, _, name = did.partition("-")  # split_delivery_id, inline
+        if not event_id or not name:
+            split_delivery_id(did)  # its ValueError
+        # The target and its usual plan in one look (plan None: the general path, _attempt, for
+        # lookups, OAuth2 or a request that cannot be planned).
+        found = self._targets.get(name)
+        if found is None:
+            target = self._config.target(name)
+            found = self._targets[name] = (target, None if target is None else self._usual_plan(target))
+        target, plan = found
         if target is not None:
             record = Completion(
                 did,
@@ -417,7 +445,7 @@ class Engine:
         event = events.get(event_id)
         if event is None:
             event = events[event_id] = _event(event_json)
-        now = now_ms()
+        now = int(_clock() * 1000)  # now_ms(), inline: this runs for every delivery
         number = state.attempts + 1
         if target is None:
             note = Attempt(name, number, now, Outcome.SKIPPED, error="target no longer configured")
@@ -432,7 +460,12 @@ class Engine:
             )
             return _finish(record, state, number, Outcome.EXPIRED, DeliveryStatus.EXPIRED, note)
 
-        request = self._planned(target, event, now)
+        request = None
+        if plan is not None:
+            try:
+                request = plan.render(event, now / 1000)
+            except Exception:
+                request = None  # _attempt tells why
         if request is None:  # lookups, OAuth2, a request that cannot be planned: the general path
             attempt, outcome, retry_after, status_code = await self._attempt(target, event, number, now)
         else:
@@ -442,6 +475,17 @@ class Engine:
             except SendError as exc:
                 attempt, outcome, retry_after, status_code = _unsent(target, number, now, exc)
             else:
+                status = response.status
+                if state is _NEW and not flag and target.is_success(status):
+                    # The usual case, a new delivery delivered at its first attempt: its two
+                    # records straight from the answer (no Attempt built, then taken apart).
+                    latency = response.latency_ms
+                    body = response.body.decode("utf-8", "replace")
+                    fast = _delivered_records(name, now, status, latency, body, int(_clock() * 1000))
+                    if fast is not None:
+                        record.health = HealthSignal.OK
+                        record.attempt, record.state = fast
+                        return _Result(record, _DELIVERED, name, seconds=latency / 1000)
                 attempt, outcome, retry_after, status_code = _answered(target, number, now, response)
         probe, order = (False, None) if not flag else order_flag(flag)
         if order is not None:
@@ -578,18 +622,12 @@ class Engine:
             self._plans[target.name] = plan
         return plan  # type: ignore[no-any-return]
 
-    def _planned(self, target: Target, event: InvitationEvent, now: int) -> OutboundRequest | None:
-        """The request of a target without lookups or OAuth2, rendered from its plan; None for
-        everything else (and for a request that fails to render: _attempt tells why)."""
+    def _usual_plan(self, target: Target) -> RequestPlan | None:
+        """The plan of a target without lookups or OAuth2, whose request _deliver sends itself;
+        None for everything else."""
         if target.lookups or target.oauth2 is not None:
             return None
-        plan = self._plan(target)
-        if plan is None:
-            return None
-        try:
-            return plan.render(event, now / 1000)
-        except Exception:
-            return None
+        return self._plan(target)
 
     async def _attempt(
         self, target: Target, event: InvitationEvent, number: int, now: int
@@ -728,28 +766,29 @@ def _finish(
 def _first_delivered(attempt: Attempt, updated_at: int) -> tuple[str, str] | None:
     """The attempt record and state of a new delivery delivered at its first attempt, encoded as
     finish() would encode them (None when a value is not of the usual type: finish() does it)."""
-    latency = attempt.latency_ms
+    if attempt.error is not None or attempt.note is not None or attempt.attempt != 1:
+        return None
+    return _delivered_records(
+        attempt.target, attempt.at_ms, attempt.status_code, attempt.latency_ms, attempt.response, updated_at
+    )
+
+
+def _delivered_records(
+    target: str, at_ms: int, status: Any, latency: Any, response: Any, updated_at: int
+) -> tuple[str, str] | None:
+    """_first_delivered's records from the attempt's values (the first attempt, no error, no
+    note); None when a value is not of the usual type."""
     if not (
-        type(attempt.status_code) is int
-        and type(latency) is float
-        and math.isfinite(latency)
-        and type(attempt.response) is str
-        and attempt.error is None
-        and attempt.note is None
-        and attempt.attempt == 1
+        type(status) is int and type(latency) is float and math.isfinite(latency) and type(response) is str
     ):
         return None
+    second, ms = divmod(at_ms, 1000)
+    cached = records._second  # iso_ms' text of the current second, inline
+    day_time = cached[1] if cached[0] == second else iso_ms(at_ms)[:-5]
     return (
         _DELIVERED_ATTEMPT
-        % (
-            _json_string(attempt.target),
-            attempt.at_ms,
-            attempt.status_code,
-            repr(latency),
-            _json_string(attempt.response),
-            iso_ms(attempt.at_ms),
-        ),
-        _DELIVERED_STATE % (attempt.status_code, updated_at),
+        % (_json_string(target), at_ms, status, repr(latency), _json_string(response), day_time, ms),
+        _DELIVERED_STATE % (status, updated_at),
     )
 
 

@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
@@ -45,6 +45,9 @@ class OutboundRequest:
     timeout: float
     proxy: str | None
     response_cap: int | None  # bytes of the answer read; None: the Sender's
+    # The body as the text it was rendered from, when it was (its UTF-8 is `body`): the Sender
+    # hands reqwest text, so it need not decode `body` again. Not compared: `body` says it all.
+    text: str | None = field(default=None, compare=False)
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class OutboundRequest:
         timeout: float,
         proxy: str | None = None,
         response_cap: int | None = None,
+        text: str | None = None,
     ) -> None:
         self.method = method
         self.url = url
@@ -63,6 +67,7 @@ class OutboundRequest:
         self.timeout = timeout
         self.proxy = proxy
         self.response_cap = response_cap
+        self.text = text
 
 
 @dataclass(slots=True, init=False, eq=True)
@@ -189,8 +194,10 @@ class RequestPlan:
         url = self._url.render(values)
         headers: list[tuple[str, str]] = [("Idempotency-Key", did), *self._headers]
         body: bytes | None = None
+        text: str | None = None
         if self._body is not None:
-            body = self._body.render(values).encode("utf-8")
+            text = self._body.render(values)
+            body = text.encode("utf-8")
         for name, value in self._extra_headers:
             headers.append((name, value.render(values)))
         if self._auth is not None:
@@ -211,7 +218,8 @@ class RequestPlan:
                 ("webhook-timestamp", str(ts)),
                 ("webhook-signature", signature),
             ]
-        return OutboundRequest(target.method, url, tuple(headers), body, target.timeout, self.proxy)
+        method, timeout = target.method, target.timeout
+        return OutboundRequest(method, url, tuple(headers), body, timeout, self.proxy, text=text)
 
 
 def _compile(

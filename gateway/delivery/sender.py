@@ -314,7 +314,9 @@ class Sender:
             if request.headers:
                 builder = builder.headers(request.headers)
             body = request.body
-            if body is not None:
+            if request.text is not None:
+                builder = builder.body_text(request.text)  # as rendered: no decode of `body`
+            elif body is not None:
                 try:
                     # Copied into Rust as text, not lent as bytes: reqwest's thread drops a lent
                     # Python object under the GIL, which costs that thread a Python thread state

@@ -191,15 +191,23 @@ class DeliveryQueue:
         self._ingest = client.register_script(INGEST_SCRIPT.text)
 
     def claim(
-        self, now: int, lease_ms: int, limit: int, policies: dict[str, Any], version: int | None = None
+        self,
+        now: int,
+        lease_ms: int,
+        limit: int,
+        policies: dict[str, Any] | str,
+        version: int | None = None,
     ) -> Any:
         """Claim up to `limit` due deliveries: [next_due_ms, config_version, (id, event, state, flag)*].
 
-        `policies` come from configuration `version`: if that is not the stored version, nothing
-        is claimed and the answer is ['stale', config_version] (reload, then claim again).
+        `policies` (Config.policies, or that already encoded as JSON: the engine encodes them
+        once per configuration, not per claim) come from configuration `version`: if that is not
+        the stored version, nothing is claimed and the answer is ['stale', config_version]
+        (reload, then claim again).
         """
         checked = "" if version is None else str(version)
-        args: list[Any] = [self.prefix, now, lease_ms, limit, dumps(policies), checked]
+        encoded = policies if isinstance(policies, str) else dumps(policies)
+        args: list[Any] = [self.prefix, now, lease_ms, limit, encoded, checked]
         if self.scripts is not None:
             return self._fast(CLAIM, args)
         return self._claim(args=args)
