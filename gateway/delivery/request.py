@@ -47,6 +47,7 @@ class OutboundRequest:
     response_cap: int | None  # bytes of the answer read; None: the Sender's
     # The body as the text it was rendered from, when it was (its UTF-8 is `body`): the Sender
     # hands reqwest text, so it need not decode `body` again. Not compared: `body` says it all.
+    # A copy with another body (dataclasses.replace) must set `text` too (None: sent as `body`).
     text: str | None = field(default=None, compare=False)
 
     def __init__(
