@@ -40,7 +40,8 @@ from rq.worker import SimpleWorker
 
 from gateway import wiring
 from gateway.config.targets import Config
-from gateway.delivery.engine import DEAD_ALERT_EVERY, Engine, EngineSettings, dead_letter_message, now_ms
+from gateway.delivery.engine import DEAD_ALERT_EVERY, Engine, EngineSettings, dead_letter_message
+from gateway.delivery.outcomes import now_ms
 from gateway.delivery.sender import Sender
 from gateway.events import make_alert
 from gateway.fastredis import script_client

@@ -18,7 +18,7 @@ import pytest
 from gateway.config.addresses import AddressNotAllowed, check_address
 from gateway.config.load import target_from_dict
 from gateway.config.targets import Target
-from gateway.delivery.engine import due_after
+from gateway.delivery.outcomes import due_after
 from gateway.delivery.request import Response, build_request, classify, parse_retry_after, retry_delay, sign
 from gateway.events import INVITATION_CREATED, InvitationEvent, make_event
 from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
@@ -487,42 +487,42 @@ def test_address_not_allowed_is_an_oserror() -> None:
 @pytest.mark.parametrize("response", ["ok", "", 'quo"te \\ é 😀\n\x01</x>'])
 @pytest.mark.parametrize("latency", [0.1, 12.34, 1234567.0])
 def test_first_delivered_encodes_as_finish_does(response: str, latency: float) -> None:
-    from gateway.delivery import engine
+    from gateway.delivery import outcomes
     from gateway.records import Attempt, Delivery, DeliveryStatus, Outcome
 
     attempt = Attempt("t-1_x", 1, 1764125000123, Outcome.DELIVERED, 200, latency, None, response)
-    fast = engine._first_delivered(attempt, 1764125000456)
+    fast = outcomes.first_delivered(attempt, 1764125000456)
     assert fast is not None
     state = Delivery().to_dict()
     state.update(waiting=None, status=DeliveryStatus.DELIVERED, updated_at=1764125000456)
     state.update(next_attempt_at=None, attempts=1, last_status_code=200, last_error=None)
-    assert fast == (engine._dumps(attempt.to_dict()), engine._dumps(state))
-    assert engine._first_delivered(attempt, 1764125000456) == fast  # its second known: the same
+    assert fast == (outcomes.dumps_record(attempt.to_dict()), outcomes.dumps_record(state))
+    assert outcomes.first_delivered(attempt, 1764125000456) == fast  # its second known: the same
     other = dataclasses.replace(attempt, response=None)
-    assert engine._first_delivered(other, 1) is None  # unusual: the general path encodes it
+    assert outcomes.first_delivered(other, 1) is None  # unusual: the general path encodes it
 
 
 def test_new_states_are_recognised_without_decoding() -> None:
-    from gateway.delivery import engine
+    from gateway.delivery import outcomes
     from gateway.records import Delivery, DeliveryStatus
 
-    assert engine._is_new(engine._dumps(Delivery().to_dict()))
-    assert engine._is_new(engine._dumps(Delivery(updated_at=1764125000123).to_dict()))
-    assert engine._is_new("")
-    assert not engine._is_new(engine._dumps(Delivery(replays=1, updated_at=5).to_dict()))
-    assert not engine._is_new(engine._dumps(Delivery(status=DeliveryStatus.RETRYING).to_dict()))
-    assert not engine._is_new(engine._dumps(Delivery(attempts=1).to_dict()))
+    assert outcomes.is_new(outcomes.dumps_record(Delivery().to_dict()))
+    assert outcomes.is_new(outcomes.dumps_record(Delivery(updated_at=1764125000123).to_dict()))
+    assert outcomes.is_new("")
+    assert not outcomes.is_new(outcomes.dumps_record(Delivery(replays=1, updated_at=5).to_dict()))
+    assert not outcomes.is_new(outcomes.dumps_record(Delivery(status=DeliveryStatus.RETRYING).to_dict()))
+    assert not outcomes.is_new(outcomes.dumps_record(Delivery(attempts=1).to_dict()))
 
 
 def test_stored_events_decode_as_from_dict() -> None:
-    from gateway.delivery import engine
+    from gateway.delivery import outcomes
 
     event = _event()
     data = event.to_dict()
-    assert engine._event(json.dumps(data)) == InvitationEvent.from_dict(data) == event
-    assert engine._event(json.dumps({**data, "unknown": 1})) == event
+    assert outcomes.decode_event(json.dumps(data)) == InvitationEvent.from_dict(data) == event
+    assert outcomes.decode_event(json.dumps({**data, "unknown": 1})) == event
     partial = {k: v for k, v in data.items() if k != "client"}
-    assert engine._event(json.dumps(partial)) == InvitationEvent.from_dict(partial)
+    assert outcomes.decode_event(json.dumps(partial)) == InvitationEvent.from_dict(partial)
 
 
 @pytest.mark.parametrize(

@@ -17,31 +17,43 @@ never sent again.
 from __future__ import annotations
 
 import asyncio
-import json
-import json.scanner
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from json.encoder import encode_basestring as _json_string
-from typing import Any, cast
+from typing import Any
 
-from gateway import records
 from gateway.config.targets import MAX_TIMEOUT, Config, Target
 from gateway.delivery.lookups import LookupFailure, Lookups
 from gateway.delivery.oauth2 import TokenError, TokenSource
+from gateway.delivery.outcomes import (
+    DELIVERED,
+    NEW,
+    Result,
+    Tried,
+    answered,
+    attempts_text,
+    decode_event,
+    delivered_records,
+    due_after,
+    finish,
+    first_delivered,
+    is_new,
+    loads,
+    now_ms,
+    request_seconds,
+    unsent,
+    with_outcome,
+)
 from gateway.delivery.request import (
     RequestPlan,
-    Response,
     build_request,
-    classify,
     retry_delay,
 )
 from gateway.delivery.sender import Sender, SendError
 from gateway.events import InvitationEvent, make_alert
-from gateway.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
+from gateway.exceptions import ConfigError
 from gateway.logs import DeliveryBatch
 from gateway.metrics import Tally, count_deliveries
 from gateway.ordering import note_for, order_flag
@@ -50,7 +62,6 @@ from gateway.records import (
     Delivery,
     DeliveryStatus,
     Outcome,
-    iso_ms,
     split_delivery_id,
 )
 from gateway.store.codec import dumps
@@ -62,30 +73,10 @@ log = logging.getLogger("gateway.delivery")
 MAX_THROTTLES = 50  # 429s a delivery waits out before they start to use up its retries
 THROTTLE_BACKOFF_CAP = 300  # seconds, for a 429 without Retry-After
 IDLE_WAIT_MS = 2000  # with nothing in hand, wait for a delivery due this soon rather than stop
-# One encoder for every record (json.dumps with options builds a new JSONEncoder per call).
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_loads = json.JSONDecoder().decode
-# (value, end) from an index: the C scanner (typeshed types its argument oddly).
-_scan = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))
-_PENDING = _dumps(Delivery().to_dict())  # a new delivery's state, as stored at ingest
-# ... or with its `updated_at` set (an alert's, DeliveryQueue.write_alert): the same state.
-_PENDING_HEAD, _PENDING_TAIL = _PENDING.split('"updated_at":0')
-_PENDING_HEAD += '"updated_at":'
-_NEW = Delivery()
-# A new delivery delivered at its first attempt: the state and attempt record finish() would
-# encode, as format strings (the usual case, worth not building and encoding two dicts).
-_DELIVERED_STATE = (
-    '{"status":"delivered","attempts":1,"retries":0,"throttles":0,"replays":0,'
-    '"last_status_code":%d,"last_error":null,"updated_at":%d,"next_attempt_at":null,"waiting":null}'
-)
-_DELIVERED_ATTEMPT = (
-    '{"target":%s,"attempt":1,"at_ms":%d,"outcome":"delivered","status_code":%d,'
-    '"latency_ms":%s,"error":null,"response":%s,"at":"%s.%03dZ"}'
-)
-_DELIVERED = Outcome.DELIVERED.value
 GROUP = 16  # completions recorded together, when that many are in flight
 GROUP_WAIT = 0.003  # seconds to let them gather (a delivery's record waits at most this long)
 BACKLOG_EVERY = 0.5  # seconds between two calls of on_backlog while a backlog lasts
+_clock = time.time  # read inline where it runs for every delivery
 DEAD_ALERT_EVERY = 600  # seconds between two "deliveries failed for good" alerts per target
 
 
@@ -95,22 +86,6 @@ def dead_letter_message(target: str, did: str, reason: str) -> str:
         f"deliveries to {target} fail for good (latest {did}: {reason}); "
         f"see `gateway deliveries failed --target {target}`"
     )
-
-
-_clock = time.time
-
-
-def now_ms() -> int:
-    return int(_clock() * 1000)
-
-
-def due_after(seconds: float) -> int:
-    """The first whole millisecond at least `seconds` from now.
-
-    Rounded up, not down: a retry due at `now_ms() + 1000` could start 999.x ms after the answer
-    that asked for "not before 1 s" (`now_ms()` drops the fraction of the current millisecond).
-    """
-    return math.ceil(time.time() * 1000 + seconds * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,16 +107,6 @@ class Stats:
 
     def to_dict(self) -> dict[str, Any]:
         return {"claimed": self.claimed, "released": self.released, **self.outcomes}
-
-
-@dataclass(slots=True)
-class _Result:
-    record: Completion  # for the complete script
-    outcome: str | None = None
-    target: str | None = None
-    dead_reason: str | None = None
-    line: str | None = None  # what the log says of it
-    seconds: float | None = None  # the request's duration, for the metrics
 
 
 class Engine:
@@ -192,13 +157,13 @@ class Engine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         stats = Stats()
-        tasks: dict[asyncio.Task[_Result], str] = {}
+        tasks: dict[asyncio.Task[Result], str] = {}
         # Finished tasks arrive here through a done callback, and wake the loop through `waiter`:
         # cheaper than asyncio.wait over every task in flight after each completion.
-        finished: list[asyncio.Task[_Result]] = []
+        finished: list[asyncio.Task[Result]] = []
         waiter: asyncio.Future[None] | None = None
 
-        def on_done(task: asyncio.Task[_Result]) -> None:
+        def on_done(task: asyncio.Task[Result]) -> None:
             finished.append(task)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -317,7 +282,7 @@ class Engine:
         longest = max((t.timeout for t in self._config.targets), default=0.0)
         return max(self.settings.lease_ms, int((longest + 5) * 1000))
 
-    async def _complete(self, results: list[_Result], stats: Stats) -> None:
+    async def _complete(self, results: list[Result], stats: Stats) -> None:
         records = [r.record for r in results]
         changes: list[Any] = []
         for attempt in range(6):
@@ -342,7 +307,7 @@ class Engine:
                 counts[outcome] = counts.get(outcome, 0) + 1
                 if r.target:
                     done.append((r.target, outcome, r.seconds))
-            if outcome == _DELIVERED:
+            if outcome == DELIVERED:
                 delivered.append(r.record.delivery_id)
                 continue
             if r.line is not None:
@@ -362,7 +327,7 @@ class Engine:
         for target, did, reason in dead:
             await self._dead_letter_alert(target, did, reason)
 
-    async def _hand_back(self, tasks: dict[asyncio.Task[_Result], str], stats: Stats) -> None:
+    async def _hand_back(self, tasks: dict[asyncio.Task[Result], str], stats: Stats) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -411,7 +376,7 @@ class Engine:
     # -- one delivery -------------------------------------------------------------------------------
     async def _deliver(
         self, did: str, event_json: str, state_json: str, flag: str, events: dict[str, InvitationEvent]
-    ) -> _Result:
+    ) -> Result:
         event_id, _, name = did.partition("-")  # split_delivery_id, inline
         if not event_id or not name:
             split_delivery_id(did)  # its ValueError
@@ -435,21 +400,21 @@ class Engine:
             record = Completion(did, name, event_id)
         if not event_json:
             log.warning("delivery %s: its event is gone (past retention?); dropped", did)
-            return _Result(record)
+            return Result(record)
         # A new delivery's state is as stored at ingest: no need to decode it.
-        state = _NEW if _is_new(state_json) else Delivery.from_dict(_loads(state_json))
+        state = NEW if is_new(state_json) else Delivery.from_dict(loads(state_json))
         if state.is_final:
-            return _Result(record)  # a second claim of a finished delivery: never send twice
+            return Result(record)  # a second claim of a finished delivery: never send twice
         # Keyed by the event id (a short string to hash, where its JSON is a long one): for 10 or
         # 100 targets per network, the same event comes with each of its deliveries.
         event = events.get(event_id)
         if event is None:
-            event = events[event_id] = _event(event_json)
+            event = events[event_id] = decode_event(event_json)
         now = int(_clock() * 1000)  # now_ms(), inline: this runs for every delivery
         number = state.attempts + 1
         if target is None:
             note = Attempt(name, number, now, Outcome.SKIPPED, error="target no longer configured")
-            return _finish(record, state, number, Outcome.SKIPPED, DeliveryStatus.SKIPPED, note)
+            return finish(record, state, number, Outcome.SKIPPED, DeliveryStatus.SKIPPED, note)
         if target.expire_after is not None and now > event.received_at_ms + target.expire_after * 1000:
             note = Attempt(
                 name,
@@ -458,7 +423,7 @@ class Engine:
                 Outcome.EXPIRED,
                 error=f"not delivered within expire_after={target.expire_after} s",
             )
-            return _finish(record, state, number, Outcome.EXPIRED, DeliveryStatus.EXPIRED, note)
+            return finish(record, state, number, Outcome.EXPIRED, DeliveryStatus.EXPIRED, note)
 
         request = None
         if plan is not None:
@@ -473,34 +438,34 @@ class Engine:
             try:
                 response = await self.sender.send(request)
             except SendError as exc:
-                attempt, outcome, retry_after, status_code = _unsent(target, number, now, exc)
+                attempt, outcome, retry_after, status_code = unsent(target, number, now, exc)
             else:
                 status = response.status
-                if state is _NEW and not flag and target.is_success(status):
+                if state is NEW and not flag and target.is_success(status):
                     # The usual case, a new delivery delivered at its first attempt: its two
                     # records straight from the answer (no Attempt built, then taken apart).
                     latency = response.latency_ms
                     body = response.body.decode("utf-8", "replace")
-                    fast = _delivered_records(name, now, status, latency, body, int(_clock() * 1000))
+                    fast = delivered_records(name, now, status, latency, body, int(_clock() * 1000))
                     if fast is not None:
                         record.health = HealthSignal.OK
                         record.attempt, record.state = fast
-                        return _Result(record, _DELIVERED, name, seconds=latency / 1000)
-                attempt, outcome, retry_after, status_code = _answered(target, number, now, response)
+                        return Result(record, DELIVERED, name, seconds=latency / 1000)
+                attempt, outcome, retry_after, status_code = answered(target, number, now, response)
         probe, order = (False, None) if not flag else order_flag(flag)
         if order is not None:
             # It waited for its created sibling, or goes past the bound: the record says so.
             attempt = replace(attempt, note=note_for(order, target.order_bound()))
         if outcome is Outcome.DELIVERED:
             record.health = HealthSignal.OK
-            if state is _NEW:
+            if state is NEW:
                 # The usual case, a new delivery delivered at its first attempt: its two records
                 # from format strings (logged a group per line, in _complete).
-                fast = _first_delivered(attempt, now_ms())
+                fast = first_delivered(attempt, now_ms())
                 if fast is not None:
                     record.attempt, record.state = fast
-                    return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
-            return _finish(
+                    return Result(record, DELIVERED, name, seconds=request_seconds(attempt))
+            return finish(
                 record, state, number, Outcome.DELIVERED, DeliveryStatus.DELIVERED, attempt, waiting=None
             )
         return self._failed(
@@ -519,30 +484,30 @@ class Engine:
         retry_after: float | None,
         status_code: int | None,
         probe: bool,
-    ) -> _Result:
+    ) -> Result:
         """What comes after an attempt that did not deliver: a retry, a wait, a pause or the end."""
         if outcome is Outcome.SKIPPED:  # a lookup found nothing and says skip (lookups.py)
-            return _finish(
+            return finish(
                 record, state, number, Outcome.SKIPPED, DeliveryStatus.SKIPPED, attempt, waiting=None
             )
 
-        def expired_meanwhile() -> _Result | None:
+        def expired_meanwhile() -> Result | None:
             """The deadline passed during this attempt: expired now, not after another wait (the
             ticker leaves a delivery in flight alone: store/scripts/expire.lua)."""
             if target.expire_after is None or now_ms() <= event.received_at_ms + target.expire_after * 1000:
                 return None
             why = f"not delivered within expire_after={target.expire_after} s"
-            note = _with(attempt, Outcome.EXPIRED, f"{attempt.error}; {why}" if attempt.error else why)
+            note = with_outcome(attempt, Outcome.EXPIRED, f"{attempt.error}; {why}" if attempt.error else why)
             record.park = False
-            return _finish(record, state, number, Outcome.EXPIRED, DeliveryStatus.EXPIRED, note, waiting=None)
+            return finish(record, state, number, Outcome.EXPIRED, DeliveryStatus.EXPIRED, note, waiting=None)
 
         if status_code == 410:
             record.health = HealthSignal.GONE
             if (late := expired_meanwhile()) is not None:
                 return late
             record.park = True
-            attempt = _with(attempt, Outcome.DISABLED)
-            return _finish(
+            attempt = with_outcome(attempt, Outcome.DISABLED)
+            return finish(
                 record,
                 state,
                 number,
@@ -557,8 +522,8 @@ class Engine:
             record.throttle_until = due  # (the target's other deliveries wait, this one or not)
             if (late := expired_meanwhile()) is not None:
                 return late
-            attempt = _with(attempt, Outcome.THROTTLED)
-            return _finish(
+            attempt = with_outcome(attempt, Outcome.THROTTLED)
+            return finish(
                 record,
                 state,
                 number,
@@ -574,8 +539,8 @@ class Engine:
             return late
         if probe:
             record.park = True
-            attempt = _with(attempt, Outcome.PAUSED)
-            return _finish(
+            attempt = with_outcome(attempt, Outcome.PAUSED)
+            return finish(
                 record,
                 state,
                 number,
@@ -585,21 +550,17 @@ class Engine:
                 waiting="target paused",
             )
         if outcome is Outcome.FAILED:
-            return _finish(
-                record, state, number, Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None
-            )
+            return finish(record, state, number, Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None)
         delay = retry_delay(target, state.retries + 1, retry_after, self.rng)
         if delay is None:
             assert attempt.error is not None
-            attempt = _with(
-                attempt, Outcome.FAILED, f"{attempt.error} (no retries left after {_attempts(number)})"
+            attempt = with_outcome(
+                attempt, Outcome.FAILED, f"{attempt.error} (no retries left after {attempts_text(number)})"
             )
             # The schedule is used up: this attempt used no step of it, `retries` stays.
-            return _finish(
-                record, state, number, Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None
-            )
+            return finish(record, state, number, Outcome.FAILED, DeliveryStatus.FAILED, attempt, waiting=None)
         due = due_after(delay)
-        return _finish(
+        return finish(
             record,
             state,
             number,
@@ -629,9 +590,7 @@ class Engine:
             return None
         return self._plan(target)
 
-    async def _attempt(
-        self, target: Target, event: InvitationEvent, number: int, now: int
-    ) -> tuple[Attempt, Outcome, float | None, int | None]:
+    async def _attempt(self, target: Target, event: InvitationEvent, number: int, now: int) -> Tried:
         """Make one request: (attempt record, DELIVERED | RETRYING | FAILED, Retry-After, status)."""
         found: dict[str, str] | None = None  # the lookups' %NAME.field% values (lookups.py)
         if target.lookups:
@@ -685,146 +644,16 @@ class Engine:
             attempt = Attempt(target.name, number, now, Outcome.RETRYING, error=exc.reason)
             return attempt, Outcome.RETRYING, None, None
         except SendError as exc:
-            return _unsent(target, number, now, exc)
-        return _answered(target, number, now, response)
+            return unsent(target, number, now, exc)
+        return answered(target, number, now, response)
 
 
 _NO_PLAN: Any = object()
-_Tried = tuple[Attempt, Outcome, float | None, int | None]  # what _attempt returns
-
-
-def _unsent(target: Target, number: int, now: int, exc: SendError) -> _Tried:
-    """A request that got no answer: retried, or failed for good when the address is refused."""
-    outcome = Outcome.FAILED if exc.blocked else Outcome.RETRYING
-    attempt = Attempt(target.name, number, now, outcome, latency_ms=exc.latency_ms, error=exc.reason)
-    return attempt, outcome, None, None
-
-
-def _answered(target: Target, number: int, now: int, response: Response) -> _Tried:
-    """An answer, read as the target's rules say (classify)."""
-    status = response.status
-    attempt = Attempt(
-        target.name,
-        number,
-        now,
-        Outcome.DELIVERED,
-        status_code=status,
-        latency_ms=response.latency_ms,
-        response=response.body.decode("utf-8", "replace"),
-    )
-    if target.is_success(status):  # classify's first look, without the clock it needs for the rest
-        return attempt, Outcome.DELIVERED, None, status
-    try:
-        classify(target, response, time.time())
-    except RetryableDelivery as exc:
-        return _with(attempt, Outcome.RETRYING, exc.reason), Outcome.RETRYING, exc.retry_after, status
-    except PermanentDelivery as exc:
-        return _with(attempt, Outcome.FAILED, exc.reason), Outcome.FAILED, None, status
-    return attempt, Outcome.DELIVERED, None, status
-
-
-def _finish(
-    record: Completion,
-    state: Delivery,
-    number: int,
-    outcome: Outcome,
-    status: DeliveryStatus,
-    attempt: Attempt | None,
-    due: int | None = None,
-    **changes: Any,
-) -> _Result:
-    """The records of a finished attempt (or of a decision not to make one), in `record`."""
-    new = state.to_dict()  # a dict, not Delivery.but(): Delivery's fields and the changes
-    new.update(changes)
-    new["status"] = status
-    new["updated_at"] = now_ms()
-    new["next_attempt_at"] = due
-    if attempt is not None:
-        new["attempts"] = state.attempts + 1
-        new["last_status_code"] = attempt.status_code
-        new["last_error"] = attempt.error
-        record.attempt = _dumps(attempt.to_dict())
-    record.state = _dumps(new)
-    record.due = due
-    dead = status in (DeliveryStatus.FAILED, DeliveryStatus.EXPIRED)
-    record.dead = dead
-    name = record.target
-    if outcome is Outcome.DELIVERED:
-        # Logged a group per line (_complete).
-        return _Result(record, _DELIVERED, name, seconds=_seconds(attempt))
-    error = attempt.error if attempt is not None else None
-    return _Result(
-        record,
-        outcome.value,
-        name,
-        (error or outcome.value) if dead and attempt is not None else None,
-        f"delivery {record.delivery_id} attempt {number}: {outcome.value}" + (f" ({error})" if error else ""),
-        _seconds(attempt),
-    )
-
-
-def _first_delivered(attempt: Attempt, updated_at: int) -> tuple[str, str] | None:
-    """The attempt record and state of a new delivery delivered at its first attempt, encoded as
-    finish() would encode them (None when a value is not of the usual type: finish() does it)."""
-    if attempt.error is not None or attempt.note is not None or attempt.attempt != 1:
-        return None
-    return _delivered_records(
-        attempt.target, attempt.at_ms, attempt.status_code, attempt.latency_ms, attempt.response, updated_at
-    )
-
-
-def _delivered_records(
-    target: str, at_ms: int, status: Any, latency: Any, response: Any, updated_at: int
-) -> tuple[str, str] | None:
-    """_first_delivered's records from the attempt's values (the first attempt, no error, no
-    note); None when a value is not of the usual type."""
-    if not (
-        type(status) is int and type(latency) is float and math.isfinite(latency) and type(response) is str
-    ):
-        return None
-    second, ms = divmod(at_ms, 1000)
-    cached = records._second  # iso_ms' text of the current second, inline
-    day_time = cached[1] if cached[0] == second else iso_ms(at_ms)[:-5]
-    return (
-        _DELIVERED_ATTEMPT
-        % (_json_string(target), at_ms, status, repr(latency), _json_string(response), day_time, ms),
-        _DELIVERED_STATE % (status, updated_at),
-    )
-
-
-def _is_new(state_json: str) -> bool:
-    """A delivery's state as ingest stores it: pending, never tried (`updated_at` aside)."""
-    if not state_json or state_json == _PENDING:
-        return True
-    return (
-        state_json.startswith(_PENDING_HEAD)
-        and state_json.endswith(_PENDING_TAIL)
-        and state_json[len(_PENDING_HEAD) : -len(_PENDING_TAIL)].isdigit()
-    )
-
-
-def _event(event_json: str) -> InvitationEvent:
-    try:
-        # The scanner straight: JSONDecoder.decode wraps it in two whitespace regexes and a frame
-        # or two of Python; an event is stored without whitespace around it.
-        data, end = _scan(event_json, 0)
-    except (StopIteration, ValueError):
-        end = -1
-    if end != len(event_json):
-        data = _loads(event_json)  # its error, or whatever the scanner alone did not take
-    try:
-        return InvitationEvent(**data)  # as stored by to_dict: every key a field
-    except TypeError:
-        return InvitationEvent.from_dict(data)  # keys missing or unknown: from_dict copes
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _with(attempt: Attempt, outcome: Outcome, error: str | None = None) -> Attempt:
-    return replace(attempt, outcome=outcome, error=error if error is not None else attempt.error)
 
 
 def _text(value: Any) -> str:
@@ -833,12 +662,3 @@ def _text(value: Any) -> str:
 
 def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _attempts(n: int) -> str:
-    return "1 attempt" if n == 1 else f"{n} attempts"
-
-
-def _seconds(attempt: Attempt | None) -> float | None:
-    """An attempt's request duration in seconds, for the metrics (None: no request was made)."""
-    return attempt.latency_ms / 1000 if attempt is not None and attempt.latency_ms is not None else None
