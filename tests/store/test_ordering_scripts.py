@@ -226,6 +226,7 @@ def test_ordering_costs_no_command_on_a_created_delivery_and_one_on_a_linked_acc
     set_state(redis, created, status="delivered")
     for did in (f"{created}-crm", f"{accepted}-crm"):
         redis.zadd(f"{P}:due", {did: t0})
+    claim(redis, t0 - HOUR)  # (nothing due yet: this loads the script, whose load is not compared)
 
     def one(did: str, policies: dict[str, Any]) -> int:
         others = {d: s for d, s in redis.zrange(f"{P}:due", 0, -1, withscores=True)}
@@ -238,3 +239,37 @@ def test_ordering_costs_no_command_on_a_created_delivery_and_one_on_a_linked_acc
 
     assert one(f"{created}-crm", POLICY) == one(f"{created}-crm", PLAIN)
     assert one(f"{accepted}-crm", POLICY) == one(f"{accepted}-crm", PLAIN) + 1
+
+
+# -- a stored event run again (a spool drain, a batch sent again) ------------------------------------
+
+
+def test_a_rerun_of_an_old_stored_created_event_leaves_the_newer_invitations_key(redis: Redis) -> None:
+    t0 = 1_800_000_000_000
+    first = event(INVITATION_CREATED, t0)
+    assert store(redis, first, t0, keep=5 * HOUR) is AcceptStatus.ACCEPTED
+    later = event(INVITATION_CREATED, t0 + 601_000)  # past the window: a new invitation
+    assert store(redis, later, t0 + 601_000, keep=5 * HOUR) is AcceptStatus.ACCEPTED
+    key = f"{P}:dedupe:{dedupe_key(first)}"
+    assert redis.get(key) == later.id.encode()
+    # The first event again (stored before): exists, and nothing else changes.
+    assert store(redis, first, t0 + 700_000, keep=5 * HOUR) is AcceptStatus.EXISTS
+    assert redis.get(key) == later.id.encode()
+    # So a repeat of the newer one within its window is still a duplicate, not delivered again.
+    again = event(INVITATION_CREATED, t0 + 700_000)
+    assert store(redis, again, t0 + 700_000, keep=5 * HOUR) is AcceptStatus.DUPLICATE
+
+
+def test_a_rerun_of_a_stored_event_past_its_window_does_not_make_a_new_invitation_a_duplicate(
+    redis: Redis,
+) -> None:
+    t0 = 1_800_000_000_000
+    first = event(INVITATION_CREATED, t0)
+    assert store(redis, first, t0) is AcceptStatus.ACCEPTED
+    key = f"{P}:dedupe:{dedupe_key(first)}"
+    redis.delete(key)  # its window (600 s) over: the key expired
+    # An orphaned spool file drained an hour later runs it again: stored before, so exists ...
+    assert store(redis, first, t0 + HOUR) is AcceptStatus.EXISTS
+    # ... and a new invitation to the same invitee then is not a duplicate of the hour-old one.
+    fresh = event(INVITATION_CREATED, t0 + HOUR + 1000)
+    assert store(redis, fresh, t0 + HOUR + 1000) is AcceptStatus.ACCEPTED

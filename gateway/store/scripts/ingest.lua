@@ -43,12 +43,18 @@ end
 -- the window so that its accepted sibling finds it; a repeat past the window is then a new
 -- invitation (ulid_ms: ulid.lua, loaded before this) and takes the key over.
 local dup  -- the first event of the invitation a duplicate repeats (set by repeats)
-local function repeats(dk, id, ms, keep)
-  if redis.call('SET', dk, id, 'NX', 'PX', keep) then return false end
+local made  -- the dedupe key repeats just wrote for a new key (undone if the event was stored)
+local function repeats(dk, id, ms, keep, ek)
+  if redis.call('SET', dk, id, 'NX', 'PX', keep) then
+    made = dk
+    return false
+  end
   dup = redis.call('GET', dk) or ''
   -- (the same id: this very event, from a run cut short before it was stored)
   if dup == id then return false end
   if keep > win and math.abs(tonumber(ms) - ulid_ms(dup)) >= win then
+    -- a stored event run again (a spool drain) never takes the key from a later invitation
+    if redis.call('EXISTS', ek) == 1 then return true end
     redis.call('SET', dk, id, 'PX', keep)
     return false
   end
@@ -73,6 +79,7 @@ for i = 10, #ARGV - 10, 11 do
   local targets, dedupe, limits, entry = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
   local keep, ckey = math.max(win, tonumber(ARGV[i + 9])), ARGV[i + 10]
   local ek = p .. ':event:' .. id
+  made = nil
   if ckey ~= '' then
     -- an accepted event names its invitation's created one (never a later one), last in its JSON
     local cid = redis.call('GET', p .. ':dedupe:' .. ckey)
@@ -90,7 +97,7 @@ for i = 10, #ARGV - 10, 11 do
       end
     end
     redis.call('EXPIRE', ek .. ':deliveries', ttl)
-  elseif keep > 0 and dedupe ~= '' and repeats(p .. ':dedupe:' .. dedupe, id, ms, keep)
+  elseif keep > 0 and dedupe ~= '' and repeats(p .. ':dedupe:' .. dedupe, id, ms, keep, ek)
     and redis.call('EXISTS', ek) == 0 then
     -- A duplicate, told before its event is written: nothing of it is stored, nothing deleted.
     -- (An event stored before whose invitation another event took meanwhile is not one: below.)
@@ -103,6 +110,8 @@ for i = 10, #ARGV - 10, 11 do
     -- (Deliveries are added only when the event has none at all: one with some, suppressed ones
     -- say, gets no new ones here.)
     status = 'exists'
+    -- stored before: a dedupe key made just now for it (its own had expired) is not kept
+    if made then redis.call('DEL', made) end
     local dk = ek .. ':deliveries'
     local none = redis.call('EXISTS', dk) == 0
     for t in string.gmatch(targets, '[^,]+') do
