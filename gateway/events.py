@@ -238,6 +238,9 @@ def normalize_invitee(value: str) -> tuple[str, str]:
     if value[:1] == " " and value.lstrip()[:1].isdigit():
         restored = "+" + value.lstrip()
     raw = _check_text("invitee", restored)
+    number = raw[1:] if raw[:1] == "+" else raw
+    if 3 <= len(number) <= 20 and number.isascii() and number.isdigit():
+        return raw, raw  # the usual number, digits alone: what the two regexes below would say
     digits = _PHONE_SEPARATORS.sub("", raw)
     if not _PHONE.fullmatch(digits):
         raise InvalidCallback(
