@@ -117,6 +117,13 @@ _BEARER = re.compile(r"\b(bearer\s+)[^\s&,;}\]<>\"']+")
 # (ULIDs are 26 characters, UUIDs and hex digests have no capitals). Over the text as it is.
 _GENERATED = re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{32,}(?![A-Za-z0-9_\-])")
 _UPPER, _LOWER, _DIGIT = re.compile("[A-Z]"), re.compile("[a-z]"), re.compile("[0-9]")
+# The look before it, on ASCII text: _GENERATED's characters as "a", every other byte a space,
+# so that a run it could match is 32 a's in a row; a C translation and a substring test, 6.2k
+# instructions against the regex's 9.8k over the usual query (which has no such run).
+_RUN_BYTES = bytes(
+    97 if chr(c) in "-_" or (chr(c).isascii() and chr(c).isalnum()) else 32 for c in range(256)
+)
+_RUN = b"a" * 32
 
 
 def is_secret_name(name: str) -> bool:
@@ -169,7 +176,8 @@ def mask_text(
     # No secret part of a name anywhere, nor an escape that could spell one: no field to mask.
     if _may_name_secret(text, kind):
         text = _mask_fields(text, kind)
-    text = _GENERATED.sub(_generated, text)
+    if len(text) >= 32 and (not text.isascii() or _RUN in text.encode("ascii").translate(_RUN_BYTES)):
+        text = _GENERATED.sub(_generated, text)
     if numbers and _DIGITS.search(text):
         text = mask_numbers(text)
     return text

@@ -20,7 +20,9 @@ from gateway.logs import mask_numbers
 from gateway.masking import (
     _FRAGMENT,
     _FRAGMENTS,
+    _GENERATED,
     BODY_LIMIT,
+    _generated,
     _has_fragment,
     _mask_fields,
     _may_name_secret,
@@ -370,3 +372,19 @@ def test_the_fragment_look_tests_every_fragment_that_contains_no_other() -> None
 @given(st.text(alphabet=st.sampled_from("atokenseckypwigdjbrhuvl_=&x"), max_size=30))
 def test_the_fragment_look_finds_what_the_alternation_finds(low: str) -> None:
     assert _has_fragment(low) == (_FRAGMENT.search(low) is not None)
+
+
+_TOKENISH = st.text(alphabet=st.sampled_from("aZ9_-"), min_size=30, max_size=40).map(lambda t: "aZ9" + t)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(_TOKENISH, st.sampled_from(["&", "=", '"', " ", "é", "x", "invitee", ":"])), max_size=5
+    )
+)
+def test_the_look_before_the_generated_token_regex_never_skips_one(pieces: list[str]) -> None:
+    """mask_text runs _GENERATED only where a cheap look finds a run of 32 of its characters (or
+    the text is not ASCII): what comes out has nothing left for it to mask."""
+    masked = mask_text("".join(pieces), FORM, numbers=False)
+    assert _GENERATED.sub(_generated, masked) == masked
