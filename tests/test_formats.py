@@ -533,3 +533,11 @@ def test_the_json_decode_is_the_decoders(text: str) -> None:
     except json.JSONDecodeError as exc:
         got = (exc.msg, exc.pos)
     assert got == want
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab+=& \t\x0b\x0c\x1c\x1f\r\n19"), max_size=30))
+def test_the_usual_query_shortcut_decodes_as_the_form_decoder(text: str) -> None:
+    """decode_query's shortcut (ASCII, nothing escaped) gives what decode_urlencoded gives."""
+    query = text.encode("ascii")
+    assert decode_query(query) == decode_urlencoded(query, "utf-8", what="query string")

@@ -314,16 +314,20 @@ def decode_body(content_type: str | None, data: bytes) -> DecodedBody:
     )
 
 
+_BYTES_BLANK = " \t\n\r\x0b\x0c"  # what bytes.strip() strips
+
+
 def decode_query(query: bytes) -> Pairs:
     """The query string, decoded like a form body (a literal `+` stays `+`)."""
     if not query:
         return []
     if b"%" not in query and query.isascii():
-        # The usual callback: nothing escaped, so nothing to unquote, and ASCII is valid UTF-8.
+        # The usual callback: nothing escaped, so nothing to unquote, and ASCII is valid UTF-8:
+        # decoded once, split as text (the blanks bytes.strip strips, not str.strip's \x1c-\x1f).
         pairs: Pairs = []
-        for chunk in query.split(b"&"):
-            if chunk.strip():
-                name, _, value = chunk.partition(b"=")
-                pairs.append((name.strip().decode("ascii"), value.decode("ascii")))
+        for chunk in query.decode("ascii").split("&"):
+            if chunk.strip(_BYTES_BLANK):
+                name, _, value = chunk.partition("=")
+                pairs.append((name.strip(_BYTES_BLANK), value))
         return pairs
     return decode_urlencoded(query, "utf-8", what="query string")
