@@ -183,18 +183,20 @@ def pick_fields(raw: Sequence[tuple[str, str]], aliases: Mapping[str, str]) -> d
     Two different values for one field (say `net=a&network_id=b`) are refused rather than
     guessed at; the same value sent twice is fine.
     """
-    found: dict[str, tuple[str, str]] = {}
+    found: dict[str, str] = {}  # field -> value
+    names: dict[str, str] = {}  # field -> the name it came by (for the conflict's message)
     for name, value in raw:
         field = aliases.get(name.lower())
         if field is None:
             continue
         if value == NOT_TEXT:
             raise InvalidCallback(f"{field} ({name!r}) must be a string or a number", field=field)
-        if field in found and found[field][1].strip() != value.strip():
-            other = found[field][0]
+        if field in found and found[field].strip() != value.strip():
+            other = names[field]
             raise InvalidCallback(f"conflicting values for {field} in {other!r} and {name!r}", field=field)
-        found[field] = (name, value)
-    return {field: value for field, (_, value) in found.items()}
+        found[field] = value
+        names[field] = name
+    return found
 
 
 def merge_fields(
@@ -238,6 +240,9 @@ def normalize_invitee(value: str) -> tuple[str, str]:
     if value[:1] == " " and value.lstrip()[:1].isdigit():
         restored = "+" + value.lstrip()
     raw = _check_text("invitee", restored)
+    number = raw[1:] if raw[:1] == "+" else raw
+    if 3 <= len(number) <= 20 and number.isascii() and number.isdigit():
+        return raw, raw  # the usual number, digits alone: what the two regexes below would say
     digits = _PHONE_SEPARATORS.sub("", raw)
     if not _PHONE.fullmatch(digits):
         raise InvalidCallback(

@@ -7,11 +7,13 @@ import json
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from ulid import ULID
 
 from gateway.events import (
+    _PHONE,
+    _PHONE_SEPARATORS,
     DEFAULT_ALIAS_TABLE,
     EVENT_TYPES,
     INVITATION_ACCEPTED,
@@ -19,9 +21,11 @@ from gateway.events import (
     MAX_FIELD_LENGTH,
     NOT_TEXT,
     InvitationEvent,
+    _check_text,
     build_aliases,
     make_event,
     merge_fields,
+    normalize_invitee,
     pick_fields,
 )
 from gateway.exceptions import InvalidCallback
@@ -461,3 +465,26 @@ def test_ulid_random_bits_are_not_shared_with_a_forked_child() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert child != new_ulid(1_700_000_000_000)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(alphabet=st.sampled_from("+0123456789٣² .-()a"), max_size=24))
+def test_the_digits_only_shortcut_answers_as_the_regexes(value: str) -> None:
+    """normalize_invitee's shortcut for a number of digits alone (with an optional +) gives what
+    the separator and number regexes give, and refuses nothing they take."""
+    try:
+        got: object = normalize_invitee(value)
+    except InvalidCallback as exc:
+        got = str(exc)
+    try:
+        raw = _check_text(
+            "invitee", "+" + value.lstrip() if value[:1] == " " and value.lstrip()[:1].isdigit() else value
+        )
+        digits = _PHONE_SEPARATORS.sub("", raw)
+        want: object = (digits, raw) if _PHONE.fullmatch(digits) else "x"
+    except InvalidCallback as exc:
+        want = str(exc)
+    if want == "x":
+        assert isinstance(got, str) and "phone number" in got
+    else:
+        assert got == want

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import codecs
+import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.events import DEFAULT_ALIAS_TABLE, NOT_TEXT, make_event, pick_fields
 from gateway.exceptions import InvalidCallback, UnsupportedBody
 from gateway.ingest.formats import (
+    _JSON,
+    _json_decode,
     decode_body,
     decode_json,
     decode_multipart,
@@ -507,3 +510,34 @@ def test_decode_query_fast_path_decodes_as_the_general_one(raw: bytes) -> None:
             decode_query(raw)
         return
     assert decode_query(raw) == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet=st.sampled_from(' \t\r\n{}[]":,1.5e-tnulrfasx\\'), max_size=40),
+        st.dictionaries(st.text(max_size=5), st.one_of(st.text(max_size=5), st.integers())).map(json.dumps),
+    )
+)
+def test_the_json_decode_is_the_decoders(text: str) -> None:
+    """formats._json_decode calls the C scanner as JSONDecoder.decode does: the same value, or the
+    same error at the same place."""
+    try:
+        want: object = _JSON.decode(text)
+    except json.JSONDecodeError as exc:
+        want = (exc.msg, exc.pos)
+    except RecursionError:
+        return
+    try:
+        got: object = _json_decode(text)
+    except json.JSONDecodeError as exc:
+        got = (exc.msg, exc.pos)
+    assert got == want
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab+=& \t\x0b\x0c\x1c\x1f\r\n19"), max_size=30))
+def test_the_usual_query_shortcut_decodes_as_the_form_decoder(text: str) -> None:
+    """decode_query's shortcut (ASCII, nothing escaped) gives what decode_urlencoded gives."""
+    query = text.encode("ascii")
+    assert decode_query(query) == decode_urlencoded(query, "utf-8", what="query string")

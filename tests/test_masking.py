@@ -17,7 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.logs import mask_numbers
-from gateway.masking import BODY_LIMIT, _mask_fields, _may_name_secret, is_secret_name, mask_body, mask_text
+from gateway.masking import (
+    _FRAGMENT,
+    _FRAGMENTS,
+    _GENERATED,
+    BODY_LIMIT,
+    _generated,
+    _has_fragment,
+    _mask_fields,
+    _may_name_secret,
+    is_secret_name,
+    mask_body,
+    mask_text,
+)
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -343,3 +355,36 @@ def test_the_precheck_never_skips_what_the_field_maskers_would_mask(
     kind = (content_type or "").lower()
     if not _may_name_secret(text, kind):
         assert _mask_fields(text, kind) == text
+
+
+def test_the_fragment_look_tests_every_fragment_that_contains_no_other() -> None:
+    """_has_fragment spells out the fragments by hand: the ones no other fragment is part of."""
+    fragments = _FRAGMENTS.split("|")
+    minimal = {f for f in fragments if not any(g != f and g in f for g in fragments)}
+    for fragment in fragments:
+        assert _has_fragment(f"x_{fragment}_y")
+    for fragment in minimal:  # each is needed: nothing else in the list would find it
+        assert not any(g in fragment for g in minimal - {fragment})
+    assert not _has_fragment("invitee=15551231234&invitor=johnsnow&network_id=mynetwork")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from("atokenseckypwigdjbrhuvl_=&x"), max_size=30))
+def test_the_fragment_look_finds_what_the_alternation_finds(low: str) -> None:
+    assert _has_fragment(low) == (_FRAGMENT.search(low) is not None)
+
+
+_TOKENISH = st.text(alphabet=st.sampled_from("aZ9_-"), min_size=30, max_size=40).map(lambda t: "aZ9" + t)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(_TOKENISH, st.sampled_from(["&", "=", '"', " ", "é", "x", "invitee", ":"])), max_size=5
+    )
+)
+def test_the_look_before_the_generated_token_regex_never_skips_one(pieces: list[str]) -> None:
+    """mask_text runs _GENERATED only where a cheap look finds a run of 32 of its characters (or
+    the text is not ASCII): what comes out has nothing left for it to mask."""
+    masked = mask_text("".join(pieces), FORM, numbers=False)
+    assert _GENERATED.sub(_generated, masked) == masked

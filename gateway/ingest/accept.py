@@ -287,8 +287,13 @@ class Accepter:
         limits, ordering = self.limits, self.ordering
         notes = entries if entries is not None else [""] * len(items)
         batch = []
+        # Per (event type, network), once per batch: the same configuration answers for every item
+        orders: dict[tuple[str, str], IngestOrder] = {}
         for (ev, t), note in zip(items, notes, strict=True):
-            order = ordering(ev)
+            key = (ev.type, ev.network_id)
+            order = orders.get(key)
+            if order is None:
+                order = orders[key] = ordering(ev)
             batch.append(
                 IngestItem.new(
                     ev,

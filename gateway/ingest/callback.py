@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 # The ASGI types, as starlette.types spells them.
 Scope = MutableMapping[str, Any]
@@ -19,7 +20,7 @@ class Callback:
     whose headers, client and path parameters are objects built on first use.
     """
 
-    __slots__ = ("headers", "method", "peer", "query", "receive", "token")
+    __slots__ = ("headers", "method", "peer", "presented", "query", "receive", "token")
 
     def __init__(self, scope: Scope, receive: Receive, token: str | None = None) -> None:
         self.method: str = scope["method"]
@@ -29,6 +30,20 @@ class Callback:
         self.peer: str | None = client[0] if client else None
         self.token = token  # the path segment /invitation_created/<token>
         self.receive = receive
+        # The token it presents, wherever (gateway/ingest/tokens.py `presented_token`): looked
+        # for once here, as the caller check and the callbacks inspector each need it.
+        presented = token or None
+        if presented is None:
+            if b"token=" in self.query:
+                presented = _query_token(self.query)
+            if presented is None:
+                for key, value in self.headers:
+                    if key == b"authorization":  # the first one, as `header`
+                        auth = value.decode("latin-1")
+                        if auth[:7].lower() == "bearer ":
+                            presented = auth[7:].strip() or None
+                        break
+        self.presented: str | None = presented
 
     def header(self, name: bytes) -> str | None:
         """The first value of a header (`name` in lower case)."""
@@ -39,3 +54,10 @@ class Callback:
 
     def header_list(self, name: bytes) -> list[str]:
         return [value.decode("latin-1") for key, value in self.headers if key == name]
+
+
+def _query_token(query: bytes) -> str | None:
+    for name, value in parse_qsl(query.decode("latin-1")):
+        if name == "token" and value:
+            return value
+    return None

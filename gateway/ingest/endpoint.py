@@ -60,19 +60,22 @@ class ConfigCache:
         self._orders: dict[tuple[str, str], IngestOrder] = {}
 
     def _check(self, config: Config) -> None:
-        if config is not self._config:
-            self._config, self._names, self._policies = config, {}, {}
-            self._expiries, self._orders = None, {}
+        """Start afresh for another configuration (each lookup compares first, inline: a call
+        per lookup would cost as much as the lookup, and a callback makes several)."""
+        self._config, self._names, self._policies = config, {}, {}
+        self._expiries, self._orders = None, {}
 
     def expiries(self, config: Config) -> str:
         """The targets with an expire_after, for the ingest script's deadlines (one per config)."""
-        self._check(config)
+        if config is not self._config:
+            self._check(config)
         if self._expiries is None:
             self._expiries = expiries((t.name, t.expire_after) for t in config.targets)
         return self._expiries
 
     def names(self, config: Config, event_type: str, network_id: str) -> tuple[str, ...]:
-        self._check(config)
+        if config is not self._config:
+            self._check(config)
         key = (event_type, network_id)
         names = self._names.get(key)
         if names is None:
@@ -82,7 +85,8 @@ class ConfigCache:
         return names
 
     def policy(self, config: Config, network_id: str) -> NetworkPolicy:
-        self._check(config)
+        if config is not self._config:
+            self._check(config)
         policy = self._policies.get(network_id)
         if policy is None:
             if len(self._policies) >= self.LIMIT:
@@ -92,7 +96,8 @@ class ConfigCache:
 
     def ordering(self, config: Config, event_type: str, network_id: str) -> IngestOrder:
         """What the ingest does for "created" before "accepted" (gateway/ordering.py)."""
-        self._check(config)
+        if config is not self._config:
+            self._check(config)
         key = (event_type, network_id)
         order = self._orders.get(key)
         if order is None:

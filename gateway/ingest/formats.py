@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -103,6 +104,21 @@ class _JSONObject(list[tuple[str, object]]):
 _JSON_KINDS = {list: "an array", str: "a string or a number", bool: "true or false", type(None): "null"}
 # Built once: json.loads with any option builds a new decoder per call.
 _JSON = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str, object_pairs_hook=_JSONObject)
+_SCAN: Callable[[str, int], tuple[object, int]] = _JSON.scan_once  # type: ignore[attr-defined]
+_BLANK = re.compile(r"[ \t\n\r]*").match  # json.decoder.WHITESPACE (always a match)
+
+
+def _json_decode(text: str) -> object:
+    """`_JSON.decode(text)`, the same result and errors, without its two Python frames (decode,
+    raw_decode) around the C scanner: once per JSON callback."""
+    try:
+        obj, end = _SCAN(text, _BLANK(text, 0).end())  # type: ignore[union-attr]
+    except StopIteration as err:
+        raise json.JSONDecodeError("Expecting value", text, err.value) from None
+    end = _BLANK(text, end).end()  # type: ignore[union-attr]
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return obj
 
 
 def decode_json(data: bytes, charset: str | None = None) -> Pairs:
@@ -115,7 +131,7 @@ def decode_json(data: bytes, charset: str | None = None) -> Pairs:
         data = data[len(codecs.BOM_UTF8) :]
     text = _text(data, charset, "body")
     try:
-        obj = _JSON.decode(text)
+        obj = _json_decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidCallback(
             f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", field="body"
@@ -298,16 +314,20 @@ def decode_body(content_type: str | None, data: bytes) -> DecodedBody:
     )
 
 
+_BYTES_BLANK = " \t\n\r\x0b\x0c"  # what bytes.strip() strips
+
+
 def decode_query(query: bytes) -> Pairs:
     """The query string, decoded like a form body (a literal `+` stays `+`)."""
     if not query:
         return []
     if b"%" not in query and query.isascii():
-        # The usual callback: nothing escaped, so nothing to unquote, and ASCII is valid UTF-8.
+        # The usual callback: nothing escaped, so nothing to unquote, and ASCII is valid UTF-8:
+        # decoded once, split as text (the blanks bytes.strip strips, not str.strip's \x1c-\x1f).
         pairs: Pairs = []
-        for chunk in query.split(b"&"):
-            if chunk.strip():
-                name, _, value = chunk.partition(b"=")
-                pairs.append((name.strip().decode("ascii"), value.decode("ascii")))
+        for chunk in query.decode("ascii").split("&"):
+            if chunk.strip(_BYTES_BLANK):
+                name, _, value = chunk.partition("=")
+                pairs.append((name.strip(_BYTES_BLANK), value))
         return pairs
     return decode_urlencoded(query, "utf-8", what="query string")

@@ -248,37 +248,33 @@ class Inspector:
         """The entry of a callback the ingest takes, without its end (the ingest script adds the
         outcome): `IngestItem.entry`. Positional and without the fields (its path and body hold
         them): every taken callback's entry travels in the ingest script's arguments. "" (none
-        kept) should it fail: the inspector never costs a callback its answer."""
+        kept) should it fail: the inspector never costs a callback its answer. (One function, not
+        a guard around another: a call costs as much as a few of the lookups below.)"""
         try:
-            return Inspector._taken(callback, event, body, limited_status, test_id)
+            token = callback.presented  # presented_token(callback)
+            secrets = (token,) if token else ()
+            path = _PATHS.get(event.type, "/" + event.type) + ("/" + MASK if callback.token else "")
+            if callback.query:
+                path += "?" + mask_text(callback.query.decode("latin-1"), FORM, secrets, numbers=False)
+            content_type = callback.header(b"content-type")
+            text = mask_body(content_type, body, secrets=secrets, numbers=False) if body else ""
+            place = "path" if callback.token else token_place(callback) if token else None
+            client = event.client
+            extra = "null"
+            if test_id is not None or limited_status != 204:
+                extra = json.dumps({"test_id": test_id, "ls": limited_status})
+            entry = (
+                f"[{event.received_at_ms},{_enc(event.id)},{_enc(callback.method)},{_enc(path)},"
+                f"{'null' if content_type is None else _enc(content_type)},{_enc(text)},{len(body)},"
+                f"{'null' if place is None else _enc(place)},"
+                f"{'null' if client is None else _enc(client)},{extra}"
+            )
+            if token and token in entry:  # the last net: the token in the body's values, say
+                entry = entry.replace(token, MASK)
+            return entry
         except Exception:
             log.warning("callbacks inspector: no entry for %s", event.id, exc_info=True)
             return ""
-
-    @staticmethod
-    def _taken(
-        callback: Callback, event: InvitationEvent, body: bytes, limited_status: int, test_id: str | None
-    ) -> str:
-        token = presented_token(callback)
-        secrets = (token,) if token else ()
-        path = _PATHS.get(event.type, "/" + event.type) + ("/" + MASK if callback.token else "")
-        if callback.query:
-            path += "?" + mask_text(callback.query.decode("latin-1"), FORM, secrets, numbers=False)
-        content_type = callback.header(b"content-type")
-        text = mask_body(content_type, body, secrets=secrets, numbers=False) if body else ""
-        place = "path" if callback.token else token_place(callback) if token else None
-        client = event.client
-        extra = "null"
-        if test_id is not None or limited_status != 204:
-            extra = json.dumps({"test_id": test_id, "ls": limited_status})
-        entry = (
-            f"[{event.received_at_ms},{_enc(event.id)},{_enc(callback.method)},{_enc(path)},"
-            f"{'null' if content_type is None else _enc(content_type)},{_enc(text)},{len(body)},"
-            f"{'null' if place is None else _enc(place)},{'null' if client is None else _enc(client)},{extra}"
-        )
-        if token and token in entry:  # the last net: the token in the body's values, say
-            entry = entry.replace(token, MASK)
-        return entry
 
     def spooled(self, event: InvitationEvent, entry: str) -> None:
         """A taken callback Redis did not answer for (the spool has it): the writer's."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
-from urllib.parse import parse_qsl
 
 from gateway.config.targets import Config
 from gateway.exceptions import Forbidden, Unauthorized
@@ -92,17 +91,9 @@ class IngestAuth:
 
 
 def presented_token(callback: Callback) -> str | None:
-    if callback.token:
-        return callback.token
-    query = callback.query
-    if b"token=" in query:
-        for name, value in parse_qsl(query.decode("latin-1")):
-            if name == "token" and value:
-                return value
-    auth = callback.header(b"authorization")
-    if auth and auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return None
+    """The token the request presents: its path segment, else `?token=`, else the first
+    Authorization header's Bearer value (found when the Callback is made)."""
+    return callback.presented
 
 
 def _within(address: str | None, networks: Sequence[Network]) -> bool:

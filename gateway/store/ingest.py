@@ -258,7 +258,7 @@ def dedupe_key(event: InvitationEvent, event_type: str | None = None) -> str:
     `event_type`: the key of the same invitation's event of that type (an accepted event's created
     sibling, gateway/ordering.py; both, for an erasure).
     """
-    number = identity(event.invitee, event.invitee_e164)
+    number = (event.invitee_e164 or event.invitee).lstrip("+")  # identity(), inline: per callback
     raw = "\x00".join((event_type or event.type, event.network_id, event.invitor, number))
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
