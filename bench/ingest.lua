@@ -3,7 +3,7 @@
 --   wrk -t1 -c64 -d11s --latency -s bench/ingest.lua URL -- METHOD BASE SEND_S RATE [REPEAT [COUNT]]
 --
 -- METHOD   GET (fields in the query string) or POST (a JSON body).
--- BASE     the first invitee number; request n gets BASE + n. Identical callbacks are
+-- BASE     the first invitee number; request n gets +447 and BASE + n in 9 digits. Identical callbacks are
 --          deduplicated by the gateway, so every request must differ.
 -- SEND_S   seconds during which requests are sent, counted from the first connection. After
 --          that, delay() holds every connection, so what is in flight completes before wrk's
@@ -85,9 +85,12 @@ function request()
   if repeats > 0 then
     n = (made - 1) % repeats + 1
   end
-  local invitee = string.format("1555%09d", base + n)
+  -- International form, as an address book holds it (+44 7... a UK mobile: a possible number),
+  -- so each new invitation pays its E.164 parse as real traffic does; %2B in a query string.
+  local digits = string.format("447%09d", base + n)
+  local invitee = "+" .. digits
   if method == "GET" then
-    return wrk.format("GET", wrk.path .. "?invitee=" .. invitee .. "&invitor=" .. INVITOR
+    return wrk.format("GET", wrk.path .. "?invitee=%2B" .. digits .. "&invitor=" .. INVITOR
       .. "&network_id=" .. NETWORK)
   end
   local body = '{"invitee":"' .. invitee .. '","invitor":"' .. INVITOR .. '","network_id":"'

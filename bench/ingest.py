@@ -124,7 +124,7 @@ PACED_SHARE = 0.5  # of the saturation rate
 KEPT_UP = 0.95  # a paced run that achieved less than this share of its schedule fell behind
 METHODS = ("GET", "POST")
 NATIVE = ("uvloop", "httptools")  # must be loaded in every server process
-INVITEES_PER_RUN = 10_000_000  # invitee numbers of one wrk run: 1555 + 9 digits, so <= 100 runs
+INVITEES_PER_RUN = 10_000_000  # invitee numbers of one wrk run: +447 + 9 digits, so <= 100 runs
 INVITOR, NETWORK = "johnsnow", "mynetwork"  # as bench/ingest.lua sends them
 # --rows: the saturation rows (1 process), half saturation (needs sat: half of its rate), 2
 # processes, duplicates against new invitations.
@@ -480,7 +480,8 @@ def callback_request(port: int, method: str, invitee: str) -> tuple[str, bytes |
     """The URL, body and headers of the callback bench/ingest.lua sends for `invitee`."""
     url = f"http://{HOST}:{port}{PATH}"
     if method == "GET":
-        return f"{url}?invitee={invitee}&invitor={INVITOR}&network_id={NETWORK}", None, {}
+        query = invitee.replace("+", "%2B")
+        return f"{url}?invitee={query}&invitor={INVITOR}&network_id={NETWORK}", None, {}
     body = f'{{"invitee":"{invitee}","invitor":"{INVITOR}","network_id":"{NETWORK}"}}'.encode()
     return url, body, {"Content-Type": "application/json"}
 
@@ -489,7 +490,7 @@ def prime(server: ServerTree, method: str, base: int, keys: int) -> None:
     """Send the `keys` invitations a duplicates run repeats (bench/ingest.lua's REPEAT) once each,
     one after another, so that every request of the run is a duplicate of a stored one."""
     for n in range(1, keys + 1):
-        url, body, headers = callback_request(server.port, method, f"1555{base + n:09d}")
+        url, body, headers = callback_request(server.port, method, f"+447{base + n:09d}")
         status, answer = http_request(url, method, body, headers)
         if status != 204:
             raise RuntimeError(f"priming {server.name}: {method} answered {status}: {answer[:200]!r}")
