@@ -105,10 +105,10 @@ class Phase:
 
 def request_bytes(port: int, method: str, invitee: int) -> bytes:
     """What wrk.format sends for bench/ingest.lua's request (Host first, Content-Length added)."""
-    number = f"1555{invitee:09d}"
+    number = f"+447{invitee:09d}"  # as bench/ingest.lua's: international, so parsed into E.164
     host = f"Host: {HOST}:{port}\r\n"
     if method == "GET":
-        query = f"invitee={number}&invitor={INVITOR}&network_id={NETWORK}"
+        query = f"invitee=%2B{number[1:]}&invitor={INVITOR}&network_id={NETWORK}"
         return f"GET {PATH}?{query} HTTP/1.1\r\n{host}\r\n".encode()
     body = f'{{"invitee":"{number}","invitor":"{INVITOR}","network_id":"{NETWORK}"}}'
     return (
