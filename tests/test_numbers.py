@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from phonenumbers import PhoneNumber
 
 from gateway import numbers
 from gateway.numbers import canonical, country_code, e164, identity
@@ -76,3 +80,68 @@ def test_country_code() -> None:
     assert country_code("447700900123") == "44"
     assert country_code("882161234567") == "882"
     assert country_code("0123") is None
+
+
+# -- +digits made without the parse (numbers._plain_international) --------------------------------
+
+_CODES = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+
+
+def _parsed(digits: str) -> tuple[PhoneNumber | None, str | None]:
+    """What phonenumbers.parse makes of `+digits`, and its E.164 form when it is possible."""
+    try:
+        parsed = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException:
+        return None, None
+    if not phonenumbers.is_possible_number(parsed):
+        return parsed, None
+    return parsed, phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _same_as_the_parse(digits: str) -> bool:
+    """The shortcut's number is the parse's, field for field, with the same E.164 answer (or it
+    leaves the number to the parse). True when the shortcut took it."""
+    plain = numbers._plain_international(digits)
+    if plain is None:
+        return False
+    parsed, expected = _parsed(digits)
+    assert parsed == plain, digits
+    possible = phonenumbers.is_possible_number(plain)
+    assert (
+        phonenumbers.format_number(plain, phonenumbers.PhoneNumberFormat.E164) if possible else None
+    ) == expected
+    return True
+
+
+def test_international_numbers_made_without_the_parse_are_the_parses_for_every_calling_code() -> None:
+    taken = 0
+    for code in _CODES:
+        for national in (
+            "5",
+            "12",
+            "0",
+            "00",
+            "01",
+            "001",
+            "0123456789",
+            "1234567",
+            "7700900123",
+            "15550100",
+            "9" * 12,
+            "0" * 5,
+            "3" * 17,
+            "2" * 18,
+            "0612345678",
+            "5550100009",
+        ):
+            taken += _same_as_the_parse(f"{code}{national}")
+    assert taken > len(_CODES) * 5  # the shortcut takes most of them (else it saves nothing)
+    assert e164("+447700900123") == "+447700900123" and e164("+4407700900123") == "+447700900123"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.sampled_from(_CODES), st.text("0123456789", max_size=18), st.sampled_from(["", "0", "00"]))
+def test_any_international_number_made_without_the_parse_is_the_parses(
+    code: int, rest: str, zeros: str
+) -> None:
+    _same_as_the_parse(f"{code}{zeros}{rest}")
