@@ -28,12 +28,8 @@ class DeadLetter:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "delivery_id": self.delivery_id,
+            **_delivery_of(self.delivery_id, self.target, self.event),
             "failed_at": iso_ms(self.failed_at_ms),
-            "target": self.target,
-            "network": self.event.network_id,
-            "event": self.event.type,
-            "event_id": self.event.id,
             "status": str(self.delivery.status),
             "attempts": self.delivery.attempts,
             "replays": self.delivery.replays,
@@ -54,16 +50,23 @@ class Suppressed:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "delivery_id": self.delivery_id,
+            **_delivery_of(self.delivery_id, self.target, self.event),
             "received_at": iso_ms(self.received_ms),
-            "target": self.target,
-            "network": self.event.network_id,
-            "event": self.event.type,
-            "event_id": self.event.id,
             "reason": self.delivery.waiting,
             "kind": self.delivery.suppressed_by,
             "replays": self.delivery.replays,
         }
+
+
+def _delivery_of(delivery_id: str, target: str, event: InvitationEvent) -> dict[str, Any]:
+    """What names a delivery in a list of them: itself, its target, its event's network, type and id."""
+    return {
+        "delivery_id": delivery_id,
+        "target": target,
+        "network": event.network_id,
+        "event": event.type,
+        "event_id": event.id,
+    }
 
 
 def event_json(event: InvitationEvent) -> dict[str, Any]:
