@@ -6,7 +6,7 @@ import codecs
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.events import DEFAULT_ALIAS_TABLE, NOT_TEXT, make_event, pick_fields
@@ -498,16 +498,29 @@ def test_duplicate_json_field_with_two_values_is_refused() -> None:
         pick_fields(pairs, DEFAULT_ALIAS_TABLE)
 
 
+@settings(max_examples=500)
 @given(
-    st.binary(max_size=80) | st.text(alphabet=st.characters(max_codepoint=127), max_size=80).map(str.encode)
+    st.binary(max_size=80)
+    | st.text(alphabet=st.characters(max_codepoint=127), max_size=80).map(str.encode)
+    # escapes: the E.164 `%2B`, any hex pair (UTF-8 or not), cut ones, in names and values
+    | st.lists(
+        st.sampled_from(
+            ["%2B", "%2b", "%", "%C3", "%A9", "%C3%A9", "%zz", "%4", "=", "&", " ", "\t", "+", "a", "7"]
+        ),
+        max_size=20,
+    ).map(lambda parts: "".join(parts).encode())
 )
+@example(b"invitee=%2B447700900123 &invitor=j%20s&network_id=n")
+@example(b"invitee=%2B%2B1&%2Bname=%2b1\t&x=%C3%A9&y=%2B%C3")
 def test_decode_query_fast_path_decodes_as_the_general_one(raw: bytes) -> None:
-    # Plain ASCII without `%` takes a shortcut: it must give what decode_urlencoded gives.
+    # ASCII takes a shortcut (decoded once, a part unquoted only with a `%`, a lone leading
+    # `%2B` as a slice): it must give what decode_urlencoded gives, errors included.
     try:
         expected = decode_urlencoded(raw, "utf-8", what="query string")
-    except InvalidCallback:
-        with pytest.raises(InvalidCallback):
+    except InvalidCallback as exc:
+        with pytest.raises(InvalidCallback) as caught:
             decode_query(raw)
+        assert (caught.value.detail, caught.value.field) == (exc.detail, exc.field)
         return
     assert decode_query(raw) == expected
 

@@ -321,13 +321,30 @@ def decode_query(query: bytes) -> Pairs:
     """The query string, decoded like a form body (a literal `+` stays `+`)."""
     if not query:
         return []
-    if b"%" not in query and query.isascii():
-        # The usual callback: nothing escaped, so nothing to unquote, and ASCII is valid UTF-8:
-        # decoded once, split as text (the blanks bytes.strip strips, not str.strip's \x1c-\x1f).
+    if query.isascii():
+        # The usual callback: ASCII, valid UTF-8 as it is, so decoded once and split as text (the
+        # blanks bytes.strip strips, not str.strip's \x1c-\x1f); only a part with a `%` is
+        # unquoted (the `+` of an E.164 invitee, `%2B...`, as a slice).
         pairs: Pairs = []
         for chunk in query.decode("ascii").split("&"):
             if chunk.strip(_BYTES_BLANK):
                 name, _, value = chunk.partition("=")
-                pairs.append((name.strip(_BYTES_BLANK), value))
+                name = name.strip(_BYTES_BLANK)
+                if "%" in name:
+                    name = _unquote_query(name)
+                if "%" in value:
+                    if value[:3] == "%2B" and "%" not in value[3:]:
+                        value = "+" + value[3:]
+                    else:
+                        value = _unquote_query(value)
+                pairs.append((name, value))
         return pairs
     return decode_urlencoded(query, "utf-8", what="query string")
+
+
+def _unquote_query(part: str) -> str:
+    """An ASCII part of a query string with a `%`, as decode_urlencoded decodes it."""
+    try:
+        return unquote_to_bytes(part).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidCallback("query string is not valid utf-8", field="query string") from None
