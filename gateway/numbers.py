@@ -63,6 +63,22 @@ def _national_prefix(code: int) -> Any:
     return found
 
 
+def _plain_split(digits: str) -> tuple[int, str] | None:
+    """(country calling code, national digits) of `+digits` where phonenumbers.parse would only
+    split them (`_plain_international`), else None."""
+    code = country_code(digits)
+    if code is None:
+        return None
+    national = digits[len(code) :]
+    if not 2 <= len(national) <= 17:  # parse's bounds on a national number: its errors
+        return None
+    calling = int(code)
+    prefix = _national_prefix(calling)
+    if prefix is _NO_METADATA or (prefix is not None and prefix.match(national)):
+        return None
+    return calling, national
+
+
 def _plain_international(digits: str) -> PhoneNumber | None:
     """`+digits` as phonenumbers.parse reads it, made without the parse (its regexes are most of
     a callback's cost), or None where the parse may do more than split the digits.
@@ -73,16 +89,11 @@ def _plain_international(digits: str) -> PhoneNumber | None:
     when no national prefix is there by the same metadata; everything else goes to the parse.
     tests/test_numbers.py holds the two to the same answers over every calling code.
     """
-    code = country_code(digits)
-    if code is None:
+    split = _plain_split(digits)
+    if split is None:
         return None
-    national = digits[len(code) :]
-    if not 2 <= len(national) <= 17:  # parse's bounds on a national number: its errors
-        return None
-    prefix = _national_prefix(int(code))
-    if prefix is _NO_METADATA or (prefix is not None and prefix.match(national)):
-        return None
-    number = PhoneNumber(country_code=int(code), national_number=int(national))
+    calling, national = split
+    number = PhoneNumber(country_code=calling, national_number=int(national))
     if national[0] == "0":
         number.italian_leading_zero = True
         zeros = len(national) - len(national.lstrip("0"))
@@ -92,13 +103,34 @@ def _plain_international(digits: str) -> PhoneNumber | None:
     return number
 
 
+# (country calling code, length of the national number) -> whether phonenumbers calls such a
+# `_plain_international` number possible: its answer depends on nothing else (the metadata's
+# possible lengths for the code; `_test_number_length`), so it is asked once per pair (bounded:
+# a few hundred codes, lengths 2 to 17).
+_possible: dict[tuple[int, int], bool] = {}
+
+
+def _plain_e164(digits: str) -> str | None:
+    """`+digits` in E.164 (None: not a possible number) where `_plain_international` takes it,
+    without building the number: its national significant number is the national digits as they
+    came (leading zeros kept), so E.164 is `+digits` itself. "": not such a number (the parse's)."""
+    split = _plain_split(digits)
+    if split is None:
+        return ""
+    calling, national = split
+    key = (calling, len(national))
+    possible = _possible.get(key)
+    if possible is None:
+        plain = _plain_international(digits)
+        possible = _possible[key] = plain is not None and phonenumbers.is_possible_number(plain)
+    return "+" + digits if possible else None
+
+
 def _read(number: str, region: str | None) -> str | None:
     if region is None and number[:1] == "+" and number[1:].isascii() and number[1:].isdigit():
-        plain = _plain_international(number[1:])
-        if plain is not None:
-            if not phonenumbers.is_possible_number(plain):
-                return None
-            return phonenumbers.format_number(plain, _E164)
+        plain = _plain_e164(number[1:])
+        if plain != "":
+            return plain
     try:
         parsed = phonenumbers.parse(number, region)
     except NumberParseException:

@@ -99,6 +99,12 @@ def _parsed(digits: str) -> tuple[PhoneNumber | None, str | None]:
 
 
 def _same_as_the_parse(digits: str) -> bool:
+    # The E.164 answer of the path a callback takes (without building the number) is the parse's.
+    assert numbers._read("+" + digits, None) == _parsed(digits)[1], digits
+    return _plain_is_the_parses(digits)
+
+
+def _plain_is_the_parses(digits: str) -> bool:
     """The shortcut's number is the parse's, field for field, with the same E.164 answer (or it
     leaves the number to the parse). True when the shortcut took it."""
     plain = numbers._plain_international(digits)
