@@ -44,6 +44,7 @@ _COUNTRY_CODES = frozenset(str(code) for code in phonenumbers.COUNTRY_CODE_TO_RE
 
 
 _NO_METADATA: Any = object()
+_UNSEEN: Any = object()  # not looked up yet
 # Country calling code -> its national prefix pattern for parsing (None: the country has none), as
 # phonenumbers' metadata gives it; filled as codes are met (the metadata loads lazily).
 _national_prefixes: dict[int, Any] = {}
@@ -65,15 +66,24 @@ def _national_prefix(code: int) -> Any:
 
 def _plain_split(digits: str) -> tuple[int, str] | None:
     """(country calling code, national digits) of `+digits` where phonenumbers.parse would only
-    split them (`_plain_international`), else None."""
-    code = country_code(digits)
-    if code is None:
+    split them (`_plain_international`), else None. (`country_code` and `_national_prefix`
+    inline: once per new international number.)"""
+    codes = _COUNTRY_CODES
+    if digits[:1] in codes:
+        size = 1
+    elif digits[:2] in codes:
+        size = 2
+    elif digits[:3] in codes:
+        size = 3
+    else:
         return None
-    national = digits[len(code) :]
+    national = digits[size:]
     if not 2 <= len(national) <= 17:  # parse's bounds on a national number: its errors
         return None
-    calling = int(code)
-    prefix = _national_prefix(calling)
+    calling = int(digits[:size])
+    prefix = _national_prefixes.get(calling, _UNSEEN)
+    if prefix is _UNSEEN:
+        prefix = _national_prefix(calling)
     if prefix is _NO_METADATA or (prefix is not None and prefix.match(national)):
         return None
     return calling, national
@@ -131,6 +141,11 @@ def _read(number: str, region: str | None) -> str | None:
         plain = _plain_e164(number[1:])
         if plain != "":
             return plain
+    return _parse(number, region)
+
+
+def _parse(number: str, region: str | None) -> str | None:
+    """`number` in E.164 through phonenumbers.parse (None: it cannot be read, or is impossible)."""
     try:
         parsed = phonenumbers.parse(number, region)
     except NumberParseException:
@@ -147,7 +162,12 @@ def e164(number: str, region: str | None = None) -> str | None:
     `region`: where a number without `+` was dialled (the network's `default_region`).
     """
     if number[:1] == "+":
-        return _read(number, None)
+        digits = number[1:]  # `_read(number, None)`, its shortcut inline: the usual new number
+        if digits.isascii() and digits.isdigit():
+            plain = _plain_e164(digits)
+            if plain != "":
+                return plain
+        return _parse(number, None)
     if region is not None:
         found = _read(number, region)
         if found is None and number[:2] == "00":

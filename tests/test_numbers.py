@@ -100,7 +100,9 @@ def _parsed(digits: str) -> tuple[PhoneNumber | None, str | None]:
 
 def _same_as_the_parse(digits: str) -> bool:
     # The E.164 answer of the path a callback takes (without building the number) is the parse's.
-    assert numbers._read("+" + digits, None) == _parsed(digits)[1], digits
+    expected = _parsed(digits)[1]
+    assert numbers._read("+" + digits, None) == expected, digits
+    assert numbers.e164.__wrapped__("+" + digits) == expected, digits  # its own copy, uncached
     return _plain_is_the_parses(digits)
 
 
