@@ -270,9 +270,21 @@ def make_event(
     for field in FIELDS:
         if field not in fields:
             raise InvalidCallback(f"{field} is missing", field=field)
-    invitee, invitee_raw = normalize_invitee(fields["invitee"])
-    invitor = _check_text("invitor", fields["invitor"])
-    network_id = _check_text("network_id", fields["network_id"])
+    # The usual fields inline (what normalize_invitee and _check_text answer for them: a number
+    # of digits alone, printable ASCII text); anything else through them, in the same order.
+    value = fields["invitee"]
+    raw = value.strip()
+    number = raw[1:] if raw[:1] == "+" else raw
+    if value[:1] != " " and 3 <= len(number) <= 20 and number.isascii() and number.isdigit():
+        invitee = invitee_raw = raw
+    else:
+        invitee, invitee_raw = normalize_invitee(value)
+    invitor = fields["invitor"].strip()
+    if not (0 < len(invitor) <= MAX_FIELD_LENGTH and invitor.isascii() and invitor.isprintable()):
+        invitor = _check_text("invitor", fields["invitor"])
+    network_id = fields["network_id"].strip()
+    if not (0 < len(network_id) <= MAX_FIELD_LENGTH and network_id.isascii() and network_id.isprintable()):
+        network_id = _check_text("network_id", fields["network_id"])
     ts = time.time() if now is None else now
     ms = int(ts * 1000)
     event_id = new_ulid(ms)

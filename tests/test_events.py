@@ -7,7 +7,7 @@ import json
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from ulid import ULID
 
@@ -488,3 +488,56 @@ def test_the_digits_only_shortcut_answers_as_the_regexes(value: str) -> None:
         assert isinstance(got, str) and "phone number" in got
     else:
         assert got == want
+
+
+_FIELD_TEXT = st.one_of(
+    st.text(alphabet=st.sampled_from("+0123456789٣² .-()a\t\x00\x1f\u00e9\ufdd0"), max_size=24),
+    st.text(max_size=140),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "+",
+            "  +447700900123",
+            " 447700900123",
+            "x" * 128,
+            "x" * 129,
+            " x" * 70,
+            "a\x00b",
+            "a\x7fb",
+        ]
+    ),
+)
+_NUMBER = st.from_regex(r"\A\+?[0-9]{1,22}\Z")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_NUMBER | _FIELD_TEXT, _FIELD_TEXT, _FIELD_TEXT)
+@example("1" * 21, "j", "n")
+@example("+" + "1" * 21, "j", "n")
+@example("+12", "j", "n")
+@example("1" * 20, "j\x00", "n")
+def test_make_event_checks_fields_as_normalize_invitee_and_check_text(
+    invitee: str, invitor: str, network_id: str
+) -> None:
+    # make_event takes the usual fields inline: the same answer and the same first error as the
+    # functions it stands in for, in their order.
+    try:
+        expected = (
+            *normalize_invitee(invitee),
+            _check_text("invitor", invitor),
+            _check_text("network_id", network_id),
+        )
+    except InvalidCallback as exc:
+        with pytest.raises(InvalidCallback) as caught:
+            make_event(
+                {"invitee": invitee, "invitor": invitor, "network_id": network_id},
+                INVITATION_CREATED,
+                "query",
+            )
+        assert (caught.value.detail, caught.value.field) == (exc.detail, exc.field)
+        return
+    event = make_event(
+        {"invitee": invitee, "invitor": invitor, "network_id": network_id}, INVITATION_CREATED, "query"
+    )
+    assert (event.invitee, event.invitee_raw, event.invitor, event.network_id) == expected
