@@ -181,7 +181,7 @@ class Ingest:
             if self.metrics is not None:
                 self.metrics.rejected(event_type, "unknown", exc.status_code, perf_counter() - started)
             if not isinstance(exc, StoreUnavailable):
-                content_type = callback.header(b"content-type")
+                content_type = callback.content_type
                 token = presented_token(callback)
                 log.warning(
                     "rejected %s from %s: %s; content-type=%r body=%r",
@@ -228,7 +228,7 @@ class Ingest:
         query = decode_query(callback.query)
         if callback.method == "POST":
             try:
-                decoded = decode_body(callback.header(b"content-type"), body)
+                decoded = decode_body(callback.content_type, body)
             except CallbackError:
                 _refuse_encoding(callback)
                 raise
@@ -267,7 +267,7 @@ async def read_capped(callback: Callback, limit: int) -> bytes:
     Straight from the ASGI messages (what `Request.stream` does, without its generator): one
     await for the usual one-message body.
     """
-    declared = callback.header(b"content-length")
+    declared = callback.content_length
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes", "body")
     chunks: list[bytes] = []

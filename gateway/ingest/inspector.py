@@ -256,7 +256,7 @@ class Inspector:
             path = _PATHS.get(event.type, "/" + event.type) + ("/" + MASK if callback.token else "")
             if callback.query:
                 path += "?" + mask_text(callback.query.decode("latin-1"), FORM, secrets, numbers=False)
-            content_type = callback.header(b"content-type")
+            content_type = callback.content_type
             text = mask_body(content_type, body, secrets=secrets, numbers=False) if body else ""
             place = "path" if callback.token else token_place(callback) if token else None
             client = event.client
@@ -302,7 +302,7 @@ class Inspector:
         try:
             if isinstance(exc, Unauthorized) and callback.method == "POST" and not body:
                 body = await read_head(callback, BODY_LIMIT + 64)  # refused before its body was read
-            fields, names = read_fields(callback.query, callback.header(b"content-type"), body, aliases)
+            fields, names = read_fields(callback.query, callback.content_type, body, aliases)
             if event is not None:  # refused after it was read (403): the fields as the ingest read them
                 fields = {
                     "invitee": event.invitee_raw,
@@ -361,8 +361,8 @@ def _rejected_entry(
     path = _PATHS.get(event_type, "/" + event_type) + ("/" + MASK if callback.token else "")
     if callback.query:
         path += "?" + mask_text(callback.query.decode("latin-1"), FORM, secrets, numbers=numbers)
-    content_type = callback.header(b"content-type")
-    declared = callback.header(b"content-length")
+    content_type = callback.content_type
+    declared = callback.content_length
     extra: dict[str, Any] = {
         "status": exc.status_code,
         "field": exc.field,
