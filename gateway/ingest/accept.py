@@ -49,6 +49,7 @@ from gateway.store.ingest import (
     AcceptStatus,
     IngestHead,
     IngestItem,
+    ItemKind,
     dedupe_key,
     ingest,
 )
@@ -294,15 +295,20 @@ class Accepter:
             order = orders.get(key)
             if order is None:
                 order = orders[key] = ordering(ev)
+            # IngestItem.new, without its call (per callback)
             batch.append(
-                IngestItem.new(
-                    ev,
+                IngestItem(
+                    ItemKind.NEW,
+                    ev.id,
+                    ev.to_json(),
+                    ev.network_id,
+                    ev.received_at_ms,
                     t,
                     dedupe_key(ev),
                     limits(ev, now),
-                    entry=note,
-                    dedupe_ttl_ms=order.dedupe_ttl_ms,
-                    created_key=dedupe_key(ev, INVITATION_CREATED) if order.link else "",
+                    note,
+                    order.dedupe_ttl_ms,
+                    dedupe_key(ev, INVITATION_CREATED) if order.link else "",
                 )
             )
         answer = await ingest(self.client, head, batch)

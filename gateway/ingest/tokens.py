@@ -71,8 +71,8 @@ class IngestAuth:
         """
         if opens is not None and "*" not in opens and network_id not in opens:
             raise Forbidden("the token is not valid for this network", field="token")
-        allow = policy.networks()
-        if allow and not _within(client, allow):
+        # (No allowlist, the usual network: not even the call that would say so.)
+        if policy.allow_from and not _within(client, policy.networks()):
             raise Forbidden("calls for this network are not allowed from this address", field="client")
 
     def client_address(self, callback: Callback) -> str | None:
