@@ -102,10 +102,14 @@ class InvitationEvent:
         (a test checks it), in a tenth of the time.
         """
         client, message, e164, created_id = self.client, self.message, self.invitee_e164, self.created_id
+        # The invitee's three forms are the same text for the usual number: encoded once.
+        invitee = self.invitee
+        number = _enc(invitee)
+        raw = number if self.invitee_raw == invitee else _enc(self.invitee_raw)
         text = (
-            f'{{"id":{_enc(self.id)},"type":{_enc(self.type)},"invitee":{_enc(self.invitee)},'
-            f'"invitee_raw":{_enc(self.invitee_raw)},'
-            f'"invitee_e164":{"null" if e164 is None else _enc(e164)},"invitor":{_enc(self.invitor)},'
+            f'{{"id":{_enc(self.id)},"type":{_enc(self.type)},"invitee":{number},"invitee_raw":{raw},'
+            f'"invitee_e164":{"null" if e164 is None else number if e164 == invitee else _enc(e164)},'
+            f'"invitor":{_enc(self.invitor)},'
             f'"network_id":{_enc(self.network_id)},"received_at":{_enc(self.received_at)},'
             f'"received_at_ms":{int(self.received_at_ms)},"source_format":{_enc(self.source_format)},'
             f'"client":{"null" if client is None else _enc(client)}'

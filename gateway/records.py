@@ -47,13 +47,17 @@ def split_delivery_id(did: str) -> tuple[str, str]:
 _second: tuple[int, str] = (-1, "")
 
 
+# ".000Z" to ".999Z": a lookup per event, not a formatting.
+_MS_SUFFIXES = tuple(f".{frac:03d}Z" for frac in range(1000))
+
+
 def iso_ms(ms: int) -> str:
     """2026-11-26T02:05:13.806Z (UTC); the part up to the second is computed once per second."""
     global _second
     s, frac = divmod(int(ms), 1000)
     if _second[0] != s:
         _second = (s, datetime.fromtimestamp(s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{_second[1]}.{frac:03d}Z"
+    return _second[1] + _MS_SUFFIXES[frac]
 
 
 @dataclass(frozen=True, slots=True)

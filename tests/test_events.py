@@ -425,15 +425,19 @@ def test_new_ulids_of_one_millisecond_sort_in_the_order_made() -> None:
     st.one_of(st.none(), st.text(max_size=60)),
     st.one_of(st.none(), st.text(max_size=20)),
 )
+@example("j", "n", None, None, "+15551231234")
+@example("j", "n", None, None, '+1"\\')
 def test_to_json_is_the_compact_json_of_to_dict(
     invitor: str, network: str, client: str | None, message: str | None, e164: str | None
 ) -> None:
-    # Built by hand (once per callback, on the hot path): the text json.dumps would make.
+    # Built by hand (once per callback, on the hot path): the text json.dumps would make; the
+    # invitee's forms encoded once when they are the same text (the usual number).
+    invitee = e164 if e164 else "+15551231234"
     event = InvitationEvent(
         "01HF0000000000000000000000",
         INVITATION_CREATED,
-        "+15551231234",
-        "+1 555 123 1234",
+        invitee,
+        invitee if len(invitee) % 2 else "+1 555 123 1234",
         invitor,
         network,
         "2023-11-14T22:13:20.123Z",
@@ -541,3 +545,15 @@ def test_make_event_checks_fields_as_normalize_invitee_and_check_text(
         {"invitee": invitee, "invitor": invitor, "network_id": network_id}, INVITATION_CREATED, "query"
     )
     assert (event.invitee, event.invitee_raw, event.invitor, event.network_id) == expected
+
+
+@given(st.integers(min_value=0, max_value=253_402_300_799_999))  # to 9999-12-31T23:59:59.999Z
+def test_iso_ms_is_the_isoformat_in_milliseconds(ms: int) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.records import iso_ms
+
+    expected = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)).isoformat(
+        timespec="milliseconds"
+    )
+    assert iso_ms(ms) == expected.replace("+00:00", "Z")
