@@ -36,8 +36,11 @@ GZIP_MAGIC = b"\x1f\x8b"
 XML_TYPES = frozenset({"application/xml", "text/xml"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DecodedBody:
+    """Treat it as immutable: not frozen only because one is made per POST (a frozen dataclass'
+    `__init__` sets each field through `object.__setattr__`)."""
+
     pairs: Pairs
     source_format: str
 
@@ -56,6 +59,14 @@ def _content_type(header: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     media, options = parse_options_header(header)
     params = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in options.items())
     return media.decode("latin-1").strip().lower(), params
+
+
+@lru_cache(maxsize=256)
+def _media(header: str) -> tuple[str, str | None]:
+    """(media type, charset parameter or None) of a Content-Type header (`parse_content_type`'s,
+    without a dictionary per callback)."""
+    media, params = _content_type(header)
+    return media, dict(params).get("charset")
 
 
 @lru_cache(maxsize=64)
@@ -281,9 +292,10 @@ def _looks_like_form(data: bytes) -> bool:
 
 def decode_body(content_type: str | None, data: bytes) -> DecodedBody:
     """Decode a POST body whatever its label says; an empty body yields no pairs."""
-    if not data.strip():
+    first = data[:1]  # b"{": the usual JSON body, not blank, and sniffed as JSON below
+    if first != b"{" and not data.strip():
         return DecodedBody([], "query")
-    media, params = parse_content_type(content_type)
+    media, charset = _media(content_type) if content_type else ("", None)
     if data.startswith(GZIP_MAGIC):
         raise UnsupportedBody(
             "body is gzip-compressed: Content-Encoding is not supported, send the body uncompressed",
@@ -296,10 +308,9 @@ def decode_body(content_type: str | None, data: bytes) -> DecodedBody:
             "multipart/form-data, application/json or application/xml",
             field="Content-Type",
         )
-    charset = params.get("charset")
-    sniffed = sniff(data)
+    sniffed = "json" if first == b"{" else sniff(data)
     if media == MULTIPART and sniffed is None:
-        return DecodedBody(decode_multipart(data, params), "multipart")
+        return DecodedBody(decode_multipart(data, parse_content_type(content_type)[1]), "multipart")
     if sniffed == "json":
         return DecodedBody(decode_json(data, charset), "json")
     if sniffed == "xml":
