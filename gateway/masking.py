@@ -215,7 +215,16 @@ def _may_name_secret(text: str, kind: str) -> bool:
         return True
     if "multipart/" in kind or "content-disposition" in low:
         return True  # a part named `to-ken` is secret with no fragment in sight
-    return "%" in text and _PCT_NAME.search(text) is not None
+    return "%" in text and _pct_name(text)
+
+
+def _pct_name(text: str) -> bool:
+    """`_PCT_NAME.search(text) is not None`; without the search (1.4 µs over the usual query) when
+    every `%` follows a `=` (the E.164 `+` as `%2B` in a value): the regex's name starts after a
+    separator (`&`, `;`, a blank) or at the start and holds no `=`, so such a `%` is in none."""
+    if text.count("%") == text.count("=%"):
+        return False
+    return _PCT_NAME.search(text) is not None
 
 
 def _sub(pattern: re.Pattern[str], text: str, fn: Callable[[re.Match[str], str], str | None]) -> str:
