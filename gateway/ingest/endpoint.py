@@ -136,10 +136,16 @@ class Ingest:
         event: InvitationEvent | None = None
         client: str | None = None
         test_id: str | None = None
+        auth = self.auth
         try:
-            client = self.auth.client_address(callback)
+            # (The usual callback inline: no trusted proxy to look behind, an open ingest and no
+            # token presented: what client_address and networks_of would answer, without them.)
+            client = callback.peer if not auth.trusted else auth.client_address(callback)
             try:
-                opens = self.auth.networks_of(callback, live.version, live.current)
+                if auth.open and callback.presented is None:
+                    opens = None
+                else:
+                    opens = auth.networks_of(callback, live.version, live.current)
             except Unauthorized:
                 # [inspector] The one-time token of a "send test callback" (Redis only for a
                 # token with its prefix).
@@ -162,7 +168,9 @@ class Ingest:
                 event = self.parse(callback, event_type, body, live.aliases, client)
             cache = self.cache
             try:
-                self.auth.check(opens, event.network_id, client, cache.policy(live.current, event.network_id))
+                policy = cache.policy(live.current, event.network_id)
+                if opens is not None or policy.allow_from:  # (else check has nothing to refuse)
+                    auth.check(opens, event.network_id, client, policy)
             except Forbidden:
                 # A network or an address given to this caller a moment ago: likewise.
                 if test_id is not None or not await self.refresh_config():
@@ -219,7 +227,12 @@ class Ingest:
 
     def region_of(self, network_id: str) -> str | None:
         """The network's default region, completing national numbers (gateway/numbers.py)."""
-        return self.cache.policy(self.live.current, network_id).default_region
+        cache, config = self.cache, self.live.current
+        # cache.policy's lookup inline (once per callback): its call would cost as much
+        policy = cache._policies.get(network_id) if config is cache._config else None
+        if policy is None:
+            policy = cache.policy(config, network_id)
+        return policy.default_region
 
     def parse(
         self, callback: Callback, event_type: str, body: bytes, aliases: Mapping[str, str], client: str | None

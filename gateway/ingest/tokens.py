@@ -45,7 +45,7 @@ class IngestAuth:
 
     def networks_of(self, callback: Callback, version: int, config: Config) -> set[str] | None:
         """The networks the request's token opens (None: the ingest is open). Raises Unauthorized."""
-        token = presented_token(callback)
+        token = callback.presented  # presented_token(callback)
         if self.open and token is None:
             return None
         if token is None:
