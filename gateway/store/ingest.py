@@ -225,14 +225,19 @@ class IngestAnswer:
     holds: list[Hold]
 
 
+# The usual answers as the script's reply holds them (bytes, or text from a decoding client):
+# looked up before `text` and `parse_status`, two calls per item.
+_PLAIN_REPLIES: dict[Any, AcceptResult] = {**_PLAIN, **{k.encode(): v for k, v in _PLAIN.items()}}
+
+
 def decode(raw: Sequence[Any], items: int) -> IngestAnswer:
     """The script's answer: [version, woke, status per item, then "held:NETWORK:REASON"s]."""
-    answers = [text(v) for v in raw[2:]]
+    plain = _PLAIN_REPLIES
     return IngestAnswer(
         int(raw[0]),
         bool(int(raw[1])),
-        [parse_status(a) for a in answers[:items]],
-        [Hold.parse(a) for a in answers[items:]],
+        [plain.get(v) or parse_status(text(v)) for v in raw[2 : 2 + items]],
+        [Hold.parse(text(v)) for v in raw[2 + items :]],
     )
 
 

@@ -321,3 +321,17 @@ def test_an_alert_is_an_event_the_ingest_script_stores_and_the_wake_flag_stays_i
     assert redis.zscore("pfx:events", alert.id) == alert.received_at_ms
     assert not redis.exists("pfx:wake")
     assert queue.set_wake()  # so the CLI's and the API's `_wake` still queue a drain job
+
+
+@pytest.mark.parametrize("as_bytes", [True, False])
+def test_decode_reads_every_status_as_parse_status_does(as_bytes: bool) -> None:
+    # The usual statuses are looked up as the reply holds them, the others parsed: the same results.
+    from gateway.store.ingest import Hold, decode, parse_status
+
+    answers = ["accepted", "exists", "duplicate:01AB", "duplicate:", "suppressed:limit:too many", "accepted"]
+    held = ["held:net:why: so"]
+    raw: list[object] = [b"7", b"1", *((a.encode() if as_bytes else a) for a in answers + held)]
+    answer = decode(raw, len(answers))
+    assert answer.version == 7 and answer.woke is True
+    assert answer.results == [parse_status(a) for a in answers]
+    assert answer.holds == [Hold.parse(h) for h in held]
