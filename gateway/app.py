@@ -446,7 +446,12 @@ class IngestFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "POST"):
-            event_type, token = _ingest_path(scope["path"])
+            path = scope["path"]
+            # /invitation_created itself (the usual callback) without _ingest_path's call
+            event_type = _EVENT_PATHS.get(path)
+            token = None
+            if event_type is None:
+                event_type, token = _ingest_path(path)
             if event_type is not None:
                 try:
                     await self.ingest.take(Callback(scope, receive, token), event_type)
