@@ -49,9 +49,9 @@ from gateway.store.ingest import (
     AcceptStatus,
     IngestHead,
     IngestItem,
-    ItemKind,
     dedupe_key,
     ingest,
+    new_item_args,
 )
 
 log = logging.getLogger("gateway.ingest")
@@ -295,14 +295,9 @@ class Accepter:
             order = orders.get(key)
             if order is None:
                 order = orders[key] = ordering(ev)
-            # IngestItem.new, without its call (per callback)
             batch.append(
-                IngestItem(
-                    ItemKind.NEW,
-                    ev.id,
-                    ev.to_json(),
-                    ev.network_id,
-                    ev.received_at_ms,
+                new_item_args(
+                    ev,
                     t,
                     dedupe_key(ev),
                     limits(ev, now),

@@ -117,7 +117,37 @@ HEAD_ARGS = 9
 ITEM_ARGS = 11
 
 
-def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
+# An item already in its ITEM_ARGS arguments (`new_item_args`), as `encode` writes an IngestItem.
+EncodedItem = tuple[Any, ...]
+
+
+def new_item_args(
+    event: InvitationEvent,
+    targets: Sequence[str],
+    dedupe_key: str,
+    limits: Mapping[str, Any] | None,
+    entry: str,
+    dedupe_ttl_ms: int,
+    created_key: str,
+) -> EncodedItem:
+    """`IngestItem.new(...)` as `encode` writes it, without the IngestItem: the accept step's one
+    item per callback (tests/store/test_script_args.py holds the two to the same arguments)."""
+    return (
+        ItemKind.NEW,
+        event.id,
+        event.to_json(),
+        event.network_id,
+        event.received_at_ms,
+        ",".join(targets),
+        dedupe_key,
+        dumps(limits) if limits else "",
+        entry,
+        dedupe_ttl_ms,
+        created_key,
+    )
+
+
+def encode(head: IngestHead, items: Sequence[IngestItem | EncodedItem]) -> list[Any]:
     args: list[Any] = [
         head.prefix,
         head.now_ms,
@@ -130,6 +160,9 @@ def encode(head: IngestHead, items: Sequence[IngestItem]) -> list[Any]:
         head.callbacks_ms,
     ]
     for it in items:
+        if isinstance(it, tuple):
+            args += it
+            continue
         limits = it.limits
         # Flat: JSON around the event's own JSON would escape it all again.
         args += (
@@ -241,7 +274,9 @@ def decode(raw: Sequence[Any], items: int) -> IngestAnswer:
     )
 
 
-async def ingest(client: ScriptClient, head: IngestHead, items: Sequence[IngestItem]) -> IngestAnswer:
+async def ingest(
+    client: ScriptClient, head: IngestHead, items: Sequence[IngestItem | EncodedItem]
+) -> IngestAnswer:
     """Store a batch of events (the web's accept step: through the lean client)."""
     return decode(await client.evalsha(SCRIPT, (), encode(head, items)), len(items))
 

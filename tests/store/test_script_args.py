@@ -335,3 +335,20 @@ def test_decode_reads_every_status_as_parse_status_does(as_bytes: bool) -> None:
     assert answer.version == 7 and answer.woke is True
     assert answer.results == [parse_status(a) for a in answers]
     assert answer.holds == [Hold.parse(h) for h in held]
+
+
+@pytest.mark.parametrize("limits", [None, {}, {"sup": "why", "k": "allowlist"}])
+@pytest.mark.parametrize("targets", [(), ("t1",), ("t1", "t2")])
+def test_new_item_args_are_what_encode_writes_of_the_item(
+    limits: dict[str, str] | None, targets: tuple[str, ...]
+) -> None:
+    # The accept step's items come encoded already: the same arguments as IngestItem.new's.
+    from gateway.events import INVITATION_CREATED, make_event
+    from gateway.store.ingest import HEAD_ARGS, IngestHead, IngestItem, encode, new_item_args
+
+    fields = {"invitee": "+447700900123", "invitor": 'j"s', "network_id": "n"}
+    event = make_event(fields, INVITATION_CREATED, "json", client="c")
+    item = IngestItem.new(event, targets, "dk", limits, entry='[1,"e"', dedupe_ttl_ms=5, created_key="ck")
+    encoded = new_item_args(event, targets, "dk", limits, '[1,"e"', 5, "ck")
+    head = IngestHead("gw", 1, 2)
+    assert encode(head, [encoded, item])[HEAD_ARGS:] == encode(head, [item, item])[HEAD_ARGS:]
