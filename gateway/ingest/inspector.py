@@ -253,7 +253,9 @@ class Inspector:
         try:
             token = callback.presented  # presented_token(callback)
             secrets = (token,) if token else ()
-            path = _PATHS.get(event.type, "/" + event.type) + ("/" + MASK if callback.token else "")
+            path = _PATHS.get(event.type) or "/" + event.type
+            if callback.token:
+                path += "/" + MASK
             if callback.query:
                 path += "?" + mask_text(callback.query.decode("latin-1"), FORM, secrets, numbers=False)
             content_type = callback.content_type
