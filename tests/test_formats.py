@@ -166,6 +166,10 @@ def test_decode_json_invalid_utf8() -> None:
     with pytest.raises(InvalidCallback) as info:
         decode_json(b'{"invitor": "jos\xe9"}')
     assert info.value.field == "body"
+    assert info.value.detail == "body is not valid utf-8"  # as _text words it for another charset
+    with pytest.raises(InvalidCallback) as info:
+        decode_json(b'{"invitor": "jos\xe9"}', "ascii")
+    assert info.value.detail == "body is not valid ascii"
 
 
 def test_decode_json_charset_latin1() -> None:

@@ -117,18 +117,22 @@ _JSON_KINDS = {list: "an array", str: "a string or a number", bool: "true or fal
 _JSON = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str, object_pairs_hook=_JSONObject)
 _SCAN: Callable[[str, int], tuple[object, int]] = _JSON.scan_once  # type: ignore[attr-defined]
 _BLANK = re.compile(r"[ \t\n\r]*").match  # json.decoder.WHITESPACE (always a match)
+_BOM = codecs.BOM_UTF8
 
 
 def _json_decode(text: str) -> object:
     """`_JSON.decode(text)`, the same result and errors, without its two Python frames (decode,
     raw_decode) around the C scanner: once per JSON callback."""
+    # (No blanks to skip before a `{` at the start, nor after a value that ends the text.)
+    start = 0 if text[:1] == "{" else _BLANK(text, 0).end()  # type: ignore[union-attr]
     try:
-        obj, end = _SCAN(text, _BLANK(text, 0).end())  # type: ignore[union-attr]
+        obj, end = _SCAN(text, start)
     except StopIteration as err:
         raise json.JSONDecodeError("Expecting value", text, err.value) from None
-    end = _BLANK(text, end).end()  # type: ignore[union-attr]
     if end != len(text):
-        raise json.JSONDecodeError("Extra data", text, end)
+        end = _BLANK(text, end).end()  # type: ignore[union-attr]
+        if end != len(text):
+            raise json.JSONDecodeError("Extra data", text, end)
     return obj
 
 
@@ -138,9 +142,15 @@ def decode_json(data: bytes, charset: str | None = None) -> Pairs:
     The object is read as pairs, so a name given twice with two values is refused by
     pick_fields instead of the last one silently winning.
     """
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    text = _text(data, charset, "body")
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    if charset is None:  # _text(data, None, "body") inline: the usual body
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidCallback("body is not valid utf-8", field="body") from None
+    else:
+        text = _text(data, charset, "body")
     try:
         obj = _json_decode(text)
     except json.JSONDecodeError as exc:
