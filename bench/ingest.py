@@ -168,6 +168,12 @@ class ServerSpec:
     db: int = 0
     durability: str | None = None  # GATEWAY_DURABILITY; None: --durability
     disk_redis: bool = False  # on the second Redis (--with-disk: appendfsync always)
+    floor: bool = False  # bench/floor_app.py (--with-floor)
+
+    @property
+    def bare(self) -> bool:
+        """The baseline: bare Starlette."""
+        return not self.gateway and not self.floor
 
 
 @dataclass
@@ -288,7 +294,15 @@ class Run:
 def start_server(run: Run, spec: ServerSpec, pin: bool) -> ServerTree:
     cpus = run.cores.server if pin else ()
     workers = ["--workers", str(spec.workers)]
-    if spec.gateway:
+    if spec.floor:
+        env = clean_env({"REDIS_URL": f"redis://{HOST}:{run.redis.port}/{spec.db}"})
+
+        def cmd(port: int) -> list[str]:
+            args = [str(BENCH_DIR / "floor_app.py"), "--host", HOST, "--port", str(port)]
+            return taskset(cpus, [sys.executable, *args])
+
+        ready = "/"  # its 404
+    elif spec.gateway:
         config = write_targets_config(run.tmp / f"targets-{spec.key}.toml", 1, run.dead_url)
         env = clean_env(
             {
@@ -346,7 +360,7 @@ def servers(run: Run, specs: Sequence[ServerSpec], pin: bool) -> Iterator[dict[s
     started: dict[str, ServerTree] = {}
     try:
         for spec in specs:
-            if spec.gateway:
+            if not spec.bare:
                 Redis(host=HOST, port=run.redis_for(spec).port, db=spec.db).flushdb()
             started[spec.key] = start_server(run, spec, pin)
             procs = started[spec.key].workers()
@@ -381,6 +395,7 @@ def measure(
         if repeat:
             prime(server, method, base, repeat)  # so that every request of the run is a duplicate
         events0, due0, dup0 = gateway_state(client) if spec.gateway else (None, None, None)
+        floor0 = int(client.get("floor:count") or 0) if spec.floor else 0
         redis_pid = run.redis_for(spec).pid
         stats0 = command_calls(client.info("commandstats"))
         cpu0, rcpu0, host0 = server.cpu_seconds(), cpu_seconds(redis_pid), host_cpu()
@@ -421,6 +436,8 @@ def measure(
             repeat=repeat,
             fsyncs=fsyncs,
         )
+        if spec.floor:
+            row.stored = int(client.get("floor:count") or 0) - floor0
         if spec.gateway:
             events1, due1, dup1 = gateway_state(client)
             assert events0 is not None and due0 is not None and dup0 is not None
@@ -527,6 +544,9 @@ def check(row: Row) -> list[str]:
             problems.append(f"{row.due} deliveries due for duplicates")
         if row.duplicates != w.sent:
             problems.append(f"the duplicates counter moved by {row.duplicates} for {w.sent} duplicates sent")
+    elif row.spec.floor:
+        if row.stored != row.callbacks_2xx:
+            problems.append(f"{row.stored} callbacks stored for {row.callbacks_2xx} 2xx answers")
     elif row.spec.gateway:
         ok_answers = row.callbacks_2xx
         if row.stored != ok_answers:
@@ -568,6 +588,7 @@ GW_1_WARN = ServerSpec(
 GW_1_DISK = ServerSpec(
     "gw-1-disk", "gateway web, INFO, disk", gateway=True, workers=1, db=4, durability="disk", disk_redis=True
 )
+FLOOR_1 = ServerSpec("floor-1", "floor (bench/floor_app.py)", gateway=False, workers=1, db=5, floor=True)
 BARE_2 = ServerSpec("bare-2", "bare Starlette x2", gateway=False, workers=2)
 GW_2 = ServerSpec("gw-2-info", "gateway web x2, INFO", gateway=True, workers=2, log_level="INFO", db=3)
 
@@ -610,6 +631,8 @@ def phase_one_process(run: Run) -> None:
         specs = [BARE_1, GW_1, GW_1_WARN]
         if run.disk_redis is not None:
             specs.append(GW_1_DISK)  # taking turns with the others, in every round
+        if run.args.with_floor:
+            specs.append(FLOOR_1)
     elif "dup" in wanted:
         specs = [GW_1]  # the duplicates' baseline is the same server with new invitations
     else:
@@ -780,9 +803,7 @@ def summarize(run: Run) -> list[Row]:
             base = next(r for r in out if (r.phase, r.spec, r.method) == (base_phase, row.spec, row.method))
         else:
             base_phase = row.phase
-            base = next(
-                r for r in out if r.phase == row.phase and not r.spec.gateway and r.method == row.method
-            )
+            base = next(r for r in out if r.phase == row.phase and r.spec.bare and r.method == row.method)
         row.ratio = row.rate / base.rate
         mine = [r for r in run.rows if (r.phase, r.spec, r.method) == (row.phase, row.spec, row.method)]
         theirs = [r for r in run.rows if (r.phase, r.spec, r.method) == (base_phase, base.spec, row.method)]
@@ -795,6 +816,7 @@ def summarize(run: Run) -> list[Row]:
             r.method,
             r.connections,
             r.repeat > 0,
+            not r.spec.bare,
             r.spec.gateway,
             r.spec.log_level,
         ),
@@ -832,7 +854,7 @@ def table(rows: Sequence[Row]) -> str:
     for r in rows:
         lat = r.wrk.latency_us
         n = r.callbacks_2xx
-        cmds = f"{r.evalsha / n:.3f}; {r.total_commands / n:.2f}" if r.spec.gateway and n else "-"
+        cmds = f"{r.evalsha / n:.3f}; {r.total_commands / n:.2f}" if not r.spec.bare and n else "-"
         ratio = f"**{r.ratio:.2f}**" if r.ratio is not None and r.spec.gateway else fmt(r.ratio, ".2f")
         if r.repeat and r.ratio is not None:
             ratio = f"**{r.ratio:.2f}** x new"
@@ -870,7 +892,7 @@ def details(run: Run, rows: Sequence[Row]) -> list[str]:
             f"latency mean {lat['mean'] / 1000:.2f}, p90 {lat['p90'] / 1000:.2f}, "
             f"p99.9 {lat['p99.9'] / 1000:.2f}, max {lat['max'] / 1000:.2f} ms"
         )
-        if r.spec.gateway and r.callbacks_2xx:
+        if not r.spec.bare and r.callbacks_2xx:
             n = r.callbacks_2xx
             top = ", ".join(f"{name} {calls / n:.2f}" for name, calls in r.commands.most_common(TOP_COMMANDS))
             batch = n / r.evalsha if r.evalsha else 0.0
@@ -902,9 +924,9 @@ def details(run: Run, rows: Sequence[Row]) -> list[str]:
 def ratios_text(rows: Sequence[Row]) -> list[str]:
     lines = []
     for r in rows:
-        if not r.spec.gateway or r.ratio is None or r.repeat:
+        if r.spec.bare or r.ratio is None or r.repeat:
             continue
-        bare = next(b for b in rows if (b.phase, b.method, b.spec.gateway) == (r.phase, r.method, False))
+        bare = next(b for b in rows if (b.phase, b.method, b.spec.bare) == (r.phase, r.method, True))
         cpu_bare, cpu_mine = bare.per_request_us(bare.server_cpu_total), r.per_request_us(r.server_cpu_total)
         by_cpu = f"{cpu_bare / cpu_mine:.2f}" if cpu_bare and cpu_mine else "-"
         lines.append(
@@ -914,10 +936,10 @@ def ratios_text(rows: Sequence[Row]) -> list[str]:
     for group in ("saturation", "2 processes"):
         for method in METHODS:
             mine = [r for r in rows if r.phase.startswith(f"{group} -c") and r.method == method]
-            bare = max((r for r in mine if not r.spec.gateway), key=lambda r: r.rate, default=None)
+            bare = max((r for r in mine if r.spec.bare), key=lambda r: r.rate, default=None)
             if bare is None or len({r.connections for r in mine}) < 2:
                 continue
-            for spec in dict.fromkeys(r.spec for r in mine if r.spec.gateway):
+            for spec in dict.fromkeys(r.spec for r in mine if not r.spec.bare):
                 best = max((r for r in mine if r.spec == spec), key=lambda r: r.rate)
                 lines.append(
                     f"- {group}, {method}, each server at its best connection count: {spec.label} = "
@@ -981,6 +1003,8 @@ def default_output(args: argparse.Namespace) -> Path:
         rows += f"-aof-{args.appendfsync}-{args.durability}"
     if args.with_disk:
         rows += "-with-disk"
+    if args.with_floor:
+        rows += "-with-floor"
     return RESULTS_DIR / f"ingest-{stamp}{rows}{'-quick' if args.quick else ''}.md"
 
 
@@ -1109,6 +1133,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="sat rows: also `gateway web, INFO, disk` (GATEWAY_DURABILITY=disk) on a second Redis with "
         "appendfsync always, taking turns with the others: the cost of disk in the same run",
+    )
+    parser.add_argument(
+        "--with-floor",
+        action="store_true",
+        help="sat rows: also bench/floor_app.py (the gateway's group commit with none of its work), "
+        "taking turns with the others",
     )
     parser.add_argument("--profile", action="store_true", help="also profile bare and gateway with py-spy")
     parser.add_argument("--stacks", type=Path, metavar="DIR", help="--profile: keep py-spy's raw stacks here")

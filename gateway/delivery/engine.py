@@ -157,28 +157,105 @@ class Engine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         stats = Stats()
-        tasks: dict[asyncio.Task[Result], str] = {}
+        tasks: dict[asyncio.Task[Result], str] = {}  # requests in flight, with their delivery ids
         # Finished tasks arrive here through a done callback, and wake the loop through `waiter`:
         # cheaper than asyncio.wait over every task in flight after each completion.
         finished: list[asyncio.Task[Result]] = []
         waiter: asyncio.Future[None] | None = None
+        # Finished attempts not recorded yet, since when (loop time), and the group being
+        # recorded. A request's slot is free as soon as its answer is in, not once it is
+        # recorded: the records go to Redis beside the sending, one group at a time, while the
+        # loop claims more. A claim made while a group is on its way may not see that group
+        # (a target's pause or throttle it brings applies from the next claim, as it does to
+        # other workers' claims), except when nothing is in flight (below).
+        unrecorded: list[Result] = []
+        unrecorded_since = 0.0
+        recording: asyncio.Task[None] | None = None
+        recording_ids: frozenset[str] = frozenset()
 
-        def on_done(task: asyncio.Task[Result]) -> None:
-            finished.append(task)
+        def wake(_: object = None) -> None:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
+        def on_done(task: asyncio.Task[Result]) -> None:
+            nonlocal unrecorded_since
+            if not finished and not unrecorded:
+                # The first of a group: it is recorded within GROUP_WAIT.
+                unrecorded_since = loop.time()
+                loop.call_later(GROUP_WAIT, wake)
+            finished.append(task)
+            if waiter is None or waiter.done():
+                return
+            # Woken only when there is something to do: a group to record, room to claim, or
+            # nothing left in flight (a turn of the loop per answer costs a tenth of a request).
+            running = len(tasks) - len(finished)
+            if (
+                running == 0
+                or (len(finished) + len(unrecorded) >= GROUP and (recording is None or recording.done()))
+                or (size - running >= room and (backlog or loop.time() >= claim_at))
+            ):
+                waiter.set_result(None)
+
+        def record(group: list[Result]) -> asyncio.Task[None]:
+            nonlocal recording_ids
+            recording_ids = frozenset(r.record.delivery_id for r in group)
+            task = loop.create_task(self._complete(group, stats))
+            task.add_done_callback(_recorded)
+            task.add_done_callback(wake)
+            return task
+
         size = self.settings.concurrency
+        room = max(1, size // 4)  # free slots worth a claim
         grace_end: float | None = None
         claim_failed = False
         backlog_told = 0.0  # loop time from which on_backlog may be called again
+        backlog = True  # the last claim took all it asked for: more may be due
+        claim_at = 0.0  # after a claim that took less, loop time of the next one without a group
         while True:
+            if finished:
+                done, finished[:] = finished[:], []
+                for task in done:
+                    did = tasks.pop(task, None)
+                    if did is None:
+                        continue  # handed back meanwhile
+                    try:
+                        unrecorded.append(task.result())
+                    except Exception:
+                        log.exception("delivery %s: unexpected error; it will be tried again", did)
             winding_down = self._stop or loop.time() >= deadline or claim_failed
             if winding_down and grace_end is None:
                 grace_end = loop.time() + (self.settings.grace if self._stop else MAX_TIMEOUT + 5)
+            grouped = False
+            # A group once GROUP have finished, or the first has waited GROUP_WAIT, or nothing
+            # else is in flight: every Redis call costs the worker about as much CPU as a
+            # request, so one per completion would halve the rate.
+            if (
+                unrecorded
+                and (recording is None or recording.done())
+                and (
+                    len(unrecorded) >= GROUP
+                    or not tasks
+                    or grace_end is not None
+                    or loop.time() - unrecorded_since >= GROUP_WAIT
+                )
+            ):
+                group, unrecorded = unrecorded, []
+                recording = record(group)
+                grouped = True
+                # Its first step writes the group to Redis before the claim below does.
+                await asyncio.sleep(0)
             free = size - len(tasks)
             next_due: float | None = None
-            if not winding_down and (free >= max(1, size // 4) or not tasks):
+            # After a claim that found less than it asked, the next one comes with the next group
+            # (or when nothing is in flight, or at the due time it was told): not after every
+            # answer, which would be a Redis call per delivery once the backlog is drained.
+            may_claim = backlog or grouped or not tasks or loop.time() >= claim_at
+            if not winding_down and may_claim and (free >= room or not tasks):
+                if not tasks and recording is not None and not recording.done():
+                    # Nothing in flight: this claim decides whether the run waits or ends, so it
+                    # must see the group's retries (the group usually reaches Redis first on the
+                    # one connection, but not when its script had to be sent in full).
+                    await asyncio.wait([recording])
                 try:
                     claimed, next_due = await self._claim(free)
                 except Exception as exc:
@@ -186,60 +263,62 @@ class Engine:
                     claim_failed = True
                     continue
                 stats.claimed += len(claimed)
-                if len(claimed) == free and self.on_backlog is not None and loop.time() >= backlog_told:
+                backlog = len(claimed) == free
+                claim_at = loop.time() + (0.25 if next_due is None else max(next_due - now_ms(), 5) / 1000)
+                if backlog and self.on_backlog is not None and loop.time() >= backlog_told:
                     # More is waiting: let other workers help (a Redis call, so not every claim).
                     backlog_told = loop.time() + BACKLOG_EVERY
                     await self.on_backlog()
                 in_hand = set(tasks.values())
+                in_hand.update(r.record.delivery_id for r in unrecorded)
+                if recording is not None and not recording.done():
+                    in_hand.update(recording_ids)
                 events: dict[str, InvitationEvent] = {}  # each event decoded once per claim
                 for did, event_json, state_json, flag in claimed:
                     if did in in_hand:
-                        continue  # still being sent by this engine (its lease was renewed)
+                        continue  # still being sent or recorded by this engine (its lease was renewed)
                     task = loop.create_task(self._deliver(did, event_json, state_json, flag, events))
                     task.add_done_callback(on_done)
                     tasks[task] = did
-                if not claimed and not tasks:
+                if not claimed and not tasks and not finished:
                     wait = (next_due - now_ms()) if next_due is not None else None
                     if wait is not None and wait <= IDLE_WAIT_MS and loop.time() + wait / 1000 < deadline:
                         await asyncio.sleep(max(wait, 5) / 1000)
                         continue
                     break
-            if not tasks:
+            if not tasks and not finished:
                 if winding_down:
                     break
-                continue
-            timeout = 0.25
-            if grace_end is not None:
-                timeout = max(grace_end - loop.time(), 0.0)
-            elif next_due is not None:
-                # Claim what falls due meanwhile on time (a rate slot, a retry), not at the next look.
-                timeout = min(timeout, max(next_due - now_ms(), 5) / 1000)
-            if not finished:
-                waiter = loop.create_future()
-                timer = loop.call_later(timeout, _wake, waiter)
-                await waiter
-                timer.cancel()
-                waiter = None
-            if 0 < len(finished) < GROUP and len(tasks) > len(finished) and grace_end is None:
-                # A few finished, more in flight: let a group gather. Every Redis call costs the
-                # worker about as much CPU as a request; one per completion would halve the rate.
-                await asyncio.sleep(GROUP_WAIT)
-            done, finished[:] = finished[:], []
-            results = []
-            for task in done:
-                if task not in tasks:
-                    continue  # handed back meanwhile
-                did = tasks.pop(task)
-                try:
-                    results.append(task.result())
-                except Exception:
-                    log.exception("delivery %s: unexpected error; it will be tried again", did)
-            if results:
-                await self._complete(results, stats)
+                if not unrecorded:
+                    continue
             if grace_end is not None and loop.time() >= grace_end and tasks:
                 await self._hand_back(tasks, stats)
                 tasks.clear()
                 finished.clear()
+                continue
+            if finished:
+                continue
+            timeout = 0.25
+            if grace_end is not None:
+                timeout = max(grace_end - loop.time(), 0.0)
+            elif not backlog:
+                # Claim what falls due meanwhile on time (a rate slot, a retry), not at the next look.
+                timeout = min(timeout, max(claim_at - loop.time(), 0.0))
+            if unrecorded and (recording is None or recording.done()):
+                timeout = min(timeout, max(unrecorded_since + GROUP_WAIT - loop.time(), 0.0))
+            waiter = loop.create_future()
+            timer = loop.call_later(timeout, _wake, waiter)
+            await waiter
+            timer.cancel()
+            waiter = None
+        # Every attempt made is recorded before the run ends.
+        while recording is not None or unrecorded:
+            if recording is not None:
+                await recording
+                recording = None
+            if unrecorded:
+                group, unrecorded = unrecorded, []
+                recording = record(group)
         return stats
 
     # -- Redis ------------------------------------------------------------------------------------
@@ -649,6 +728,13 @@ class Engine:
 
 
 _NO_PLAN: Any = object()
+
+
+def _recorded(task: asyncio.Task[None]) -> None:
+    """A group's recording that failed unexpectedly (_complete handles Redis' failures): its
+    leases run out and its deliveries are tried again, at least once."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("could not record a group of attempts: %s; they will be retried", _why(exc), exc_info=exc)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
