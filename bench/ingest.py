@@ -169,6 +169,7 @@ class ServerSpec:
     durability: str | None = None  # GATEWAY_DURABILITY; None: --durability
     disk_redis: bool = False  # on the second Redis (--with-disk: appendfsync always)
     floor: bool = False  # bench/floor_app.py (--with-floor)
+    base: bool = False  # the gateway as checked out in --base DIR
 
     @property
     def bare(self) -> bool:
@@ -315,6 +316,9 @@ def start_server(run: Run, spec: ServerSpec, pin: bool) -> ServerTree:
                 "GATEWAY_DURABILITY": spec.durability or getattr(run.args, "durability", "memory"),
             }
         )
+        if spec.base:
+            # The base's package first on the path (before this checkout's, which -m would find).
+            env["PYTHONPATH"] = str(run.args.base.resolve())
 
         def cmd(port: int) -> list[str]:
             args = ["-m", "gateway", "web", "--host", HOST, "--port", str(port), *workers]
@@ -588,6 +592,7 @@ GW_1_WARN = ServerSpec(
 GW_1_DISK = ServerSpec(
     "gw-1-disk", "gateway web, INFO, disk", gateway=True, workers=1, db=4, durability="disk", disk_redis=True
 )
+GW_1_BASE = ServerSpec("gw-1-base", "gateway web, INFO, base", gateway=True, workers=1, db=6, base=True)
 FLOOR_1 = ServerSpec("floor-1", "floor (bench/floor_app.py)", gateway=False, workers=1, db=5, floor=True)
 BARE_2 = ServerSpec("bare-2", "bare Starlette x2", gateway=False, workers=2)
 GW_2 = ServerSpec("gw-2-info", "gateway web x2, INFO", gateway=True, workers=2, log_level="INFO", db=3)
@@ -633,6 +638,8 @@ def phase_one_process(run: Run) -> None:
             specs.append(GW_1_DISK)  # taking turns with the others, in every round
         if run.args.with_floor:
             specs.append(FLOOR_1)
+        if run.args.base is not None:
+            specs.append(GW_1_BASE)
     elif "dup" in wanted:
         specs = [GW_1]  # the duplicates' baseline is the same server with new invitations
     else:
@@ -1005,6 +1012,8 @@ def default_output(args: argparse.Namespace) -> Path:
         rows += "-with-disk"
     if args.with_floor:
         rows += "-with-floor"
+    if args.base is not None:
+        rows += "-with-base"
     return RESULTS_DIR / f"ingest-{stamp}{rows}{'-quick' if args.quick else ''}.md"
 
 
@@ -1034,6 +1043,7 @@ def report(run: Run, started_at: str, load_start: str, argv: Sequence[str]) -> s
         f"{redis_version}, {wrk_version(run.wrk)}; gateway {env['gateway_commit']}",
         f"- Command: `{' '.join(['.venv/bin/python', 'bench/ingest.py', *argv])}`",
         f"- Pinning: {pin}",
+        *([f"- Base (`{GW_1_BASE.label}`): the gateway in {run.args.base}"] if run.args.base else []),
         f"- Durability: Redis {aof_text(run.args.appendfsync)}; the gateway at GATEWAY_DURABILITY="
         f"{run.args.durability}"
         + (" (WAITAOF 1 0 behind each batch)" if run.args.durability == "disk" else " (no wait sent)")
@@ -1139,6 +1149,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="sat rows: also bench/floor_app.py (the gateway's group commit with none of its work), "
         "taking turns with the others",
+    )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        metavar="DIR",
+        help="sat rows: also the gateway as checked out in DIR (`git archive COMMIT | tar -x -C DIR`), "
+        "taking turns with the others: a change's before and after in the same run",
     )
     parser.add_argument("--profile", action="store_true", help="also profile bare and gateway with py-spy")
     parser.add_argument("--stacks", type=Path, metavar="DIR", help="--profile: keep py-spy's raw stacks here")
