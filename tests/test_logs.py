@@ -165,3 +165,19 @@ def test_a_bug_keeps_its_traceback_inside_a_message() -> None:
     assert OutageLines().filter(record)
     text = TextFormatter(mask=False).format(record)
     assert "Traceback (most recent call last):" in text and "ValueError: not an outage" in text
+
+
+def test_short_ids_are_never_masked_as_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An erasure, key or token id in a log line reads as it was made: an all-digit draw (one in
+    280) is drawn again rather than shown as `5812****6440`."""
+    from gateway import logs
+
+    draws = iter(["581296196440", "5812961964a0"])
+    monkeypatch.setattr(logs.secrets, "token_hex", lambda n: next(draws))
+    assert logs.short_id() == "5812961964a0"
+    assert logs.mask_numbers("erasure 581296196440 of number") != "erasure 581296196440 of number"
+    monkeypatch.undo()
+    for _ in range(2000):
+        made = logs.short_id()
+        assert len(made) == 12 and int(made, 16) >= 0
+        assert logs.mask_numbers(f"erasure {made} of number") == f"erasure {made} of number"

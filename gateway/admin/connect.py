@@ -40,6 +40,7 @@ from gateway.events import EVENT_TYPES, INVITATION_CREATED
 from gateway.exceptions import ConfigError
 from gateway.ingest.inspector import token_digest_hex
 from gateway.ingest.tokens import TEST_TOKEN_PREFIX
+from gateway.logs import short_id
 from gateway.networks import token_digest
 from gateway.records import iso_ms
 from gateway.store.callbacks import put_test_token
@@ -163,7 +164,7 @@ class Connect:
                 f"network {network} has {len(made)} tokens made here already: remove one first", "network"
             )
         token = secrets.token_urlsafe(32)
-        token_id = secrets.token_hex(6)
+        token_id = short_id()
         record = {
             "network": network,
             "digest": token_digest(token),

@@ -10,7 +10,6 @@ and one audit line is logged at WARNING without the number (a digest of it, the 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -20,6 +19,7 @@ from gateway.admin.keys import Principal
 from gateway.config.load import config_from_dict
 from gateway.config.targets import Config
 from gateway.exceptions import ConfigError
+from gateway.logs import short_id
 from gateway.store.codec import now_ms
 from gateway.store.erasure import Erasure, Number, erase
 from gateway.store.events import Store
@@ -57,7 +57,7 @@ def forget(store: Store, p: Principal, number: str, networks: Iterable[str] | No
     job = Erasure(store.redis, store.keys, forms, scope, config, now_ms(), p.can_see_target)
     by_holder = erase(job)
     total: Counter[str] = sum(by_holder.values(), Counter())
-    erasure_id = secrets.token_hex(6)
+    erasure_id = short_id()
     answer: dict[str, Any] = {
         "erasure_id": erasure_id,
         "number_digest": forms.digest(),

@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from gateway.admin import Invalid
+from gateway.logs import short_id
 from gateway.records import iso_ms
 from gateway.store.events import Store
 
@@ -178,7 +179,7 @@ def create_key(
     if not name or len(name) > _NAME_MAX or any(ord(c) < 32 for c in name):
         raise Invalid(f"a key name is 1-{_NAME_MAX} printable characters, got {name!r}", "name")
     nets = check_networks(networks)
-    key_id = secrets.token_hex(6)
+    key_id = short_id()
     secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     now = int(time.time() * 1000)
     key = ApiKey(key_id, name, nets, now)
