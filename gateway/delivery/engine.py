@@ -192,7 +192,7 @@ class Engine:
             if (
                 running == 0
                 or (len(finished) + len(unrecorded) >= GROUP and (recording is None or recording.done()))
-                or (size - running >= room and (backlog or loop.time() >= claim_at))
+                or (size - running >= room and loop.time() >= claim_at)
             ):
                 waiter.set_result(None)
 
@@ -209,8 +209,7 @@ class Engine:
         grace_end: float | None = None
         claim_failed = False
         backlog_told = 0.0  # loop time from which on_backlog may be called again
-        backlog = True  # the last claim took all it asked for: more may be due
-        claim_at = 0.0  # after a claim that took less, loop time of the next one without a group
+        claim_at = 0.0  # loop time from which a claim may come without a group
         while True:
             if finished:
                 done, finished[:] = finished[:], []
@@ -246,10 +245,10 @@ class Engine:
                 await asyncio.sleep(0)
             free = size - len(tasks)
             next_due: float | None = None
-            # After a claim that found less than it asked, the next one comes with the next group
-            # (or when nothing is in flight, or at the due time it was told): not after every
-            # answer, which would be a Redis call per delivery once the backlog is drained.
-            may_claim = backlog or grouped or not tasks or loop.time() >= claim_at
+            # Claims come with the groups, when nothing is in flight, or at the time the last claim
+            # named (5 ms while a backlog lasts, the next due time otherwise): not at every answer,
+            # which would make small claims, each a Redis call costing about what a request does.
+            may_claim = grouped or not tasks or loop.time() >= claim_at
             if not winding_down and may_claim and (free >= room or not tasks):
                 if not tasks and recording is not None and not recording.done():
                     # Nothing in flight: this claim decides whether the run waits or ends, so it
@@ -263,7 +262,7 @@ class Engine:
                     claim_failed = True
                     continue
                 stats.claimed += len(claimed)
-                backlog = len(claimed) == free
+                backlog = len(claimed) == free  # more is waiting
                 claim_at = loop.time() + (0.25 if next_due is None else max(next_due - now_ms(), 5) / 1000)
                 if backlog and self.on_backlog is not None and loop.time() >= backlog_told:
                     # More is waiting: let other workers help (a Redis call, so not every claim).
@@ -301,7 +300,7 @@ class Engine:
             timeout = 0.25
             if grace_end is not None:
                 timeout = max(grace_end - loop.time(), 0.0)
-            elif not backlog:
+            else:
                 # Claim what falls due meanwhile on time (a rate slot, a retry), not at the next look.
                 timeout = min(timeout, max(claim_at - loop.time(), 0.0))
             if unrecorded and (recording is None or recording.done()):
