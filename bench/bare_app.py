@@ -34,8 +34,6 @@ def create_app() -> Starlette:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
@@ -43,14 +41,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # As `gateway web` at GATEWAY_LOG_LEVEL=INFO (gateway/cli/common.py `main`).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The keyword arguments of gateway/cli/serve.py `web`, with this app instead of the gateway's,
-    # and uvicorn's "auto" loop and parser spelled out.
+    serve("bare_app:create_app", args.host, args.port, args.workers)
+
+
+def serve(app: str, host: str, port: int, workers: int = 1) -> None:
+    """uvicorn.run with the keyword arguments of gateway/cli/serve.py `web`, `app` (a factory)
+    instead of the gateway's, and uvicorn's "auto" loop and parser spelled out."""
+    import uvicorn
+
     uvicorn.run(
-        "bare_app:create_app",
+        app,
         factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
+        host=host,
+        port=port,
+        workers=workers,
         loop="uvloop",
         http="httptools",
         timeout_keep_alive=65,

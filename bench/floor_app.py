@@ -115,28 +115,14 @@ def create_app() -> Floor:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
+    from bare_app import serve  # bench/ is this script's folder, first on the path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8002)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # As bench/bare_app.py: the keyword arguments of gateway/cli/serve.py `web`.
-    uvicorn.run(
-        "floor_app:create_app",
-        factory=True,
-        app_dir=str(Path(__file__).resolve().parent),
-        host=args.host,
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        timeout_keep_alive=65,
-        timeout_graceful_shutdown=20,
-        access_log=False,
-        proxy_headers=False,
-        log_config=None,
-    )
+    serve("floor_app:create_app", args.host, args.port)  # as bench/bare_app.py: `gateway web`'s arguments
 
 
 if __name__ == "__main__":
