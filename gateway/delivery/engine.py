@@ -250,11 +250,16 @@ class Engine:
             # which would make small claims, each a Redis call costing about what a request does.
             may_claim = grouped or not tasks or loop.time() >= claim_at
             if not winding_down and may_claim and (free >= room or not tasks):
-                if not tasks and recording is not None and not recording.done():
-                    # Nothing in flight: this claim decides whether the run waits or ends, so it
-                    # must see the group's retries (the group usually reaches Redis first on the
-                    # one connection, but not when its script had to be sent in full).
-                    await asyncio.wait([recording])
+                # Nothing in flight: this claim decides whether the run waits or ends, so every
+                # attempt made is recorded first, as their retries may be due now (a group on its
+                # way usually reaches Redis before the claim on the one connection, but not when
+                # its script had to be sent in full).
+                while not tasks and (unrecorded or (recording is not None and not recording.done())):
+                    if recording is not None and not recording.done():
+                        await asyncio.wait([recording])
+                    elif unrecorded:
+                        group, unrecorded = unrecorded, []
+                        recording = record(group)
                 try:
                     claimed, next_due = await self._claim(free)
                 except Exception as exc:
