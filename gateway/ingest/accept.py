@@ -301,9 +301,9 @@ class Accepter:
                     t,
                     dedupe_key(ev),
                     limits(ev, now),
-                    note,
-                    order.dedupe_ttl_ms,
-                    dedupe_key(ev, INVITATION_CREATED) if order.link else "",
+                    entry=note,
+                    dedupe_ttl_ms=order.dedupe_ttl_ms,
+                    created_key=dedupe_key(ev, INVITATION_CREATED) if order.link else "",
                 )
             )
         answer = await ingest(self.client, head, batch)

@@ -126,12 +126,15 @@ def new_item_args(
     targets: Sequence[str],
     dedupe_key: str,
     limits: Mapping[str, Any] | None,
+    *,
     entry: str,
     dedupe_ttl_ms: int,
     created_key: str,
 ) -> EncodedItem:
     """`IngestItem.new(...)` as `encode` writes it, without the IngestItem: the accept step's one
-    item per callback (tests/store/test_script_args.py holds the two to the same arguments)."""
+    item per callback (tests/store/test_script_args.py holds the two to the same arguments).
+    Its options are keyword-only, as IngestItem.new's: three of them in a row are strings or
+    numbers that a positional call could swap unnoticed."""
     return (
         ItemKind.NEW,
         event.id,

@@ -349,6 +349,6 @@ def test_new_item_args_are_what_encode_writes_of_the_item(
     fields = {"invitee": "+447700900123", "invitor": 'j"s', "network_id": "n"}
     event = make_event(fields, INVITATION_CREATED, "json", client="c")
     item = IngestItem.new(event, targets, "dk", limits, entry='[1,"e"', dedupe_ttl_ms=5, created_key="ck")
-    encoded = new_item_args(event, targets, "dk", limits, '[1,"e"', 5, "ck")
+    encoded = new_item_args(event, targets, "dk", limits, entry='[1,"e"', dedupe_ttl_ms=5, created_key="ck")
     head = IngestHead("gw", 1, 2)
     assert encode(head, [encoded, item])[HEAD_ARGS:] == encode(head, [item, item])[HEAD_ARGS:]
